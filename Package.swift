@@ -1,0 +1,41 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// Dependencies point inward: BatonCore is pure (standard library only);
+// BatonFUSE wraps libfuse and knows nothing of Baton; BatonRuntime is the IO
+// shell; the executable only parses arguments and wires parts together.
+let package = Package(
+    name: "baton",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "baton", targets: ["baton"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-argument-parser.git", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
+    ],
+    targets: [
+        .systemLibrary(name: "CFuse3", pkgConfig: "fuse3", providers: [.apt(["libfuse3-dev"])]),
+        .target(name: "BatonCore"),
+        .target(name: "BatonFUSE", dependencies: ["CFuse3"]),
+        .target(
+            name: "BatonRuntime",
+            dependencies: [
+                "BatonCore",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]),
+        .target(name: "BatonServer", dependencies: ["BatonCore", "BatonRuntime"]),
+        .target(name: "BatonClient", dependencies: ["BatonCore", "BatonRuntime", "BatonFUSE"]),
+        .executableTarget(
+            name: "baton",
+            dependencies: [
+                "BatonServer", "BatonClient", "BatonRuntime",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]),
+        .testTarget(name: "BatonCoreTests", dependencies: ["BatonCore"]),
+        .testTarget(name: "BatonIntegrationTests", dependencies: ["BatonCore", "BatonRuntime"]),
+    ]
+)

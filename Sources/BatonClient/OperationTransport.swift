@@ -1,0 +1,11 @@
+import BatonCore
+
+/// Carries operations to the export's active server and brings back replies.
+/// The FUSE layer sees only this: which server is active, reconnection,
+/// re-sending after a failover and request timeouts all live behind it.
+public protocol OperationTransport: AnyObject, Sendable {
+    /// Sends `operation`; `completion` runs exactly once, on any thread, with
+    /// the server's reply (or `.error(.EIO)` once the request timeout expires).
+    /// Never blocks the calling thread on the network.
+    func send(_ operation: Operation, completion: @escaping @Sendable (Reply) -> Void)
+}

@@ -1,0 +1,141 @@
+/// One mutation as the journal holds it: the client's operation, stamped by
+/// the server that applied it. Replaying the records in sequence order on an
+/// empty namespace (or on a checkpoint) rebuilds the export exactly, reply
+/// cache included.
+public struct JournalRecord: Hashable, Sendable {
+    /// Position in the export's journal: 1, 2, 3, … with no gaps.
+    public var sequence: UInt64
+    /// The epoch of the server that wrote it (DESIGN.md §4.2).
+    public var epoch: UInt64
+    /// The server's clock when it applied the mutation; replay uses it for every timestamp.
+    public var time: Timestamp
+    /// Who asked, for the reply cache (DESIGN.md §4.3).
+    public var session: UInt64
+    public var requestSequence: UInt64
+    public var operation: Operation
+
+    public init(sequence: UInt64, epoch: UInt64, time: Timestamp, session: UInt64, requestSequence: UInt64, operation: Operation) {
+        self.sequence = sequence
+        self.epoch = epoch
+        self.time = time
+        self.session = session
+        self.requestSequence = requestSequence
+        self.operation = operation
+    }
+}
+
+/// The on-disk framing of records: magic, payload length, CRC-32C of the
+/// payload, payload. A reader can tell a torn tail (the write never finished)
+/// from corruption in the middle (something damaged acknowledged data).
+public enum JournalCodec {
+    public static let magic: UInt32 = 0x5254_4E42 // "BNTR"
+    public static let headerBytes = 12
+    public static let maxPayloadBytes = WireLimits.maxFrameBytes
+
+    public static func encode(_ record: JournalRecord) -> [UInt8] {
+        var w = ByteWriter(capacity: 96 + (record.operation.dataCount))
+        w.write(magic)
+        w.write(UInt32(0))
+        w.write(UInt32(0))
+        w.write(record.sequence)
+        w.write(record.epoch)
+        w.write(record.time)
+        w.write(record.session)
+        w.write(record.requestSequence)
+        record.operation.encode(to: &w)
+        let payloadCount = w.bytes.count - headerBytes
+        let crc = w.bytes.withUnsafeBytes { CRC32C.checksum(UnsafeRawBufferPointer(rebasing: $0[headerBytes...])) }
+        w.patch(UInt32(payloadCount), at: 4)
+        w.patch(crc, at: 8)
+        return w.bytes
+    }
+
+    /// What a scan of one segment found.
+    public struct Scan: Sendable {
+        public var records: [JournalRecord]
+        /// Offset just past the last good record: where appending continues.
+        public var validBytes: Int
+        public var ending: Ending
+    }
+
+    public enum Ending: Hashable, Sendable {
+        /// The segment ends exactly after its last record.
+        case clean
+        /// The last record was never completely written (a crash during the
+        /// write); it was never acknowledged and is dropped.
+        case tornTail(offset: Int)
+        /// A damaged record with data after it: acknowledged data may be
+        /// damaged, so the export must not be served from this journal.
+        case corrupt(offset: Int, reason: String)
+    }
+
+    public static func scan(_ bytes: UnsafeRawBufferPointer) -> Scan {
+        var records: [JournalRecord] = []
+        var offset = 0
+        while offset < bytes.count {
+            switch decodeRecord(bytes, at: offset) {
+            case .success(let (record, next)):
+                records.append(record)
+                offset = next
+            case .failure(let failure):
+                if failure.incomplete || onlyZeros(bytes, from: offset) {
+                    return Scan(records: records, validBytes: offset, ending: .tornTail(offset: offset))
+                }
+                return Scan(records: records, validBytes: offset, ending: .corrupt(offset: offset, reason: failure.reason))
+            }
+        }
+        return Scan(records: records, validBytes: offset, ending: .clean)
+    }
+
+    public static func scan(_ bytes: [UInt8]) -> Scan { bytes.withUnsafeBytes { scan($0) } }
+
+    struct Failure: Error {
+        var reason: String
+        /// The record runs past the end of the data: a torn write, not damage.
+        var incomplete: Bool
+    }
+
+    static func decodeRecord(_ bytes: UnsafeRawBufferPointer, at offset: Int) -> Result<(JournalRecord, Int), Failure> {
+        guard bytes.count - offset >= headerBytes else {
+            return .failure(Failure(reason: "incomplete record header", incomplete: true))
+        }
+        let magicFound = bytes.loadUnaligned(fromByteOffset: offset, as: UInt32.self).littleEndian
+        let length = Int(bytes.loadUnaligned(fromByteOffset: offset + 4, as: UInt32.self).littleEndian)
+        let crc = bytes.loadUnaligned(fromByteOffset: offset + 8, as: UInt32.self).littleEndian
+        guard magicFound == magic else { return .failure(Failure(reason: "bad record magic", incomplete: false)) }
+        guard length <= maxPayloadBytes else {
+            return .failure(Failure(reason: "record length \(length) over the limit", incomplete: false))
+        }
+        let start = offset + headerBytes
+        guard bytes.count - start >= length else {
+            return .failure(Failure(reason: "record runs past the end of the segment", incomplete: true))
+        }
+        let payload = UnsafeRawBufferPointer(rebasing: bytes[start..<start + length])
+        guard CRC32C.checksum(payload) == crc else {
+            // A bad checksum on the very last record is a torn write too.
+            return .failure(Failure(reason: "checksum mismatch", incomplete: start + length == bytes.count))
+        }
+        var r = ByteReader(payload)
+        do {
+            let record = JournalRecord(
+                sequence: try r.readUInt64(), epoch: try r.readUInt64(), time: try r.readTimestamp(),
+                session: try r.readUInt64(), requestSequence: try r.readUInt64(), operation: try Operation.decode(from: &r))
+            try r.expectEnd()
+            return .success((record, start + length))
+        } catch {
+            return .failure(Failure(reason: "undecodable record: \(error)", incomplete: false))
+        }
+    }
+
+    private static func onlyZeros(_ bytes: UnsafeRawBufferPointer, from offset: Int) -> Bool {
+        bytes[offset...].allSatisfy { $0 == 0 }
+    }
+}
+
+extension Operation {
+    /// Bytes of file data the operation carries (for buffer sizing).
+    public var dataCount: Int {
+        if case .write(_, _, _, let data) = self { return data.count }
+        return 0
+    }
+}
