@@ -1,0 +1,157 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import BatonCore
+
+/// A failed system call, with what it was doing and on which path, so an
+/// admin can act on the message.
+public struct SystemCallError: Error, CustomStringConvertible, Sendable {
+    public let operation: String
+    public let path: String
+    public let errno: Int32
+
+    public init(_ operation: String, path: String, errno: Int32 = Glibc.errno) {
+        self.operation = operation
+        self.path = path
+        self.errno = errno
+    }
+
+    public var description: String { "\(operation) \(path): \(String(cString: strerror(errno))) (errno \(errno))" }
+}
+
+/// An open file descriptor that closes itself when the last user lets go of
+/// it, so a read running on another thread never finds its descriptor closed
+/// or reused under it.
+public final class OpenFile: @unchecked Sendable {
+    public let descriptor: Int32
+    public let path: String
+
+    public init(path: String, flags: Int32, mode: mode_t = 0o600) throws {
+        let fd = Glibc.open(path, flags | O_CLOEXEC, mode)
+        guard fd >= 0 else { throw SystemCallError("open", path: path) }
+        self.descriptor = fd
+        self.path = path
+    }
+
+    deinit { Glibc.close(descriptor) }
+
+    /// Writes all of `bytes` at `offset` (pwrite) or at the end (write) when offset is nil.
+    public func write(_ bytes: UnsafeRawBufferPointer, at offset: UInt64? = nil) throws {
+        var done = 0
+        while done < bytes.count {
+            let base = bytes.baseAddress! + done
+            let result = offset.map { Glibc.pwrite(descriptor, base, bytes.count - done, off_t($0) + off_t(done)) }
+                ?? Glibc.write(descriptor, base, bytes.count - done)
+            if result < 0 {
+                if errno == EINTR { continue }
+                throw SystemCallError(offset == nil ? "write" : "pwrite", path: path)
+            }
+            done += result
+        }
+    }
+
+    public func write(_ bytes: [UInt8], at offset: UInt64? = nil) throws {
+        try bytes.withUnsafeBytes { (raw: UnsafeRawBufferPointer) in try write(raw, at: offset) }
+    }
+
+    /// Reads up to `buffer.count` bytes at `offset`; fewer only at end of file.
+    public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws -> Int {
+        var done = 0
+        while done < buffer.count {
+            let result = Glibc.pread(descriptor, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done))
+            if result < 0 {
+                if errno == EINTR { continue }
+                throw SystemCallError("pread", path: path)
+            }
+            if result == 0 { break }
+            done += result
+        }
+        return done
+    }
+
+    public func truncate(to size: UInt64) throws {
+        guard ftruncate(descriptor, off_t(size)) == 0 else { throw SystemCallError("ftruncate", path: path) }
+    }
+
+    public func sync(dataOnly: Bool = true) throws {
+        let result = dataOnly ? fdatasync(descriptor) : fsync(descriptor)
+        guard result == 0 else { throw SystemCallError(dataOnly ? "fdatasync" : "fsync", path: path) }
+    }
+
+    public func size() throws -> UInt64 {
+        var st = stat()
+        guard fstat(descriptor, &st) == 0 else { throw SystemCallError("fstat", path: path) }
+        return UInt64(st.st_size)
+    }
+
+    /// The whole file, for journal segments and checkpoints.
+    public func readAll() throws -> [UInt8] {
+        let count = Int(try size())
+        var bytes = [UInt8](repeating: 0, count: count)
+        let read = try bytes.withUnsafeMutableBytes { (raw: UnsafeMutableRawBufferPointer) in
+            try self.read(into: raw, at: 0)
+        }
+        bytes.removeLast(count - read)
+        return bytes
+    }
+}
+
+/// Directory helpers for the data directory.
+public enum Disk {
+    public static func makeDirectory(_ path: String) throws {
+        if mkdir(path, 0o700) != 0 && errno != EEXIST { throw SystemCallError("mkdir", path: path) }
+    }
+
+    public static func exists(_ path: String) -> Bool { access(path, F_OK) == 0 }
+
+    public static func remove(_ path: String) throws {
+        if unlink(path) != 0 && errno != ENOENT { throw SystemCallError("unlink", path: path) }
+    }
+
+    public static func rename(_ from: String, to: String) throws {
+        guard Glibc.rename(from, to) == 0 else { throw SystemCallError("rename to \(to)", path: from) }
+    }
+
+    /// Makes a directory's entries (creations, renames) durable.
+    public static func syncDirectory(_ path: String) throws {
+        try OpenFile(path: path, flags: O_RDONLY | O_DIRECTORY).sync(dataOnly: false)
+    }
+
+    public static func list(_ path: String) throws -> [String] {
+        guard let dir = opendir(path) else { throw SystemCallError("opendir", path: path) }
+        defer { closedir(dir) }
+        var names: [String] = []
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+                String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
+            }
+            if name != "." && name != ".." { names.append(name) }
+        }
+        return names.sorted()
+    }
+
+    /// Writes a small file atomically and durably: temp file, fsync, rename, fsync of the directory.
+    public static func writeAtomically(_ bytes: [UInt8], to path: String, directory: String) throws {
+        let temporary = path + ".tmp"
+        let file = try OpenFile(path: temporary, flags: O_WRONLY | O_CREAT | O_TRUNC)
+        try file.write(bytes)
+        try file.sync(dataOnly: false)
+        try rename(temporary, to: path)
+        try syncDirectory(directory)
+    }
+
+    public static func statfs(_ path: String) throws -> statvfs {
+        var st = statvfs()
+        guard statvfs(path, &st) == 0 else { throw SystemCallError("statvfs", path: path) }
+        return st
+    }
+}
+
+extension Timestamp {
+    /// The wall clock, for stamping journal records. The only clock read of the data path.
+    public static func now() -> Timestamp {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        return Timestamp(seconds: Int64(ts.tv_sec), nanoseconds: UInt32(ts.tv_nsec))
+    }
+}
