@@ -1,4 +1,5 @@
 import BatonCore
+import BatonRuntime
 
 /// Carries operations to the export's active server and brings back replies.
 /// The FUSE layer sees only this: which server is active, reconnection,
@@ -9,3 +10,5 @@ public protocol OperationTransport: AnyObject, Sendable {
     /// Never blocks the calling thread on the network.
     func send(_ operation: Operation, completion: @escaping @Sendable (Reply) -> Void)
 }
+
+extension ServerConnection: OperationTransport {}

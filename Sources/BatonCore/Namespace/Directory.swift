@@ -73,6 +73,17 @@ struct Directory: Hashable, Sendable {
         return low
     }
 
+    /// Equal when a client could not tell them apart: same names, inodes and cookies
+    /// (holes left by removals do not count).
+    static func == (a: Directory, b: Directory) -> Bool {
+        a.entries == b.entries && a.nextCookie == b.nextCookie
+    }
+
+    func hash(into hasher: inout Hasher) {
+        hasher.combine(entries)
+        hasher.combine(nextCookie)
+    }
+
     // MARK: checkpoint form
 
     func encode(to w: inout ByteWriter) {

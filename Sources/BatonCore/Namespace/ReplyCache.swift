@@ -70,6 +70,14 @@ struct ReplyCache: Hashable, Sendable {
 }
 
 extension ReplyCache.Session {
+    /// Equal when they hold the same replies (the eviction order's bookkeeping does not count).
+    static func == (a: Self, b: Self) -> Bool { a.replies == b.replies && a.lastUsed == b.lastUsed }
+
+    func hash(into hasher: inout Hasher) {
+        hasher.combine(replies)
+        hasher.combine(lastUsed)
+    }
+
     mutating func insert(_ reply: Reply, request: UInt64, at journalSequence: UInt64) {
         if replies.updateValue(reply, forKey: request) == nil { order.append(request) }
         lastUsed = journalSequence

@@ -188,6 +188,11 @@ public final class ExportStore: @unchecked Sendable {
         return outcome.reply
     }
 
+    /// The client has the replies below `request`: they need not be cached.
+    public func forgetReplies(session: UInt64, below request: UInt64) {
+        namespace.forgetReplies(session: session, below: request)
+    }
+
     /// Makes every applied mutation durable (the journal is the durable copy of file data).
     public func sync() throws {
         do { try segment.sync() } catch { throw StoreError(error) }

@@ -44,21 +44,16 @@ public enum FrameError: Error, CustomStringConvertible {
     }
 }
 
-/// Encodes outgoing messages as frames.
-public struct MessageEncoder: MessageToByteEncoder {
-    public typealias OutboundIn = Message
-    public init() {}
-
-    public func encode(data: Message, out: inout ByteBuffer) throws {
-        var writer = ByteWriter(capacity: 64 + data.payloadHint)
-        writer.write(UInt32(0))
-        data.encode(to: &writer)
-        writer.patch(UInt32(writer.bytes.count - 4), at: 0)
-        out.writeBytes(writer.bytes)
-    }
-}
-
 extension Message {
+    /// The message as one frame in a buffer, ready to write to a channel.
+    public func frame(allocator: ByteBufferAllocator) -> ByteBuffer {
+        var writer = ByteWriter(capacity: 64 + payloadHint)
+        writer.write(UInt32(0))
+        encode(to: &writer)
+        writer.patch(UInt32(writer.bytes.count - 4), at: 0)
+        return allocator.buffer(bytes: writer.bytes)
+    }
+
     /// Bytes of file data carried, for buffer sizing.
     var payloadHint: Int {
         switch self {

@@ -1,0 +1,293 @@
+import BatonCore
+
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+
+/// The client's link to the export: finds the active server among the
+/// export's node addresses, sends requests tagged with (session, sequence),
+/// and when the connection is lost or the server says it is not active,
+/// reconnects (to the same or another node) and re-sends every unanswered
+/// request in order. The server's journaled reply cache makes the re-sent
+/// mutations happen once. Applications see a pause, not an error, unless the
+/// request timeout expires.
+public final class ServerConnection: @unchecked Sendable {
+    public struct Configuration: Sendable {
+        public var exportName: String
+        public var addresses: [NodeAddress]
+        /// How long a request may wait for an answer (across reconnections) before it fails with EIO.
+        public var requestTimeout: TimeAmount
+        public var connectTimeout: TimeAmount = .seconds(1)
+        /// Pause after every address was tried once without success.
+        public var retryDelay: TimeAmount = .milliseconds(100)
+
+        public init(exportName: String, addresses: [NodeAddress], requestTimeout: TimeAmount = .seconds(60)) {
+            self.exportName = exportName
+            self.addresses = addresses
+            self.requestTimeout = requestTimeout
+        }
+    }
+
+    private struct Pending {
+        var frame: ByteBuffer
+        var completion: @Sendable (Reply) -> Void
+        var deadline: NIODeadline
+    }
+
+    private struct State {
+        var channel: Channel?
+        var connecting = false
+        var nextSequence: UInt64 = 1
+        var pending: [UInt64: Pending] = [:]
+        var highestEpoch: UInt64 = 0
+        var addressIndex = 0
+        var closed = false
+        var lastRefusal: String?
+    }
+
+    public let configuration: Configuration
+    public let session: UInt64
+    private let group: MultiThreadedEventLoopGroup
+    private let logger: Logger
+    private let state = NIOLockedValueBox(State())
+    private let allocator = ByteBufferAllocator()
+
+    public init(configuration: Configuration, logger: Logger) {
+        self.configuration = configuration
+        self.session = UInt64.random(in: 1...UInt64.max)
+        self.logger = logger
+        self.group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        scheduleTimeoutSweep()
+    }
+
+    // MARK: Requests
+
+    public func send(_ operation: Operation, completion: @escaping @Sendable (Reply) -> Void) {
+        let deadline = NIODeadline.now() + configuration.requestTimeout
+        let (channel, frame, closed) = state.withLockedValue { state -> (Channel?, ByteBuffer?, Bool) in
+            if state.closed { return (nil, nil, true) }
+            let sequence = state.nextSequence
+            state.nextSequence += 1
+            let oldest = state.pending.keys.min() ?? sequence
+            let frame = Message.request(sequence: sequence, oldestUnanswered: oldest, operation).frame(allocator: allocator)
+            state.pending[sequence] = Pending(frame: frame, completion: completion, deadline: deadline)
+            return (state.channel, frame, false)
+        }
+        if closed { return completion(.error(.ENOTCONN)) }
+        if let channel, let frame {
+            channel.writeAndFlush(frame, promise: nil)
+        } else {
+            connectIfNeeded()
+        }
+    }
+
+    /// Connects now and waits for the first server to welcome this client;
+    /// throws with the servers' own words when none does in time (used by
+    /// `baton mount` to fail early on a wrong export or address).
+    public func waitUntilConnected(timeout: TimeAmount) throws {
+        connectIfNeeded()
+        let deadline = NIODeadline.now() + timeout
+        while NIODeadline.now() < deadline {
+            if state.withLockedValue({ $0.channel != nil }) { return }
+            usleep(10_000)
+        }
+        let refusal = state.withLockedValue { $0.lastRefusal }
+        throw ConnectionError.noServer(export: configuration.exportName, addresses: configuration.addresses, lastError: refusal)
+    }
+
+    public func close() {
+        let (channel, pending) = state.withLockedValue { state in
+            state.closed = true
+            defer { state.pending = [:] }
+            return (state.channel, state.pending)
+        }
+        for request in pending.values { request.completion(.error(.ENOTCONN)) }
+        try? channel?.close().wait()
+        try? group.syncShutdownGracefully()
+    }
+
+    // MARK: Connecting
+
+    private func connectIfNeeded() {
+        let start = state.withLockedValue { state -> Bool in
+            guard !state.connecting, state.channel == nil, !state.closed else { return false }
+            state.connecting = true
+            return true
+        }
+        if start { tryAddress(attempt: 0) }
+    }
+
+    private func tryAddress(attempt: Int) {
+        let (address, closed) = state.withLockedValue { state in
+            (configuration.addresses[state.addressIndex % configuration.addresses.count], state.closed)
+        }
+        if closed { return }
+        let welcomed = group.next().makePromise(of: UInt64.self)
+        ClientBootstrap(group: group)
+            .connectTimeout(configuration.connectTimeout)
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 4096, initial: 65536, maximum: 1 << 20))
+            .channelInitializer { [self] channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(MessageDecoder()))
+                    try channel.pipeline.syncOperations.addHandler(ReplyHandler(connection: self, welcomed: welcomed))
+                }
+            }
+            .connect(host: address.host, port: address.port)
+            .flatMap { [self] channel in
+                channel.writeAndFlush(Message.hello(export: configuration.exportName, session: session,
+                                                    version: Message.protocolVersion).frame(allocator: allocator))
+                    .flatMap { welcomed.futureResult.map { epoch in (channel, epoch) } }
+                    .flatMapErrorThrowing { error in
+                        channel.close(promise: nil)
+                        throw error
+                    }
+            }
+            .whenComplete { [self] result in
+                switch result {
+                case .success(let (channel, epoch)):
+                    connected(channel, epoch: epoch, address: address)
+                case .failure(let error):
+                    welcomed.fail(error)
+                    let next = attempt + 1
+                    state.withLockedValue { state in
+                        state.addressIndex += 1
+                        state.lastRefusal = "\(address): \(error)"
+                    }
+                    logger.debug("server not reachable", metadata: [
+                        "export": "\(configuration.exportName)", "address": "\(address)", "error": "\(error)",
+                    ])
+                    // After a full round of addresses, pause before the next.
+                    let delay = next % configuration.addresses.count == 0 ? configuration.retryDelay : .zero
+                    group.next().scheduleTask(in: delay) { self.tryAddress(attempt: next) }
+                }
+            }
+    }
+
+    private func connected(_ channel: Channel, epoch: UInt64, address: NodeAddress) {
+        let (resend, stale) = state.withLockedValue { state -> ([ByteBuffer], Bool) in
+            if epoch < state.highestEpoch { return ([], true) }
+            state.highestEpoch = epoch
+            state.channel = channel
+            state.connecting = false
+            state.lastRefusal = nil
+            return (state.pending.sorted { $0.key < $1.key }.map { $0.value.frame }, false)
+        }
+        if stale {
+            // A server of an older epoch was fenced; it must not be used again.
+            logger.warning("refusing a server of an older epoch", metadata: [
+                "export": "\(configuration.exportName)", "address": "\(address)", "epoch": "\(epoch)",
+            ])
+            channel.close(promise: nil)
+            return
+        }
+        logger.info("connected to export server", metadata: [
+            "export": "\(configuration.exportName)", "address": "\(address)", "epoch": "\(epoch)",
+            "resent": "\(resend.count)",
+        ])
+        for frame in resend { channel.write(frame, promise: nil) }
+        channel.flush()
+    }
+
+    fileprivate func lost(_ channel: Channel, reason: String) {
+        let reconnect = state.withLockedValue { state -> Bool in
+            guard state.channel === channel else { return false }
+            state.channel = nil
+            return !state.closed
+        }
+        guard reconnect else { return }
+        logger.warning("connection to export server lost; reconnecting", metadata: [
+            "export": "\(configuration.exportName)", "reason": "\(reason)",
+        ])
+        connectIfNeeded()
+    }
+
+    fileprivate func received(sequence: UInt64, epoch: UInt64, reply: Reply) {
+        let request = state.withLockedValue { state -> Pending? in
+            // Answers from a server of an older epoch are not trusted (DESIGN.md §4.2).
+            guard epoch >= state.highestEpoch else { return nil }
+            return state.pending.removeValue(forKey: sequence)
+        }
+        request?.completion(reply)
+    }
+
+    fileprivate func refused(_ refusal: Refusal, detail: String) {
+        state.withLockedValue { $0.lastRefusal = "\(refusal): \(detail)" }
+    }
+
+    /// Fails requests whose timeout has passed, so no application waits forever.
+    private func scheduleTimeoutSweep() {
+        group.next().scheduleTask(in: .milliseconds(250)) { [self] in
+            let now = NIODeadline.now()
+            let (expired, closed) = state.withLockedValue { state -> ([Pending], Bool) in
+                let expired = state.pending.filter { $0.value.deadline < now }
+                for key in expired.keys { state.pending.removeValue(forKey: key) }
+                return (Array(expired.values), state.closed)
+            }
+            if !expired.isEmpty {
+                logger.error("requests timed out without an answer from any server", metadata: [
+                    "export": "\(configuration.exportName)", "count": "\(expired.count)",
+                    "timeout": "\(configuration.requestTimeout)",
+                ])
+            }
+            for request in expired { request.completion(.error(.EIO)) }
+            if !closed { scheduleTimeoutSweep() }
+        }
+    }
+}
+
+public enum ConnectionError: Error, CustomStringConvertible {
+    case noServer(export: String, addresses: [NodeAddress], lastError: String?)
+
+    public var description: String {
+        switch self {
+        case .noServer(let export, let addresses, let lastError):
+            "no active server for export '\(export)' at \(addresses.map(\.description).joined(separator: ", "))"
+                + (lastError.map { " (last error: \($0))" } ?? "")
+        }
+    }
+}
+
+/// Inbound side of one connection: the welcome (or refusal), then replies.
+private final class ReplyHandler: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = Message
+
+    private let connection: ServerConnection
+    private let welcomed: EventLoopPromise<UInt64>
+
+    init(connection: ServerConnection, welcomed: EventLoopPromise<UInt64>) {
+        self.connection = connection
+        self.welcomed = welcomed
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .welcome(let epoch):
+            welcomed.succeed(epoch)
+        case .refused(let refusal, let detail):
+            connection.refused(refusal, detail: detail)
+            welcomed.fail(RefusedError(refusal: refusal, detail: detail))
+            context.close(promise: nil)
+        case .reply(let sequence, let epoch, let reply):
+            connection.received(sequence: sequence, epoch: epoch, reply: reply)
+        case .hello, .request:
+            context.close(promise: nil)
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        welcomed.fail(RefusedError(refusal: .shuttingDown, detail: "connection closed"))
+        connection.lost(context.channel, reason: "connection closed")
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        context.close(promise: nil)
+    }
+}
+
+struct RefusedError: Error, CustomStringConvertible {
+    var refusal: Refusal
+    var detail: String
+    var description: String { "refused (\(refusal)): \(detail)" }
+}

@@ -1,0 +1,9 @@
+import ArgumentParser
+
+@main
+struct Baton: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "baton",
+        abstract: "Baton, a failover file system: export servers, mounts and node agents.",
+        subcommands: [Serve.self, Mount.self])
+}

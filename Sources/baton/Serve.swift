@@ -1,0 +1,59 @@
+import ArgumentParser
+import BatonRuntime
+import BatonServer
+import Dispatch
+import Foundation
+
+struct Serve: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Serve one export from a data directory (journal, checkpoint, file data).")
+
+    @Option(help: "The export's name; clients mount NAME@HOST:PORT.")
+    var export: String
+
+    @Option(help: "The export's data directory on this node (created if missing).")
+    var data: String
+
+    @Option(help: "Address to listen on, HOST:PORT (port 0 picks a free port).")
+    var listen: NodeAddress
+
+    @Option(help: "Journal bytes after which a checkpoint is written and older journal deleted.")
+    var checkpointBytes: Int = 256 << 20
+
+    @OptionGroup var logging: LoggingOptions
+
+    func validate() throws {
+        guard !export.isEmpty, export.utf8.count <= 255, !export.contains("@"), !export.contains("/") else {
+            throw ValidationError("export name must be 1-255 bytes without '@' or '/': '\(export)'")
+        }
+        guard checkpointBytes >= 1 << 20 else { throw ValidationError("--checkpoint-bytes must be at least 1 MiB") }
+    }
+
+    func run() throws {
+        let logger = logging.bootstrap(label: "baton.serve")
+        let store: ExportStore
+        do {
+            store = try ExportStore(directory: data, exportName: export,
+                                    limits: .init(checkpointAfterBytes: checkpointBytes), logger: logger)
+        } catch {
+            logger.critical("cannot open the export", metadata: ["export": "\(export)", "error": "\(error)"])
+            throw ExitCode(2)
+        }
+        let server = ExportServer(exportName: export, store: store, logger: logger)
+        let bound = try server.start(listen: listen)
+        // Tests and scripts read the bound port from here when they asked for port 0.
+        FileHandle.standardOutput.write(Data("listening \(bound)\n".utf8))
+        let signals = [SIGTERM, SIGINT].map { signalNumber in
+            signal(signalNumber, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: signalNumber, queue: .global())
+            source.setEventHandler {
+                logger.info("signal received, stopping", metadata: ["export": "\(export)", "signal": "\(signalNumber)"])
+                server.stop()
+            }
+            source.resume()
+            return source
+        }
+        try server.wait()
+        withExtendedLifetime(signals) {}
+    }
+}
