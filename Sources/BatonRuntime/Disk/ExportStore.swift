@@ -99,14 +99,21 @@ public final class ExportStore: @unchecked Sendable {
                 try Disk.writeAtomically(Array("1\n".utf8), to: epochPath, directory: directory)
             }
             files = DataFiles(directory: directory + "/files")
-            namespace = Namespace(createdAt: .now())
-            if Disk.exists(directory + "/checkpoint") {
-                let path = directory + "/checkpoint"
+            let path = directory + "/checkpoint"
+            if Disk.exists(path) {
                 do {
                     namespace = try Namespace(checkpoint: try OpenFile(path: path, flags: O_RDONLY).readAll())
                 } catch let error as DecodeError {
                     throw StoreError.corruptCheckpoint(file: path, reason: error.description)
                 }
+            } else {
+                guard try Disk.list(directory + "/journal").isEmpty else {
+                    throw StoreError.corruptCheckpoint(file: path, reason: "missing while journal segments exist")
+                }
+                // A new export: its root's times are fixed here, once, in the
+                // first checkpoint, so every replay on every node agrees.
+                namespace = Namespace(createdAt: .now())
+                try Disk.writeAtomically(namespace.checkpoint(), to: path, directory: directory)
             }
             segment = try OpenFile(path: "/dev/null", flags: O_WRONLY)
             try replayJournal()

@@ -77,7 +77,7 @@ public struct NodeAddress: Hashable, Sendable, CustomStringConvertible {
     /// Parses `HOST:PORT` (IPv6 as `[::1]:PORT`).
     public init?(_ text: String) {
         guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]),
-              (1...65535).contains(port) else { return nil }
+              (0...65535).contains(port) else { return nil }
         var host = String(text[..<colon])
         if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
         guard !host.isEmpty else { return nil }

@@ -1,0 +1,154 @@
+// Goal: the export server keeps every acknowledged mutation across kill -9,
+// clients ride through a restart, and bad input never takes it down.
+// Method: real `baton serve` processes on loopback, a real client connection
+// (the one the mount uses), SIGKILL by PID, raw sockets for garbage.
+import BatonCore
+import BatonRuntime
+import Foundation
+import NIOCore
+import XCTest
+
+final class ServerProcessTests: XCTestCase {
+    private func connect(_ server: ServerProcess, export: String = "data", timeout: TimeAmount = .seconds(30)) throws -> ServerConnection {
+        let connection = ServerConnection(
+            configuration: .init(exportName: export, addresses: [server.address], requestTimeout: timeout), logger: testLogger)
+        addTeardownBlock { connection.close() }
+        try connection.waitUntilConnected(timeout: .seconds(5))
+        return connection
+    }
+
+    /// kill -9 in the middle of a stream of writes: every acknowledged write is
+    /// there after a restart, and the client's unanswered writes are re-sent to
+    /// the restarted server and answered exactly once.
+    func testKill9DuringWritesLosesNothingAcknowledged() throws {
+        let data = try temporaryDirectory(self)
+        var server = try ServerProcess(self, export: "data", data: data)
+        let connection = try connect(server)
+        guard case .created(let file, let handle) = connection.call(
+            .create(parent: rootInode, name: FileName("stream"), mode: 0o644, flags: OpenFlags.readWrite, .root)) else {
+            return XCTFail("create")
+        }
+        let blockSize = 4096
+        let blocks = 400
+        let acknowledged = ManagedAtomicCounter()
+        let writer = DispatchQueue(label: "writer")
+        let finished = DispatchSemaphore(value: 0)
+        writer.async {
+            for i in 0..<blocks {
+                let block = [UInt8](repeating: UInt8(truncatingIfNeeded: i &* 31 &+ 7), count: blockSize)
+                let reply = connection.call(.write(file.inode, handle: handle, offset: UInt64(i * blockSize), data: block))
+                guard reply == .written(count: UInt32(blockSize)) else { XCTFail("write \(i): \(reply)"); break }
+                acknowledged.increment()
+            }
+            finished.signal()
+        }
+        while acknowledged.value < blocks / 3 { usleep(1000) }
+        server.kill9()
+        let restartedAt = acknowledged.value
+        server = try ServerProcess(self, export: "data", data: data, listen: server.address)
+        XCTAssertEqual(finished.wait(timeout: .now() + 60), .success, "writes did not finish after the restart")
+        XCTAssertEqual(acknowledged.value, blocks)
+        XCTAssertLessThan(restartedAt, blocks, "the kill came too late to test anything")
+
+        guard case .attributes(let attributes) = connection.call(.getattr(file.inode)) else { return XCTFail("getattr") }
+        XCTAssertEqual(attributes.size, UInt64(blocks * blockSize))
+        XCTAssertEqual(attributes.inode, file.inode, "the inode number changed across the restart")
+        for i in stride(from: 0, to: blocks, by: 16) {
+            let reply = connection.call(.read(file.inode, handle: handle, offset: UInt64(i * blockSize), size: UInt32(blockSize)))
+            XCTAssertEqual(reply, .bytes([UInt8](repeating: UInt8(truncatingIfNeeded: i &* 31 &+ 7), count: blockSize)), "block \(i)")
+        }
+    }
+
+    /// A re-sent create (same session and sequence) after a restart returns the
+    /// first reply instead of EEXIST: the reply cache is journaled.
+    func testMutationsSurviveCleanRestartAndIdentityIsKept() throws {
+        let data = try temporaryDirectory(self)
+        var server = try ServerProcess(self, export: "data", data: data)
+        var connection = try connect(server)
+        guard case .entry(let made) = connection.call(.mkdir(parent: rootInode, name: FileName("d"), mode: 0o755, .root)),
+              case .entry(let link) = connection.call(.symlink(parent: made.inode, name: FileName("l"), target: Array("t".utf8), .root)),
+              case .entry(let dir) = connection.call(.lookup(parent: rootInode, name: FileName("d"))),
+              case .attributes(let root) = connection.call(.getattr(rootInode))
+        else { return XCTFail("setup") }
+        XCTAssertEqual(server.terminate(), 0)
+        server = try ServerProcess(self, export: "data", data: data, listen: server.address)
+        connection = try connect(server)
+        XCTAssertEqual(connection.call(.lookup(parent: rootInode, name: FileName("d"))), .entry(dir))
+        XCTAssertEqual(connection.call(.lookup(parent: dir.inode, name: FileName("l"))), .entry(link))
+        XCTAssertEqual(connection.call(.readlink(link.inode)), .bytes(Array("t".utf8)))
+        XCTAssertEqual(connection.call(.getattr(rootInode)), .attributes(root), "the root's attributes changed on restart")
+    }
+
+    func testUnknownExportIsRefusedWithAClearError() throws {
+        let data = try temporaryDirectory(self)
+        let server = try ServerProcess(self, export: "data", data: data)
+        let connection = ServerConnection(configuration: .init(exportName: "other", addresses: [server.address]), logger: testLogger)
+        addTeardownBlock { connection.close() }
+        XCTAssertThrowsError(try connection.waitUntilConnected(timeout: .seconds(2))) { error in
+            XCTAssertTrue("\(error)".contains("serves export 'data', not 'other'"), "\(error)")
+        }
+    }
+
+    /// Garbage, oversized frames and unknown opcodes end that connection only.
+    func testMalformedInputNeverCrashesTheServer() throws {
+        let data = try temporaryDirectory(self)
+        let server = try ServerProcess(self, export: "data", data: data)
+        let garbage: [[UInt8]] = [
+            [0xFF, 0xFF, 0xFF, 0x7F, 1, 2, 3],                // frame length over the limit
+            [5, 0, 0, 0, 99, 1, 2, 3, 4],                      // unknown message tag
+            Message.hello(export: "data", session: 1, version: 1).frame() + [9, 0, 0, 0, 4, 1, 0, 0, 0, 0, 0, 0, 0], // truncated request
+            Message.hello(export: "data", session: 1, version: 1).frame()
+                + Message.request(sequence: 1, oldestUnanswered: 1, .getattr(1)).frame().enumerated().map { $0.offset == 21 ? 250 : $0.element },
+            Message.request(sequence: 1, oldestUnanswered: 1, .getattr(1)).frame(), // request before hello
+            Array(repeating: 0x41, count: 10_000),
+        ]
+        for bytes in garbage { try sendRaw(bytes, to: server.address) }
+        XCTAssertTrue(server.process.isRunning)
+        let connection = try connect(server)
+        guard case .attributes(let root) = connection.call(.getattr(rootInode)) else { return XCTFail("getattr after garbage") }
+        XCTAssertEqual(root.inode, rootInode)
+    }
+
+    func testCorruptJournalStopsTheServerNamingFileAndOffset() throws {
+        let data = try temporaryDirectory(self)
+        let server = try ServerProcess(self, export: "data", data: data)
+        let connection = try connect(server)
+        for i in 0..<5 { _ = connection.call(.mkdir(parent: rootInode, name: FileName("d\(i)"), mode: 0o755, .root)) }
+        connection.close()
+        XCTAssertEqual(server.terminate(), 0)
+        let journal = data + "/journal/" + (try FileManager.default.contentsOfDirectory(atPath: data + "/journal").first!)
+        var bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: journal)))
+        bytes[40] ^= 0xFF // inside the first record, with four more after it
+        try Data(bytes).write(to: URL(fileURLWithPath: journal))
+        XCTAssertThrowsError(try ServerProcess(self, export: "data", data: data)) { error in
+            let text = "\(error)"
+            XCTAssertTrue(text.contains("exit 2") && text.contains(journal) && text.contains("offset 0"), text)
+        }
+    }
+
+    private func sendRaw(_ bytes: [UInt8], to address: NodeAddress) throws {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        defer { close(fd) }
+        var sin = sockaddr_in()
+        sin.sin_family = sa_family_t(AF_INET)
+        sin.sin_port = in_port_t(UInt16(address.port).bigEndian)
+        sin.sin_addr.s_addr = inet_addr(address.host)
+        let connected = withUnsafePointer(to: &sin) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard connected == 0 else { throw TestError("connect failed") }
+        _ = bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        var timeout = timeval(tv_sec: 2, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        // The server answers with a refusal and closes; wait for the close.
+        while recv(fd, &buffer, buffer.count, 0) > 0 {}
+    }
+}
+
+final class ManagedAtomicCounter: @unchecked Sendable {
+    private let lock = NSLock()
+    private var count = 0
+    var value: Int { lock.withLock { count } }
+    func increment() { lock.withLock { count += 1 } }
+}

@@ -1,0 +1,119 @@
+import BatonCore
+import BatonRuntime
+import Foundation
+import Logging
+import NIOCore
+import XCTest
+
+/// XCTest brings Foundation.Operation; these tests mean the file system operation.
+typealias Operation = BatonCore.Operation
+
+/// The `baton` executable built beside the tests.
+enum BatonBinary {
+    static var path: String {
+        if let path = ProcessInfo.processInfo.environment["BATON_BIN"] { return path }
+        // On Linux the test bundle's URL is the build products directory itself.
+        let bundle = Bundle(for: ServerProcess.self).bundleURL
+        for directory in [bundle, bundle.deletingLastPathComponent()] {
+            let candidate = directory.appendingPathComponent("baton").path
+            if FileManager.default.isExecutableFile(atPath: candidate) { return candidate }
+        }
+        return bundle.appendingPathComponent("baton").path
+    }
+}
+
+/// A scratch directory removed at the end of the test, also when it fails.
+func temporaryDirectory(_ test: XCTestCase, _ name: String = #function) throws -> String {
+    let path = NSTemporaryDirectory() + "baton-test-\(name.filter(\.isLetter))-\(UUID().uuidString.prefix(8))"
+    try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
+    test.addTeardownBlock { try? FileManager.default.removeItem(atPath: path) }
+    return path
+}
+
+/// A real `baton serve` process. Killed (by PID) at the end of the test whatever happens.
+final class ServerProcess {
+    let process = Process()
+    private(set) var address: NodeAddress
+    private let stderrPipe = Pipe()
+
+    init(_ test: XCTestCase, export: String, data: String, listen: NodeAddress = NodeAddress(host: "127.0.0.1", port: 0),
+         extraArguments: [String] = []) throws {
+        process.executableURL = URL(fileURLWithPath: BatonBinary.path)
+        process.arguments = ["serve", "--export", export, "--data", data, "--listen", listen.description] + extraArguments
+        let stdout = Pipe()
+        process.standardOutput = stdout
+        process.standardError = stderrPipe
+        try process.run()
+        let process = self.process
+        test.addTeardownBlock {
+            if process.isRunning {
+                kill(process.processIdentifier, SIGKILL)
+                process.waitUntilExit()
+            }
+        }
+        // The server prints "listening HOST:PORT" once it accepts connections.
+        let line = stdout.fileHandleForReading.readLine()
+        guard let line, line.hasPrefix("listening "), let bound = NodeAddress(String(line.dropFirst("listening ".count))) else {
+            process.waitUntilExit()
+            let log = String(decoding: stderrPipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            throw TestError("baton serve did not start (exit \(process.terminationStatus)): \(log)")
+        }
+        address = bound
+    }
+
+    func kill9() {
+        kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+    }
+
+    func terminate() -> Int32 {
+        kill(process.processIdentifier, SIGTERM)
+        process.waitUntilExit()
+        return process.terminationStatus
+    }
+
+    /// What the server logged (only after it exited).
+    var log: String { String(decoding: stderrPipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self) }
+}
+
+struct TestError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
+extension FileHandle {
+    /// Reads one line, byte by byte (the pipe stays usable afterwards).
+    func readLine() -> String? {
+        var bytes: [UInt8] = []
+        while true {
+            let data = readData(ofLength: 1)
+            guard let byte = data.first else { return bytes.isEmpty ? nil : String(decoding: bytes, as: UTF8.self) }
+            if byte == UInt8(ascii: "\n") { return String(decoding: bytes, as: UTF8.self) }
+            bytes.append(byte)
+        }
+    }
+}
+
+extension ServerConnection {
+    /// Sends and waits, for tests.
+    func call(_ operation: Operation, timeout: TimeInterval = 30) -> Reply {
+        let done = DispatchSemaphore(value: 0)
+        let box = ReplyBox()
+        send(operation) { reply in
+            box.reply = reply
+            done.signal()
+        }
+        guard done.wait(timeout: .now() + timeout) == .success else { return .error(.ETIMEDOUT) }
+        return box.reply!
+    }
+}
+
+final class ReplyBox: @unchecked Sendable {
+    var reply: Reply?
+}
+
+let testLogger: Logger = {
+    var logger = Logger(label: "baton.test")
+    logger.logLevel = .warning
+    return logger
+}()
