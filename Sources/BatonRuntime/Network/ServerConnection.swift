@@ -134,7 +134,7 @@ public final class ServerConnection: @unchecked Sendable {
                     try channel.pipeline.syncOperations.addHandler(ReplyHandler(connection: self, welcomed: welcomed))
                 }
             }
-            .connect(host: address.host, port: address.port)
+            .connect(resolving: address, on: group.next())
             .flatMap { [self] channel in
                 channel.writeAndFlush(Message.hello(export: configuration.exportName, session: session,
                                                     version: Message.protocolVersion).frame(allocator: allocator))
@@ -290,4 +290,16 @@ struct RefusedError: Error, CustomStringConvertible {
     var refusal: Refusal
     var detail: String
     var description: String { "refused (\(refusal)): \(detail)" }
+}
+
+extension ClientBootstrap {
+    /// Connects after resolving on the calling thread. NIO's own resolver runs
+    /// on Dispatch, which does not survive the fork of a backgrounded mount.
+    func connect(resolving address: NodeAddress, on eventLoop: EventLoop) -> EventLoopFuture<Channel> {
+        do {
+            return connect(to: try SocketAddress.makeAddressResolvingHost(address.host, port: address.port))
+        } catch {
+            return eventLoop.makeFailedFuture(error)
+        }
+    }
 }
