@@ -29,6 +29,10 @@ struct Mount: ParsableCommand {
     @Flag(name: .short, help: "Stay in the foreground.")
     var foreground = false
 
+    /// Set on the background copy that `baton mount` starts of itself.
+    @Flag(help: .hidden)
+    var backgroundChild = false
+
     @OptionGroup var logging: LoggingOptions
 
     struct Settings {
@@ -99,45 +103,31 @@ struct Mount: ParsableCommand {
 
     func run() throws {
         let settings = try Self.parse(source: source, options: options)
+        if !foreground && !backgroundChild {
+            // fork() and Swift's runtimes (Dispatch, NIO threads) do not mix:
+            // the background mount is a fresh copy of this program instead.
+            throw ExitCode(try BackgroundMount.start(arguments: CommandLine.arguments, logFile: settings.logFile))
+        }
         var logging = self.logging
         if let level = settings.logLevel { logging.logLevel = level }
         let logger = logging.bootstrap(label: "baton.mount")
-        let configuration = ServerConnection.Configuration(
-            exportName: settings.exportName, addresses: settings.addresses,
-            requestTimeout: .nanoseconds(Int64(settings.requestTimeoutSeconds * 1e9)))
-
-        // Fail here, in the foreground, when no server serves the export:
-        // a mount that hangs in the background helps nobody.
-        let probe = ServerConnection(configuration: configuration, logger: logger)
-        defer { probe.close() }
-        do {
-            try probe.waitUntilConnected(timeout: .seconds(10))
-        } catch {
-            logger.critical("cannot mount", metadata: ["export": "\(settings.exportName)", "error": "\(error)"])
-            throw ExitCode(1)
-        }
-        probe.close()
+        try checkServers(settings, logger: logger)
 
         let mount: FuseMount
         do {
             mount = try FuseMount(FuseMountOptions(
-                mountpoint: mountpoint, options: settings.fuseOptions, foreground: foreground,
+                mountpoint: mountpoint, options: settings.fuseOptions,
                 attributeTimeoutSeconds: settings.attributeTimeoutSeconds, entryTimeoutSeconds: settings.entryTimeoutSeconds,
                 writebackCache: settings.writebackCache, maxThreads: settings.maxThreads))
         } catch {
             logger.critical("cannot mount", metadata: ["mountpoint": "\(mountpoint)", "error": "\(error)"])
             throw ExitCode(1)
         }
-        // No thread may exist across the fork: the network starts after it.
-        try mount.daemonize()
-        if !foreground, let logFile = settings.logFile {
-            let fd = open(logFile, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o640)
-            if fd >= 0 {
-                dup2(fd, 2)
-                close(fd)
-            }
-        }
-        let connection = ServerConnection(configuration: configuration, logger: logger)
+        let connection = ServerConnection(
+            configuration: .init(exportName: settings.exportName, addresses: settings.addresses,
+                                 requestTimeout: .nanoseconds(Int64(settings.requestTimeoutSeconds * 1e9))),
+            logger: logger)
+        if backgroundChild { BackgroundMount.detach(logFile: settings.logFile) }
         logger.info("mounted", metadata: [
             "export": "\(settings.exportName)", "mountpoint": "\(mountpoint)",
             "servers": "\(settings.addresses.map(\.description).joined(separator: ","))", "session": "\(connection.session)",
@@ -148,6 +138,89 @@ struct Mount: ParsableCommand {
             logger.info("unmounted", metadata: ["export": "\(settings.exportName)", "mountpoint": "\(mountpoint)"])
         }
         try mount.run(transport: connection)
+    }
+
+    /// Fails in the foreground, with the servers' own words, when no server
+    /// serves the export: a mount that hangs in the background helps nobody.
+    private func checkServers(_ settings: Settings, logger: Logger) throws {
+        var findings: [String] = []
+        for address in settings.addresses {
+            do {
+                switch try ServerProbe.hello(address, export: settings.exportName) {
+                case .active: return
+                case .refused(let refusal, let detail): findings.append("\(address): \(refusal): \(detail)")
+                }
+            } catch {
+                findings.append("\(error)")
+            }
+        }
+        logger.critical("cannot mount: no active server for the export", metadata: [
+            "export": "\(settings.exportName)", "findings": "\(findings.joined(separator: "; "))",
+        ])
+        throw ExitCode(1)
+    }
+}
+
+/// A mount in the background: `baton mount` starts a copy of itself in a new
+/// session and returns once that copy has mounted (exit 0) or failed (its exit
+/// status), with the copy's errors on the caller's terminal.
+enum BackgroundMount {
+    static let readyLine = "baton-mount-ready"
+
+    static func start(arguments: [String], logFile: String?) throws -> Int32 {
+        var pipeEnds: [Int32] = [0, 0]
+        guard pipe(&pipeEnds) == 0 else { throw ValidationError("pipe failed: errno \(errno)") }
+        let executable = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? arguments[0]
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_adddup2(&actions, pipeEnds[1], 1)
+        posix_spawn_file_actions_addclose(&actions, pipeEnds[0])
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        // A session of its own: the terminal's hangup and Ctrl-C do not reach the mount.
+        let setSessionFlag: Int16 = 0x80 // POSIX_SPAWN_SETSID, hidden behind _GNU_SOURCE in glibc's header
+        posix_spawnattr_setflags(&attributes, setSessionFlag)
+        let argv = ([executable] + arguments.dropFirst() + ["--background-child"]).map { strdup($0) } + [nil]
+        defer { argv.forEach { free($0) } }
+        var pid: pid_t = 0
+        let spawned = posix_spawn(&pid, executable, &actions, &attributes, argv, environ)
+        close(pipeEnds[1])
+        guard spawned == 0 else { throw ValidationError("cannot start \(executable): \(String(cString: strerror(spawned)))") }
+        let ready = FileHandle(fileDescriptor: pipeEnds[0], closeOnDealloc: true)
+        if ready.readLine() == readyLine { return 0 }
+        var status: Int32 = 0
+        waitpid(pid, &status, 0)
+        let exitCode = (status >> 8) & 0xFF
+        return exitCode == 0 ? 1 : exitCode
+    }
+
+    /// In the copy, once mounted: leave the caller's session and terminal,
+    /// log to `logFile` (or nowhere), and tell the caller all is well.
+    static func detach(logFile: String?) {
+        FileHandle.standardOutput.write(Data((readyLine + "\n").utf8))
+        let null = open("/dev/null", O_RDWR)
+        let log = logFile.map { open($0, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o640) } ?? -1
+        dup2(null, 0)
+        dup2(null, 1)
+        dup2(log >= 0 ? log : null, 2)
+        if log >= 0 { close(log) }
+        close(null)
+        _ = chdir("/")
+    }
+}
+
+extension FileHandle {
+    /// One line, read byte by byte so nothing after it is consumed.
+    func readLine() -> String? {
+        var bytes: [UInt8] = []
+        while let byte = readData(ofLength: 1).first {
+            if byte == UInt8(ascii: "\n") { return String(decoding: bytes, as: UTF8.self) }
+            bytes.append(byte)
+        }
+        return bytes.isEmpty ? nil : String(decoding: bytes, as: UTF8.self)
     }
 }
 

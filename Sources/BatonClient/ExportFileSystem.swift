@@ -1,0 +1,365 @@
+import BatonCore
+import BatonFUSE
+import Glibc
+import Synchronization
+
+/// The client's file system: every FUSE request becomes one `Operation` for
+/// the export's active server, and the server's `Reply` becomes the FUSE
+/// answer. Requests never wait on libfuse's threads: the reply object goes
+/// with the operation and is answered from the transport's completion.
+///
+/// Inode numbers, generations and directory cookies are the export's own (see
+/// DESIGN.md §3), so they pass through unchanged and survive a failover.
+public final class ExportFileSystem: FuseOperations {
+    private let transport: any OperationTransport
+    private let attributeTimeoutSeconds: Double
+    private let entryTimeoutSeconds: Double
+    private let wantsWritebackCache: Bool
+    /// Whether the kernel agreed to writeback caching; set once at INIT, before any request.
+    private let writebackCache = Atomic<Bool>(false)
+
+    /// The preferred I/O size shown in `st_blksize`.
+    static let blockSizeBytes: UInt32 = 4096
+    /// The largest write the kernel sends; matches the wire's largest data block.
+    static let maxWriteBytes = UInt32(WireLimits.maxDataBytes)
+
+    public init(transport: any OperationTransport, attributeTimeoutSeconds: Double = 1.0,
+                entryTimeoutSeconds: Double = 1.0, writebackCache: Bool = false) {
+        self.transport = transport
+        self.attributeTimeoutSeconds = attributeTimeoutSeconds
+        self.entryTimeoutSeconds = entryTimeoutSeconds
+        self.wantsWritebackCache = writebackCache
+    }
+
+    // MARK: - Connection
+
+    public func initialize(_ connection: inout FuseConnection) {
+        // libfuse 3 always asks for big writes; max_write is what sets their size.
+        connection.maxWriteBytes = Self.maxWriteBytes
+        connection.enable([.asyncRead, .atomicOpenTruncate, .exportSupport, .parallelDirectoryOperations])
+        // The server clears setuid/setgid bits only when asked: leave that to
+        // the kernel, which then sends the mode change as a setattr.
+        connection.disable(.handleKillPrivileges)
+        if wantsWritebackCache {
+            connection.enable(.writebackCache)
+        } else {
+            connection.disable(.writebackCache)
+        }
+        writebackCache.store(connection.wanted.contains(.writebackCache), ordering: .releasing)
+    }
+
+    /// The server keeps no per-client lookup counts, so there is nothing to tell it.
+    public func forget(_ request: FuseRequest, inode: UInt64, lookups: UInt64) {}
+
+    // MARK: - Names
+
+    public func lookup(_ request: FuseRequest, parent: UInt64, name: [UInt8], reply: consuming FuseEntryReply) {
+        sendEntry(.lookup(parent: parent, name: FileName(name)), reply)
+    }
+
+    public func mknod(_ request: FuseRequest, parent: UInt64, name: [UInt8], mode: UInt32, rdev: UInt64,
+                      reply: consuming FuseEntryReply) {
+        sendEntry(.mknod(parent: parent, name: FileName(name), mode: mode, rdev: rdev, caller(request)), reply)
+    }
+
+    public func mkdir(_ request: FuseRequest, parent: UInt64, name: [UInt8], mode: UInt32,
+                      reply: consuming FuseEntryReply) {
+        sendEntry(.mkdir(parent: parent, name: FileName(name), mode: mode, caller(request)), reply)
+    }
+
+    public func symlink(_ request: FuseRequest, parent: UInt64, name: [UInt8], target: [UInt8],
+                        reply: consuming FuseEntryReply) {
+        sendEntry(.symlink(parent: parent, name: FileName(name), target: target, caller(request)), reply)
+    }
+
+    public func link(_ request: FuseRequest, inode: UInt64, newParent: UInt64, newName: [UInt8],
+                     reply: consuming FuseEntryReply) {
+        sendEntry(.link(inode, newParent: newParent, newName: FileName(newName)), reply)
+    }
+
+    public func unlink(_ request: FuseRequest, parent: UInt64, name: [UInt8], reply: consuming FuseEmptyReply) {
+        sendDone(.unlink(parent: parent, name: FileName(name)), reply)
+    }
+
+    public func rmdir(_ request: FuseRequest, parent: UInt64, name: [UInt8], reply: consuming FuseEmptyReply) {
+        sendDone(.rmdir(parent: parent, name: FileName(name)), reply)
+    }
+
+    public func rename(_ request: FuseRequest, parent: UInt64, name: [UInt8], newParent: UInt64, newName: [UInt8],
+                       flags: UInt32, reply: consuming FuseEmptyReply) {
+        sendDone(.rename(parent: parent, name: FileName(name), newParent: newParent, newName: FileName(newName),
+                         flags: flags), reply)
+    }
+
+    // MARK: - Attributes
+
+    public func getattr(_ request: FuseRequest, inode: UInt64, reply: consuming FuseAttributesReply) {
+        sendAttributes(.getattr(inode), reply)
+    }
+
+    public func setattr(_ request: FuseRequest, inode: UInt64, changes: FuseAttributeChanges,
+                        reply: consuming FuseAttributesReply) {
+        sendAttributes(.setattr(inode, AttributeChanges(changes), caller(request)), reply)
+    }
+
+    public func readlink(_ request: FuseRequest, inode: UInt64, reply: consuming FuseDataReply) {
+        send(.readlink(inode), reply) { reply, result in
+            switch result {
+            case .bytes(let target): reply.data(target)
+            default: reply.error(errorCode(result))
+            }
+        }
+    }
+
+    public func statfs(_ request: FuseRequest, inode: UInt64, reply: consuming FuseStatisticsReply) {
+        send(.statfs, reply) { reply, result in
+            switch result {
+            case .statfs(let s):
+                reply.statistics(FuseStatistics(
+                    blockSizeBytes: s.blockSize, fragmentSizeBytes: s.blockSize, blocks: s.totalBlocks,
+                    blocksFree: s.freeBlocks, blocksAvailable: s.availableBlocks, files: s.totalInodes,
+                    filesFree: s.freeInodes, maxNameLength: s.maxNameLength))
+            default: reply.error(errorCode(result))
+            }
+        }
+    }
+
+    // MARK: - Files
+
+    public func open(_ request: FuseRequest, inode: UInt64, flags: Int32, reply: consuming FuseOpenReply) {
+        send(.open(inode, flags: serverFlags(flags)), reply) { [transport] reply, result in
+            switch result {
+            case .opened(let handle):
+                if !reply.opened(handle: handle) { transport.send(.release(inode, handle: handle)) { _ in } }
+            default: reply.error(errorCode(result))
+            }
+        }
+    }
+
+    public func create(_ request: FuseRequest, parent: UInt64, name: [UInt8], mode: UInt32, flags: Int32,
+                       reply: consuming FuseCreateReply) {
+        let operation = Operation.create(parent: parent, name: FileName(name), mode: mode, flags: serverFlags(flags),
+                                         caller(request))
+        send(operation, reply) { [self] reply, result in
+            switch result {
+            case .created(let attributes, let handle):
+                if !reply.created(entry(attributes), handle: handle) {
+                    transport.send(.release(attributes.inode, handle: handle)) { _ in }
+                }
+            default: reply.error(errorCode(result))
+            }
+        }
+    }
+
+    public func read(_ request: FuseRequest, inode: UInt64, handle: UInt64, offset: UInt64, size: UInt32,
+                     reply: consuming FuseDataReply) {
+        send(.read(inode, handle: handle, offset: offset, size: size), reply) { reply, result in
+            switch result {
+            // More than asked for would make the kernel fail the read anyway.
+            case .bytes(let data) where data.count <= Int(size): reply.data(data)
+            default: reply.error(errorCode(result))
+            }
+        }
+    }
+
+    public func write(_ request: FuseRequest, inode: UInt64, handle: UInt64, offset: UInt64, data: [UInt8],
+                      reply: consuming FuseWriteReply) {
+        let size = data.count
+        send(.write(inode, handle: handle, offset: offset, data: data), reply) { reply, result in
+            switch result {
+            case .written(let count) where Int(count) <= size: reply.written(count)
+            default: reply.error(errorCode(result))
+            }
+        }
+    }
+
+    /// close(2) promises no durability, and writes are acknowledged only once
+    /// the server has them, so there is nothing to wait for.
+    public func flush(_ request: FuseRequest, inode: UInt64, handle: UInt64, reply: consuming FuseEmptyReply) {
+        reply.ok()
+    }
+
+    public func release(_ request: FuseRequest, inode: UInt64, handle: UInt64, reply: consuming FuseEmptyReply) {
+        sendDone(.release(inode, handle: handle), reply)
+    }
+
+    public func fsync(_ request: FuseRequest, inode: UInt64, handle: UInt64, dataOnly: Bool,
+                      reply: consuming FuseEmptyReply) {
+        sendDone(.fsync(inode), reply)
+    }
+
+    // MARK: - Directories
+
+    /// Directory handles carry no server state: readdir continues from cookies.
+    public func opendir(_ request: FuseRequest, inode: UInt64, flags: Int32, reply: consuming FuseOpenReply) {
+        reply.opened(handle: 0)
+    }
+
+    public func readdir(_ request: FuseRequest, inode: UInt64, handle: UInt64, offset: UInt64,
+                        reply: consuming FuseDirectoryReply) {
+        let operation = Operation.readdir(inode, cookie: offset, maxBytes: UInt32(clamping: reply.sizeBytes))
+        send(operation, reply) { reply, result in
+            switch result {
+            case .directory(let entries):
+                reply.entries { buffer in
+                    // Entries that do not fit are asked for again from the last cookie sent.
+                    for entry in entries {
+                        guard buffer.add(name: entry.name.bytes, inode: entry.inode, mode: entry.mode,
+                                         nextOffset: entry.cookie) else { break }
+                    }
+                }
+            default: reply.error(errorCode(result))
+            }
+        }
+    }
+
+    public func releasedir(_ request: FuseRequest, inode: UInt64, handle: UInt64, reply: consuming FuseEmptyReply) {
+        reply.ok()
+    }
+
+    public func fsyncdir(_ request: FuseRequest, inode: UInt64, handle: UInt64, dataOnly: Bool,
+                         reply: consuming FuseEmptyReply) {
+        sendDone(.fsync(inode), reply)
+    }
+
+    // MARK: - Extended attributes
+
+    public func setxattr(_ request: FuseRequest, inode: UInt64, name: [UInt8], value: [UInt8], flags: Int32,
+                         reply: consuming FuseEmptyReply) {
+        sendDone(.setxattr(inode, name: FileName(name), value: value, flags: UInt32(bitPattern: flags)), reply)
+    }
+
+    public func getxattr(_ request: FuseRequest, inode: UInt64, name: [UInt8], size: UInt32,
+                         reply: consuming FuseXattrReply) {
+        send(.getxattr(inode, name: FileName(name), size: size), reply) { reply, result in
+            answerXattr(reply, result, size: size)
+        }
+    }
+
+    public func listxattr(_ request: FuseRequest, inode: UInt64, size: UInt32, reply: consuming FuseXattrReply) {
+        send(.listxattr(inode, size: size), reply) { reply, result in
+            answerXattr(reply, result, size: size)
+        }
+    }
+
+    public func removexattr(_ request: FuseRequest, inode: UInt64, name: [UInt8], reply: consuming FuseEmptyReply) {
+        sendDone(.removexattr(inode, name: FileName(name)), reply)
+    }
+
+    // MARK: - Sending
+
+    /// Sends `operation` and answers `reply` from the completion. The reply
+    /// waits in a box because an escaping closure cannot consume it directly.
+    private func send<R: ~Copyable & Sendable>(_ operation: Operation, _ reply: consuming R,
+                                               _ answer: @escaping @Sendable (consuming R, Reply) -> Void) {
+        let deferred = FuseDeferredReply(reply)
+        transport.send(operation) { result in answer(deferred.take(), result) }
+    }
+
+    private func sendEntry(_ operation: Operation, _ reply: consuming FuseEntryReply) {
+        send(operation, reply) { [self] reply, result in
+            switch result {
+            case .entry(let attributes): reply.entry(entry(attributes))
+            default: reply.error(errorCode(result))
+            }
+        }
+    }
+
+    private func sendAttributes(_ operation: Operation, _ reply: consuming FuseAttributesReply) {
+        send(operation, reply) { [attributeTimeoutSeconds] reply, result in
+            switch result {
+            case .attributes(let attributes):
+                reply.attributes(FuseAttributes(attributes), timeoutSeconds: attributeTimeoutSeconds)
+            default: reply.error(errorCode(result))
+            }
+        }
+    }
+
+    private func sendDone(_ operation: Operation, _ reply: consuming FuseEmptyReply) {
+        send(operation, reply) { reply, result in
+            switch result {
+            case .done: reply.ok()
+            default: reply.error(errorCode(result))
+            }
+        }
+    }
+
+    // MARK: - Conversions
+
+    private func entry(_ attributes: FileAttributes) -> FuseEntry {
+        FuseEntry(attributes: FuseAttributes(attributes), generation: attributes.generation,
+                  attributeTimeoutSeconds: attributeTimeoutSeconds, entryTimeoutSeconds: entryTimeoutSeconds)
+    }
+
+    /// The open flags the server acts on. With writeback caching the kernel
+    /// appends and reads back pages itself (as libfuse's passthrough_ll notes):
+    /// O_APPEND must not reach the server, and a write-only open must also
+    /// allow the kernel's reads of partial pages.
+    private func serverFlags(_ flags: Int32) -> UInt32 {
+        var serverFlags = UInt32(bitPattern: flags)
+        if writebackCache.load(ordering: .acquiring) {
+            serverFlags &= ~OpenFlags.append
+            if serverFlags & OpenFlags.accessMask == OpenFlags.writeOnly {
+                serverFlags = serverFlags & ~OpenFlags.accessMask | OpenFlags.readWrite
+            }
+        }
+        return serverFlags
+    }
+}
+
+private func caller(_ request: FuseRequest) -> Caller {
+    Caller(uid: request.uid, gid: request.gid, umask: request.umask)
+}
+
+/// The errno for a reply that is not the expected success: the server's own
+/// errno, or EIO for a reply of the wrong kind (a server bug must not crash
+/// the mount).
+private func errorCode(_ reply: Reply) -> Int32 {
+    if case .error(let errno) = reply, errno.code > 0 { return errno.code }
+    return EIO
+}
+
+/// getxattr and listxattr: a size query gets the size, whether the server
+/// answered with the size or the whole value; a value larger than the
+/// caller's buffer is ERANGE.
+private func answerXattr(_ reply: consuming FuseXattrReply, _ result: Reply, size: UInt32) {
+    switch result {
+    case .size(let needed) where size == 0: reply.size(needed)
+    case .bytes(let value) where size == 0: reply.size(UInt32(clamping: value.count))
+    case .bytes(let value) where value.count > Int(size): reply.error(ERANGE)
+    case .bytes(let value): reply.data(value)
+    default: reply.error(errorCode(result))
+    }
+}
+
+extension FuseAttributes {
+    init(_ a: FileAttributes) {
+        self.init(inode: a.inode, mode: a.mode, linkCount: a.linkCount, uid: a.uid, gid: a.gid, rdev: a.rdev,
+                  sizeBytes: a.size, blocks: a.blocks, blockSizeBytes: ExportFileSystem.blockSizeBytes,
+                  atime: FuseTime(a.atime), mtime: FuseTime(a.mtime), ctime: FuseTime(a.ctime))
+    }
+}
+
+extension FuseTime {
+    init(_ t: Timestamp) { self.init(seconds: t.seconds, nanoseconds: t.nanoseconds) }
+}
+
+extension Timestamp {
+    init(_ t: FuseTime) { self.init(seconds: t.seconds, nanoseconds: t.nanoseconds) }
+}
+
+extension TimeChange {
+    init(_ change: FuseTimeChange) {
+        switch change {
+        case .now: self = .now
+        case .set(let t): self = .set(Timestamp(t))
+        }
+    }
+}
+
+extension AttributeChanges {
+    init(_ c: FuseAttributeChanges) {
+        self.init(mode: c.mode, uid: c.uid, gid: c.gid, size: c.sizeBytes, atime: c.atime.map(TimeChange.init),
+                  mtime: c.mtime.map(TimeChange.init), ctime: c.ctime.map(Timestamp.init))
+    }
+}

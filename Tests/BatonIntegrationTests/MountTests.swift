@@ -1,0 +1,105 @@
+// Goal: a real FUSE mount of a real export server behaves as a POSIX file
+// system, keeps fio's verify happy across a server kill -9, and never hangs:
+// a request waits for the server to come back, up to the mount's timeout.
+// Method: `baton serve` and `baton mount -f` as processes, fio, cp and diff,
+// the repo's posix-check script; all removed at teardown by PID.
+import BatonCore
+import Foundation
+import XCTest
+
+final class MountTests: XCTestCase {
+    override func setUpWithError() throws {
+        guard FileManager.default.isReadableFile(atPath: "/dev/fuse"), getuid() == 0 else {
+            throw XCTSkip("needs root and /dev/fuse")
+        }
+    }
+
+    private func fio(_ arguments: [String]) throws -> CommandResult {
+        try runCommand("/usr/bin/fio", ["--ioengine=psync", "--output-format=normal"] + arguments)
+    }
+
+    func testFioVerifyThroughTheMount() throws {
+        let export = try MountedExport(self)
+        let result = try fio(["--name=verify", "--directory=\(export.path)", "--rw=randwrite", "--bsrange=4k-256k",
+                              "--size=32m", "--verify=crc32c", "--do_verify=1", "--verify_fatal=1"])
+        XCTAssertEqual(result.status, 0, result.output)
+        XCTAssertTrue(result.output.contains("err= 0"), result.output)
+    }
+
+    func testTreeCopyMatchesTheOriginal() throws {
+        let export = try MountedExport(self)
+        let source = repositoryRoot + "/Sources"
+        let copy = try runCommand("/bin/cp", ["-a", source, export.path + "/tree"])
+        XCTAssertEqual(copy.status, 0, copy.output)
+        let diff = try runCommand("/usr/bin/diff", ["-r", "--no-dereference", source, export.path + "/tree"])
+        XCTAssertEqual(diff.status, 0, diff.output)
+    }
+
+    /// kill -9 of the server while fio writes and verifies: the mount waits,
+    /// re-sends to the restarted server, and fio finishes with no error.
+    func testFioVerifyRidesThroughServerKill9() throws {
+        let export = try MountedExport(self)
+        let fioLog = export.directory + "/fio.out"
+        let job = try start(self, "/usr/bin/fio", [
+            "--name=ride", "--directory=\(export.path)", "--rw=write", "--bs=64k", "--size=96m", "--ioengine=psync",
+            "--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--fsync=16",
+        ], output: fioLog)
+        // Let writes flow, then pull the server out from under them.
+        let deadline = Date().addingTimeInterval(10)
+        while (try? FileManager.default.contentsOfDirectory(atPath: export.path).isEmpty) ?? true, Date() < deadline {
+            usleep(50_000)
+        }
+        usleep(500_000)
+        XCTAssertTrue(job.isRunning, "fio finished before the failure; the test tested nothing")
+        try export.restartServerHard(self, pause: 0.5)
+        job.waitUntilExit()
+        let output = (try? String(contentsOfFile: fioLog, encoding: .utf8)) ?? ""
+        XCTAssertEqual(job.terminationStatus, 0, output)
+        XCTAssertTrue(output.contains("err= 0"), output)
+        XCTAssertTrue(export.mount.log.contains("reconnecting"), "the mount never saw the server go: \(export.mount.log)")
+    }
+
+    /// Inode numbers come from the export, so they survive a server restart.
+    func testInodeNumbersSurviveServerRestart() throws {
+        let export = try MountedExport(self, options: ["attr_timeout=0", "entry_timeout=0"])
+        let file = export.path + "/f"
+        FileManager.default.createFile(atPath: file, contents: Data("x".utf8))
+        var before = stat()
+        XCTAssertEqual(stat(file, &before), 0)
+        try export.restartServerHard(self)
+        var after = stat()
+        XCTAssertEqual(stat(file, &after), 0, "stat after restart: errno \(errno)")
+        XCTAssertEqual(before.st_ino, after.st_ino)
+        XCTAssertEqual(try String(contentsOfFile: file, encoding: .utf8), "x")
+    }
+
+    /// With the server gone for good, a request fails with EIO after the
+    /// mount's timeout instead of hanging forever.
+    func testRequestsFailWithEIOAfterTheTimeoutWhenNoServerReturns() throws {
+        let export = try MountedExport(self, options: ["timeout=2", "attr_timeout=0", "entry_timeout=0"])
+        export.server.kill9()
+        let started = Date()
+        var st = stat()
+        let result = stat(export.path + "/anything", &st)
+        let failure = errno
+        XCTAssertEqual(result, -1)
+        XCTAssertEqual(failure, EIO)
+        XCTAssertLessThan(Date().timeIntervalSince(started), 20)
+    }
+
+    func testSIGTERMUnmountsCleanly() throws {
+        let export = try MountedExport(self)
+        XCTAssertEqual(export.mount.terminate(), 0, export.mount.log)
+        XCTAssertFalse(MountProcess.isMounted(export.path))
+    }
+
+    func testMountOfUnknownExportFailsWithAClearError() throws {
+        let directory = try temporaryDirectory(self)
+        let server = try ServerProcess(self, export: "real", data: directory + "/data")
+        try FileManager.default.createDirectory(atPath: directory + "/mnt", withIntermediateDirectories: true)
+        let result = try runCommand(BatonBinary.path, ["mount", "nosuch@\(server.address)", directory + "/mnt"])
+        XCTAssertNotEqual(result.status, 0)
+        XCTAssertTrue(result.output.contains("serves export 'real', not 'nosuch'"), result.output)
+        XCTAssertFalse(MountProcess.isMounted(directory + "/mnt"))
+    }
+}
