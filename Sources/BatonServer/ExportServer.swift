@@ -5,14 +5,15 @@ import NIOCore
 import NIOPosix
 
 /// The export server (`baton serve`): owns one export's namespace while
-/// active, applies client operations in one order on its export thread,
-/// journals every mutation before it answers.
+/// active. Mutations are applied in one order on the export thread, each
+/// journaled before it is answered; queries and reads are answered on the
+/// network threads under the namespace's read lock.
 public final class ExportServer: @unchecked Sendable {
     public let exportName: String
     private let store: ExportStore
     private let logger: Logger
-    /// The one thread that touches the namespace and the journal: mutations
-    /// are applied in a single order, which is the journal's order.
+    /// The one thread that changes the namespace and writes the journal:
+    /// mutations are applied in a single order, which is the journal's order.
     private let exportThread: MultiThreadedEventLoopGroup
     private let network: MultiThreadedEventLoopGroup
     private var listener: Channel?
@@ -69,94 +70,87 @@ public final class ExportServer: @unchecked Sendable {
 
     var epoch: UInt64 { store.epoch }
 
-    /// Runs one request on the export thread and hands back its reply.
+    /// Answers one request: queries right here, mutations (and the disk-wide
+    /// fsync and statfs) on the export thread.
     func handle(_ operation: Operation, session: UInt64, sequence: UInt64, oldestUnanswered: UInt64,
-                allocator: ByteBufferAllocator) -> EventLoopFuture<ByteBuffer> {
-        exportThread.next().submit { [self] in
-            frame(sequence: sequence, reply: perform(operation, session: session, sequence: sequence,
-                                                     oldestUnanswered: oldestUnanswered, allocator: allocator),
-                  allocator: allocator)
-        }
-    }
-
-    private enum Answer {
-        case reply(Reply)
-        /// Read data, already framed (pread went straight into the frame).
-        case frame(ByteBuffer)
-    }
-
-    private func perform(_ operation: Operation, session: UInt64, sequence: UInt64, oldestUnanswered: UInt64,
-                         allocator: ByteBufferAllocator) -> Answer {
-        if failed { return .reply(.error(.EIO)) }
-        store.forgetReplies(session: session, below: oldestUnanswered)
-        if operation.isMutation {
-            if let cached = store.namespace.cachedReply(session: session, request: sequence) { return .reply(cached) }
-            do {
-                return .reply(try store.apply(operation, session: session, requestSequence: sequence))
-            } catch {
-                fail(error)
-                return .reply(.error(.EIO))
-            }
-        }
+                channel: Channel) {
         switch operation {
         case .read(let ino, _, let offset, let size):
-            return read(ino, offset: offset, size: size, sequence: sequence, allocator: allocator)
+            channel.writeAndFlush(read(ino, offset: offset, size: size, sequence: sequence, allocator: channel.allocator), promise: nil)
+        case _ where !operation.isMutation && operation != .statfs && !operation.isFsync:
+            let reply = store.withNamespace { $0.query(operation) }
+            channel.writeAndFlush(frame(sequence: sequence, reply, allocator: channel.allocator), promise: nil)
+        default:
+            exportThread.next().execute { [self] in
+                let reply = perform(operation, session: session, sequence: sequence, oldestUnanswered: oldestUnanswered)
+                channel.writeAndFlush(frame(sequence: sequence, reply, allocator: channel.allocator), promise: nil)
+            }
+        }
+    }
+
+    private func perform(_ operation: Operation, session: UInt64, sequence: UInt64, oldestUnanswered: UInt64) -> Reply {
+        if failed { return .error(.EIO) }
+        store.forgetReplies(session: session, below: oldestUnanswered)
+        switch operation {
         case .fsync:
             do {
                 try store.sync()
-                return .reply(.done)
+                return .done
             } catch {
                 fail(error)
-                return .reply(.error(.EIO))
+                return .error(.EIO)
             }
         case .statfs:
             do {
-                var statistics = try store.statistics()
-                statistics.totalInodes = max(statistics.totalInodes, UInt64(store.namespace.inodeCount))
-                return .reply(.statfs(statistics))
+                return .statfs(try store.statistics())
             } catch {
                 logger.warning("statfs failed", metadata: ["export": "\(exportName)", "error": "\(error)"])
-                return .reply(.error(.EIO))
+                return .error(.EIO)
             }
         default:
-            return .reply(store.namespace.query(operation))
+            if let cached = store.cachedReply(session: session, request: sequence) { return cached }
+            do {
+                return try store.apply(operation, session: session, requestSequence: sequence)
+            } catch {
+                fail(error)
+                return .error(.EIO)
+            }
         }
     }
 
-    private func read(_ ino: InodeNumber, offset: UInt64, size: UInt32, sequence: UInt64, allocator: ByteBufferAllocator) -> Answer {
-        let fileSize: UInt64
-        do {
-            fileSize = try store.namespace.readableSize(ino)
-        } catch {
-            return .reply(.error(error))
-        }
-        let count = Int(min(UInt64(min(size, UInt32(WireLimits.maxDataBytes))), fileSize > offset ? fileSize - offset : 0))
+    /// A read reply framed with the data read straight into the frame.
+    private func read(_ ino: InodeNumber, offset: UInt64, size: UInt32, sequence: UInt64, allocator: ByteBufferAllocator) -> ByteBuffer {
+        let count = Int(min(size, UInt32(WireLimits.maxDataBytes)))
         var buffer = allocator.buffer(capacity: 64 + count)
         buffer.writeInteger(UInt32(0), endianness: .little)
-        buffer.writeInteger(UInt8(5), endianness: .little) // Message tag: reply
+        buffer.writeInteger(Message.Tag.reply.rawValue, endianness: .little)
         buffer.writeInteger(sequence, endianness: .little)
         buffer.writeInteger(store.epoch, endianness: .little)
-        buffer.writeInteger(UInt8(8), endianness: .little) // Reply tag: bytes
-        buffer.writeInteger(UInt32(count), endianness: .little)
+        buffer.writeInteger(Reply.Tag.bytes.rawValue, endianness: .little)
+        let lengthIndex = buffer.writerIndex
+        buffer.writeInteger(UInt32(0), endianness: .little)
         do {
+            var result: Result<Int, Errno> = .success(0)
             try buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: count) { raw in
-                try store.read(ino, offset: offset, count: count, into: raw)
+                result = try store.read(ino, offset: offset, into: UnsafeMutableRawBufferPointer(rebasing: raw[0..<count]))
+                return (try? result.get()) ?? 0
+            }
+            switch result {
+            case .success(let got):
+                buffer.setInteger(UInt32(got), at: lengthIndex, endianness: .little)
+                buffer.setInteger(UInt32(buffer.readableBytes - 4), at: 0, endianness: .little)
+                return buffer
+            case .failure(let errno):
+                return frame(sequence: sequence, .error(errno), allocator: allocator)
             }
         } catch {
             logger.error("read of file data failed", metadata: ["export": "\(exportName)", "inode": "\(ino)", "error": "\(error)"])
-            return .reply(.error(.EIO))
+            return frame(sequence: sequence, .error(.EIO), allocator: allocator)
         }
-        buffer.setInteger(UInt32(buffer.readableBytes - 4), at: 0, endianness: .little)
-        return .frame(buffer)
     }
 
-    private func frame(sequence: UInt64, reply answer: Answer, allocator: ByteBufferAllocator) -> ByteBuffer {
-        switch answer {
-        case .frame(let buffer):
-            return buffer
-        case .reply(let reply):
-            return Message.reply(sequence: sequence, epoch: store.epoch, reply).frame(allocator: allocator)
-        }
+    private func frame(sequence: UInt64, _ reply: Reply, allocator: ByteBufferAllocator) -> ByteBuffer {
+        Message.reply(sequence: sequence, epoch: store.epoch, reply).frame(allocator: allocator)
     }
 
     /// The journal can no longer be written: answer nothing more, stop, and
@@ -175,8 +169,15 @@ public final class ExportServer: @unchecked Sendable {
     }
 }
 
-/// One client connection: the hello handshake, then requests handed to the
-/// export thread. Anything malformed ends this connection, never the server.
+extension Operation {
+    var isFsync: Bool {
+        if case .fsync = self { return true }
+        return false
+    }
+}
+
+/// One client connection: the hello handshake, then requests. Anything
+/// malformed ends this connection, never the server.
 final class ClientConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
     typealias InboundIn = Message
     typealias OutboundOut = ByteBuffer
@@ -205,11 +206,7 @@ final class ClientConnectionHandler: ChannelInboundHandler, @unchecked Sendable 
                 refuse(context, .malformed, "request before hello")
                 return
             }
-            let channel = context.channel
-            server.handle(operation, session: session, sequence: sequence, oldestUnanswered: oldest,
-                          allocator: channel.allocator).whenSuccess { frame in
-                channel.writeAndFlush(frame, promise: nil)
-            }
+            server.handle(operation, session: session, sequence: sequence, oldestUnanswered: oldest, channel: context.channel)
         case .welcome, .refused, .reply:
             refuse(context, .malformed, "unexpected message from a client")
         }

@@ -120,8 +120,19 @@ final class CodecTests: XCTestCase {
             XCTAssertEqual(scan.validBytes, lastStart)
             if cut > lastStart { XCTAssertEqual(scan.ending, .tornTail(offset: lastStart)) }
         }
-        // Zeros after the last record (a file extended but not written) are a torn tail too.
-        XCTAssertEqual(JournalCodec.scan(bytes + [UInt8](repeating: 0, count: 100)).ending, .tornTail(offset: bytes.count))
+        // A torn record followed by the zeros of a preallocated segment.
+        let torn = JournalCodec.scan(Array(bytes.prefix(lastStart + 20)) + [UInt8](repeating: 0, count: 4096))
+        XCTAssertEqual(torn.ending, .tornTail(offset: lastStart))
+        XCTAssertEqual(torn.records, Array(records.prefix(2)))
+    }
+
+    /// The unwritten rest of a preallocated segment is zeros: a clean end.
+    func testZerosAfterTheLastRecordAreACleanEnd() {
+        let (records, bytes) = segment(3)
+        let scan = JournalCodec.scan(bytes + [UInt8](repeating: 0, count: 8192))
+        XCTAssertEqual(scan.ending, .clean)
+        XCTAssertEqual(scan.records, records)
+        XCTAssertEqual(scan.validBytes, bytes.count)
     }
 
     /// A damaged record with records after it is corruption: reported with its offset.

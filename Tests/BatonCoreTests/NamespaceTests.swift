@@ -34,14 +34,34 @@ final class NamespaceTests: XCTestCase {
     func testWriteGrowsSizeAndAppendUsesServerSize() {
         var d = NamespaceDriver()
         let (ino, handle) = d.create("log")
-        let first = d.apply(.write(ino, handle: handle, offset: 0, data: Array(repeating: 1, count: 10)))
-        XCTAssertEqual(first.reply, .written(count: 10))
-        XCTAssertEqual(first.effects, [.write(ino, offset: 0, data: Array(repeating: 1, count: 10))])
+        XCTAssertEqual(try d.namespace.writeOffset(ino, handle: handle, offset: 0, count: 10), 0)
+        XCTAssertEqual(d.apply(.write(ino, handle: handle, offset: 0, data: Array(repeating: 1, count: 10))).reply, .written(count: 10))
+        XCTAssertEqual(d.attributes(ino).size, 10)
         guard case .opened(let appender) = d.ok(.open(ino, flags: OpenFlags.writeOnly | OpenFlags.append)) else { return XCTFail() }
         // The client thinks the file is empty; O_APPEND must still land at the end.
-        let appended = d.apply(.write(ino, handle: appender, offset: 0, data: [9, 9]))
-        XCTAssertEqual(appended.effects, [.write(ino, offset: 10, data: [9, 9])])
+        XCTAssertEqual(try d.namespace.writeOffset(ino, handle: appender, offset: 0, count: 2), 10)
+        _ = d.ok(.write(ino, handle: appender, offset: 0, data: [9, 9]))
         XCTAssertEqual(d.attributes(ino).size, 12)
+    }
+
+    /// The local journal keeps a write's byte count, not its data; replaying
+    /// such a record gives the same sizes and times.
+    func testWriteRecordWithoutDataReplaysTheSame() {
+        var d = NamespaceDriver()
+        let (ino, handle) = d.create("f")
+        d.tick()
+        _ = d.ok(.write(ino, handle: handle, offset: 100, data: Array(repeating: 7, count: 50)))
+        var stripped = Namespace()
+        for record in d.records { _ = stripped.apply(record.withoutWriteData) }
+        XCTAssertEqual(stripped, d.namespace)
+        XCTAssertEqual(stripped.attributes(of: ino)?.size, 150)
+    }
+
+    func testWriteBeyondTheSizeLimitIsEFBIG() {
+        var d = NamespaceDriver()
+        let (ino, handle) = d.create("f")
+        XCTAssertThrowsError(try d.namespace.writeOffset(ino, handle: handle, offset: Namespace.maxFileSizeBytes, count: 1))
+        d.fails(.write(ino, handle: handle, offset: Namespace.maxFileSizeBytes, data: [1]), .EFBIG)
     }
 
     func testWriteThroughReadOnlyHandleIsRefused() {

@@ -13,14 +13,29 @@ public struct JournalRecord: Hashable, Sendable {
     public var session: UInt64
     public var requestSequence: UInt64
     public var operation: Operation
+    /// Bytes of a `.write`. The local journal keeps only this count: the data
+    /// itself is in the node's data file before the record is written (an
+    /// "indirect" write, as ZFS's intent log does for large writes), so data
+    /// reaches the disk once. Records sent to a standby carry the data.
+    public var writeCount: UInt32
 
-    public init(sequence: UInt64, epoch: UInt64, time: Timestamp, session: UInt64, requestSequence: UInt64, operation: Operation) {
+    public init(sequence: UInt64, epoch: UInt64, time: Timestamp, session: UInt64, requestSequence: UInt64,
+                operation: Operation, writeCount: UInt32? = nil) {
         self.sequence = sequence
         self.epoch = epoch
         self.time = time
         self.session = session
         self.requestSequence = requestSequence
         self.operation = operation
+        self.writeCount = writeCount ?? UInt32(operation.dataCount)
+    }
+
+    /// The record as the local journal keeps it: write data left out.
+    public var withoutWriteData: JournalRecord {
+        guard case .write(let ino, let handle, let offset, let data) = operation, !data.isEmpty else { return self }
+        var record = self
+        record.operation = .write(ino, handle: handle, offset: offset, data: [])
+        return record
     }
 }
 
@@ -42,6 +57,7 @@ public enum JournalCodec {
         w.write(record.time)
         w.write(record.session)
         w.write(record.requestSequence)
+        w.write(record.writeCount)
         record.operation.encode(to: &w)
         let payloadCount = w.bytes.count - headerBytes
         let crc = w.bytes.withUnsafeBytes { CRC32C.checksum(UnsafeRawBufferPointer(rebasing: $0[headerBytes...])) }
@@ -59,10 +75,12 @@ public enum JournalCodec {
     }
 
     public enum Ending: Hashable, Sendable {
-        /// The segment ends exactly after its last record.
+        /// The records end exactly at the end of the data, or are followed by
+        /// zeros only (the unwritten part of a preallocated segment).
         case clean
         /// The last record was never completely written (a crash during the
-        /// write); it was never acknowledged and is dropped.
+        /// write): zeros follow where its end should be. It was never
+        /// acknowledged and is dropped.
         case tornTail(offset: Int)
         /// A damaged record with data after it: acknowledged data may be
         /// damaged, so the export must not be served from this journal.
@@ -73,12 +91,13 @@ public enum JournalCodec {
         var records: [JournalRecord] = []
         var offset = 0
         while offset < bytes.count {
+            if onlyZeros(bytes, from: offset) { break }
             switch decodeRecord(bytes, at: offset) {
             case .success(let (record, next)):
                 records.append(record)
                 offset = next
             case .failure(let failure):
-                if failure.incomplete || onlyZeros(bytes, from: offset) {
+                if onlyZeros(bytes, from: min(failure.declaredEnd, bytes.count)) {
                     return Scan(records: records, validBytes: offset, ending: .tornTail(offset: offset))
                 }
                 return Scan(records: records, validBytes: offset, ending: .corrupt(offset: offset, reason: failure.reason))
@@ -91,39 +110,46 @@ public enum JournalCodec {
 
     struct Failure: Error {
         var reason: String
-        /// The record runs past the end of the data: a torn write, not damage.
-        var incomplete: Bool
+        /// Where the bad record says it ends: if nothing but zeros follows,
+        /// it is a write that never finished, not damage.
+        var declaredEnd: Int
     }
 
     static func decodeRecord(_ bytes: UnsafeRawBufferPointer, at offset: Int) -> Result<(JournalRecord, Int), Failure> {
         guard bytes.count - offset >= headerBytes else {
-            return .failure(Failure(reason: "incomplete record header", incomplete: true))
+            return .failure(Failure(reason: "incomplete record header", declaredEnd: bytes.count))
         }
         let magicFound = bytes.loadUnaligned(fromByteOffset: offset, as: UInt32.self).littleEndian
         let length = Int(bytes.loadUnaligned(fromByteOffset: offset + 4, as: UInt32.self).littleEndian)
         let crc = bytes.loadUnaligned(fromByteOffset: offset + 8, as: UInt32.self).littleEndian
-        guard magicFound == magic else { return .failure(Failure(reason: "bad record magic", incomplete: false)) }
-        guard length <= maxPayloadBytes else {
-            return .failure(Failure(reason: "record length \(length) over the limit", incomplete: false))
-        }
         let start = offset + headerBytes
+        guard magicFound == magic else { return .failure(Failure(reason: "bad record magic", declaredEnd: start)) }
+        guard length <= maxPayloadBytes else {
+            return .failure(Failure(reason: "record length \(length) over the limit", declaredEnd: start))
+        }
         guard bytes.count - start >= length else {
-            return .failure(Failure(reason: "record runs past the end of the segment", incomplete: true))
+            return .failure(Failure(reason: "record runs past the end of the segment", declaredEnd: bytes.count))
         }
         let payload = UnsafeRawBufferPointer(rebasing: bytes[start..<start + length])
         guard CRC32C.checksum(payload) == crc else {
-            // A bad checksum on the very last record is a torn write too.
-            return .failure(Failure(reason: "checksum mismatch", incomplete: start + length == bytes.count))
+            return .failure(Failure(reason: "checksum mismatch", declaredEnd: start + length))
         }
         var r = ByteReader(payload)
         do {
-            let record = JournalRecord(
-                sequence: try r.readUInt64(), epoch: try r.readUInt64(), time: try r.readTimestamp(),
-                session: try r.readUInt64(), requestSequence: try r.readUInt64(), operation: try Operation.decode(from: &r))
+            // Fields in the order they were written.
+            let sequence = try r.readUInt64()
+            let epoch = try r.readUInt64()
+            let time = try r.readTimestamp()
+            let session = try r.readUInt64()
+            let requestSequence = try r.readUInt64()
+            let writeCount = try r.readUInt32()
+            let record = JournalRecord(sequence: sequence, epoch: epoch, time: time, session: session,
+                                       requestSequence: requestSequence, operation: try Operation.decode(from: &r),
+                                       writeCount: writeCount)
             try r.expectEnd()
             return .success((record, start + length))
         } catch {
-            return .failure(Failure(reason: "undecodable record: \(error)", incomplete: false))
+            return .failure(Failure(reason: "undecodable record: \(error)", declaredEnd: start + length))
         }
     }
 

@@ -1,8 +1,9 @@
 /// The export's namespace: every inode, directory entry, attribute, extended
 /// attribute, open handle and cached reply. A pure, deterministic state
 /// machine: applying the same journal records in the same order gives the same
-/// state on any node. File contents are not held here; applying a write
-/// yields a `DataEffect` that the IO shell carries out on the node's data files.
+/// state on any node. File contents are not held here: the IO shell writes
+/// file data itself (at the offset `writeOffset` names) and carries out the
+/// `DataEffect`s (truncations, removals) that applying a record yields.
 public struct Namespace: Sendable {
     struct Inode: Hashable, Sendable {
         var attributes: FileAttributes
@@ -125,7 +126,7 @@ public struct Namespace: Sendable {
         var effects: [DataEffect] = []
         let reply: Reply
         do {
-            reply = try mutate(record.operation, at: record.time, effects: &effects)
+            reply = try mutate(record.operation, writeCount: record.writeCount, at: record.time, effects: &effects)
         } catch {
             reply = .error(error)
             effects = []
@@ -134,7 +135,8 @@ public struct Namespace: Sendable {
         return Outcome(reply: reply, effects: effects)
     }
 
-    private mutating func mutate(_ operation: Operation, at now: Timestamp, effects: inout [DataEffect]) throws(Errno) -> Reply {
+    private mutating func mutate(_ operation: Operation, writeCount: UInt32, at now: Timestamp,
+                                 effects: inout [DataEffect]) throws(Errno) -> Reply {
         switch operation {
         case .setattr(let ino, let changes, let caller):
             return .attributes(try setattr(ino, changes, caller, now, &effects))
@@ -170,8 +172,8 @@ public struct Namespace: Sendable {
         case .release(let ino, let handle):
             try release(ino, handle: handle, &effects)
             return .done
-        case .write(let ino, let handle, let offset, let data):
-            return .written(count: try write(ino, handle: handle, offset: offset, data, now, &effects))
+        case .write(let ino, let handle, let offset, _):
+            return .written(count: try write(ino, handle: handle, offset: offset, count: writeCount, now))
         case .setxattr(let ino, let name, let value, let flags):
             try setxattr(ino, name, value, flags: flags, now)
             return .done
@@ -458,22 +460,27 @@ public struct Namespace: Sendable {
         freeIfUnused(ino, &effects)
     }
 
-    private mutating func write(_ ino: InodeNumber, handle: UInt64, offset: UInt64, _ data: [UInt8], _ now: Timestamp,
-                                _ effects: inout [DataEffect]) throws(Errno) -> UInt32 {
+    /// Where a write lands, or why it may not happen. The IO shell asks this
+    /// before it writes the data, so that a refused or failed write changes
+    /// nothing; applying the record then gives the same answer.
+    public func writeOffset(_ ino: InodeNumber, handle: UInt64, offset: UInt64, count: UInt32) throws(Errno) -> UInt64 {
         guard let open = handles[handle], open.inode == ino else { throw .EBADF }
         guard open.flags & OpenFlags.accessMask != 0 else { throw .EBADF }
         guard Mode.isRegular(inodes[ino]!.attributes.mode) else { throw .EINVAL }
         // O_APPEND is decided here, against the export's size, not the client's cached one.
         let offset = open.flags & OpenFlags.append != 0 ? inodes[ino]!.attributes.size : offset
-        let (end, overflow) = offset.addingReportingOverflow(UInt64(data.count))
+        let (end, overflow) = offset.addingReportingOverflow(UInt64(count))
         guard !overflow, end <= Self.maxFileSizeBytes else { throw .EFBIG }
-        if !data.isEmpty {
-            effects.append(.write(ino, offset: offset, data: data))
-            inodes[ino]!.attributes.size = max(inodes[ino]!.attributes.size, end)
-        }
+        return offset
+    }
+
+    private mutating func write(_ ino: InodeNumber, handle: UInt64, offset: UInt64, count: UInt32,
+                                _ now: Timestamp) throws(Errno) -> UInt32 {
+        let offset = try writeOffset(ino, handle: handle, offset: offset, count: count)
+        inodes[ino]!.attributes.size = max(inodes[ino]!.attributes.size, offset + UInt64(count))
         inodes[ino]!.attributes.mtime = now
         inodes[ino]!.attributes.ctime = now
-        return UInt32(data.count)
+        return count
     }
 
     private mutating func setSize(_ ino: InodeNumber, _ size: UInt64, _ now: Timestamp, _ effects: inout [DataEffect]) {
@@ -554,9 +561,9 @@ public struct Namespace: Sendable {
     }
 }
 
-/// A change to file contents that the IO shell makes on the node's data files.
+/// A change to file contents that the IO shell makes on the node's data files
+/// after the record is in the journal.
 public enum DataEffect: Hashable, Sendable {
-    case write(InodeNumber, offset: UInt64, data: [UInt8])
     case truncate(InodeNumber, size: UInt64)
     /// The inode is gone: its data can be deleted.
     case remove(InodeNumber)

@@ -24,7 +24,8 @@ public enum Refusal: UInt8, Hashable, Sendable {
 }
 
 extension Message {
-    private enum Tag: UInt8 { case hello = 1, welcome, refused, request, reply }
+    /// Wire tags; public so a server can frame read data in place.
+    public enum Tag: UInt8 { case hello = 1, welcome, refused, request, reply }
 
     public func encode(to w: inout ByteWriter) {
         switch self {

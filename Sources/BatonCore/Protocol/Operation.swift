@@ -156,7 +156,8 @@ extension Operation {
 }
 
 extension Reply {
-    private enum Tag: UInt8 {
+    /// Wire tags; public so a server can frame read data in place.
+    public enum Tag: UInt8 {
         case error = 1, done, entry, attributes, created, opened, written, bytes, size, directory, statfs
     }
 

@@ -45,33 +45,44 @@ public enum StoreError: Error, CustomStringConvertible, Sendable {
 ///     DIR/export          the export's name (a directory serves one export)
 ///     DIR/epoch           the epoch this node last served or accepted
 ///     DIR/checkpoint      the namespace at some journal sequence
-///     DIR/journal/N.log   records from sequence N on
+///     DIR/journal/N.log   records from sequence N on, in preallocated segments
 ///     DIR/files/INO       the contents of regular file INO
 ///
-/// Not thread-safe: the export server calls it from its one export thread;
-/// only `read` may be called from other threads.
+/// Mutations come from one thread (the export thread); queries and reads may
+/// come from any thread and see the namespace under a read lock.
 public final class ExportStore: @unchecked Sendable {
     public struct Limits: Sendable {
         /// Journal bytes after which a checkpoint is taken and older segments are deleted.
         public var checkpointAfterBytes: Int
-        public init(checkpointAfterBytes: Int = 256 << 20) { self.checkpointAfterBytes = checkpointAfterBytes }
+        /// Size of each preallocated journal segment: appends inside it cannot
+        /// run out of space, and a full disk is found before a mutation, not after.
+        public var segmentBytes: Int
+        public init(checkpointAfterBytes: Int = 64 << 20, segmentBytes: Int = 16 << 20) {
+            self.checkpointAfterBytes = checkpointAfterBytes
+            self.segmentBytes = segmentBytes
+        }
     }
+
+    /// Room kept free in a segment for the largest record without write data.
+    static let maxRecordBytes = 128 * 1024
 
     public let directory: String
     public let exportName: String
-    public private(set) var namespace: Namespace
     public private(set) var epoch: UInt64
+    private var namespace: Namespace
+    private let lock = ReadWriteLock()
     private let limits: Limits
     private let logger: Logger
     private let files: DataFiles
     private var segment: OpenFile
+    private var segmentOffset = 0
     private var journalBytesSinceCheckpoint = 0
 
     private var journalDirectory: String { directory + "/journal" }
     private var checkpointPath: String { directory + "/checkpoint" }
 
     /// Opens (or creates) the data directory and replays checkpoint and journal.
-    public init(directory: String, exportName: String, limits: Limits = Limits(), logger: Logger) throws {
+    public init(directory: String, exportName: String, limits: Limits = Limits(), logger: Logger) throws(StoreError) {
         self.directory = directory
         self.exportName = exportName
         self.limits = limits
@@ -117,6 +128,7 @@ public final class ExportStore: @unchecked Sendable {
             }
             segment = try OpenFile(path: "/dev/null", flags: O_WRONLY)
             try replayJournal()
+            try files.reconcile(with: namespace, logger: logger, exportName: exportName)
         } catch {
             throw StoreError(error)
         }
@@ -144,16 +156,18 @@ public final class ExportStore: @unchecked Sendable {
             case .tornTail(let offset) where isLast:
                 logger.warning("dropping a torn record at the end of the journal (never acknowledged)",
                                metadata: ["export": "\(exportName)", "file": "\(path)", "offset": "\(offset)"])
-                try file.truncate(to: UInt64(offset))
+                // Zero it, so that records appended after it are not read as damage.
+                let tail = bytes[offset...].lastIndex(where: { $0 != 0 })! + 1
+                try file.write([UInt8](repeating: 0, count: tail - offset), at: UInt64(offset))
             case .tornTail(let offset):
                 throw StoreError.corruptJournal(file: path, offset: offset, reason: "incomplete record before the last segment")
             case .corrupt(let offset, let reason):
                 throw StoreError.corruptJournal(file: path, offset: offset, reason: reason)
             }
+            journalBytesSinceCheckpoint += scan.validBytes
             if isLast {
                 segment = file
-                journalBytesSinceCheckpoint = scan.validBytes
-                _ = lseek(file.descriptor, off_t(scan.validBytes), SEEK_SET)
+                segmentOffset = scan.validBytes
             }
         }
         if segments.isEmpty { try startSegment() }
@@ -166,28 +180,104 @@ public final class ExportStore: @unchecked Sendable {
 
     private func startSegment() throws {
         let name = String(namespace.appliedSequence + 1, radix: 16).leftPadded(to: 16) + ".log"
-        segment = try OpenFile(path: journalDirectory + "/" + name, flags: O_WRONLY | O_CREAT | O_APPEND)
+        let path = journalDirectory + "/" + name
+        let file = try OpenFile(path: path, flags: O_RDWR | O_CREAT)
+        do {
+            try file.preallocate(bytes: limits.segmentBytes)
+        } catch {
+            try? Disk.remove(path)
+            throw error
+        }
         try Disk.syncDirectory(journalDirectory)
+        segment = file
+        segmentOffset = 0
     }
 
-    /// Applies a client mutation: stamps it, applies it to the namespace,
-    /// appends it to the journal, changes file data. Returns the reply to send.
-    public func apply(_ operation: Operation, session: UInt64, requestSequence: UInt64) throws -> Reply {
-        let record = JournalRecord(sequence: namespace.appliedSequence + 1, epoch: epoch, time: .now(), session: session,
-                                   requestSequence: requestSequence, operation: operation)
-        let outcome = namespace.apply(record)
-        // Refused mutations are journaled too: their reply is cached, so a re-send answers the same.
-        let bytes = JournalCodec.encode(record)
+    // MARK: - Queries (any thread)
+
+    /// Runs `body` with the namespace under the read lock.
+    public func withNamespace<T>(_ body: (borrowing Namespace) throws -> T) rethrows -> T {
+        try lock.reading { try body(namespace) }
+    }
+
+    public var appliedSequence: UInt64 { withNamespace { $0.appliedSequence } }
+
+    /// Reads file data into `buffer`: the bytes at `offset` up to the file's
+    /// size, zeros in holes. Returns how many bytes the file has there.
+    public func read(_ ino: InodeNumber, offset: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws -> Result<Int, Errno> {
+        let size: UInt64
         do {
-            try segment.write(bytes)
-        } catch {
-            throw StoreError.journalWriteFailed(error as! SystemCallError)
+            size = try withNamespace { namespace throws(Errno) in try namespace.readableSize(ino) }
+        } catch let error as Errno {
+            return .failure(error)
         }
-        journalBytesSinceCheckpoint += bytes.count
+        let count = Int(min(UInt64(buffer.count), size > offset ? size - offset : 0))
+        return .success(try files.read(ino, offset: offset, count: count, into: buffer))
+    }
+
+    public func statistics() throws -> FileSystemStatistics {
+        let st = try Disk.statfs(directory)
+        return FileSystemStatistics(
+            blockSize: UInt32(st.f_bsize), totalBlocks: UInt64(st.f_blocks), freeBlocks: UInt64(st.f_bfree),
+            availableBlocks: UInt64(st.f_bavail), totalInodes: max(UInt64(st.f_files), UInt64(withNamespace { $0.inodeCount })),
+            freeInodes: UInt64(st.f_ffree), maxNameLength: UInt32(FileName.maxLength))
+    }
+
+    // MARK: - Mutations (the export thread only)
+
+    /// The first reply to a request that was applied already.
+    public func cachedReply(session: UInt64, request: UInt64) -> Reply? {
+        withNamespace { $0.cachedReply(session: session, request: request) }
+    }
+
+    /// The client has the replies below `request`: they need not be cached.
+    public func forgetReplies(session: UInt64, below request: UInt64) {
+        lock.writing { namespace.forgetReplies(session: session, below: request) }
+    }
+
+    /// Applies a client mutation: writes file data, stamps the operation,
+    /// applies it to the namespace, appends it to the journal, then truncates
+    /// or removes data files. Returns the reply to send.
+    ///
+    /// A write's data goes to the data file first: if that fails (a full
+    /// disk), the client gets the error and nothing changed. A failure after
+    /// the namespace changed throws `journalWriteFailed`: the server must stop.
+    public func apply(_ operation: Operation, session: UInt64, requestSequence: UInt64) throws(StoreError) -> Reply {
         do {
+            if segmentOffset + Self.maxRecordBytes > limits.segmentBytes { try startSegment() }
+        } catch {
+            logger.error("cannot preallocate a journal segment: refusing mutations", metadata: [
+                "export": "\(exportName)", "directory": "\(journalDirectory)", "error": "\(error)",
+                "action": "free space under the data directory",
+            ])
+            return .error((error as? SystemCallError).map { Errno($0.errno) } ?? .EIO)
+        }
+        if case .write(let ino, let handle, let offset, let data) = operation {
+            let target = withNamespace { namespace in
+                try? namespace.writeOffset(ino, handle: handle, offset: offset, count: UInt32(data.count))
+            }
+            if let target {
+                do {
+                    try files.write(ino, data, at: target)
+                } catch {
+                    logger.warning("file data write failed", metadata: ["export": "\(exportName)", "inode": "\(ino)", "error": "\(error)"])
+                    return .error((error as? SystemCallError).map { Errno($0.errno) } ?? .EIO)
+                }
+            }
+        }
+        let (record, outcome) = lock.writing { () -> (JournalRecord, Namespace.Outcome) in
+            let record = JournalRecord(sequence: namespace.appliedSequence + 1, epoch: epoch, time: .now(), session: session,
+                                       requestSequence: requestSequence, operation: operation)
+            return (record, namespace.apply(record))
+        }
+        let bytes = JournalCodec.encode(record.withoutWriteData)
+        do {
+            try segment.write(bytes, at: UInt64(segmentOffset))
+            segmentOffset += bytes.count
+            journalBytesSinceCheckpoint += bytes.count
             try files.carryOut(outcome.effects)
         } catch {
-            throw StoreError.journalWriteFailed(error as! SystemCallError)
+            throw .journalWriteFailed((error as? SystemCallError) ?? SystemCallError("journal append", path: segment.path, errno: EIO))
         }
         if journalBytesSinceCheckpoint >= limits.checkpointAfterBytes {
             try checkpoint()
@@ -195,47 +285,35 @@ public final class ExportStore: @unchecked Sendable {
         return outcome.reply
     }
 
-    /// The client has the replies below `request`: they need not be cached.
-    public func forgetReplies(session: UInt64, below request: UInt64) {
-        namespace.forgetReplies(session: session, below: request)
-    }
-
-    /// Makes every applied mutation durable (the journal is the durable copy of file data).
-    public func sync() throws {
-        do { try segment.sync() } catch { throw StoreError(error) }
+    /// Makes every acknowledged mutation durable: the data files written since
+    /// the last sync, then the journal (fsync, fdatasync and syncfs all mean this).
+    public func sync() throws(StoreError) {
+        do {
+            try files.syncDirty()
+            try segment.sync()
+        } catch {
+            throw StoreError(error)
+        }
     }
 
     /// Writes the namespace as a checkpoint and deletes the journal before it.
-    public func checkpoint() throws {
+    public func checkpoint() throws(StoreError) {
         do {
             let started = ContinuousClock.now
             try files.syncDirty()
-            let bytes = namespace.checkpoint()
+            let bytes = withNamespace { $0.checkpoint() }
             try Disk.writeAtomically(bytes, to: checkpointPath, directory: directory)
             let old = try Disk.list(journalDirectory).filter { $0.hasSuffix(".log") }
             try startSegment()
             for name in old { try Disk.remove(journalDirectory + "/" + name) }
             journalBytesSinceCheckpoint = 0
             logger.info("checkpoint written", metadata: [
-                "export": "\(exportName)", "sequence": "\(namespace.appliedSequence)", "bytes": "\(bytes.count)",
+                "export": "\(exportName)", "sequence": "\(appliedSequence)", "bytes": "\(bytes.count)",
                 "segmentsDeleted": "\(old.count)", "duration": "\(ContinuousClock.now - started)",
             ])
         } catch {
             throw StoreError(error)
         }
-    }
-
-    /// Reads file data. Safe from any thread as long as `size` came from the namespace.
-    public func read(_ ino: InodeNumber, offset: UInt64, count: Int, into buffer: UnsafeMutableRawBufferPointer) throws -> Int {
-        try files.read(ino, offset: offset, count: count, into: buffer)
-    }
-
-    public func statistics() throws -> FileSystemStatistics {
-        let st = try Disk.statfs(directory)
-        return FileSystemStatistics(
-            blockSize: UInt32(st.f_bsize), totalBlocks: UInt64(st.f_blocks), freeBlocks: UInt64(st.f_bfree),
-            availableBlocks: UInt64(st.f_bavail), totalInodes: UInt64(st.f_files),
-            freeInodes: UInt64(st.f_ffree), maxNameLength: UInt32(FileName.maxLength))
     }
 }
 
@@ -243,36 +321,69 @@ public final class ExportStore: @unchecked Sendable {
 /// export's inode number (so nothing of the local file system leaks out).
 final class DataFiles: @unchecked Sendable {
     private let directory: String
-    private let lock = NIOLockedFiles()
+    private let table = OpenFileTable()
+    private let dirtyLock = PthreadMutex()
     private var dirty: Set<InodeNumber> = []
 
     init(directory: String) { self.directory = directory }
 
     private func path(_ ino: InodeNumber) -> String { directory + "/" + String(ino, radix: 16) }
 
+    func write(_ ino: InodeNumber, _ data: [UInt8], at offset: UInt64) throws {
+        try file(ino, create: true)!.write(data, at: offset)
+        markDirty(ino)
+    }
+
     func carryOut(_ effects: [DataEffect]) throws {
         for effect in effects {
             switch effect {
-            case .write(let ino, let offset, let data):
-                try file(ino, create: true)!.write(data, at: offset)
-                dirty.insert(ino)
             case .truncate(let ino, let size):
                 try file(ino, create: true)!.truncate(to: size)
-                dirty.insert(ino)
+                markDirty(ino)
             case .remove(let ino):
-                lock.remove(ino)
-                dirty.remove(ino)
+                table.remove(ino)
+                dirtyLock.withLock { _ = dirty.remove(ino) }
                 try Disk.remove(path(ino))
             }
         }
     }
 
+    private func markDirty(_ ino: InodeNumber) {
+        dirtyLock.withLock { _ = dirty.insert(ino) }
+    }
+
+    /// After a crash: a data file may hold a write whose record never reached
+    /// the journal (never acknowledged) or belong to an inode that is gone.
+    /// Cut each file to its inode's size and delete the orphans.
+    func reconcile(with namespace: Namespace, logger: Logger, exportName: String) throws {
+        var trimmed = 0
+        var orphans = 0
+        for name in try Disk.list(directory) {
+            guard let ino = InodeNumber(name, radix: 16), let attributes = namespace.attributes(of: ino),
+                  Mode.isRegular(attributes.mode) else {
+                try Disk.remove(directory + "/" + name)
+                orphans += 1
+                continue
+            }
+            let file = try OpenFile(path: directory + "/" + name, flags: O_RDWR)
+            if try file.size() > attributes.size {
+                try file.truncate(to: attributes.size)
+                trimmed += 1
+            }
+        }
+        if trimmed + orphans > 0 {
+            logger.notice("data files reconciled with the journal", metadata: [
+                "export": "\(exportName)", "trimmed": "\(trimmed)", "orphansRemoved": "\(orphans)",
+            ])
+        }
+    }
+
     private func file(_ ino: InodeNumber, create: Bool) throws -> OpenFile? {
-        if let open = lock.get(ino) { return open }
+        if let open = table.get(ino) { return open }
         let path = path(ino)
         if !create && !Disk.exists(path) { return nil }
         let open = try OpenFile(path: path, flags: O_RDWR | (create ? O_CREAT : 0))
-        lock.put(ino, open)
+        table.put(ino, open)
         return open
     }
 
@@ -280,19 +391,22 @@ final class DataFiles: @unchecked Sendable {
         let target = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<count])
         let got = try file(ino, create: false)?.read(into: target, at: offset) ?? 0
         // Past the data file's end but within the file's size is a hole: zeros.
-        if got < count { target[got...].initializeMemory(as: UInt8.self, repeating: 0) }
+        if got < count { UnsafeMutableRawBufferPointer(rebasing: target[got...]).initializeMemory(as: UInt8.self, repeating: 0) }
         return count
     }
 
     func syncDirty() throws {
-        for ino in dirty.sorted() { try file(ino, create: false)?.sync() }
-        dirty.removeAll()
+        let inodes = dirtyLock.withLock { () -> Set<InodeNumber> in
+            defer { dirty.removeAll() }
+            return dirty
+        }
+        for ino in inodes.sorted() { try file(ino, create: false)?.sync() }
     }
 }
 
 /// The open data files, shared by the export thread and readers: a bounded
 /// table behind a lock.
-final class NIOLockedFiles: @unchecked Sendable {
+final class OpenFileTable: @unchecked Sendable {
     private static let maxOpenFiles = 4096
     private var table: [InodeNumber: OpenFile] = [:]
     private var mutex = pthread_mutex_t()
@@ -320,4 +434,36 @@ final class NIOLockedFiles: @unchecked Sendable {
 extension String {
     func leftPadded(to width: Int) -> String { String(repeating: "0", count: max(0, width - count)) + self }
     func trimmingSuffixNewline() -> String { hasSuffix("\n") ? String(dropLast()) : self }
+}
+
+/// pthread's reader-writer lock: queries run in parallel, mutations alone.
+final class ReadWriteLock: @unchecked Sendable {
+    private var lock = pthread_rwlock_t()
+    init() { pthread_rwlock_init(&lock, nil) }
+    deinit { pthread_rwlock_destroy(&lock) }
+
+    func reading<T>(_ body: () throws -> T) rethrows -> T {
+        pthread_rwlock_rdlock(&lock)
+        defer { pthread_rwlock_unlock(&lock) }
+        return try body()
+    }
+
+    func writing<T>(_ body: () throws -> T) rethrows -> T {
+        pthread_rwlock_wrlock(&lock)
+        defer { pthread_rwlock_unlock(&lock) }
+        return try body()
+    }
+}
+
+/// A plain mutex (the standard library's Mutex needs a newer deployment target on some platforms).
+final class PthreadMutex: @unchecked Sendable {
+    private var mutex = pthread_mutex_t()
+    init() { pthread_mutex_init(&mutex, nil) }
+    deinit { pthread_mutex_destroy(&mutex) }
+
+    func withLock<T>(_ body: () throws -> T) rethrows -> T {
+        pthread_mutex_lock(&mutex)
+        defer { pthread_mutex_unlock(&mutex) }
+        return try body()
+    }
 }

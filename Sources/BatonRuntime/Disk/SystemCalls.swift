@@ -73,6 +73,12 @@ public final class OpenFile: @unchecked Sendable {
         guard ftruncate(descriptor, off_t(size)) == 0 else { throw SystemCallError("ftruncate", path: path) }
     }
 
+    /// Reserves disk space so that later writes inside it cannot fail for lack of space.
+    public func preallocate(bytes: Int) throws {
+        let result = posix_fallocate(descriptor, 0, off_t(bytes))
+        guard result == 0 else { throw SystemCallError("fallocate", path: path, errno: result) }
+    }
+
     public func sync(dataOnly: Bool = true) throws {
         let result = dataOnly ? fdatasync(descriptor) : fsync(descriptor)
         guard result == 0 else { throw SystemCallError(dataOnly ? "fdatasync" : "fsync", path: path) }
