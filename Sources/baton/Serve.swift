@@ -18,7 +18,7 @@ struct Serve: ParsableCommand {
     var listen: NodeAddress
 
     @Option(help: "Journal bytes after which a checkpoint is written and older journal deleted.")
-    var checkpointBytes: Int = 256 << 20
+    var checkpointBytes: Int = 64 << 20
 
     @OptionGroup var logging: LoggingOptions
 
