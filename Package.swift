@@ -28,7 +28,12 @@ let package = Package(
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
-        .target(name: "BatonServer", dependencies: ["BatonCore", "BatonRuntime"]),
+        .target(
+            name: "BatonServer",
+            dependencies: [
+                "BatonCore", "BatonRuntime",
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+            ]),
         .target(name: "BatonClient", dependencies: ["BatonCore", "BatonRuntime", "BatonFUSE"]),
         .executableTarget(
             name: "baton",

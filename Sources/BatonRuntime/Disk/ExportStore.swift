@@ -48,7 +48,7 @@ public enum StoreError: Error, CustomStringConvertible, Sendable {
 ///     DIR/journal/N.log   records from sequence N on, in preallocated segments
 ///     DIR/files/INO       the contents of regular file INO
 ///
-/// Mutations come from one thread (the export thread); queries and reads may
+/// Mutations come one at a time (the server serializes them); queries and reads may
 /// come from any thread and see the namespace under a read lock.
 public final class ExportStore: @unchecked Sendable {
     public struct Limits: Sendable {
@@ -223,7 +223,7 @@ public final class ExportStore: @unchecked Sendable {
             freeInodes: UInt64(st.f_ffree), maxNameLength: UInt32(FileName.maxLength))
     }
 
-    // MARK: - Mutations (the export thread only)
+    // MARK: - Mutations (one at a time)
 
     /// The first reply to a request that was applied already.
     public func cachedReply(session: UInt64, request: UInt64) -> Reply? {
@@ -404,7 +404,7 @@ final class DataFiles: @unchecked Sendable {
     }
 }
 
-/// The open data files, shared by the export thread and readers: a bounded
+/// The open data files, shared by mutations and readers: a bounded
 /// table behind a lock.
 final class OpenFileTable: @unchecked Sendable {
     private static let maxOpenFiles = 4096
