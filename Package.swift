@@ -42,6 +42,11 @@ let package = Package(
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
         .testTarget(name: "BatonCoreTests", dependencies: ["BatonCore"]),
-        .testTarget(name: "BatonIntegrationTests", dependencies: ["BatonCore", "BatonRuntime"]),
+        .testTarget(
+            name: "BatonIntegrationTests",
+            dependencies: [
+                "BatonCore", "BatonRuntime",
+                .product(name: "NIOEmbedded", package: "swift-nio"),
+            ]),
     ]
 )

@@ -37,7 +37,7 @@ public final class ExportServer: @unchecked Sendable {
             .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 4096, initial: 65536, maximum: 1 << 20))
             .childChannelInitializer { [self] channel in
                 channel.eventLoop.makeCompletedFuture {
-                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(MessageDecoder()))
+                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(RequestDecoder()))
                     try channel.pipeline.syncOperations.addHandler(ClientConnectionHandler(server: self))
                 }
             }
@@ -85,6 +85,25 @@ public final class ExportServer: @unchecked Sendable {
             }
             channel.writeAndFlush(frame(sequence: sequence, reply, allocator: channel.allocator), promise: nil)
         }
+    }
+
+    /// A write whose data is still in the receive buffer.
+    func handleWrite(_ ino: InodeNumber, handle: UInt64, offset: UInt64, data: ByteBuffer, session: UInt64, sequence: UInt64,
+                     oldestUnanswered: UInt64, channel: Channel) {
+        let reply = mutationLock.withLock { () -> Reply in
+            if failed { return .error(.EIO) }
+            store.forgetReplies(session: session, below: oldestUnanswered)
+            if let cached = store.cachedReply(session: session, request: sequence) { return cached }
+            do {
+                return try data.withUnsafeReadableBytes {
+                    try store.applyWrite(ino, handle: handle, offset: offset, data: $0, session: session, requestSequence: sequence)
+                }
+            } catch {
+                fail(error)
+                return .error(.EIO)
+            }
+        }
+        channel.writeAndFlush(frame(sequence: sequence, reply, allocator: channel.allocator), promise: nil)
     }
 
     /// Runs under the mutation lock.
@@ -179,7 +198,7 @@ extension Operation {
 /// One client connection: the hello handshake, then requests. Anything
 /// malformed ends this connection, never the server.
 final class ClientConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
-    typealias InboundIn = Message
+    typealias InboundIn = InboundRequest
     typealias OutboundOut = ByteBuffer
 
     private let server: ExportServer
@@ -188,7 +207,16 @@ final class ClientConnectionHandler: ChannelInboundHandler, @unchecked Sendable 
     init(server: ExportServer) { self.server = server }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        let message = unwrapInboundIn(data)
+        let message: Message
+        switch unwrapInboundIn(data) {
+        case .message(let decoded):
+            message = decoded
+        case .write(let sequence, let oldest, let ino, let handle, let offset, let bytes):
+            guard let session else { return refuse(context, .malformed, "request before hello") }
+            server.handleWrite(ino, handle: handle, offset: offset, data: bytes, session: session, sequence: sequence,
+                               oldestUnanswered: oldest, channel: context.channel)
+            return
+        }
         switch message {
         case .hello(let export, let session, let version):
             guard version == Message.protocolVersion else {

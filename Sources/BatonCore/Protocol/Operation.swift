@@ -67,7 +67,10 @@ public enum WireLimits {
 }
 
 extension Operation {
-    private enum Tag: UInt8 {
+    /// The wire tag of `.write`, for a server that decodes write data in place.
+    public static let writeTag = Tag.write.rawValue
+
+    enum Tag: UInt8 {
         case lookup = 1, getattr, readlink, read, readdir, statfs, getxattr, listxattr, fsync
         case setattr = 20, mknod, mkdir, symlink, link, unlink, rmdir, rename, create, open, release, write, setxattr, removexattr
     }

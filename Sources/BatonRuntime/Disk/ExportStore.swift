@@ -235,16 +235,47 @@ public final class ExportStore: @unchecked Sendable {
         lock.writing { namespace.forgetReplies(session: session, below: request) }
     }
 
-    /// Applies a client mutation: writes file data, stamps the operation,
-    /// applies it to the namespace, appends it to the journal, then truncates
-    /// or removes data files. Returns the reply to send.
-    ///
-    /// A write's data goes to the data file first: if that fails (a full
-    /// disk), the client gets the error and nothing changed. A failure after
-    /// the namespace changed throws `journalWriteFailed`: the server must stop.
-    public func apply(_ operation: Operation, session: UInt64, requestSequence: UInt64) throws(StoreError) -> Reply {
+    /// Applies a client mutation: stamps it, applies it to the namespace,
+    /// appends it to the journal, then truncates or removes data files.
+    /// Returns the reply to send. A failure after the namespace changed throws
+    /// `StoreError.journalWriteFailed`: the server must stop.
+    public func apply(_ operation: Operation, session: UInt64, requestSequence: UInt64) throws -> Reply {
+        if case .write(let ino, let handle, let offset, let data) = operation {
+            return try data.withUnsafeBytes {
+                try applyWrite(ino, handle: handle, offset: offset, data: $0, session: session, requestSequence: requestSequence)
+            }
+        }
+        if let refusal = reserveJournalSpace() { return refusal }
+        return try commit(operation, writeCount: 0, session: session, requestSequence: requestSequence)
+    }
+
+    /// A write: the data goes to the data file first, so that a failed data
+    /// write (a full disk) returns its error and changes nothing; the journal
+    /// then records the write's byte count only.
+    public func applyWrite(_ ino: InodeNumber, handle: UInt64, offset: UInt64, data: UnsafeRawBufferPointer,
+                           session: UInt64, requestSequence: UInt64) throws -> Reply {
+        if let refusal = reserveJournalSpace() { return refusal }
+        let count = UInt32(data.count)
+        let target = withNamespace { try? $0.writeOffset(ino, handle: handle, offset: offset, count: count) }
+        if let target, count > 0 {
+            do {
+                try files.write(ino, data, at: target)
+            } catch {
+                logger.warning("file data write failed", metadata: ["export": "\(exportName)", "inode": "\(ino)", "error": "\(error)"])
+                return .error((error as? SystemCallError).map { Errno($0.errno) } ?? .EIO)
+            }
+        }
+        return try commit(.write(ino, handle: handle, offset: offset, data: []), writeCount: count,
+                          session: session, requestSequence: requestSequence)
+    }
+
+    /// Makes sure the current journal segment has room for a record; the
+    /// refusal to send when no new segment can be preallocated.
+    private func reserveJournalSpace() -> Reply? {
+        guard segmentOffset + Self.maxRecordBytes > limits.segmentBytes else { return nil }
         do {
-            if segmentOffset + Self.maxRecordBytes > limits.segmentBytes { try startSegment() }
+            try startSegment()
+            return nil
         } catch {
             logger.error("cannot preallocate a journal segment: refusing mutations", metadata: [
                 "export": "\(exportName)", "directory": "\(journalDirectory)", "error": "\(error)",
@@ -252,32 +283,22 @@ public final class ExportStore: @unchecked Sendable {
             ])
             return .error((error as? SystemCallError).map { Errno($0.errno) } ?? .EIO)
         }
-        if case .write(let ino, let handle, let offset, let data) = operation {
-            let target = withNamespace { namespace in
-                try? namespace.writeOffset(ino, handle: handle, offset: offset, count: UInt32(data.count))
-            }
-            if let target {
-                do {
-                    try files.write(ino, data, at: target)
-                } catch {
-                    logger.warning("file data write failed", metadata: ["export": "\(exportName)", "inode": "\(ino)", "error": "\(error)"])
-                    return .error((error as? SystemCallError).map { Errno($0.errno) } ?? .EIO)
-                }
-            }
-        }
+    }
+
+    private func commit(_ operation: Operation, writeCount: UInt32, session: UInt64, requestSequence: UInt64) throws -> Reply {
         let (record, outcome) = lock.writing { () -> (JournalRecord, Namespace.Outcome) in
             let record = JournalRecord(sequence: namespace.appliedSequence + 1, epoch: epoch, time: .now(), session: session,
-                                       requestSequence: requestSequence, operation: operation)
+                                       requestSequence: requestSequence, operation: operation, writeCount: writeCount)
             return (record, namespace.apply(record))
         }
-        let bytes = JournalCodec.encode(record.withoutWriteData)
         do {
+            let bytes = JournalCodec.encode(record)
             try segment.write(bytes, at: UInt64(segmentOffset))
             segmentOffset += bytes.count
             journalBytesSinceCheckpoint += bytes.count
             try files.carryOut(outcome.effects)
         } catch {
-            throw .journalWriteFailed((error as? SystemCallError) ?? SystemCallError("journal append", path: segment.path, errno: EIO))
+            throw StoreError.journalWriteFailed((error as? SystemCallError) ?? SystemCallError("journal append", path: segment.path, errno: EIO))
         }
         if journalBytesSinceCheckpoint >= limits.checkpointAfterBytes {
             try checkpoint()
@@ -329,7 +350,7 @@ final class DataFiles: @unchecked Sendable {
 
     private func path(_ ino: InodeNumber) -> String { directory + "/" + String(ino, radix: 16) }
 
-    func write(_ ino: InodeNumber, _ data: [UInt8], at offset: UInt64) throws {
+    func write(_ ino: InodeNumber, _ data: UnsafeRawBufferPointer, at offset: UInt64) throws {
         try file(ino, create: true)!.write(data, at: offset)
         markDirty(ino)
     }
