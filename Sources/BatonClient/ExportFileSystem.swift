@@ -162,10 +162,12 @@ public final class ExportFileSystem: FuseOperations {
         }
     }
 
-    public func write(_ request: FuseRequest, inode: UInt64, handle: UInt64, offset: UInt64, data: [UInt8],
+    public func write(_ request: FuseRequest, inode: UInt64, handle: UInt64, offset: UInt64, data: UnsafeRawBufferPointer,
                       reply: consuming FuseWriteReply) {
         let size = data.count
-        send(.write(inode, handle: handle, offset: offset, data: data), reply) { reply, result in
+        let deferred = FuseDeferredReply(reply)
+        transport.sendWrite(inode, handle: handle, offset: offset, data: data) { result in
+            let reply = deferred.take()
             switch result {
             case .written(let count) where Int(count) <= size: reply.written(count)
             default: reply.error(errorCode(result))

@@ -9,6 +9,11 @@ public protocol OperationTransport: AnyObject, Sendable {
     /// the server's reply (or `.error(.EIO)` once the request timeout expires).
     /// Never blocks the calling thread on the network.
     func send(_ operation: Operation, completion: @escaping @Sendable (Reply) -> Void)
+
+    /// Sends a write whose data is only valid during the call: it is copied
+    /// once, into the request's frame, before this returns.
+    func sendWrite(_ inode: InodeNumber, handle: UInt64, offset: UInt64, data: UnsafeRawBufferPointer,
+                   completion: @escaping @Sendable (Reply) -> Void)
 }
 
 extension ServerConnection: OperationTransport {}

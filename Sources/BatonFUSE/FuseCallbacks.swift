@@ -125,8 +125,8 @@ func makeOperationTable() -> fuse_lowlevel_ops {
 
     table.write = { request, inode, buffer, size, offset, info in
         let (operations, caller, pending) = dispatch(request!)
-        // The one copy of the data: libfuse reuses its receive buffer for the next request.
-        let data = Array(UnsafeRawBufferPointer(start: buffer, count: size))
+        // Valid until this callback returns: the operation copies it (once, into its frame).
+        let data = UnsafeRawBufferPointer(start: buffer, count: size)
         operations.write(caller, inode: inode, handle: info!.pointee.fh, offset: UInt64(truncatingIfNeeded: offset),
                          data: data, reply: FuseWriteReply(pending))
     }

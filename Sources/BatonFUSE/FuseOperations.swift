@@ -55,8 +55,9 @@ public protocol FuseOperations: AnyObject, Sendable {
     func open(_ request: FuseRequest, inode: UInt64, flags: Int32, reply: consuming FuseOpenReply)
     func read(_ request: FuseRequest, inode: UInt64, handle: UInt64, offset: UInt64, size: UInt32,
               reply: consuming FuseDataReply)
-    /// `data` is already copied out of libfuse's receive buffer, which libfuse reuses.
-    func write(_ request: FuseRequest, inode: UInt64, handle: UInt64, offset: UInt64, data: [UInt8],
+    /// `data` points into libfuse's receive buffer, which libfuse reuses for
+    /// the next request: copy what is needed before returning.
+    func write(_ request: FuseRequest, inode: UInt64, handle: UInt64, offset: UInt64, data: UnsafeRawBufferPointer,
                reply: consuming FuseWriteReply)
     /// Called on every close(2) of a descriptor, so possibly several times per open.
     func flush(_ request: FuseRequest, inode: UInt64, handle: UInt64, reply: consuming FuseEmptyReply)

@@ -57,14 +57,21 @@ public final class ExportStore: @unchecked Sendable {
         /// Size of each preallocated journal segment: appends inside it cannot
         /// run out of space, and a full disk is found before a mutation, not after.
         public var segmentBytes: Int
-        public init(checkpointAfterBytes: Int = 64 << 20, segmentBytes: Int = 16 << 20) {
+        public init(checkpointAfterBytes: Int = 64 << 20, segmentBytes: Int = 32 << 20) {
             self.checkpointAfterBytes = checkpointAfterBytes
             self.segmentBytes = segmentBytes
         }
     }
 
-    /// Room kept free in a segment for the largest record without write data.
-    static let maxRecordBytes = 128 * 1024
+    /// Room kept free in a segment for the largest record.
+    static let maxRecordBytes = WireLimits.maxFrameBytes
+    /// Writes up to this size carry their data in the journal ("immediate"):
+    /// an fsync then needs one disk flush, the journal's. Larger writes go to
+    /// the data file only ("indirect", as ZFS's intent log does it): data
+    /// reaches the disk once, and an fsync flushes the data file too.
+    static let immediateWriteMaxBytes = 64 * 1024
+    /// Bounds the bookkeeping of immediate writes: past it, a checkpoint.
+    static let maxImmediateRanges = 1 << 16
 
     public let directory: String
     public let exportName: String
@@ -77,6 +84,11 @@ public final class ExportStore: @unchecked Sendable {
     private var segment: OpenFile
     private var segmentOffset = 0
     private var journalBytesSinceCheckpoint = 0
+    /// Where each file was written by immediate writes since the checkpoint.
+    /// Replay re-applies those writes; a later write that overlaps one must be
+    /// immediate too, or replay would put older data over it.
+    private var immediateRanges: [InodeNumber: ByteRanges] = [:]
+    private var immediateRangeCount = 0
 
     private var journalDirectory: String { directory + "/journal" }
     private var checkpointPath: String { directory + "/checkpoint" }
@@ -87,6 +99,7 @@ public final class ExportStore: @unchecked Sendable {
         self.exportName = exportName
         self.limits = limits
         self.logger = logger
+        precondition(limits.segmentBytes >= 2 * Self.maxRecordBytes, "journal segments must hold the largest record")
         do {
             try Disk.makeDirectory(directory)
             try Disk.makeDirectory(directory + "/journal")
@@ -147,8 +160,14 @@ public final class ExportStore: @unchecked Sendable {
                     throw StoreError.corruptJournal(file: path, offset: 0,
                         reason: "record \(record.sequence) follows \(namespace.appliedSequence): records are missing")
                 }
+                if case .write(let ino, let handle, let offset, let data) = record.operation, !data.isEmpty,
+                   let target = try? namespace.writeOffset(ino, handle: handle, offset: offset, count: record.writeCount) {
+                    // An immediate write: its data may not have reached the data file.
+                    try data.withUnsafeBytes { try files.write(ino, $0, at: target, indirect: false) }
+                    rememberImmediate(ino, target..<target + UInt64(data.count))
+                }
                 let outcome = namespace.apply(record)
-                try files.carryOut(outcome.effects)
+                try carryOut(outcome.effects)
             }
             let isLast = index == segments.count - 1
             switch scan.ending {
@@ -250,23 +269,44 @@ public final class ExportStore: @unchecked Sendable {
     }
 
     /// A write: the data goes to the data file first, so that a failed data
-    /// write (a full disk) returns its error and changes nothing; the journal
-    /// then records the write's byte count only.
+    /// write (a full disk) returns its error and changes nothing; then the
+    /// record: with the data (immediate) or with its byte count only (indirect).
     public func applyWrite(_ ino: InodeNumber, handle: UInt64, offset: UInt64, data: UnsafeRawBufferPointer,
                            session: UInt64, requestSequence: UInt64) throws -> Reply {
         if let refusal = reserveJournalSpace() { return refusal }
         let count = UInt32(data.count)
         let target = withNamespace { try? $0.writeOffset(ino, handle: handle, offset: offset, count: count) }
+        var journaledData: [UInt8] = []
         if let target, count > 0 {
+            let range = target..<target + UInt64(count)
+            let immediate = data.count <= Self.immediateWriteMaxBytes || immediateRanges[ino]?.overlaps(range) == true
             do {
-                try files.write(ino, data, at: target)
+                try files.write(ino, data, at: target, indirect: !immediate)
             } catch {
                 logger.warning("file data write failed", metadata: ["export": "\(exportName)", "inode": "\(ino)", "error": "\(error)"])
                 return .error((error as? SystemCallError).map { Errno($0.errno) } ?? .EIO)
             }
+            if immediate {
+                journaledData = Array(data)
+                rememberImmediate(ino, range)
+            }
         }
-        return try commit(.write(ino, handle: handle, offset: offset, data: []), writeCount: count,
+        return try commit(.write(ino, handle: handle, offset: offset, data: journaledData), writeCount: count,
                           session: session, requestSequence: requestSequence)
+    }
+
+    private func rememberImmediate(_ ino: InodeNumber, _ range: Range<UInt64>) {
+        let before = immediateRanges[ino]?.count ?? 0
+        immediateRanges[ino, default: ByteRanges()].insert(range)
+        immediateRangeCount += immediateRanges[ino]!.count - before
+    }
+
+    /// Truncations and removals, after the record is in the journal.
+    private func carryOut(_ effects: [DataEffect]) throws {
+        for case .remove(let ino) in effects {
+            immediateRangeCount -= immediateRanges.removeValue(forKey: ino)?.count ?? 0
+        }
+        try files.carryOut(effects)
     }
 
     /// Makes sure the current journal segment has room for a record; the
@@ -296,21 +336,22 @@ public final class ExportStore: @unchecked Sendable {
             try segment.write(bytes, at: UInt64(segmentOffset))
             segmentOffset += bytes.count
             journalBytesSinceCheckpoint += bytes.count
-            try files.carryOut(outcome.effects)
+            try carryOut(outcome.effects)
         } catch {
             throw StoreError.journalWriteFailed((error as? SystemCallError) ?? SystemCallError("journal append", path: segment.path, errno: EIO))
         }
-        if journalBytesSinceCheckpoint >= limits.checkpointAfterBytes {
+        if journalBytesSinceCheckpoint >= limits.checkpointAfterBytes || immediateRangeCount >= Self.maxImmediateRanges {
             try checkpoint()
         }
         return outcome.reply
     }
 
-    /// Makes every acknowledged mutation durable: the data files written since
-    /// the last sync, then the journal (fsync, fdatasync and syncfs all mean this).
+    /// Makes every acknowledged mutation durable: the data files of indirect
+    /// writes since the last sync, then the journal (which holds the data of
+    /// immediate writes). fsync, fdatasync and syncfs all mean this.
     public func sync() throws(StoreError) {
         do {
-            try files.syncDirty()
+            try files.syncIndirect()
             try segment.sync()
         } catch {
             throw StoreError(error)
@@ -321,13 +362,17 @@ public final class ExportStore: @unchecked Sendable {
     public func checkpoint() throws(StoreError) {
         do {
             let started = ContinuousClock.now
-            try files.syncDirty()
+            // The journal before the checkpoint goes away: every data file
+            // written since the last one must be on disk first.
+            try files.syncAll()
             let bytes = withNamespace { $0.checkpoint() }
             try Disk.writeAtomically(bytes, to: checkpointPath, directory: directory)
             let old = try Disk.list(journalDirectory).filter { $0.hasSuffix(".log") }
             try startSegment()
             for name in old { try Disk.remove(journalDirectory + "/" + name) }
             journalBytesSinceCheckpoint = 0
+            immediateRanges = [:]
+            immediateRangeCount = 0
             logger.info("checkpoint written", metadata: [
                 "export": "\(exportName)", "sequence": "\(appliedSequence)", "bytes": "\(bytes.count)",
                 "segmentsDeleted": "\(old.count)", "duration": "\(ContinuousClock.now - started)",
@@ -344,15 +389,22 @@ final class DataFiles: @unchecked Sendable {
     private let directory: String
     private let table = OpenFileTable()
     private let dirtyLock = PthreadMutex()
-    private var dirty: Set<InodeNumber> = []
+    /// Written by indirect writes or truncated since the last sync: an fsync flushes them.
+    private var unsynced: Set<InodeNumber> = []
+    /// Written at all since the last checkpoint: a checkpoint flushes them.
+    private var written: Set<InodeNumber> = []
 
     init(directory: String) { self.directory = directory }
 
     private func path(_ ino: InodeNumber) -> String { directory + "/" + String(ino, radix: 16) }
 
-    func write(_ ino: InodeNumber, _ data: UnsafeRawBufferPointer, at offset: UInt64) throws {
+    /// `indirect`: the journal will not hold this data, so an fsync must flush the file.
+    func write(_ ino: InodeNumber, _ data: UnsafeRawBufferPointer, at offset: UInt64, indirect: Bool) throws {
         try file(ino, create: true)!.write(data, at: offset)
-        markDirty(ino)
+        dirtyLock.withLock {
+            written.insert(ino)
+            if indirect { unsynced.insert(ino) }
+        }
     }
 
     func carryOut(_ effects: [DataEffect]) throws {
@@ -360,17 +412,19 @@ final class DataFiles: @unchecked Sendable {
             switch effect {
             case .truncate(let ino, let size):
                 try file(ino, create: true)!.truncate(to: size)
-                markDirty(ino)
+                dirtyLock.withLock {
+                    written.insert(ino)
+                    unsynced.insert(ino)
+                }
             case .remove(let ino):
                 table.remove(ino)
-                dirtyLock.withLock { _ = dirty.remove(ino) }
+                dirtyLock.withLock {
+                    written.remove(ino)
+                    unsynced.remove(ino)
+                }
                 try Disk.remove(path(ino))
             }
         }
-    }
-
-    private func markDirty(_ ino: InodeNumber) {
-        dirtyLock.withLock { _ = dirty.insert(ino) }
     }
 
     /// After a crash: a data file may hold a write whose record never reached
@@ -416,10 +470,21 @@ final class DataFiles: @unchecked Sendable {
         return count
     }
 
-    func syncDirty() throws {
+    func syncIndirect() throws {
         let inodes = dirtyLock.withLock { () -> Set<InodeNumber> in
-            defer { dirty.removeAll() }
-            return dirty
+            defer { unsynced.removeAll() }
+            return unsynced
+        }
+        for ino in inodes.sorted() { try file(ino, create: false)?.sync() }
+    }
+
+    func syncAll() throws {
+        let inodes = dirtyLock.withLock { () -> Set<InodeNumber> in
+            defer {
+                written.removeAll()
+                unsynced.removeAll()
+            }
+            return written
         }
         for ino in inodes.sorted() { try file(ino, create: false)?.sync() }
     }

@@ -64,18 +64,48 @@ public final class ServerConnection: @unchecked Sendable {
     // MARK: Requests
 
     public func send(_ operation: Operation, completion: @escaping @Sendable (Reply) -> Void) {
+        enqueue(completion) { [allocator] sequence, oldest in
+            Message.request(sequence: sequence, oldestUnanswered: oldest, operation).frame(allocator: allocator)
+        }
+    }
+
+    /// A write request framed straight from the caller's buffer (one copy).
+    public func sendWrite(_ inode: InodeNumber, handle: UInt64, offset: UInt64, data: UnsafeRawBufferPointer,
+                          completion: @escaping @Sendable (Reply) -> Void) {
+        enqueue(completion) { [allocator] sequence, oldest in
+            var frame = Message.request(sequence: sequence, oldestUnanswered: oldest,
+                                        .write(inode, handle: handle, offset: offset, data: [])).frame(allocator: allocator)
+            // The data is the frame's last field: fix its length and the frame's, then append it.
+            frame.reserveCapacity(minimumWritableBytes: data.count)
+            frame.setInteger(UInt32(data.count), at: frame.writerIndex - 4, endianness: .little)
+            frame.setInteger(UInt32(frame.readableBytes - 4 + data.count), at: frame.readerIndex, endianness: .little)
+            frame.writeBytes(data)
+            return frame
+        }
+    }
+
+    /// Numbers the request, builds its frame (outside the lock: it may copy a
+    /// MiB), keeps the frame for re-sending, and sends it if connected.
+    ///
+    /// Between numbering and keeping, the request is in no list; that is safe:
+    /// it has not been sent, so the server holds no reply of it to forget, and
+    /// a reconnection in between finds it afterwards in `pending`.
+    private func enqueue(_ completion: @escaping @Sendable (Reply) -> Void,
+                         frame makeFrame: (_ sequence: UInt64, _ oldestUnanswered: UInt64) -> ByteBuffer) {
         let deadline = NIODeadline.now() + configuration.requestTimeout
-        let (channel, frame, closed) = state.withLockedValue { state -> (Channel?, ByteBuffer?, Bool) in
-            if state.closed { return (nil, nil, true) }
+        let numbers = state.withLockedValue { state -> (UInt64, UInt64)? in
+            if state.closed { return nil }
             let sequence = state.nextSequence
             state.nextSequence += 1
-            let oldest = state.pending.keys.min() ?? sequence
-            let frame = Message.request(sequence: sequence, oldestUnanswered: oldest, operation).frame(allocator: allocator)
-            state.pending[sequence] = Pending(frame: frame, completion: completion, deadline: deadline)
-            return (state.channel, frame, false)
+            return (sequence, min(state.pending.keys.min() ?? sequence, sequence))
         }
-        if closed { return completion(.error(.ENOTCONN)) }
-        if let channel, let frame {
+        guard let (sequence, oldest) = numbers else { return completion(.error(.ENOTCONN)) }
+        let frame = makeFrame(sequence, oldest)
+        let channel = state.withLockedValue { state -> Channel? in
+            state.pending[sequence] = Pending(frame: frame, completion: completion, deadline: deadline)
+            return state.channel
+        }
+        if let channel {
             channel.writeAndFlush(frame, promise: nil)
         } else {
             connectIfNeeded()

@@ -1,0 +1,45 @@
+/// A set of byte ranges of one file, kept merged and sorted.
+///
+/// The store uses it to remember where a file was written by *immediate*
+/// writes (data carried in the journal) since the last checkpoint. Replay
+/// re-applies those writes in order; that is only correct if no later
+/// *indirect* write (data in the data file only) overlaps them, so a write
+/// that overlaps such a range is made immediate too.
+public struct ByteRanges: Hashable, Sendable {
+    /// Sorted, non-overlapping, non-adjacent half-open ranges.
+    public private(set) var ranges: [Range<UInt64>] = []
+
+    public init() {}
+
+    public var count: Int { ranges.count }
+
+    public func overlaps(_ range: Range<UInt64>) -> Bool {
+        guard !range.isEmpty else { return false }
+        let index = firstIndex(endingAfter: range.lowerBound)
+        return index < ranges.count && ranges[index].lowerBound < range.upperBound
+    }
+
+    public mutating func insert(_ range: Range<UInt64>) {
+        guard !range.isEmpty else { return }
+        var start = firstIndex(endingAfter: range.lowerBound)
+        if start > 0 && ranges[start - 1].upperBound == range.lowerBound { start -= 1 }
+        var end = start
+        var merged = range
+        while end < ranges.count && ranges[end].lowerBound <= merged.upperBound {
+            merged = min(merged.lowerBound, ranges[end].lowerBound)..<max(merged.upperBound, ranges[end].upperBound)
+            end += 1
+        }
+        ranges.replaceSubrange(start..<end, with: [merged])
+    }
+
+    /// The first range whose end lies after `offset`.
+    private func firstIndex(endingAfter offset: UInt64) -> Int {
+        var low = 0
+        var high = ranges.count
+        while low < high {
+            let mid = (low + high) / 2
+            if ranges[mid].upperBound <= offset { low = mid + 1 } else { high = mid }
+        }
+        return low
+    }
+}
