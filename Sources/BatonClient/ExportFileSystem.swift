@@ -17,6 +17,7 @@ public final class ExportFileSystem: FuseOperations {
     private let wantsWritebackCache: Bool
     /// Whether the kernel agreed to writeback caching; set once at INIT, before any request.
     private let writebackCache = Atomic<Bool>(false)
+    private let lookupCounts = LookupCounts()
 
     /// The preferred I/O size shown in `st_blksize`.
     static let blockSizeBytes: UInt32 = 4096
@@ -49,7 +50,12 @@ public final class ExportFileSystem: FuseOperations {
     }
 
     /// The server keeps no per-client lookup counts, so there is nothing to tell it.
-    public func forget(_ request: FuseRequest, inode: UInt64, lookups: UInt64) {}
+    /// The kernel dropped `lookups` references: at zero, the server may free
+    /// the inode if it has no name and no open handle left (an orphan).
+    public func forget(_ request: FuseRequest, inode: UInt64, lookups: UInt64) {
+        guard lookupCounts.forget(inode, lookups) else { return }
+        transport.send(.forget(inode)) { _ in }
+    }
 
     // MARK: - Names
 
@@ -143,7 +149,10 @@ public final class ExportFileSystem: FuseOperations {
         send(operation, reply) { [self] reply, result in
             switch result {
             case .created(let attributes, let handle):
+                // Counted before the kernel can see it, so its FORGET never finds no count.
+                lookupCounts.remember(attributes.inode)
                 if !reply.created(entry(attributes), handle: handle) {
+                    _ = lookupCounts.forget(attributes.inode, 1)
                     transport.send(.release(attributes.inode, handle: handle)) { _ in }
                 }
             default: reply.error(errorCode(result))
@@ -261,7 +270,9 @@ public final class ExportFileSystem: FuseOperations {
     private func sendEntry(_ operation: Operation, _ reply: consuming FuseEntryReply) {
         send(operation, reply) { [self] reply, result in
             switch result {
-            case .entry(let attributes): reply.entry(entry(attributes))
+            case .entry(let attributes):
+                lookupCounts.remember(attributes.inode)
+                reply.entry(entry(attributes))
             default: reply.error(errorCode(result))
             }
         }
@@ -363,5 +374,24 @@ extension AttributeChanges {
     init(_ c: FuseAttributeChanges) {
         self.init(mode: c.mode, uid: c.uid, gid: c.gid, size: c.sizeBytes, atime: c.atime.map(TimeChange.init),
                   mtime: c.mtime.map(TimeChange.init), ctime: c.ctime.map(Timestamp.init))
+    }
+}
+
+/// How many references the kernel holds on each inode (FUSE's lookup count):
+/// one per entry reply, minus what FORGET returns.
+final class LookupCounts: Sendable {
+    private let counts = Mutex<[UInt64: UInt64]>([:])
+
+    func remember(_ inode: UInt64) {
+        counts.withLock { $0[inode, default: 0] += 1 }
+    }
+
+    /// True when the count reaches zero.
+    func forget(_ inode: UInt64, _ lookups: UInt64) -> Bool {
+        counts.withLock { counts in
+            let left = (counts[inode] ?? 0) - min(counts[inode] ?? 0, lookups)
+            counts[inode] = left == 0 ? nil : left
+            return left == 0
+        }
     }
 }

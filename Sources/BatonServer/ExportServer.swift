@@ -77,12 +77,12 @@ public final class ExportServer: @unchecked Sendable {
         case .read(let ino, _, let offset, let size):
             channel.writeAndFlush(read(ino, offset: offset, size: size, sequence: sequence, allocator: channel.allocator), promise: nil)
         case _ where !operation.isMutation && operation != .statfs && !operation.isFsync:
-            let reply = store.withNamespace { $0.query(operation) }
+            let reply = store.withAllocatedBlocks(store.withNamespace { $0.query(operation) })
             channel.writeAndFlush(frame(sequence: sequence, reply, allocator: channel.allocator), promise: nil)
         default:
-            let reply = mutationLock.withLock {
+            let reply = store.withAllocatedBlocks(mutationLock.withLock {
                 perform(operation, session: session, sequence: sequence, oldestUnanswered: oldestUnanswered)
-            }
+            })
             channel.writeAndFlush(frame(sequence: sequence, reply, allocator: channel.allocator), promise: nil)
         }
     }

@@ -25,7 +25,7 @@ final class CodecTests: XCTestCase {
         .open(2, flags: OpenFlags.append), .release(2, handle: 8),
         .write(2, handle: 8, offset: 1 << 40, data: Array(0..<255)),
         .setxattr(2, name: FileName("user.k"), value: [1, 2, 3], flags: XattrFlags.create),
-        .removexattr(2, name: FileName("user.k")),
+        .removexattr(2, name: FileName("user.k")), .forget(9),
     ]
 
     static let attributes = FileAttributes(inode: 5, generation: 1, mode: Mode.regular | 0o644, linkCount: 1, uid: 1, gid: 2,

@@ -103,6 +103,8 @@ final class NamespaceTests: XCTestCase {
         XCTAssertEqual(d.attributes(a).linkCount, 3)
         d.fails(.rmdir(parent: rootInode, name: FileName("a")), .ENOTEMPTY)
         _ = d.ok(.rmdir(parent: a, name: FileName("b")))
+        XCTAssertTrue(d.namespace.isOrphan(b), "a removed directory stays until the kernel forgets it")
+        _ = d.ok(.forget(b))
         XCTAssertNil(d.namespace.attributes(of: b))
         XCTAssertEqual(d.attributes(a).linkCount, 2)
         _ = d.ok(.rmdir(parent: rootInode, name: FileName("a")))
@@ -110,6 +112,27 @@ final class NamespaceTests: XCTestCase {
         _ = d.create("f")
         d.fails(.rmdir(parent: rootInode, name: FileName("f")), .ENOTDIR)
         d.fails(.unlink(parent: rootInode, name: FileName("missing")), .ENOENT)
+    }
+
+    /// A removed directory that is still a working directory: stat and
+    /// readdir work, creating in it is ENOENT (POSIX rmdir).
+    func testRemovedDirectoryTakesNoNewEntries() {
+        var d = NamespaceDriver()
+        let dir = d.mkdir("gone")
+        _ = d.ok(.rmdir(parent: rootInode, name: FileName("gone")))
+        XCTAssertEqual(d.attributes(dir).linkCount, 0)
+        XCTAssertEqual(d.names(in: dir), [".", ".."])
+        d.fails(.mkdir(parent: dir, name: FileName("x"), mode: 0o755, .root), .ENOENT)
+        d.fails(.create(parent: dir, name: FileName("f"), mode: 0o644, flags: OpenFlags.readWrite, .root), .ENOENT)
+    }
+
+    func testForgetOfANamedInodeChangesNothing() {
+        var d = NamespaceDriver()
+        let (ino, _) = d.create("kept")
+        let before = d.namespace
+        _ = d.apply(.forget(ino))
+        XCTAssertNotNil(d.namespace.attributes(of: ino))
+        XCTAssertEqual(d.names(in: rootInode), NamespaceDriver(namespace: before).names(in: rootInode))
     }
 
     func testUnlinkOfDirectoryIsEISDIR() {
@@ -127,7 +150,8 @@ final class NamespaceTests: XCTestCase {
         let outcome = d.apply(.unlink(parent: rootInode, name: FileName("a")))
         XCTAssertEqual(outcome.effects, [])
         XCTAssertEqual(d.attributes(ino).linkCount, 1)
-        XCTAssertEqual(d.apply(.unlink(parent: rootInode, name: FileName("b"))).effects, [.remove(ino)])
+        XCTAssertEqual(d.apply(.unlink(parent: rootInode, name: FileName("b"))).effects, [])
+        XCTAssertEqual(d.apply(.forget(ino)).effects, [.remove(ino)])
         XCTAssertNil(d.namespace.attributes(of: ino))
         let dir = d.mkdir("d")
         d.fails(.link(dir, newParent: rootInode, newName: FileName("e")), .EPERM)
@@ -144,8 +168,11 @@ final class NamespaceTests: XCTestCase {
         XCTAssertEqual(d.namespace.query(.getattr(ino)), .attributes(d.attributes(ino)))
         XCTAssertEqual(d.attributes(ino).linkCount, 0)
         XCTAssertEqual(try d.namespace.readableSize(ino), 3)
+        XCTAssertEqual(d.apply(.forget(ino)).effects, [], "an open file is not freed by a forget")
         XCTAssertEqual(d.apply(.release(ino, handle: first)).effects, [])
-        XCTAssertEqual(d.apply(.release(ino, handle: second)).effects, [.remove(ino)])
+        XCTAssertEqual(d.apply(.release(ino, handle: second)).effects, [])
+        XCTAssertEqual(d.namespace.query(.getattr(ino)).isError, false, "the kernel may still hold it (O_PATH, cwd)")
+        XCTAssertEqual(d.apply(.forget(ino)).effects, [.remove(ino)])
         XCTAssertEqual(d.namespace.query(.getattr(ino)), .error(.ENOENT))
     }
 
@@ -155,8 +182,9 @@ final class NamespaceTests: XCTestCase {
         let (b, hb) = d.create("b")
         _ = d.ok(.release(a, handle: ha))
         _ = d.ok(.release(b, handle: hb))
-        let outcome = d.apply(.rename(parent: rootInode, name: FileName("a"), newParent: rootInode, newName: FileName("b"), flags: 0))
-        XCTAssertEqual(outcome.effects, [.remove(b)])
+        _ = d.ok(.rename(parent: rootInode, name: FileName("a"), newParent: rootInode, newName: FileName("b"), flags: 0))
+        XCTAssertTrue(d.namespace.isOrphan(b))
+        XCTAssertEqual(d.apply(.forget(b)).effects, [.remove(b)])
         guard case .entry(let entry) = d.lookup("b") else { return XCTFail() }
         XCTAssertEqual(entry.inode, a)
         let x = d.mkdir("x")
@@ -397,6 +425,13 @@ final class NamespaceTests: XCTestCase {
         let (f, _) = d.create("f")
         d.fails(.mkdir(parent: f, name: FileName("x"), mode: 0o755, .root), .ENOTDIR)
         XCTAssertEqual(d.namespace.query(.readdir(f, cookie: 0, maxBytes: 4096)), .error(.ENOTDIR))
+    }
+}
+
+extension Reply {
+    var isError: Bool {
+        if case .error = self { return true }
+        return false
     }
 }
 

@@ -103,3 +103,26 @@ final class MountTests: XCTestCase {
         XCTAssertFalse(MountProcess.isMounted(directory + "/mnt"))
     }
 }
+
+/// Goal: POSIX semantics through a real mount, checked by the same script an
+/// admin can run against any directory (it passes on tmpfs and ext4).
+final class PosixCheckTests: XCTestCase {
+    override func setUpWithError() throws {
+        guard FileManager.default.isReadableFile(atPath: "/dev/fuse"), getuid() == 0 else {
+            throw XCTSkip("needs root and /dev/fuse")
+        }
+    }
+
+    private func check(options: [String] = []) throws {
+        let export = try MountedExport(self, options: options)
+        let result = try runCommand("/usr/bin/python3", [repositoryRoot + "/mountscripts/posix-check", export.path])
+        XCTAssertEqual(result.status, 0, result.output)
+        XCTAssertTrue(result.output.contains(" passed, 0 failed"), result.output)
+    }
+
+    func testPosixChecksPass() throws { try check() }
+
+    func testPosixChecksPassWithWritebackCache() throws { try check(options: ["writeback_cache"]) }
+
+    func testPosixChecksPassWithoutKernelCaching() throws { try check(options: ["attr_timeout=0", "entry_timeout=0"]) }
+}

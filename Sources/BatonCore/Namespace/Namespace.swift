@@ -157,25 +157,31 @@ public struct Namespace: Sendable {
         case .link(let ino, let newParent, let newName):
             return .entry(try link(ino, newParent, newName, now))
         case .unlink(let parent, let name):
-            try unlink(parent, name, now, &effects)
+            try unlink(parent, name, now)
             return .done
         case .rmdir(let parent, let name):
             try rmdir(parent, name, now)
             return .done
         case .rename(let parent, let name, let newParent, let newName, let flags):
-            try rename(parent, name, newParent, newName, flags, now, &effects)
+            try rename(parent, name, newParent, newName, flags, now)
             return .done
         case .create(let parent, let name, let mode, let flags, let caller):
             return try create(parent, name, mode: mode, flags: flags, caller, now, &effects)
         case .open(let ino, let flags):
             return .opened(handle: try open(ino, flags: flags, now, &effects))
         case .release(let ino, let handle):
-            try release(ino, handle: handle, &effects)
+            try release(ino, handle: handle)
             return .done
         case .write(let ino, let handle, let offset, _):
             return .written(count: try write(ino, handle: handle, offset: offset, count: writeCount, now))
         case .setxattr(let ino, let name, let value, let flags):
             try setxattr(ino, name, value, flags: flags, now)
+            return .done
+        case .forget(let ino):
+            if isOrphan(ino) {
+                let inode = inodes.removeValue(forKey: ino)!
+                if Mode.isRegular(inode.attributes.mode) { effects.append(.remove(ino)) }
+            }
             return .done
         case .removexattr(let ino, let name):
             try checkXattrName(name)
@@ -222,6 +228,8 @@ public struct Namespace: Sendable {
     /// A new entry's name must be valid, not "." or "..", and free.
     private func checkNewEntry(_ parent: InodeNumber, _ name: FileName) throws(Errno) {
         let directory = try directory(parent)
+        // A removed directory (still someone's working directory) takes no new entries.
+        guard inodes[parent]!.attributes.linkCount > 0 else { throw .ENOENT }
         try checkName(name)
         if name == Self.dot || name == Self.dotDot || directory[name] != nil { throw .EEXIST }
     }
@@ -300,22 +308,25 @@ public struct Namespace: Sendable {
         inodes[ino]!.attributes.ctime = now
     }
 
-    /// Drops one link; frees the inode (and its data) when no link and no open handle is left.
-    private mutating func dropLink(_ ino: InodeNumber, _ now: Timestamp, _ effects: inout [DataEffect]) {
+    /// Drops one link. An inode left with no link stays (an orphan) while it
+    /// is open or a client's kernel still holds it (an O_PATH descriptor, a
+    /// working directory): it is freed by the `forget` that says nothing does.
+    private mutating func dropLink(_ ino: InodeNumber, _ now: Timestamp) {
         if Mode.isDirectory(inodes[ino]!.attributes.mode) {
             inodes[ino]!.attributes.linkCount = 0
         } else {
             inodes[ino]!.attributes.linkCount -= 1
         }
         inodes[ino]!.attributes.ctime = now
-        freeIfUnused(ino, &effects)
     }
 
-    private mutating func freeIfUnused(_ ino: InodeNumber, _ effects: inout [DataEffect]) {
-        guard let inode = inodes[ino], inode.attributes.linkCount == 0, inode.openHandles == 0 else { return }
-        inodes.removeValue(forKey: ino)
-        if Mode.isRegular(inode.attributes.mode) { effects.append(.remove(ino)) }
+    /// No name, no open handle: only a client's kernel may still refer to it.
+    public func isOrphan(_ ino: InodeNumber) -> Bool {
+        guard let inode = inodes[ino] else { return false }
+        return inode.attributes.linkCount == 0 && inode.openHandles == 0
     }
+
+    public var orphanCount: Int { inodes.keys.reduce(0) { $0 + (isOrphan($1) ? 1 : 0) } }
 
     private mutating func link(_ ino: InodeNumber, _ newParent: InodeNumber, _ newName: FileName,
                                _ now: Timestamp) throws(Errno) -> FileAttributes {
@@ -331,13 +342,12 @@ public struct Namespace: Sendable {
         return inodes[ino]!.attributes
     }
 
-    private mutating func unlink(_ parent: InodeNumber, _ name: FileName, _ now: Timestamp,
-                                 _ effects: inout [DataEffect]) throws(Errno) {
+    private mutating func unlink(_ parent: InodeNumber, _ name: FileName, _ now: Timestamp) throws(Errno) {
         let ino = try lookup(parent, name)
         if name == Self.dot || name == Self.dotDot || Mode.isDirectory(inodes[ino]!.attributes.mode) { throw .EISDIR }
         inodes[parent]!.directory!.remove(name)
         touchDirectory(parent, now)
-        dropLink(ino, now, &effects)
+        dropLink(ino, now)
     }
 
     private mutating func rmdir(_ parent: InodeNumber, _ name: FileName, _ now: Timestamp) throws(Errno) {
@@ -349,8 +359,7 @@ public struct Namespace: Sendable {
         inodes[parent]!.directory!.remove(name)
         inodes[parent]!.attributes.linkCount -= 1
         touchDirectory(parent, now)
-        var none: [DataEffect] = []
-        dropLink(ino, now, &none)
+        dropLink(ino, now)
     }
 
     /// Whether `ino` is `ancestor` or lies below it.
@@ -364,7 +373,7 @@ public struct Namespace: Sendable {
     }
 
     private mutating func rename(_ parent: InodeNumber, _ name: FileName, _ newParent: InodeNumber, _ newName: FileName,
-                                 _ flags: UInt32, _ now: Timestamp, _ effects: inout [DataEffect]) throws(Errno) {
+                                 _ flags: UInt32, _ now: Timestamp) throws(Errno) {
         let known = RenameFlags.noReplace | RenameFlags.exchange
         guard flags & ~known == 0, flags != known else { throw .EINVAL }
         for special in [Self.dot, Self.dotDot] where name == special || newName == special { throw .EINVAL }
@@ -406,7 +415,7 @@ public struct Namespace: Sendable {
                 inodes[newParent]!.attributes.linkCount -= 1
             }
             inodes[newParent]!.directory!.remove(newName)
-            dropLink(target, now, &effects)
+            dropLink(target, now)
         }
         inodes[parent]!.directory!.remove(name)
         inodes[newParent]!.directory!.insert(newName, inode: source)
@@ -453,11 +462,10 @@ public struct Namespace: Sendable {
         return handle
     }
 
-    private mutating func release(_ ino: InodeNumber, handle: UInt64, _ effects: inout [DataEffect]) throws(Errno) {
+    private mutating func release(_ ino: InodeNumber, handle: UInt64) throws(Errno) {
         guard let open = handles[handle], open.inode == ino else { throw .EBADF }
         handles.removeValue(forKey: handle)
         inodes[ino]!.openHandles -= 1
-        freeIfUnused(ino, &effects)
     }
 
     /// Where a write lands, or why it may not happen. The IO shell asks this

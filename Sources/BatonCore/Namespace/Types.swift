@@ -93,6 +93,10 @@ public struct FileAttributes: Hashable, Sendable {
     public var atime: Timestamp
     public var mtime: Timestamp
     public var ctime: Timestamp
+    /// 512-byte blocks the data takes on the serving node's disk (`st_blocks`).
+    /// Node state, not export state: the namespace keeps 0 and the server
+    /// fills it in from the data file when it answers.
+    public var blocks: UInt64 = 0
 
     public init(inode: InodeNumber, generation: UInt64, mode: UInt32, linkCount: UInt32, uid: UInt32, gid: UInt32,
                 rdev: UInt64, size: UInt64, atime: Timestamp, mtime: Timestamp, ctime: Timestamp) {
@@ -108,9 +112,6 @@ public struct FileAttributes: Hashable, Sendable {
         self.mtime = mtime
         self.ctime = ctime
     }
-
-    /// 512-byte blocks, as `st_blocks` counts them (an estimate: sparse regions are not tracked).
-    public var blocks: UInt64 { (size + 511) / 512 }
 }
 
 /// A directory entry name: bytes, as POSIX has them (not necessarily UTF-8).

@@ -29,6 +29,9 @@ public enum Operation: Hashable, Sendable {
     case write(InodeNumber, handle: UInt64, offset: UInt64, data: [UInt8])
     case setxattr(InodeNumber, name: FileName, value: [UInt8], flags: UInt32)
     case removexattr(InodeNumber, name: FileName)
+    /// The client's kernel holds the inode no longer: an inode with no link
+    /// and no open handle may now be freed (FUSE's FORGET, lookup count 0).
+    case forget(InodeNumber)
 
     /// Whether the operation changes the namespace and so goes into the journal.
     public var isMutation: Bool {
@@ -73,6 +76,7 @@ extension Operation {
     enum Tag: UInt8 {
         case lookup = 1, getattr, readlink, read, readdir, statfs, getxattr, listxattr, fsync
         case setattr = 20, mknod, mkdir, symlink, link, unlink, rmdir, rename, create, open, release, write, setxattr, removexattr
+        case forget
     }
 
     public func encode(to w: inout ByteWriter) {
@@ -111,6 +115,7 @@ extension Operation {
         case .setxattr(let ino, let name, let value, let flags):
             w.write(Tag.setxattr.rawValue); w.write(ino); w.write(name); w.write(bytes: value); w.write(flags)
         case .removexattr(let ino, let name): w.write(Tag.removexattr.rawValue); w.write(ino); w.write(name)
+        case .forget(let ino): w.write(Tag.forget.rawValue); w.write(ino)
         }
     }
 
@@ -154,6 +159,7 @@ extension Operation {
             return .setxattr(try r.readUInt64(), name: try r.readName(),
                              value: try r.readBytes(limit: WireLimits.maxXattrValueBytes, kind: "xattr value"), flags: try r.readUInt32())
         case .removexattr: return .removexattr(try r.readUInt64(), name: try r.readName())
+        case .forget: return .forget(try r.readUInt64())
         }
     }
 }
@@ -233,7 +239,7 @@ extension ByteWriter {
 
     public mutating func write(_ a: FileAttributes) {
         write(a.inode); write(a.generation); write(a.mode); write(a.linkCount); write(a.uid); write(a.gid)
-        write(a.rdev); write(a.size); write(a.atime); write(a.mtime); write(a.ctime)
+        write(a.rdev); write(a.size); write(a.atime); write(a.mtime); write(a.ctime); write(a.blocks)
     }
 
     mutating func write(_ change: TimeChange?) {
@@ -278,9 +284,12 @@ extension ByteReader {
     }
 
     public mutating func readAttributes() throws(DecodeError) -> FileAttributes {
-        FileAttributes(inode: try readUInt64(), generation: try readUInt64(), mode: try readUInt32(),
-                       linkCount: try readUInt32(), uid: try readUInt32(), gid: try readUInt32(), rdev: try readUInt64(),
-                       size: try readUInt64(), atime: try readTimestamp(), mtime: try readTimestamp(), ctime: try readTimestamp())
+        var attributes = FileAttributes(
+            inode: try readUInt64(), generation: try readUInt64(), mode: try readUInt32(), linkCount: try readUInt32(),
+            uid: try readUInt32(), gid: try readUInt32(), rdev: try readUInt64(), size: try readUInt64(),
+            atime: try readTimestamp(), mtime: try readTimestamp(), ctime: try readTimestamp())
+        attributes.blocks = try readUInt64()
+        return attributes
     }
 
     mutating func readTimeChange() throws(DecodeError) -> TimeChange? {

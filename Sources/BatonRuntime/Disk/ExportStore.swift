@@ -234,6 +234,23 @@ public final class ExportStore: @unchecked Sendable {
         return .success(try files.read(ino, offset: offset, count: count, into: buffer))
     }
 
+    /// The reply with `st_blocks` of regular files taken from their data files.
+    public func withAllocatedBlocks(_ reply: Reply) -> Reply {
+        switch reply {
+        case .entry(var attributes):
+            attributes.blocks = files.allocatedBlocks(attributes)
+            return .entry(attributes)
+        case .attributes(var attributes):
+            attributes.blocks = files.allocatedBlocks(attributes)
+            return .attributes(attributes)
+        case .created(var attributes, let handle):
+            attributes.blocks = files.allocatedBlocks(attributes)
+            return .created(attributes, handle: handle)
+        default:
+            return reply
+        }
+    }
+
     public func statistics() throws -> FileSystemStatistics {
         let st = try Disk.statfs(directory)
         return FileSystemStatistics(
@@ -264,6 +281,8 @@ public final class ExportStore: @unchecked Sendable {
                 try applyWrite(ino, handle: handle, offset: offset, data: $0, session: session, requestSequence: requestSequence)
             }
         }
+        // Most forgets are of inodes that still have names: nothing to record.
+        if case .forget(let ino) = operation, !withNamespace({ $0.isOrphan(ino) }) { return .done }
         if let refusal = reserveJournalSpace() { return refusal }
         return try commit(operation, writeCount: 0, session: session, requestSequence: requestSequence)
     }
@@ -468,6 +487,13 @@ final class DataFiles: @unchecked Sendable {
         // Past the data file's end but within the file's size is a hole: zeros.
         if got < count { UnsafeMutableRawBufferPointer(rebasing: target[got...]).initializeMemory(as: UInt8.self, repeating: 0) }
         return count
+    }
+
+    func allocatedBlocks(_ attributes: FileAttributes) -> UInt64 {
+        guard Mode.isRegular(attributes.mode), attributes.size > 0,
+              let file = try? file(attributes.inode, create: false) else { return 0 }
+        var st = stat()
+        return fstat(file.descriptor, &st) == 0 ? UInt64(st.st_blocks) : 0
     }
 
     func syncIndirect() throws {
