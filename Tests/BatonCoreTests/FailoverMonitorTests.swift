@@ -61,10 +61,6 @@ private struct MonitorHarness {
     var roundTrips: [TimeSpan] { log.compactMap { if case .reportRoundTrip(let rtt) = $0.1 { rtt } else { nil } } }
 }
 
-extension Instant {
-    static func milliseconds(_ count: UInt64) -> Instant { Instant(nanoseconds: count * 1_000_000) }
-}
-
 final class FailoverMonitorTests: XCTestCase {
     // §8: "probe interval 100 ms, probe deadline 200 ms, probe misses 3; server heartbeat every 100 ms, grace 500 ms"
     func testDefaultsAreTheDesignTimings() {

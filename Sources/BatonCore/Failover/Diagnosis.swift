@@ -1,11 +1,7 @@
 /// One of a node's two network paths: NIC n on switch n (DESIGN.md §6, §9).
-public enum NetworkPath: Int, CaseIterable, Comparable, Hashable, Sendable {
+public enum NetworkPath: Int, CaseIterable, Hashable, Sendable {
     case first = 1
     case second = 2
-
-    public static func < (a: NetworkPath, b: NetworkPath) -> Bool { a.rawValue < b.rawValue }
-
-    public var other: NetworkPath { self == .first ? .second : .first }
 }
 
 /// What one probe of the ladder found.

@@ -62,7 +62,7 @@ public struct Monitor: Sendable {
         case tick(freshKey: [UInt8])
         /// The server answered a challenge, claiming `epoch` and `journalSequence`.
         case probeAnswered(key: [UInt8], epoch: UInt64, journalSequence: UInt64, response: [UInt8])
-        /// A server heartbeat arrived.
+        /// A server heartbeat arrived. Only its epoch is judged; the position is the wire's, for the runtime's metrics.
         case heartbeatReceived(epoch: UInt64, journalSequence: UInt64)
     }
 
@@ -111,8 +111,6 @@ public struct Monitor: Sendable {
         var wrongInRun = 0
         var lastHeartbeatAt: Instant
         var lastTickAt: Instant
-        /// The highest journal position the server claimed in this epoch.
-        var journalSequence: UInt64 = 0
     }
 
     enum State: Hashable, Sendable {
@@ -134,12 +132,6 @@ public struct Monitor: Sendable {
         precondition(!secret.isEmpty)
         self.secret = secret
         self.timings = timings
-    }
-
-    /// The highest journal position the watched server claimed (for the swap's tail), if watching.
-    public var journalSequence: UInt64? {
-        if case .watching(let watch) = state { return watch.journalSequence }
-        return nil
     }
 
     public var isWatching: Bool {
@@ -169,13 +161,12 @@ public struct Monitor: Sendable {
             let actions = answer(&watch, key: key, epoch: epoch, journalSequence: sequence, response: response, at: now)
             if case .watching = state { state = .watching(watch) }
             return actions
-        case (.watching(var watch), .heartbeatReceived(let epoch, let sequence)):
+        case (.watching(var watch), .heartbeatReceived(let epoch, _)):
             // Heartbeats carry no MAC: one of another epoch is not life, but
             // neither is it proof enough to fence or stand down. The
             // authenticated challenge decides that.
             guard epoch == watch.epoch else { return [] }
             watch.lastHeartbeatAt = max(watch.lastHeartbeatAt, now)
-            watch.journalSequence = max(watch.journalSequence, sequence)
             state = .watching(watch)
             return []
         }
@@ -225,7 +216,6 @@ public struct Monitor: Sendable {
         watch.lastAnsweredNumber = max(watch.lastAnsweredNumber ?? 0, probe.number)
         watch.consecutiveMisses = 0
         watch.wrongInRun = 0
-        watch.journalSequence = max(watch.journalSequence, journalSequence)
         return [.reportRoundTrip(now - probe.sentAt)]
     }
 

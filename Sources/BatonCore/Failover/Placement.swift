@@ -76,34 +76,25 @@ public enum Placement {
         func isAlive(_ name: String?) -> Bool { name.flatMap { byName[$0]?.alive } ?? false }
 
         // Roles per node, so new exports and new monitors spread out.
-        var load: [String: Int] = [:]
-        for request in exports.values {
-            guard let current = request.current else { continue }
-            load[current.server, default: 0] += 1
-            if let monitor = current.monitor { load[monitor, default: 0] += 1 }
-        }
+        var load = Load()
+        for request in exports.values { load.add(request.current) }
 
         var decisions: [String: PlacementDecision] = [:]
         for (export, request) in exports.sorted(by: { $0.key < $1.key }) {
             let decision = decide(request, nodes: nodes, byName: byName, isAlive: isAlive, load: load)
-            if let old = request.current {
-                load[old.server, default: 0] -= 1
-                if let monitor = old.monitor { load[monitor, default: 0] -= 1 }
-            }
-            if let new = decision.placement {
-                load[new.server, default: 0] += 1
-                if let monitor = new.monitor { load[monitor, default: 0] += 1 }
-            }
+            load.remove(request.current)
+            load.add(decision.placement)
             decisions[export] = decision
         }
         return decisions
     }
 
     private static func decide(_ request: PlacementRequest, nodes: [PlacementNode], byName: [String: PlacementNode],
-                               isAlive: (String?) -> Bool, load: [String: Int]) -> PlacementDecision {
+                               isAlive: (String?) -> Bool, load: Load) -> PlacementDecision {
         guard let current = request.current else {
             let alive = nodes.filter(\.alive)
-            guard let server = leastLoaded(alive, load: load) else {
+            // Servers spread first: they carry the clients; monitors and replicas are lighter.
+            guard let server = alive.min(by: { load.serverOrder($0.name) < load.serverOrder($1.name) }) else {
                 return PlacementDecision(placement: nil, change: .stranded, monitorNeedsFullCopy: false)
             }
             let monitor = monitorNode(for: server, nodes: nodes, preferring: nil, load: load)
@@ -137,15 +128,32 @@ public enum Placement {
     /// A live node other than the server's, on another site when one is alive;
     /// `preferring` wins when it qualifies, else the least loaded.
     static func monitorNode(for server: PlacementNode, nodes: [PlacementNode], preferring: String?,
-                            load: [String: Int]) -> String? {
+                            load: Load) -> String? {
         let others = nodes.filter { $0.alive && $0.name != server.name }
         let remote = others.filter { $0.site != server.site }
         let pool = remote.isEmpty ? others : remote
         if let preferring, pool.contains(where: { $0.name == preferring }) { return preferring }
-        return leastLoaded(pool, load: load)?.name
+        return pool.min { load.monitorOrder($0.name) < load.monitorOrder($1.name) }?.name
     }
 
-    private static func leastLoaded(_ nodes: [PlacementNode], load: [String: Int]) -> PlacementNode? {
-        nodes.min { (load[$0.name] ?? 0, $0.name) < (load[$1.name] ?? 0, $1.name) }
+    /// Servers and all roles per node.
+    struct Load {
+        private var servers: [String: Int] = [:]
+        private var roles: [String: Int] = [:]
+
+        mutating func add(_ placement: ExportPlacement?) { change(placement, by: 1) }
+        mutating func remove(_ placement: ExportPlacement?) { change(placement, by: -1) }
+
+        private mutating func change(_ placement: ExportPlacement?, by delta: Int) {
+            guard let placement else { return }
+            servers[placement.server, default: 0] += delta
+            roles[placement.server, default: 0] += delta
+            if let monitor = placement.monitor { roles[monitor, default: 0] += delta }
+        }
+
+        /// Fewest servers, then fewest roles, then the first name.
+        func serverOrder(_ node: String) -> (Int, Int, String) { (servers[node] ?? 0, roles[node] ?? 0, node) }
+        /// Fewest roles, then the first name.
+        func monitorOrder(_ node: String) -> (Int, String) { (roles[node] ?? 0, node) }
     }
 }

@@ -8,7 +8,7 @@ public struct SwapTimings: Hashable, Sendable {
     public var quiesceDeadline: TimeSpan
     /// Migration: the last records must reach the standby within this.
     public var drainDeadline: TimeSpan
-    /// The peer agent must confirm the new monitor within this.
+    /// The peer agent must confirm its replica caught up, and then the new monitor, each within this.
     public var monitorRequestDeadline: TimeSpan
     /// Fence requests through a reachable peer agent before taking over without its word.
     public var maxFenceAttempts: Int
@@ -106,7 +106,8 @@ public struct Swap: Sendable {
         case stopOldServer(epoch: UInt64)
         /// Ask the peer agent to start the monitor of the new server.
         case requestMonitor(epoch: UInt64)
-        /// The peer returned: it discards records of older epochs this node never received, then copies the journal.
+        /// The peer's replica discards records of older epochs this node never received, then copies the journal.
+        /// Its agent first terminates any server of an older epoch there, which writes to that journal.
         case catchUpPeer(epoch: UInt64)
         /// This node's monitor of the old server terminates.
         case retireMonitor
@@ -167,8 +168,8 @@ public struct Swap: Sendable {
         case requestingMonitor(deadline: Instant)
         /// The peer is unreachable: the export runs unmonitored until the peer returns.
         case awaitingPeer
-        /// The peer returned; its replica is catching up before it monitors.
-        case catchingUpPeer
+        /// The peer's replica is catching up before it monitors.
+        case catchingUpPeer(deadline: Instant)
         /// Waiting for this node's old monitor to terminate.
         case retiring
         /// Done: the export runs here at the new epoch.
@@ -280,7 +281,7 @@ public struct Swap: Sendable {
             serverRunning = true
             var actions: [Action] = []
             if case .migration = kind { actions.append(.stopOldServer(epoch: oldEpoch)) }
-            return actions + requestMonitor(at: now)
+            return actions + catchUpPeer(at: now)
         case (.startingServer, .serverStartFailed):
             return startServer()
 
@@ -288,7 +289,7 @@ public struct Swap: Sendable {
         case (.requestingMonitor, .monitorStarted), (.awaitingPeer, .monitorStarted):
             state = .retiring
             return [.retireMonitor]
-        case (.requestingMonitor(let deadline), .tick):
+        case (.requestingMonitor(let deadline), .tick), (.catchingUpPeer(let deadline), .tick):
             guard now >= deadline else { return [] }
             state = .awaitingPeer
             return [.raiseAlarm(.unmonitored)]
@@ -296,8 +297,7 @@ public struct Swap: Sendable {
             state = .awaitingPeer
             return [.raiseAlarm(.unmonitored)]
         case (.awaitingPeer, .peerReturned):
-            state = .catchingUpPeer
-            return [.catchUpPeer(epoch: newEpoch)]
+            return catchUpPeer(at: now)
         case (.catchingUpPeer, .peerCaughtUp):
             return requestMonitor(at: now)
         case (.retiring, .retired):
@@ -365,6 +365,14 @@ public struct Swap: Sendable {
         guard serverStarts < timings.maxServerStarts else { return fail(.serverWouldNotStart) }
         serverStarts += 1
         return [.startServer(epoch: newEpoch)]
+    }
+
+    /// Whether the old server's node is alive or returns later, its replica may
+    /// hold records of the old epoch this node never received (never
+    /// acknowledged, DESIGN.md §5.4): it catches up before it monitors, always.
+    private mutating func catchUpPeer(at now: Instant) -> [Action] {
+        state = .catchingUpPeer(deadline: now + timings.monitorRequestDeadline)
+        return [.catchUpPeer(epoch: newEpoch)]
     }
 
     private mutating func requestMonitor(at now: Instant) -> [Action] {
