@@ -18,6 +18,7 @@ public final class ExportFileSystem: FuseOperations {
     /// Whether the kernel agreed to writeback caching; set once at INIT, before any request.
     private let writebackCache = Atomic<Bool>(false)
     private let lookupCounts = LookupCounts()
+    private let capabilities: CapabilityCache
 
     /// The preferred I/O size shown in `st_blksize`.
     static let blockSizeBytes: UInt32 = 4096
@@ -30,6 +31,7 @@ public final class ExportFileSystem: FuseOperations {
         self.attributeTimeoutSeconds = attributeTimeoutSeconds
         self.entryTimeoutSeconds = entryTimeoutSeconds
         self.wantsWritebackCache = writebackCache
+        self.capabilities = CapabilityCache(validity: .milliseconds(Int64(attributeTimeoutSeconds * 1000)))
     }
 
     // MARK: - Connection
@@ -237,12 +239,16 @@ public final class ExportFileSystem: FuseOperations {
 
     public func setxattr(_ request: FuseRequest, inode: UInt64, name: [UInt8], value: [UInt8], flags: Int32,
                          reply: consuming FuseEmptyReply) {
+        if name == CapabilityCache.name { capabilities.forget(inode) }
         sendDone(.setxattr(inode, name: FileName(name), value: value, flags: UInt32(bitPattern: flags)), reply)
     }
 
     public func getxattr(_ request: FuseRequest, inode: UInt64, name: [UInt8], size: UInt32,
                          reply: consuming FuseXattrReply) {
-        send(.getxattr(inode, name: FileName(name), size: size), reply) { reply, result in
+        let isCapability = name == CapabilityCache.name
+        if isCapability && capabilities.knownAbsent(inode) { return reply.error(ENODATA) }
+        send(.getxattr(inode, name: FileName(name), size: size), reply) { [capabilities] reply, result in
+            if isCapability, result == .error(.ENODATA) { capabilities.rememberAbsent(inode) }
             answerXattr(reply, result, size: size)
         }
     }
@@ -254,6 +260,7 @@ public final class ExportFileSystem: FuseOperations {
     }
 
     public func removexattr(_ request: FuseRequest, inode: UInt64, name: [UInt8], reply: consuming FuseEmptyReply) {
+        if name == CapabilityCache.name { capabilities.forget(inode) }
         sendDone(.removexattr(inode, name: FileName(name)), reply)
     }
 
@@ -393,5 +400,37 @@ final class LookupCounts: Sendable {
             counts[inode] = left == 0 ? nil : left
             return left == 0
         }
+    }
+}
+
+/// The kernel asks for `security.capability` before every write (to drop
+/// file capabilities on write), which would double the round trips of small
+/// writes. Its absence is remembered for as long as attributes are cached;
+/// changes through this client forget it at once.
+final class CapabilityCache: Sendable {
+    static let name = Array("security.capability".utf8)
+    private let validity: Duration
+    private let absentSince = Mutex<[UInt64: ContinuousClock.Instant]>([:])
+    /// Bounds the memory: past it, everything is forgotten.
+    private static let maxEntries = 65536
+
+    init(validity: Duration) { self.validity = validity }
+
+    func knownAbsent(_ inode: UInt64) -> Bool {
+        absentSince.withLock { entries in
+            guard let since = entries[inode] else { return false }
+            return ContinuousClock.now - since < validity
+        }
+    }
+
+    func rememberAbsent(_ inode: UInt64) {
+        absentSince.withLock { entries in
+            if entries.count >= Self.maxEntries { entries.removeAll() }
+            entries[inode] = .now
+        }
+    }
+
+    func forget(_ inode: UInt64) {
+        absentSince.withLock { _ = $0.removeValue(forKey: inode) }
     }
 }
