@@ -35,10 +35,19 @@ let package = Package(
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
             ]),
         .target(name: "BatonClient", dependencies: ["BatonCore", "BatonRuntime", "BatonFUSE"]),
+        .target(
+            name: "BatonAgent",
+            dependencies: [
+                "BatonCore", "BatonRuntime",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]),
         .executableTarget(
             name: "baton",
             dependencies: [
-                "BatonServer", "BatonClient", "BatonRuntime",
+                "BatonServer", "BatonClient", "BatonRuntime", "BatonAgent",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
         .testTarget(name: "BatonCoreTests", dependencies: ["BatonCore"]),

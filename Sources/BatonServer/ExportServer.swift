@@ -18,15 +18,27 @@ public final class ExportServer: @unchecked Sendable {
     private let network: MultiThreadedEventLoopGroup
     private var listener: Channel?
     /// Held while a mutation (or a sync) runs; guards `failed` too.
-    private let mutationLock = NIOLock()
+    private let mutationLock: NIOLock
     private var failed = false
+    /// The monitor's challenges are answered with this secret (nil: no monitor).
+    private let secret: [UInt8]?
+    private let replication: ReplicationLink?
+    static let heartbeatInterval = TimeAmount.milliseconds(100)
 
-    public init(exportName: String, store: ExportStore, logger: Logger) {
+    public init(exportName: String, store: ExportStore, secret: [UInt8]? = nil, standby: StandbyConfiguration? = nil,
+                logger: Logger) {
         self.exportName = exportName
         self.store = store
         self.logger = logger
+        self.secret = secret
         self.network = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+        let lock = NIOLock()
+        self.mutationLock = lock
+        self.replication = standby.map { ReplicationLink(configuration: $0, store: store, mutationLock: lock, logger: logger) }
     }
+
+    /// The agent declared the peer node gone: stop waiting for the standby.
+    public func continueWithoutStandby() { replication?.goAlone() }
 
     /// Starts listening; returns the bound address (useful with port 0).
     public func start(listen address: NodeAddress) throws -> NodeAddress {
@@ -43,6 +55,7 @@ public final class ExportServer: @unchecked Sendable {
             }
         let channel = try bootstrap.bind(host: address.host, port: address.port).wait()
         listener = channel
+        replication?.start()
         let port = channel.localAddress?.port ?? address.port
         logger.info("export server listening", metadata: [
             "export": "\(exportName)", "address": "\(address.host):\(port)", "epoch": "\(store.epoch)",
@@ -56,6 +69,7 @@ public final class ExportServer: @unchecked Sendable {
     }
 
     public func stop() {
+        replication?.stop()
         try? listener?.close().wait()
         try? network.syncShutdownGracefully()
         mutationLock.withLock {
@@ -76,65 +90,104 @@ public final class ExportServer: @unchecked Sendable {
         switch operation {
         case .read(let ino, _, let offset, let size):
             channel.writeAndFlush(read(ino, offset: offset, size: size, sequence: sequence, allocator: channel.allocator), promise: nil)
-        case _ where !operation.isMutation && operation != .statfs && !operation.isFsync:
-            let reply = store.withAllocatedBlocks(store.withNamespace { $0.query(operation) })
-            channel.writeAndFlush(frame(sequence: sequence, reply, allocator: channel.allocator), promise: nil)
+        case .statfs:
+            let reply: Reply
+            do {
+                reply = .statfs(try store.statistics())
+            } catch {
+                logger.warning("statfs failed", metadata: ["export": "\(exportName)", "error": "\(error)"])
+                reply = .error(.EIO)
+            }
+            respond(channel, sequence, reply)
+        case .fsync:
+            let (reply, position) = mutationLock.withLock { () -> (Reply, UInt64) in
+                do {
+                    try store.sync()
+                    return (.done, store.appliedSequence)
+                } catch {
+                    fail(error)
+                    return (.error(.EIO), 0)
+                }
+            }
+            // Durable on both disks before the answer (DESIGN.md §4.1).
+            if let replication, reply == .done {
+                replication.whenDurable(position) { self.respond(channel, sequence, reply) }
+            } else {
+                respond(channel, sequence, reply)
+            }
+        case _ where !operation.isMutation:
+            respond(channel, sequence, store.withAllocatedBlocks(store.withNamespace { $0.query(operation) }))
         default:
-            let reply = store.withAllocatedBlocks(mutationLock.withLock {
-                perform(operation, session: session, sequence: sequence, oldestUnanswered: oldestUnanswered)
-            })
-            channel.writeAndFlush(frame(sequence: sequence, reply, allocator: channel.allocator), promise: nil)
+            let (reply, position) = mutationLock.withLock { () -> (Reply, UInt64) in
+                if failed { return (.error(.EIO), 0) }
+                store.forgetReplies(session: session, below: oldestUnanswered)
+                // A re-sent request: its first reply, once the standby has everything so far.
+                if let cached = store.cachedReply(session: session, request: sequence) { return (cached, store.appliedSequence) }
+                do {
+                    let applied = try store.apply(operation, session: session, requestSequence: sequence)
+                    if let record = applied.record { replication?.send(record) }
+                    return (applied.reply, applied.record?.sequence ?? 0)
+                } catch {
+                    fail(error)
+                    return (.error(.EIO), 0)
+                }
+            }
+            answerAfterReplication(channel, sequence, store.withAllocatedBlocks(reply), position: position)
         }
     }
 
     /// A write whose data is still in the receive buffer.
     func handleWrite(_ ino: InodeNumber, handle: UInt64, offset: UInt64, data: ByteBuffer, session: UInt64, sequence: UInt64,
                      oldestUnanswered: UInt64, channel: Channel) {
-        let reply = mutationLock.withLock { () -> Reply in
-            if failed { return .error(.EIO) }
+        let (reply, position) = mutationLock.withLock { () -> (Reply, UInt64) in
+            if failed { return (.error(.EIO), 0) }
             store.forgetReplies(session: session, below: oldestUnanswered)
-            if let cached = store.cachedReply(session: session, request: sequence) { return cached }
+            if let cached = store.cachedReply(session: session, request: sequence) { return (cached, store.appliedSequence) }
             do {
-                return try data.withUnsafeReadableBytes {
+                let applied = try data.withUnsafeReadableBytes {
                     try store.applyWrite(ino, handle: handle, offset: offset, data: $0, session: session, requestSequence: sequence)
                 }
+                if let record = applied.record { replication?.send(record) }
+                return (applied.reply, applied.record?.sequence ?? 0)
             } catch {
                 fail(error)
-                return .error(.EIO)
+                return (.error(.EIO), 0)
             }
         }
+        answerAfterReplication(channel, sequence, reply, position: position)
+    }
+
+    /// Answers a mutation once the standby has it (sync mode), at once otherwise.
+    private func answerAfterReplication(_ channel: Channel, _ sequence: UInt64, _ reply: Reply, position: UInt64) {
+        if let replication, position > 0 {
+            replication.whenReplicated(position) { self.respond(channel, sequence, reply) }
+        } else {
+            respond(channel, sequence, reply)
+        }
+    }
+
+    private func respond(_ channel: Channel, _ sequence: UInt64, _ reply: Reply) {
         channel.writeAndFlush(frame(sequence: sequence, reply, allocator: channel.allocator), promise: nil)
     }
 
-    /// Runs under the mutation lock.
-    private func perform(_ operation: Operation, session: UInt64, sequence: UInt64, oldestUnanswered: UInt64) -> Reply {
-        if failed { return .error(.EIO) }
-        store.forgetReplies(session: session, below: oldestUnanswered)
-        switch operation {
-        case .fsync:
-            do {
-                try store.sync()
-                return .done
-            } catch {
-                fail(error)
-                return .error(.EIO)
-            }
-        case .statfs:
-            do {
-                return .statfs(try store.statistics())
-            } catch {
-                logger.warning("statfs failed", metadata: ["export": "\(exportName)", "error": "\(error)"])
-                return .error(.EIO)
-            }
-        default:
-            if let cached = store.cachedReply(session: session, request: sequence) { return cached }
-            do {
-                return try store.apply(operation, session: session, requestSequence: sequence)
-            } catch {
-                fail(error)
-                return .error(.EIO)
-            }
+    /// A monitor's challenge, answered through the request path (under the
+    /// mutation lock, so a wedged server cannot answer), then heartbeats on
+    /// that connection at a fixed rate.
+    func probe(key: [UInt8], channel: Channel, startHeartbeats: Bool) {
+        guard let secret else {
+            channel.close(promise: nil)
+            return
         }
+        let (epoch, position) = mutationLock.withLock { (store.epoch, store.appliedSequence) }
+        let response = ChallengeMAC.response(secret: secret, key: key, epoch: epoch, journalSequence: position)
+        channel.writeAndFlush(Message.probeAnswer(key: key, epoch: epoch, sequence: position, response: response)
+            .frame(allocator: channel.allocator), promise: nil)
+        guard startHeartbeats else { return }
+        let task = channel.eventLoop.scheduleRepeatedTask(initialDelay: .zero, delay: Self.heartbeatInterval) { [store] _ in
+            channel.writeAndFlush(Message.heartbeat(epoch: store.epoch, sequence: store.appliedSequence)
+                .frame(allocator: channel.allocator), promise: nil)
+        }
+        channel.closeFuture.whenComplete { _ in task.cancel() }
     }
 
     /// A read reply framed with the data read straight into the frame.
@@ -188,13 +241,6 @@ public final class ExportServer: @unchecked Sendable {
     }
 }
 
-extension Operation {
-    var isFsync: Bool {
-        if case .fsync = self { return true }
-        return false
-    }
-}
-
 /// One client connection: the hello handshake, then requests. Anything
 /// malformed ends this connection, never the server.
 final class ClientConnectionHandler: ChannelInboundHandler, @unchecked Sendable {
@@ -203,6 +249,7 @@ final class ClientConnectionHandler: ChannelInboundHandler, @unchecked Sendable 
 
     private let server: ExportServer
     private var session: UInt64?
+    private var heartbeating = false
 
     init(server: ExportServer) { self.server = server }
 
@@ -235,7 +282,11 @@ final class ClientConnectionHandler: ChannelInboundHandler, @unchecked Sendable 
                 return
             }
             server.handle(operation, session: session, sequence: sequence, oldestUnanswered: oldest, channel: context.channel)
-        case .welcome, .refused, .reply:
+        case .probe(let key):
+            guard session != nil else { return refuse(context, .malformed, "probe before hello") }
+            server.probe(key: key, channel: context.channel, startHeartbeats: !heartbeating)
+            heartbeating = true
+        default:
             refuse(context, .malformed, "unexpected message from a client")
         }
     }

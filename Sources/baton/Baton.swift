@@ -5,5 +5,5 @@ struct Baton: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "baton",
         abstract: "Baton, a failover file system: export servers, mounts and node agents.",
-        subcommands: [Serve.self, Mount.self])
+        subcommands: [Serve.self, Mount.self, Agent.self, Status.self, Migrate.self])
 }

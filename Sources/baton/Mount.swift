@@ -63,7 +63,9 @@ struct Mount: ParsableCommand {
         }
         guard !addresses.isEmpty else { throw ValidationError("source '\(source)' names no HOST:PORT") }
         var settings = Settings(exportName: parts[0], addresses: addresses)
-        var fuse = ["allow_other", "default_permissions", "fsname=\(source)", "subtype=baton"]
+        // libfuse splits options at commas: the source's own commas are escaped.
+        let fsname = source.replacingOccurrences(of: ",", with: "\\,")
+        var fuse = ["allow_other", "default_permissions", "fsname=\(fsname)", "subtype=baton"]
         for option in options.flatMap({ $0.split(separator: ",").map(String.init) }) where !option.isEmpty {
             let (key, value) = option.split(separator: "=", maxSplits: 1).map(String.init).pair
             func seconds() throws -> Double {

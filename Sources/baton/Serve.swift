@@ -20,6 +20,18 @@ struct Serve: ParsableCommand {
     @Option(help: "Journal bytes after which a checkpoint is written and older journal deleted.")
     var checkpointBytes: Int = 64 << 20
 
+    @Option(help: "The cluster's shared secret (answers the monitor's challenges, authenticates to the standby).")
+    var secretFile: String?
+
+    @Option(help: "HOST:PORT of the peer's agent, which keeps the standby replica (started by 'baton agent').")
+    var standby: NodeAddress?
+
+    @Option(help: "This node's name, to authenticate to the standby.")
+    var node: String = "server"
+
+    @Option(help: "sync: answer mutations once the standby has them; async: at once (may lose the last ones on failover).")
+    var replication: String = "sync"
+
     @OptionGroup var logging: LoggingOptions
 
     func validate() throws {
@@ -27,6 +39,8 @@ struct Serve: ParsableCommand {
             throw ValidationError("export name must be 1-255 bytes without '@' or '/': '\(export)'")
         }
         guard checkpointBytes >= 1 << 20 else { throw ValidationError("--checkpoint-bytes must be at least 1 MiB") }
+        guard ["sync", "async"].contains(replication) else { throw ValidationError("--replication is sync or async, not '\(replication)'") }
+        if standby != nil && secretFile == nil { throw ValidationError("--standby needs --secret-file") }
     }
 
     func run() throws {
@@ -39,7 +53,11 @@ struct Serve: ParsableCommand {
             logger.critical("cannot open the export", metadata: ["export": "\(export)", "error": "\(error)"])
             throw ExitCode(2)
         }
-        let server = ExportServer(exportName: export, store: store, logger: logger)
+        let secret = try secretFile.map { try SecretFile.read($0) }
+        let standbyConfiguration = standby.map {
+            StandbyConfiguration(agent: $0, node: node, secret: secret!, synchronous: replication == "sync")
+        }
+        let server = ExportServer(exportName: export, store: store, secret: secret, standby: standbyConfiguration, logger: logger)
         let bound = try server.start(listen: listen)
         // Tests and scripts read the bound port from here when they asked for port 0.
         FileHandle.standardOutput.write(Data("listening \(bound)\n".utf8))
@@ -53,7 +71,12 @@ struct Serve: ParsableCommand {
             source.resume()
             return source
         }
+        // SIGUSR1 from the agent: the peer node is gone, go on without a standby.
+        signal(SIGUSR1, SIG_IGN)
+        let alone = DispatchSource.makeSignalSource(signal: SIGUSR1, queue: .global())
+        alone.setEventHandler { server.continueWithoutStandby() }
+        alone.resume()
         try server.wait()
-        withExtendedLifetime(signals) {}
+        withExtendedLifetime((signals, alone)) {}
     }
 }

@@ -91,7 +91,12 @@ public enum JournalCodec {
         var records: [JournalRecord] = []
         var offset = 0
         while offset < bytes.count {
-            if onlyZeros(bytes, from: offset) { break }
+            // A zero header is where writing stopped (the preallocated rest of
+            // a segment), if nothing but zeros follows.
+            let headerEnd = min(offset + headerBytes, bytes.count)
+            if onlyZeros(UnsafeRawBufferPointer(rebasing: bytes[offset..<headerEnd]), from: 0), onlyZeros(bytes, from: offset) {
+                break
+            }
             switch decodeRecord(bytes, at: offset) {
             case .success(let (record, next)):
                 records.append(record)
@@ -153,8 +158,18 @@ public enum JournalCodec {
         }
     }
 
+    /// Eight bytes at a time: segments are tens of MiB of zeros when new.
     private static func onlyZeros(_ bytes: UnsafeRawBufferPointer, from offset: Int) -> Bool {
-        bytes[offset...].allSatisfy { $0 == 0 }
+        var index = offset
+        while bytes.count - index >= 8 {
+            if bytes.loadUnaligned(fromByteOffset: index, as: UInt64.self) != 0 { return false }
+            index += 8
+        }
+        while index < bytes.count {
+            if bytes[index] != 0 { return false }
+            index += 1
+        }
+        return true
     }
 }
 

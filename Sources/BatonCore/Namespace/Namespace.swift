@@ -69,6 +69,11 @@ public struct Namespace: Sendable {
 
     public func attributes(of inode: InodeNumber) -> FileAttributes? { inodes[inode]?.attributes }
 
+    /// Every regular file and its size, for a full copy to a standby.
+    public var regularFiles: [(InodeNumber, UInt64)] {
+        inodes.filter { Mode.isRegular($0.value.attributes.mode) }.map { ($0.key, $0.value.attributes.size) }.sorted { $0.0 < $1.0 }
+    }
+
     /// Answers a query (an operation that is not a mutation). `.read`, `.fsync`
     /// and `.statfs` need the node's disk: the core only checks them and the IO
     /// shell answers.

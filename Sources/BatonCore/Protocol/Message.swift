@@ -12,7 +12,43 @@ public enum Message: Hashable, Sendable {
     /// Server → client.
     case reply(sequence: UInt64, epoch: UInt64, Reply)
 
+    // Monitor ↔ export server (DESIGN.md §2 "Monitor").
+    /// Monitor → server: a fresh challenge, answered through the request path.
+    case probe(key: [UInt8])
+    /// Server → monitor: HMAC(secret, key ‖ epoch ‖ journal position).
+    case probeAnswer(key: [UInt8], epoch: UInt64, sequence: UInt64, response: [UInt8])
+    /// Server → monitor, at a fixed rate once probed.
+    case heartbeat(epoch: UInt64, sequence: UInt64)
+
+    // Between nodes: every connection to an agent is authenticated first.
+    /// Agent → connecting peer: prove you hold the shared secret.
+    case challenge(nonce: [UInt8])
+    /// Peer → agent: HMAC(secret, nonce ‖ node name).
+    case authenticate(node: String, proof: [UInt8])
+
+    // Export server → its standby replica (in the peer's agent).
+    case replicaHello(export: String, epoch: UInt64)
+    /// The replica's position; a replica that is not exactly at the server's gets a full copy.
+    case replicaPosition(sequence: UInt64, epoch: UInt64)
+    /// Full copy, in frame-sized pieces: the checkpoint (as inode 0, which no
+    /// export uses), then the data of each file, then the end.
+    case snapshotData(inode: InodeNumber, offset: UInt64, data: [UInt8])
+    case snapshotEnd(sequence: UInt64)
+    /// One record, with its write data.
+    case replicate(JournalRecord)
+    /// The replica has the record (sync mode acknowledges after this).
+    case replicated(sequence: UInt64)
+    /// Make everything up to `sequence` durable on the replica's disk.
+    case replicaSync(sequence: UInt64)
+    case replicaSynced(sequence: UInt64)
+
+    // Admin CLI and peer agents → agent.
+    case agentRequest(AgentRequest)
+    case agentReply(ok: Bool, text: String)
+
     public static let protocolVersion: UInt32 = 1
+    /// `snapshotData` of this inode carries the checkpoint.
+    public static let snapshotCheckpointInode: InodeNumber = 0
 }
 
 public enum Refusal: UInt8, Hashable, Sendable {
@@ -21,11 +57,30 @@ public enum Refusal: UInt8, Hashable, Sendable {
     case badVersion
     case malformed
     case shuttingDown
+    case unauthenticated
+    /// A replica refuses records of an epoch older than its own (DESIGN.md §4.2).
+    case staleEpoch
+}
+
+/// What an agent is asked to do.
+public enum AgentRequest: Hashable, Sendable {
+    /// The agent's view of every export, as JSON.
+    case status
+    /// Kill this node's server of `export` if its epoch is `epoch` or older, and wait for its exit.
+    case fence(export: String, epoch: UInt64)
+    /// A planned swap of `export` to the other node.
+    case migrate(export: String)
 }
 
 extension Message {
     /// Wire tags; public so a server can frame read data in place.
-    public enum Tag: UInt8 { case hello = 1, welcome, refused, request, reply }
+    public enum Tag: UInt8 {
+        case hello = 1, welcome, refused, request, reply
+        case probe = 10, probeAnswer, heartbeat
+        case challenge = 20, authenticate
+        case replicaHello = 30, replicaPosition, snapshotData, snapshotEnd, replicate, replicated, replicaSync, replicaSynced
+        case agentRequest = 40, agentReply
+    }
 
     public func encode(to w: inout ByteWriter) {
         switch self {
@@ -37,6 +92,29 @@ extension Message {
             w.write(Tag.request.rawValue); w.write(sequence); w.write(oldest); operation.encode(to: &w)
         case .reply(let sequence, let epoch, let reply):
             w.write(Tag.reply.rawValue); w.write(sequence); w.write(epoch); reply.encode(to: &w)
+        case .probe(let key): w.write(Tag.probe.rawValue); w.write(bytes: key)
+        case .probeAnswer(let key, let epoch, let sequence, let response):
+            w.write(Tag.probeAnswer.rawValue); w.write(bytes: key); w.write(epoch); w.write(sequence); w.write(bytes: response)
+        case .heartbeat(let epoch, let sequence): w.write(Tag.heartbeat.rawValue); w.write(epoch); w.write(sequence)
+        case .challenge(let nonce): w.write(Tag.challenge.rawValue); w.write(bytes: nonce)
+        case .authenticate(let node, let proof): w.write(Tag.authenticate.rawValue); w.write(node); w.write(bytes: proof)
+        case .replicaHello(let export, let epoch): w.write(Tag.replicaHello.rawValue); w.write(export); w.write(epoch)
+        case .replicaPosition(let sequence, let epoch): w.write(Tag.replicaPosition.rawValue); w.write(sequence); w.write(epoch)
+        case .snapshotData(let inode, let offset, let data):
+            w.write(Tag.snapshotData.rawValue); w.write(inode); w.write(offset); w.write(bytes: data)
+        case .snapshotEnd(let sequence): w.write(Tag.snapshotEnd.rawValue); w.write(sequence)
+        case .replicate(let record): w.write(Tag.replicate.rawValue); w.write(raw: JournalCodec.encode(record))
+        case .replicated(let sequence): w.write(Tag.replicated.rawValue); w.write(sequence)
+        case .replicaSync(let sequence): w.write(Tag.replicaSync.rawValue); w.write(sequence)
+        case .replicaSynced(let sequence): w.write(Tag.replicaSynced.rawValue); w.write(sequence)
+        case .agentRequest(let request):
+            w.write(Tag.agentRequest.rawValue)
+            switch request {
+            case .status: w.write(UInt8(1))
+            case .fence(let export, let epoch): w.write(UInt8(2)); w.write(export); w.write(epoch)
+            case .migrate(let export): w.write(UInt8(3)); w.write(export)
+            }
+        case .agentReply(let ok, let text): w.write(Tag.agentReply.rawValue); w.write(ok); w.write(text)
         }
     }
 
@@ -66,6 +144,38 @@ extension Message {
             message = .request(sequence: try r.readUInt64(), oldestUnanswered: try r.readUInt64(), try Operation.decode(from: &r))
         case .reply:
             message = .reply(sequence: try r.readUInt64(), epoch: try r.readUInt64(), try Reply.decode(from: &r))
+        case .probe: message = .probe(key: try r.readBytes(limit: 64, kind: "probe key"))
+        case .probeAnswer:
+            message = .probeAnswer(key: try r.readBytes(limit: 64, kind: "probe key"), epoch: try r.readUInt64(),
+                                   sequence: try r.readUInt64(), response: try r.readBytes(limit: 64, kind: "probe response"))
+        case .heartbeat: message = .heartbeat(epoch: try r.readUInt64(), sequence: try r.readUInt64())
+        case .challenge: message = .challenge(nonce: try r.readBytes(limit: 64, kind: "nonce"))
+        case .authenticate:
+            message = .authenticate(node: try r.readString(limit: 255, kind: "node name"), proof: try r.readBytes(limit: 64, kind: "proof"))
+        case .replicaHello: message = .replicaHello(export: try r.readString(limit: 255, kind: "export name"), epoch: try r.readUInt64())
+        case .replicaPosition: message = .replicaPosition(sequence: try r.readUInt64(), epoch: try r.readUInt64())
+        case .snapshotData:
+            message = .snapshotData(inode: try r.readUInt64(), offset: try r.readUInt64(),
+                                    data: try r.readBytes(limit: WireLimits.maxDataBytes, kind: "snapshot data"))
+        case .snapshotEnd: message = .snapshotEnd(sequence: try r.readUInt64())
+        case .replicate:
+            let rest = UnsafeRawBufferPointer(rebasing: r.bytes[r.offset...])
+            guard case .success(let (record, used)) = JournalCodec.decodeRecord(rest, at: 0), used == rest.count else {
+                throw .invalid("replicated record does not decode")
+            }
+            _ = try r.readRaw(count: used)
+            message = .replicate(record)
+        case .replicated: message = .replicated(sequence: try r.readUInt64())
+        case .replicaSync: message = .replicaSync(sequence: try r.readUInt64())
+        case .replicaSynced: message = .replicaSynced(sequence: try r.readUInt64())
+        case .agentRequest:
+            switch try r.readUInt8() {
+            case 1: message = .agentRequest(.status)
+            case 2: message = .agentRequest(.fence(export: try r.readString(limit: 255, kind: "export name"), epoch: try r.readUInt64()))
+            case 3: message = .agentRequest(.migrate(export: try r.readString(limit: 255, kind: "export name")))
+            case let other: throw .unknownTag(kind: "agent request", tag: UInt32(other))
+            }
+        case .agentReply: message = .agentReply(ok: try r.readBool(), text: try r.readString(limit: 1 << 20, kind: "agent reply"))
         }
         try r.expectEnd()
         return message

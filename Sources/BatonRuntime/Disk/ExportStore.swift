@@ -271,47 +271,84 @@ public final class ExportStore: @unchecked Sendable {
         lock.writing { namespace.forgetReplies(session: session, below: request) }
     }
 
+    /// What applying a mutation gave: the reply for the client, and the
+    /// record that went into the journal (with its write data, as a standby
+    /// needs it), or nil when nothing was journaled.
+    public struct Applied: Sendable {
+        public var reply: Reply
+        public var record: JournalRecord?
+    }
+
     /// Applies a client mutation: stamps it, applies it to the namespace,
     /// appends it to the journal, then truncates or removes data files.
-    /// Returns the reply to send. A failure after the namespace changed throws
+    /// A failure after the namespace changed throws
     /// `StoreError.journalWriteFailed`: the server must stop.
-    public func apply(_ operation: Operation, session: UInt64, requestSequence: UInt64) throws -> Reply {
+    public func apply(_ operation: Operation, session: UInt64, requestSequence: UInt64) throws -> Applied {
         if case .write(let ino, let handle, let offset, let data) = operation {
             return try data.withUnsafeBytes {
                 try applyWrite(ino, handle: handle, offset: offset, data: $0, session: session, requestSequence: requestSequence)
             }
         }
         // Most forgets are of inodes that still have names: nothing to record.
-        if case .forget(let ino) = operation, !withNamespace({ $0.isOrphan(ino) }) { return .done }
-        if let refusal = reserveJournalSpace() { return refusal }
-        return try commit(operation, writeCount: 0, session: session, requestSequence: requestSequence)
+        if case .forget(let ino) = operation, !withNamespace({ $0.isOrphan(ino) }) { return Applied(reply: .done, record: nil) }
+        if let refusal = reserveJournalSpace() { return Applied(reply: refusal, record: nil) }
+        return try commit(operation, writeCount: 0, replicatedData: nil) { [epoch] sequence in
+            JournalRecord(sequence: sequence, epoch: epoch, time: .now(), session: session, requestSequence: requestSequence,
+                          operation: operation)
+        }
     }
 
     /// A write: the data goes to the data file first, so that a failed data
     /// write (a full disk) returns its error and changes nothing; then the
     /// record: with the data (immediate) or with its byte count only (indirect).
     public func applyWrite(_ ino: InodeNumber, handle: UInt64, offset: UInt64, data: UnsafeRawBufferPointer,
-                           session: UInt64, requestSequence: UInt64) throws -> Reply {
-        if let refusal = reserveJournalSpace() { return refusal }
-        let count = UInt32(data.count)
-        let target = withNamespace { try? $0.writeOffset(ino, handle: handle, offset: offset, count: count) }
-        var journaledData: [UInt8] = []
-        if let target, count > 0 {
-            let range = target..<target + UInt64(count)
-            let immediate = data.count <= Self.immediateWriteMaxBytes || immediateRanges[ino]?.overlaps(range) == true
-            do {
-                try files.write(ino, data, at: target, indirect: !immediate)
-            } catch {
-                logger.warning("file data write failed", metadata: ["export": "\(exportName)", "inode": "\(ino)", "error": "\(error)"])
-                return .error((error as? SystemCallError).map { Errno($0.errno) } ?? .EIO)
-            }
-            if immediate {
-                journaledData = Array(data)
-                rememberImmediate(ino, range)
-            }
+                           session: UInt64, requestSequence: UInt64) throws -> Applied {
+        if let refusal = reserveJournalSpace() { return Applied(reply: refusal, record: nil) }
+        let journaled: [UInt8]
+        do {
+            journaled = try writeData(ino, handle: handle, offset: offset, data: data)
+        } catch {
+            logger.warning("file data write failed", metadata: ["export": "\(exportName)", "inode": "\(ino)", "error": "\(error)"])
+            return Applied(reply: .error((error as? SystemCallError).map { Errno($0.errno) } ?? .EIO), record: nil)
         }
-        return try commit(.write(ino, handle: handle, offset: offset, data: journaledData), writeCount: count,
-                          session: session, requestSequence: requestSequence)
+        let operation = Operation.write(ino, handle: handle, offset: offset, data: journaled)
+        return try commit(operation, writeCount: UInt32(data.count), replicatedData: data) { [epoch] sequence in
+            JournalRecord(sequence: sequence, epoch: epoch, time: .now(), session: session, requestSequence: requestSequence,
+                          operation: operation, writeCount: UInt32(data.count))
+        }
+    }
+
+    /// Applies a record from the active server, on the standby replica: the
+    /// same steps as the server took, so both nodes compute the same namespace.
+    public func applyReplicated(_ record: JournalRecord) throws -> Applied {
+        guard record.epoch >= epoch else { throw ReplicationError.staleEpoch(record: record.epoch, replica: epoch) }
+        if record.epoch > epoch { try persistEpoch(record.epoch) }
+        if let refusal = reserveJournalSpace() { throw ReplicationError.refused("\(refusal)") }
+        var operation = record.operation
+        if case .write(let ino, let handle, let offset, let data) = record.operation {
+            let journaled = try data.withUnsafeBytes { try writeData(ino, handle: handle, offset: offset, data: $0) }
+            operation = .write(ino, handle: handle, offset: offset, data: journaled)
+        }
+        return try commit(operation, writeCount: record.writeCount, replicatedData: nil) { sequence in
+            var stored = record
+            stored.operation = operation
+            return stored
+        }
+    }
+
+    /// Writes a write's data to the data file at the offset the namespace
+    /// gives; returns the data the journal must hold (empty for an indirect write).
+    private func writeData(_ ino: InodeNumber, handle: UInt64, offset: UInt64, data: UnsafeRawBufferPointer) throws -> [UInt8] {
+        let count = UInt32(data.count)
+        guard count > 0, let target = withNamespace({ try? $0.writeOffset(ino, handle: handle, offset: offset, count: count) }) else {
+            return []
+        }
+        let range = target..<target + UInt64(count)
+        let immediate = data.count <= Self.immediateWriteMaxBytes || immediateRanges[ino]?.overlaps(range) == true
+        try files.write(ino, data, at: target, indirect: !immediate)
+        guard immediate else { return [] }
+        rememberImmediate(ino, range)
+        return Array(data)
     }
 
     private func rememberImmediate(_ ino: InodeNumber, _ range: Range<UInt64>) {
@@ -326,6 +363,13 @@ public final class ExportStore: @unchecked Sendable {
             immediateRangeCount -= immediateRanges.removeValue(forKey: ino)?.count ?? 0
         }
         try files.carryOut(effects)
+    }
+
+    /// Persists a new epoch before anything of it is announced (DESIGN.md §5 step 3).
+    public func persistEpoch(_ newEpoch: UInt64) throws {
+        precondition(newEpoch >= epoch, "epochs only grow")
+        try Disk.writeAtomically(Array("\(newEpoch)\n".utf8), to: directory + "/epoch", directory: directory)
+        epoch = newEpoch
     }
 
     /// Makes sure the current journal segment has room for a record; the
@@ -344,10 +388,16 @@ public final class ExportStore: @unchecked Sendable {
         }
     }
 
-    private func commit(_ operation: Operation, writeCount: UInt32, session: UInt64, requestSequence: UInt64) throws -> Reply {
-        let (record, outcome) = lock.writing { () -> (JournalRecord, Namespace.Outcome) in
-            let record = JournalRecord(sequence: namespace.appliedSequence + 1, epoch: epoch, time: .now(), session: session,
-                                       requestSequence: requestSequence, operation: operation, writeCount: writeCount)
+    /// Applies the record `make` builds for the next sequence, journals it,
+    /// carries out its effects. `replicatedData` is the write data a standby
+    /// needs when the journal keeps only the count.
+    private func commit(_ operation: Operation, writeCount: UInt32, replicatedData: UnsafeRawBufferPointer?,
+                        _ make: (UInt64) throws -> JournalRecord) throws -> Applied {
+        let (record, outcome) = try lock.writing { () throws -> (JournalRecord, Namespace.Outcome) in
+            let record = try make(namespace.appliedSequence + 1)
+            guard record.sequence == namespace.appliedSequence + 1 else {
+                throw ReplicationError.outOfOrder(record: record.sequence, replica: namespace.appliedSequence)
+            }
             return (record, namespace.apply(record))
         }
         do {
@@ -362,7 +412,11 @@ public final class ExportStore: @unchecked Sendable {
         if journalBytesSinceCheckpoint >= limits.checkpointAfterBytes || immediateRangeCount >= Self.maxImmediateRanges {
             try checkpoint()
         }
-        return outcome.reply
+        var full = record
+        if let replicatedData, case .write(let ino, let handle, let offset, let data) = record.operation, data.isEmpty {
+            full.operation = .write(ino, handle: handle, offset: offset, data: Array(replicatedData))
+        }
+        return Applied(reply: outcome.reply, record: full)
     }
 
     /// Makes every acknowledged mutation durable: the data files of indirect
@@ -398,6 +452,22 @@ public final class ExportStore: @unchecked Sendable {
             ])
         } catch {
             throw StoreError(error)
+        }
+    }
+}
+
+/// Why a replica cannot take a record; the server then sends a full copy.
+public enum ReplicationError: Error, CustomStringConvertible, Sendable {
+    case staleEpoch(record: UInt64, replica: UInt64)
+    case outOfOrder(record: UInt64, replica: UInt64)
+    case refused(String)
+
+    public var description: String {
+        switch self {
+        case .staleEpoch(let record, let replica):
+            "record of epoch \(record) refused: this replica is at epoch \(replica) (the sender was fenced)"
+        case .outOfOrder(let record, let replica): "record \(record) does not follow \(replica)"
+        case .refused(let why): why
         }
     }
 }

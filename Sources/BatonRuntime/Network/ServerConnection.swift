@@ -301,7 +301,8 @@ private final class ReplyHandler: ChannelInboundHandler, @unchecked Sendable {
             context.close(promise: nil)
         case .reply(let sequence, let epoch, let reply):
             connection.received(sequence: sequence, epoch: epoch, reply: reply)
-        case .hello, .request:
+        default:
+            // Nothing else is for a client: whoever sends it is not an export server.
             context.close(promise: nil)
         }
     }
@@ -325,7 +326,7 @@ struct RefusedError: Error, CustomStringConvertible {
 extension ClientBootstrap {
     /// Connects after resolving on the calling thread. NIO's own resolver runs
     /// on Dispatch, which does not survive the fork of a backgrounded mount.
-    func connect(resolving address: NodeAddress, on eventLoop: EventLoop) -> EventLoopFuture<Channel> {
+    public func connect(resolving address: NodeAddress, on eventLoop: EventLoop) -> EventLoopFuture<Channel> {
         do {
             return connect(to: try SocketAddress.makeAddressResolvingHost(address.host, port: address.port))
         } catch {

@@ -1,0 +1,310 @@
+import BatonCore
+import BatonRuntime
+import Foundation
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+
+/// One export on this node: its role (serving it, or standby replica and
+/// monitor of the peer's server), and the swap between the two.
+final class ExportController: @unchecked Sendable {
+    let export: ExportConfiguration
+    private let agent: NodeAgent
+    private let logger: Logger
+    let directory: String
+    private let lock = NIOLock()
+    private var role: Role = .starting
+    private var lastFailover: (at: String, reason: String)?
+    /// The replica connection in use; a newer one replaces it.
+    private var replicaChannel: Channel?
+
+    enum Role {
+        case starting
+        /// This node's export server runs.
+        case serving(ExportProcess)
+        /// This node keeps the standby replica; the monitor watches the peer's server once in step.
+        case standby(ExportStore, MonitorRunner?)
+        /// The swap is under way: records from the old server are refused.
+        case swapping
+    }
+
+    init(export: ExportConfiguration, agent: NodeAgent, logger: Logger) {
+        self.export = export
+        self.agent = agent
+        self.logger = logger
+        self.directory = agent.me.dataDirectory + "/" + export.name
+    }
+
+    private var servingMarker: String { directory + "/serving" }
+    private var clientAddress: NodeAddress { agent.clientAddress(export, on: agent.me) }
+    private var peerClientAddress: NodeAddress { agent.clientAddress(export, on: agent.peer) }
+
+    /// Decides the role at agent start: serve if this node served last (or is
+    /// the preferred node of a new export) and the peer does not serve it.
+    func start(peerServes: Bool?) {
+        let isNew = !Disk.exists(directory)
+        let servedHere = Disk.exists(servingMarker)
+        let serve = peerServes != true && (servedHere || (isNew && export.preferredNode == agent.me.name))
+        do {
+            try Disk.makeDirectory(agent.me.dataDirectory)
+            if serve { try startServing(aloneFromStart: peerServes == nil) } else { try startStandby() }
+        } catch {
+            logger.critical("cannot start the export on this node", metadata: [
+                "export": "\(export.name)", "node": "\(agent.me.name)", "error": "\(error)",
+                "action": "check the data directory \(directory) and the log above",
+            ])
+        }
+    }
+
+    private func startServing(aloneFromStart: Bool) throws {
+        try Disk.makeDirectory(directory)
+        try Disk.writeAtomically(Array("serving\n".utf8), to: servingMarker, directory: directory)
+        let process = try ExportProcess(
+            executable: agent.executable, exportName: export.name, dataDirectory: directory, listen: clientAddress,
+            secretFile: agent.configuration.secretFile, standby: agent.peerAgentAddress, node: agent.me.name,
+            replication: export.replication, logger: logger
+        ) { [weak self] status in self?.serverExited(status) }
+        lock.withLock { role = .serving(process) }
+        if aloneFromStart {
+            // Started while the peer was unreachable: it may be down for good.
+            agent.whenPeerStaysAway { process.continueWithoutStandby() }
+        }
+    }
+
+    private func startStandby() throws {
+        try Disk.makeDirectory(directory)
+        try? Disk.remove(servingMarker)
+        let store = try ExportStore(directory: directory, exportName: export.name, logger: logger)
+        lock.withLock { role = .standby(store, nil) }
+        logger.info("standby replica ready", metadata: [
+            "export": "\(export.name)", "epoch": "\(store.epoch)", "sequence": "\(store.appliedSequence)",
+        ])
+    }
+
+    private func serverExited(_ status: Int32) {
+        lock.withLock {
+            if case .serving(let process) = role, !process.isRunning {
+                logger.error("export server exited", metadata: [
+                    "export": "\(export.name)", "status": "\(status)",
+                    "action": "the monitor on \(agent.peer.name) takes the export over",
+                ])
+            }
+        }
+    }
+
+    func stopServer() {
+        let process: ExportProcess? = lock.withLock {
+            guard case .serving(let process) = role else { return nil }
+            role = .starting
+            return process
+        }
+        process?.terminate()
+    }
+
+    // MARK: - Fencing (asked by the peer's agent)
+
+    /// Kills this node's server of the export if its epoch is `epoch` or
+    /// older, waits for its exit, and becomes the standby.
+    func fence(epoch: UInt64) -> (Bool, String) {
+        let ownEpoch = (try? String(contentsOfFile: directory + "/epoch", encoding: .utf8)).flatMap {
+            UInt64($0.trimmingCharacters(in: .whitespacesAndNewlines))
+        } ?? 0
+        let process: ExportProcess? = lock.withLock {
+            guard case .serving(let process) = role, ownEpoch <= epoch else { return nil }
+            role = .starting
+            return process
+        }
+        guard let process else {
+            if ownEpoch > epoch { return (false, "\(agent.me.name) serves \(export.name) at epoch \(ownEpoch), newer than \(epoch)") }
+            return (true, "no server of \(export.name) runs on \(agent.me.name)")
+        }
+        process.kill()
+        logger.warning("export server fenced at the peer's request", metadata: [
+            "export": "\(export.name)", "pid": "\(process.pid)", "epoch": "\(ownEpoch)",
+        ])
+        do {
+            try startStandby()
+            return (true, "fenced")
+        } catch {
+            return (false, "fenced, but the standby replica did not open: \(error)")
+        }
+    }
+
+    // MARK: - The swap (DESIGN.md §5), on the standby node
+
+    private func failover(_ reason: Monitor.FailureReason) {
+        let store: ExportStore? = lock.withLock {
+            guard case .standby(let store, _) = role else { return nil }
+            role = .swapping
+            replicaChannel?.close(promise: nil)
+            replicaChannel = nil
+            return store
+        }
+        guard let store else { return }
+        let epoch = store.epoch
+        let started = ContinuousClock.now
+        logger.warning("swap begins", metadata: ["export": "\(export.name)", "epoch": "\(epoch)", "reason": "\(reason)"])
+        // 1. Fence the old server through its node's agent.
+        do {
+            let (ok, text) = try agent.askPeer(.fence(export: export.name, epoch: epoch))
+            guard ok else {
+                logger.error("fence refused; no swap", metadata: ["export": "\(export.name)", "answer": "\(text)"])
+                lock.withLock { role = .standby(store, nil) }
+                return
+            }
+        } catch {
+            // The peer's agent does not answer: its node is dead or cut off.
+            // Wait the takeover delay (an isolated node fences itself sooner).
+            logger.error("peer agent unreachable; taking over after the takeover delay", metadata: [
+                "export": "\(export.name)", "peer": "\(agent.peer.name)", "error": "\(error)",
+                "takeoverDelay": "\(NodeAgent.takeoverDelay)",
+            ])
+            Thread.sleep(forTimeInterval: NodeAgent.takeoverDelay)
+        }
+        // 2-3. The new epoch is on disk before anything of it is announced.
+        do {
+            try store.persistEpoch(epoch + 1)
+            try startServing(aloneFromStart: false)
+        } catch {
+            logger.critical("swap failed: the new server did not start", metadata: [
+                "export": "\(export.name)", "error": "\(error)", "action": "see the log above; restart the agent",
+            ])
+            return
+        }
+        // The old server is fenced (or its node gone): the new one answers at
+        // once, without waiting for the old node's replica to catch up.
+        if case .serving(let process) = lock.withLock({ role }) { process.continueWithoutStandby() }
+        let at = ISO8601DateFormatter().string(from: Date())
+        lock.withLock { lastFailover = (at, "\(reason)") }
+        logger.warning("swap done: the export is served here", metadata: [
+            "export": "\(export.name)", "epoch": "\(epoch + 1)", "duration": "\(ContinuousClock.now - started)",
+        ])
+    }
+
+    /// A planned swap, asked on the serving node: fence our server, then the
+    /// peer promotes (its monitor sees the server gone at once).
+    func migrate() -> (Bool, String) {
+        guard case .serving = lock.withLock({ role }) else {
+            return (false, "\(export.name) is not served on \(agent.me.name); ask the serving node's agent")
+        }
+        let epoch = (try? String(contentsOfFile: directory + "/epoch", encoding: .utf8)).flatMap {
+            UInt64($0.trimmingCharacters(in: .whitespacesAndNewlines))
+        } ?? 0
+        let (ok, text) = fence(epoch: epoch)
+        return (ok, ok ? "\(export.name) leaves \(agent.me.name); \(agent.peer.name) takes it over at epoch \(epoch + 1)" : text)
+    }
+
+    // MARK: - Replica sessions (from the peer's export server)
+
+    func replicaHello(epoch: UInt64, channel: Channel) -> Message {
+        lock.withLock {
+            guard case .standby(let store, _) = role else {
+                return .refused(.notActive, detail: "\(agent.me.name) is not the standby of \(export.name)")
+            }
+            guard epoch >= store.epoch else {
+                return .refused(.staleEpoch, detail: "epoch \(epoch) is older than this replica's \(store.epoch)")
+            }
+            replicaChannel?.close(promise: nil)
+            replicaChannel = channel
+            return .replicaPosition(sequence: store.appliedSequence, epoch: store.epoch)
+        }
+    }
+
+    /// The replica's store for a session of `channel`, if it is still the current one.
+    private func replicaStore(_ channel: Channel) -> ExportStore? {
+        lock.withLock {
+            guard replicaChannel === channel, case .standby(let store, _) = role else { return nil }
+            return store
+        }
+    }
+
+    func replicate(_ record: JournalRecord, channel: Channel) -> Message {
+        guard let store = replicaStore(channel) else {
+            return .refused(.staleEpoch, detail: "\(agent.me.name) no longer takes records for \(export.name)")
+        }
+        do {
+            _ = try store.applyReplicated(record)
+            return .replicated(sequence: record.sequence)
+        } catch {
+            logger.warning("replicated record refused", metadata: ["export": "\(export.name)", "error": "\(error)"])
+            return .refused(.staleEpoch, detail: "\(error)")
+        }
+    }
+
+    func replicaSync(_ sequence: UInt64, channel: Channel) -> Message {
+        guard let store = replicaStore(channel) else { return .refused(.notActive, detail: "not the standby") }
+        do {
+            try store.sync()
+            return .replicaSynced(sequence: sequence)
+        } catch {
+            return .refused(.notActive, detail: "\(error)")
+        }
+    }
+
+    /// A full copy arrived (in `incoming`): it replaces the replica's data.
+    func installSnapshot(from incoming: String, sequence: UInt64, epoch: UInt64, channel: Channel) -> Message {
+        guard let old = replicaStore(channel) else { return .refused(.notActive, detail: "not the standby") }
+        do {
+            for name in ["checkpoint", "journal", "files", "epoch"] {
+                _ = try? FileManager.default.removeItem(atPath: directory + "/" + name)
+            }
+            try FileManager.default.moveItem(atPath: incoming + "/checkpoint", toPath: directory + "/checkpoint")
+            try FileManager.default.moveItem(atPath: incoming + "/files", toPath: directory + "/files")
+            try Disk.writeAtomically(Array("\(epoch)\n".utf8), to: directory + "/epoch", directory: directory)
+            try? FileManager.default.removeItem(atPath: incoming)
+            _ = old
+            let store = try ExportStore(directory: directory, exportName: export.name, logger: logger)
+            lock.withLock { role = .standby(store, nil) }
+            logger.info("full copy installed", metadata: ["export": "\(export.name)", "sequence": "\(sequence)", "epoch": "\(epoch)"])
+            return .replicated(sequence: sequence)
+        } catch {
+            logger.error("full copy could not be installed", metadata: ["export": "\(export.name)", "error": "\(error)"])
+            return .refused(.notActive, detail: "\(error)")
+        }
+    }
+
+    /// The replica is in step with the server: start watching it.
+    func startMonitor() {
+        lock.withLock {
+            guard case .standby(let store, nil) = role else { return }
+            let monitor = MonitorRunner(
+                exportName: export.name, server: peerClientAddress, epoch: store.epoch, secret: agent.secret,
+                timings: agent.monitorTimings, group: agent.group, logger: logger,
+                onFailure: { [self] reason in
+                    // The swap waits on the peer and on processes: a thread of its own.
+                    Thread.detachNewThread { self.failover(reason) }
+                },
+                onStandDown: { _ in })
+            role = .standby(store, monitor)
+        }
+    }
+
+    // MARK: - Status
+
+    func status() -> [String: Any] {
+        lock.withLock {
+            var entry: [String: Any] = ["name": export.name, "node": agent.me.name]
+            switch role {
+            case .starting: entry["role"] = "starting"
+            case .swapping: entry["role"] = "swapping"
+            case .serving(let process):
+                entry["role"] = "server"
+                entry["server"] = ["node": agent.me.name, "address": clientAddress.description, "pid": Int(process.pid)] as [String: Any]
+                entry["monitor"] = ["node": agent.peer.name]
+            case .standby(let store, let monitor):
+                entry["role"] = "standby"
+                entry["epoch"] = Int(store.epoch)
+                entry["sequence"] = Int(store.appliedSequence)
+                entry["monitor"] = ["node": agent.me.name, "watching": monitor != nil] as [String: Any]
+                if let rtt = monitor?.lastRoundTrip { entry["probe_rtt_ms"] = Double(rtt.nanoseconds) / 1e6 }
+            }
+            if let epoch = (try? String(contentsOfFile: directory + "/epoch", encoding: .utf8)).flatMap({
+                UInt64($0.trimmingCharacters(in: .whitespacesAndNewlines))
+            }) {
+                entry["epoch"] = Int(epoch)
+            }
+            if let lastFailover { entry["last_failover"] = ["at": lastFailover.at, "reason": lastFailover.reason] }
+            return entry
+        }
+    }
+}

@@ -1,0 +1,73 @@
+import BatonCore
+import BatonRuntime
+import Foundation
+import Logging
+
+/// One export server process (`baton serve`) started by this node's agent:
+/// a process of its own per export, so one export can be fenced without
+/// touching the others (DESIGN.md §4.5).
+final class ExportProcess: @unchecked Sendable {
+    let exportName: String
+    let process = Process()
+    private let logger: Logger
+
+    /// Starts the server and waits until it listens (or fails to).
+    init(executable: String, exportName: String, dataDirectory: String, listen: NodeAddress, secretFile: String,
+         standby: NodeAddress, node: String, replication: ReplicationMode, logger: Logger,
+         onExit: @escaping @Sendable (Int32) -> Void) throws {
+        self.exportName = exportName
+        self.logger = logger
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = [
+            "serve", "--export", exportName, "--data", dataDirectory, "--listen", listen.description,
+            "--secret-file", secretFile, "--standby", standby.description, "--node", node,
+            "--replication", replication.rawValue,
+        ]
+        let ready = Pipe()
+        process.standardOutput = ready
+        process.terminationHandler = { onExit($0.terminationStatus) }
+        try process.run()
+        guard let line = ready.fileHandleForReading.readLine(), line.hasPrefix("listening ") else {
+            process.waitUntilExit()
+            throw ProbeError("export server for '\(exportName)' did not start (exit \(process.terminationStatus)); see the agent's log")
+        }
+        logger.info("export server started", metadata: [
+            "export": "\(exportName)", "pid": "\(process.processIdentifier)", "address": "\(listen)",
+        ])
+    }
+
+    var pid: Int32 { process.processIdentifier }
+    var isRunning: Bool { process.isRunning }
+
+    /// Fencing: SIGKILL, then wait until the process is gone. A stopped
+    /// (SIGSTOP) process dies from SIGKILL too.
+    func kill() {
+        guard process.isRunning else { return }
+        Glibc.kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+    }
+
+    /// A clean stop: SIGTERM (the server syncs its journal), then wait.
+    func terminate() {
+        guard process.isRunning else { return }
+        Glibc.kill(process.processIdentifier, SIGTERM)
+        process.waitUntilExit()
+    }
+
+    /// Tells the server the peer is gone: go on without a standby.
+    func continueWithoutStandby() {
+        if process.isRunning { Glibc.kill(process.processIdentifier, SIGUSR1) }
+    }
+}
+
+extension FileHandle {
+    /// One line, read byte by byte so nothing after it is consumed.
+    func readLine() -> String? {
+        var bytes: [UInt8] = []
+        while let byte = readData(ofLength: 1).first {
+            if byte == UInt8(ascii: "\n") { return String(decoding: bytes, as: UTF8.self) }
+            bytes.append(byte)
+        }
+        return bytes.isEmpty ? nil : String(decoding: bytes, as: UTF8.self)
+    }
+}

@@ -1,0 +1,157 @@
+import BatonCore
+import BatonRuntime
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+
+/// Runs the pure `Monitor` against a real export server: a connection to the
+/// server's client port carrying challenges and heartbeats, and a tick every
+/// few milliseconds. Reports a failure once; the agent then runs the swap.
+final class MonitorRunner: @unchecked Sendable {
+    private let exportName: String
+    private let server: NodeAddress
+    private let group: EventLoopGroup
+    private let logger: Logger
+    private let onFailure: @Sendable (Monitor.FailureReason) -> Void
+    private let onStandDown: @Sendable (UInt64) -> Void
+    private let state: NIOLockedValueBox<State>
+    private var ticker: RepeatedTask?
+    static let tickInterval = TimeAmount.milliseconds(10)
+
+    private struct State {
+        var monitor: Monitor
+        var channel: Channel?
+        var connecting = false
+        var stopped = false
+        var lastRoundTrip: TimeSpan?
+    }
+
+    init(exportName: String, server: NodeAddress, epoch: UInt64, secret: [UInt8], timings: MonitorTimings,
+         group: EventLoopGroup, logger: Logger,
+         onFailure: @escaping @Sendable (Monitor.FailureReason) -> Void,
+         onStandDown: @escaping @Sendable (UInt64) -> Void) {
+        self.exportName = exportName
+        self.server = server
+        self.group = group
+        self.logger = logger
+        self.onFailure = onFailure
+        self.onStandDown = onStandDown
+        var monitor = Monitor(secret: secret, timings: timings)
+        _ = monitor.handle(.started(epoch: epoch), at: Self.now())
+        state = NIOLockedValueBox(State(monitor: monitor))
+        connect()
+        ticker = group.next().scheduleRepeatedTask(initialDelay: Self.tickInterval, delay: Self.tickInterval) { [self] _ in
+            let key = (0..<ChallengeMAC.keyBytes).map { _ in UInt8.random(in: 0...255) }
+            handle(.tick(freshKey: key))
+        }
+        logger.info("monitor started", metadata: ["export": "\(exportName)", "server": "\(server)", "epoch": "\(epoch)"])
+    }
+
+    var lastRoundTrip: TimeSpan? { state.withLockedValue { $0.lastRoundTrip } }
+
+    func stop() {
+        ticker?.cancel()
+        let channel = state.withLockedValue { state -> Channel? in
+            state.stopped = true
+            _ = state.monitor.handle(.stopped, at: Self.now())
+            return state.channel
+        }
+        channel?.close(promise: nil)
+    }
+
+    static func now() -> Instant { Instant(nanoseconds: UInt64(NIODeadline.now().uptimeNanoseconds)) }
+
+    fileprivate func handle(_ event: Monitor.Event) {
+        let (actions, channel) = state.withLockedValue { state -> ([Monitor.Action], Channel?) in
+            guard !state.stopped else { return ([], nil) }
+            return (state.monitor.handle(event, at: Self.now()), state.channel)
+        }
+        for action in actions {
+            switch action {
+            case .sendProbe(let key):
+                if let channel {
+                    channel.writeAndFlush(Message.probe(key: key).frame(allocator: channel.allocator), promise: nil)
+                } else {
+                    connect()
+                }
+            case .reportRoundTrip(let span):
+                state.withLockedValue { $0.lastRoundTrip = span }
+            case .declareFailed(let reason):
+                logger.error("export server failed", metadata: [
+                    "export": "\(exportName)", "server": "\(server)", "reason": "\(reason)",
+                ])
+                stop()
+                onFailure(reason)
+            case .standDown(let newer):
+                logger.notice("monitor stands down: a newer epoch serves the export", metadata: [
+                    "export": "\(exportName)", "epoch": "\(newer)",
+                ])
+                stop()
+                onStandDown(newer)
+            }
+        }
+    }
+
+    private func connect() {
+        let start = state.withLockedValue { state -> Bool in
+            guard !state.connecting, state.channel == nil, !state.stopped else { return false }
+            state.connecting = true
+            return true
+        }
+        guard start else { return }
+        ClientBootstrap(group: group)
+            .connectTimeout(.milliseconds(200))
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelInitializer { [self] channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(MessageDecoder()))
+                    try channel.pipeline.syncOperations.addHandler(MonitorHandler(runner: self))
+                }
+            }
+            .connect(resolving: server, on: group.next())
+            .whenComplete { [self] result in
+                switch result {
+                case .success(let channel):
+                    channel.writeAndFlush(Message.hello(export: exportName, session: 0, version: Message.protocolVersion)
+                        .frame(allocator: channel.allocator), promise: nil)
+                    state.withLockedValue { state in
+                        state.channel = channel
+                        state.connecting = false
+                    }
+                case .failure:
+                    state.withLockedValue { $0.connecting = false }
+                }
+            }
+    }
+
+    fileprivate func lost(_ channel: Channel) {
+        state.withLockedValue { state in
+            if state.channel === channel { state.channel = nil }
+        }
+    }
+}
+
+private final class MonitorHandler: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = Message
+    private let runner: MonitorRunner
+
+    init(runner: MonitorRunner) { self.runner = runner }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .probeAnswer(let key, let epoch, let sequence, let response):
+            runner.handle(.probeAnswered(key: key, epoch: epoch, journalSequence: sequence, response: response))
+        case .heartbeat(let epoch, let sequence):
+            runner.handle(.heartbeatReceived(epoch: epoch, journalSequence: sequence))
+        case .welcome:
+            break
+        default:
+            context.close(promise: nil)
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) { runner.lost(context.channel) }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) { context.close(promise: nil) }
+}

@@ -1,0 +1,224 @@
+import BatonCore
+import BatonRuntime
+import Foundation
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+
+/// The node's manager (`baton agent`): starts the export servers of its
+/// node, keeps the standby replicas and monitors of the exports its peer
+/// serves, runs the swap, and answers the admin CLI and the peer's agent.
+public final class NodeAgent: @unchecked Sendable {
+    let configuration: ClusterConfiguration
+    let me: NodeConfiguration
+    let peer: NodeConfiguration
+    let secret: [UInt8]
+    let executable: String
+    let logger: Logger
+    let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+    let monitorTimings: MonitorTimings
+    private var controllers: [String: ExportController] = [:]
+    private var listener: Channel?
+
+    /// How long a node whose peer stopped answering waits before it takes the
+    /// peer's exports over (DESIGN.md §6: an isolated node fences itself sooner).
+    static let takeoverDelay: TimeInterval = 2.5
+
+    public init(configuration: ClusterConfiguration, node: String, secret: [UInt8], executable: String, logger: Logger) throws {
+        guard let me = configuration.node(named: node) else {
+            throw ProbeError("node '\(node)' is not in the cluster file (nodes: \(configuration.nodes.map(\.name).joined(separator: ", ")))")
+        }
+        guard let peer = configuration.peer(of: node) else { throw ProbeError("node '\(node)' has no peer in the cluster file") }
+        self.configuration = configuration
+        self.me = me
+        self.peer = peer
+        self.secret = secret
+        self.executable = executable
+        self.logger = logger
+        let t = configuration.timings
+        monitorTimings = try MonitorTimings(
+            probeInterval: .milliseconds(UInt64(t.probeIntervalMilliseconds)),
+            probeDeadline: .milliseconds(UInt64(t.probeDeadlineMilliseconds)), probeMisses: t.probeMisses,
+            heartbeatGrace: .milliseconds(UInt64(t.heartbeatGraceMilliseconds)),
+            tickGapLimit: .milliseconds(UInt64(max(250, 2 * t.probeIntervalMilliseconds + 1))))
+    }
+
+    var peerAgentAddress: NodeAddress { NodeAddress(host: peer.agent.host, port: peer.agent.port) }
+
+    func clientAddress(_ export: ExportConfiguration, on node: NodeConfiguration) -> NodeAddress {
+        let address = configuration.clientAddress(of: export, on: node)
+        return NodeAddress(host: address.host, port: address.port)
+    }
+
+    /// Listens, starts every export in its role, and blocks until stopped.
+    public func run() throws {
+        let bootstrap = ServerBootstrap(group: group)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelInitializer { [self] channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(MessageDecoder()))
+                    try channel.pipeline.syncOperations.addHandler(AgentSessionHandler(agent: self))
+                }
+            }
+        listener = try bootstrap.bind(host: me.agent.host, port: me.agent.port).wait()
+        logger.info("agent listening", metadata: ["node": "\(me.name)", "address": "\(me.agent)", "peer": "\(peer.name)"])
+        let peerExports = peerServedExports()
+        for export in configuration.exports {
+            let controller = ExportController(export: export, agent: self, logger: logger)
+            controllers[export.name] = controller
+            controller.start(peerServes: peerExports.map { $0.contains(export.name) })
+        }
+        try listener?.closeFuture.wait()
+    }
+
+    /// Stops the agent and the export servers it started (their clients
+    /// wait for them, up to their mount's timeout, or follow a failover).
+    public func stop() {
+        for controller in controllers.values { controller.stopServer() }
+        try? listener?.close().wait()
+    }
+
+    /// The exports the peer serves, or nil when its agent does not answer.
+    private func peerServedExports() -> Set<String>? {
+        guard let (ok, text) = try? askPeer(.status), ok,
+              let json = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any],
+              let exports = json["exports"] as? [[String: Any]] else { return nil }
+        return Set(exports.compactMap { $0["role"] as? String == "server" ? $0["name"] as? String : nil })
+    }
+
+    /// Fencing waits for a process to exit, so its answer may take longer than a status.
+    func askPeer(_ request: AgentRequest) throws -> (ok: Bool, text: String) {
+        let timeout: Int32 = if case .fence = request { 5000 } else { 1000 }
+        return try PeerClient.request(request, to: peerAgentAddress, node: me.name, secret: secret, timeoutMilliseconds: timeout)
+    }
+
+    /// Runs `action` if the peer's agent still does not answer after the takeover delay.
+    func whenPeerStaysAway(_ action: @escaping @Sendable () -> Void) {
+        group.next().scheduleTask(in: .milliseconds(Int64(Self.takeoverDelay * 1000))) { [self] in
+            if (try? askPeer(.status)) == nil {
+                logger.warning("peer agent still unreachable: serving without a standby", metadata: ["peer": "\(peer.name)"])
+                action()
+            }
+        }
+    }
+
+    func controller(_ export: String) -> ExportController? { controllers[export] }
+
+    func answer(_ request: AgentRequest) -> (Bool, String) {
+        switch request {
+        case .status:
+            let exports = configuration.exports.compactMap { controllers[$0.name]?.status() }
+            let json = ["node": me.name, "exports": exports] as [String: Any]
+            let data = (try? JSONSerialization.data(withJSONObject: json, options: [.sortedKeys])) ?? Data("{}".utf8)
+            return (true, String(decoding: data, as: UTF8.self))
+        case .fence(let export, let epoch):
+            guard let controller = controllers[export] else { return (false, "unknown export '\(export)'") }
+            return controller.fence(epoch: epoch)
+        case .migrate(let export):
+            guard let controller = controllers[export] else { return (false, "unknown export '\(export)'") }
+            return controller.migrate()
+        }
+    }
+}
+
+/// One connection to the agent: authentication first, then either agent
+/// requests or a replication stream from the peer's export server.
+private final class AgentSessionHandler: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = Message
+
+    private let agent: NodeAgent
+    private var nonce: [UInt8] = []
+    private var peerNode: String?
+    private var export: ExportController?
+    private var incoming: String?
+    /// The epoch the server announced in its hello: a full copy is installed at it.
+    private var helloEpoch: UInt64 = 0
+
+    init(agent: NodeAgent) { self.agent = agent }
+
+    func channelActive(context: ChannelHandlerContext) {
+        nonce = (0..<32).map { _ in UInt8.random(in: 0...255) }
+        send(context, .challenge(nonce: nonce))
+    }
+
+    private func send(_ context: ChannelHandlerContext, _ message: Message) {
+        context.writeAndFlush(NIOAny(message.frame(allocator: context.channel.allocator)), promise: nil)
+    }
+
+    private func refuse(_ context: ChannelHandlerContext, _ refusal: Refusal, _ detail: String) {
+        agent.logger.warning("agent connection refused", metadata: [
+            "peer": "\(context.remoteAddress.map { "\($0)" } ?? "?")", "detail": "\(detail)",
+        ])
+        let channel = context.channel
+        channel.writeAndFlush(Message.refused(refusal, detail: detail).frame(allocator: channel.allocator)).whenComplete { _ in
+            channel.close(promise: nil)
+        }
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let message = unwrapInboundIn(data)
+        if case .authenticate(let node, let proof) = message {
+            guard peerNode == nil, ChallengeMAC.matches(proof, AgentAuthentication.proof(secret: agent.secret, nonce: nonce, node: node)) else {
+                return refuse(context, .unauthenticated, "authentication failed for '\(node)': wrong shared secret")
+            }
+            peerNode = node
+            return
+        }
+        guard peerNode != nil else { return refuse(context, .unauthenticated, "authenticate first") }
+        switch message {
+        case .agentRequest(let request):
+            // Fencing waits for a process to exit: not on the event loop.
+            let channel = context.channel
+            Thread.detachNewThread { [agent] in
+                let (ok, text) = agent.answer(request)
+                channel.writeAndFlush(Message.agentReply(ok: ok, text: text).frame(allocator: channel.allocator), promise: nil)
+            }
+        case .replicaHello(let name, let epoch):
+            guard let controller = agent.controller(name) else { return refuse(context, .unknownExport, "unknown export '\(name)'") }
+            export = controller
+            let answer = controller.replicaHello(epoch: epoch, channel: context.channel)
+            if case .replicaPosition = answer {
+                helloEpoch = epoch
+                incoming = controller.directory + ".incoming"
+                // Left by a copy that did not finish.
+                try? FileManager.default.removeItem(atPath: controller.directory + ".incoming")
+            }
+            send(context, answer)
+        case .snapshotData(let inode, let offset, let data):
+            guard let incoming else { return refuse(context, .malformed, "snapshot data before hello") }
+            do {
+                try Disk.makeDirectory(incoming)
+                try Disk.makeDirectory(incoming + "/files")
+                let path = inode == Message.snapshotCheckpointInode ? incoming + "/checkpoint" : incoming + "/files/" + String(inode, radix: 16)
+                try OpenFile(path: path, flags: O_WRONLY | O_CREAT).write(data, at: offset)
+            } catch {
+                refuse(context, .notActive, "cannot store the full copy: \(error)")
+            }
+        case .snapshotEnd(let sequence):
+            guard let export, let incoming else { return refuse(context, .malformed, "snapshot end before hello") }
+            // Without data first, it says the replica was in step already.
+            let answer = Disk.exists(incoming)
+                ? export.installSnapshot(from: incoming, sequence: sequence, epoch: helloEpoch, channel: context.channel)
+                : .replicated(sequence: sequence)
+            send(context, answer)
+            if case .replicated = answer { export.startMonitor() }
+        case .replicate(let record):
+            guard let export else { return refuse(context, .malformed, "record before hello") }
+            let answer = export.replicate(record, channel: context.channel)
+            send(context, answer)
+            if case .refused = answer { context.close(promise: nil) }
+        case .replicaSync(let sequence):
+            guard let export else { return refuse(context, .malformed, "sync before hello") }
+            send(context, export.replicaSync(sequence, channel: context.channel))
+        default:
+            refuse(context, .malformed, "unexpected message for an agent")
+        }
+    }
+
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        refuse(context, .malformed, "\(error)")
+    }
+}

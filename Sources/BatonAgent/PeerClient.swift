@@ -1,0 +1,30 @@
+import BatonCore
+import BatonRuntime
+import Foundation
+
+/// One authenticated request to an agent, with plain blocking sockets: used
+/// by the admin CLI and by agents asking each other (fence, status). Short
+/// and rare, so a connection per request is fine.
+public enum PeerClient {
+    public static func request(_ request: AgentRequest, to address: NodeAddress, node: String, secret: [UInt8],
+                               timeoutMilliseconds: Int32 = 2000) throws -> (ok: Bool, text: String) {
+        let connection = try BlockingConnection(address, timeoutMilliseconds: timeoutMilliseconds)
+        guard case .challenge(let nonce) = try connection.receive() else {
+            throw ProbeError("\(address) did not challenge: it is not a Baton agent")
+        }
+        try connection.send(.authenticate(node: node, proof: AgentAuthentication.proof(secret: secret, nonce: nonce, node: node)))
+        try connection.send(.agentRequest(request))
+        switch try connection.receive() {
+        case .agentReply(let ok, let text): return (ok, text)
+        case .refused(let refusal, let detail): throw ProbeError("\(address) refused (\(refusal)): \(detail)")
+        default: throw ProbeError("\(address) answered with an unexpected message")
+        }
+    }
+}
+
+/// How a peer proves it holds the cluster's shared secret.
+public enum AgentAuthentication {
+    public static func proof(secret: [UInt8], nonce: [UInt8], node: String) -> [UInt8] {
+        HMACSHA256.authenticationCode(secret: secret, message: nonce + Array(node.utf8))
+    }
+}

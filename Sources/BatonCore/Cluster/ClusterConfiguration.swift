@@ -1,0 +1,195 @@
+/// A host and a TCP port. The host is a name or an address as written in the
+/// cluster file, never resolved here: the core does no IO, and two spellings of
+/// one machine ("localhost", "127.0.0.1") are the admin's to keep consistent.
+/// A struct rather than a `(host:, port:)` tuple so that the configuration
+/// types can be `Hashable`.
+public struct HostAndPort: Hashable, Sendable, CustomStringConvertible {
+    /// An IPv6 address is kept without brackets.
+    public var host: String
+    public var port: Int
+
+    public init(host: String, port: Int) {
+        self.host = host
+        self.port = port
+    }
+
+    /// `HOST:PORT`, with an IPv6 host in brackets (`[::1]:7100`), as the cluster file writes it.
+    public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+}
+
+/// How the export server waits for its standby (DESIGN.md §4, guarantee 1).
+public enum ReplicationMode: String, Hashable, Sendable, CaseIterable {
+    /// A mutation is acknowledged only once the standby received it: a failover
+    /// loses no acknowledged mutation. The default.
+    case sync
+    /// A mutation is acknowledged once it is in the active node's journal: a
+    /// failover loses what the standby had not received yet.
+    case async
+}
+
+/// The failure detection timings of DESIGN.md §8, in whole milliseconds as
+/// the cluster file writes them.
+public struct ClusterTimings: Hashable, Sendable {
+    /// A monitor sends a challenge to its server this often.
+    public var probeIntervalMilliseconds: Int
+    /// A challenge answered later than this is a miss.
+    public var probeDeadlineMilliseconds: Int
+    /// This many misses in a row declare the server failed.
+    public var probeMisses: Int
+    /// An export server sends a heartbeat to its monitor this often.
+    public var heartbeatIntervalMilliseconds: Int
+    /// No server heartbeat for longer than this declares the server failed.
+    public var heartbeatGraceMilliseconds: Int
+    /// Agents send each other heartbeats this often, on every path.
+    public var agentHeartbeatIntervalMilliseconds: Int
+    /// No heartbeat from a peer agent for longer than this starts the diagnostic ladder (DESIGN.md §6).
+    public var agentHeartbeatGraceMilliseconds: Int
+
+    /// DESIGN.md §8.
+    public static let defaults = ClusterTimings()
+
+    /// Ten minutes: no failure detector waits longer, and the bound keeps
+    /// conversions to nanoseconds far from overflow.
+    public static let maxMilliseconds = 600_000
+
+    public init(probeIntervalMilliseconds: Int = 100, probeDeadlineMilliseconds: Int = 200, probeMisses: Int = 3,
+                heartbeatIntervalMilliseconds: Int = 100, heartbeatGraceMilliseconds: Int = 500,
+                agentHeartbeatIntervalMilliseconds: Int = 200, agentHeartbeatGraceMilliseconds: Int = 1000) {
+        self.probeIntervalMilliseconds = probeIntervalMilliseconds
+        self.probeDeadlineMilliseconds = probeDeadlineMilliseconds
+        self.probeMisses = probeMisses
+        self.heartbeatIntervalMilliseconds = heartbeatIntervalMilliseconds
+        self.heartbeatGraceMilliseconds = heartbeatGraceMilliseconds
+        self.agentHeartbeatIntervalMilliseconds = agentHeartbeatIntervalMilliseconds
+        self.agentHeartbeatGraceMilliseconds = agentHeartbeatGraceMilliseconds
+    }
+}
+
+/// One storage node: a `[[nodes]]` table.
+public struct NodeConfiguration: Hashable, Sendable {
+    /// Unique in the cluster; used in logs, placement and `baton` commands.
+    public var name: String
+    /// A LAN (DESIGN.md §7); monitors go to another site than their server when one exists.
+    public var site: String
+    /// The node's agent: control, replication and heartbeats. Its host is also
+    /// where the node's export servers listen, each on its export's port.
+    public var agent: HostAndPort
+    /// Extra addresses of the node (one per NIC) over which agents exchange
+    /// heartbeats, on the agent's port (DESIGN.md §6).
+    public var paths: [String]
+    /// Where the node keeps the data directories of its exports; an absolute path.
+    public var dataDirectory: String
+
+    public static let defaultSite = "default"
+
+    public init(name: String, site: String = NodeConfiguration.defaultSite, agent: HostAndPort, paths: [String] = [],
+                dataDirectory: String) {
+        self.name = name
+        self.site = site
+        self.agent = agent
+        self.paths = paths
+        self.dataDirectory = dataDirectory
+    }
+}
+
+/// One export: an `[[exports]]` table.
+public struct ExportConfiguration: Hashable, Sendable {
+    /// Unique in the cluster; what clients mount (`EXPORT@NODE_A,NODE_B`).
+    public var name: String
+    /// The node that serves the export when the cluster starts.
+    public var preferredNode: String
+    /// Clients connect to this port on the host of the node that serves the export.
+    public var port: Int
+    public var replication: ReplicationMode
+
+    public init(name: String, preferredNode: String, port: Int, replication: ReplicationMode = .sync) {
+        self.name = name
+        self.preferredNode = preferredNode
+        self.port = port
+        self.replication = replication
+    }
+}
+
+/// The cluster file, checked: every rule below holds for any value of this
+/// type, whether parsed from text or built in code.
+///
+/// - at least two nodes (a monitor runs on another node than its server), at most `maxNodes`;
+/// - node and export names are 1 to 255 bytes without '@', '/', ',', white space or
+///   control characters, and are not "." or "..", because they appear in mount
+///   specifications (`EXPORT@NODE_A,NODE_B`), fstab lines and directory names;
+/// - node names, agent addresses and exports' names and ports are unique; two nodes on
+///   one agent host do not share a data directory;
+/// - an export's preferred node is one of the nodes;
+/// - an export's port is no agent's port: an export may come to be served on any node;
+/// - ports are 1 to 65535; paths are absolute; timings are positive, bounded, and a
+///   grace is longer than its heartbeat interval.
+///
+/// The secret file's contents (at least `minSecretBytes`) are checked by the
+/// caller that reads it: the core does no IO.
+public struct ClusterConfiguration: Hashable, Sendable {
+    /// The path of the shared secret that keys challenges and agent messages; the same file on every node.
+    public private(set) var secretFile: String
+    public private(set) var timings: ClusterTimings
+    /// In file order.
+    public private(set) var nodes: [NodeConfiguration]
+    /// In file order.
+    public private(set) var exports: [ExportConfiguration]
+
+    public static let minSecretBytes = 32
+    public static let maxNodes = 256
+    public static let maxPathsPerNode = 8
+    public static let maxExports = 10_000
+    /// A limit on names, sites and hosts, as for a file name.
+    public static let maxNameBytes = 255
+
+    /// Checks the rules listed on the type; errors carry no line.
+    public init(secretFile: String, timings: ClusterTimings = .defaults, nodes: [NodeConfiguration],
+                exports: [ExportConfiguration]) throws(ClusterConfigurationError) {
+        try self.init(secretFile: secretFile, timings: timings, nodes: nodes, exports: exports, positions: ClusterSourcePositions())
+    }
+
+    init(secretFile: String, timings: ClusterTimings, nodes: [NodeConfiguration], exports: [ExportConfiguration],
+         positions: ClusterSourcePositions) throws(ClusterConfigurationError) {
+        try ClusterValidator(positions: positions).check(secretFile: secretFile, timings: timings, nodes: nodes, exports: exports)
+        self.secretFile = secretFile
+        self.timings = timings
+        self.nodes = nodes
+        self.exports = exports
+    }
+
+    /// Parses and checks the text of a cluster file, which the caller has read.
+    /// Errors name the line and column and say what was expected; see
+    /// `ClusterConfigurationError` for the wording.
+    public static func parse(_ text: String) throws(ClusterConfigurationError) -> ClusterConfiguration {
+        try ClusterFileReader.read(ClusterTOML.parse(text))
+    }
+
+    public func node(named name: String) -> NodeConfiguration? {
+        nodes.first { $0.name == name }
+    }
+
+    /// The other node of a two-node cluster, which holds the standby and the
+    /// monitor of every export that `name` serves. Nil when the cluster has
+    /// more than two nodes, since there the peer differs per export and is
+    /// decided by `Placement.plan`, not by the file; nil too when `name` is not a node.
+    public func peer(of name: String) -> NodeConfiguration? {
+        guard nodes.count == 2, let index = nodes.firstIndex(where: { $0.name == name }) else { return nil }
+        return nodes[1 - index]
+    }
+
+    public func export(named name: String) -> ExportConfiguration? {
+        exports.first { $0.name == name }
+    }
+
+    /// Where clients reach `export` while `node` serves it: the node's agent host and the export's port.
+    public func clientAddress(of export: ExportConfiguration, on node: NodeConfiguration) -> HostAndPort {
+        HostAndPort(host: node.agent.host, port: export.port)
+    }
+
+    /// Every address the export may be served at, its preferred node's first, so
+    /// that a client tries the likely server before the others.
+    public func clientAddresses(of export: ExportConfiguration) -> [HostAndPort] {
+        let ordered = nodes.filter { $0.name == export.preferredNode } + nodes.filter { $0.name != export.preferredNode }
+        return ordered.map { clientAddress(of: export, on: $0) }
+    }
+}

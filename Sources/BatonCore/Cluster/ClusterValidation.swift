@@ -1,0 +1,305 @@
+/// Where each checked value was written, so that the rules (which run on the
+/// typed configuration, parsed or built in code) can point at the line.
+/// Empty for a configuration built in code.
+struct ClusterSourcePositions: Hashable, Sendable {
+    enum Field: Hashable, Sendable {
+        case secretFile
+        /// By TOML key, e.g. "probe_interval_ms".
+        case timing(String)
+        /// Node by index, TOML key.
+        case node(Int, String)
+        /// Node by index, path by index.
+        case nodePath(Int, Int)
+        case export(Int, String)
+    }
+
+    private var places: [Field: TOMLPosition] = [:]
+
+    subscript(field: Field) -> TOMLPosition? {
+        get { places[field] }
+        set { places[field] = newValue }
+    }
+}
+
+/// The rules listed on `ClusterConfiguration`, checked in the order the example
+/// file is written, each node and export whole before the next, so that the
+/// problem reported is the first one an admin meets reading the file.
+struct ClusterValidator {
+    let positions: ClusterSourcePositions
+
+    init(positions: ClusterSourcePositions) { self.positions = positions }
+
+    func check(secretFile: String, timings: ClusterTimings, nodes: [NodeConfiguration],
+               exports: [ExportConfiguration]) throws(ClusterConfigurationError) {
+        if let problem = Self.pathProblem(secretFile) {
+            throw fail("secret_file \(problem); give the full path, from '/', of a file of at least \(ClusterConfiguration.minSecretBytes) random bytes, the same on every node",
+                       at: .secretFile)
+        }
+        try check(timings)
+        try check(nodes)
+        try check(exports, nodes: nodes)
+    }
+
+    // MARK: Timings
+
+    private func check(_ timings: ClusterTimings) throws(ClusterConfigurationError) {
+        for field in ClusterTimings.fields {
+            let value = timings[keyPath: field.path]
+            let limit = field.key == "probe_misses" ? MonitorTimings.maxProbeMisses : ClusterTimings.maxMilliseconds
+            let unit = field.key == "probe_misses" ? "a count" : "a whole number of milliseconds"
+            guard (1...limit).contains(value) else {
+                throw fail("[timings]: \(field.key) is \(value); use \(unit) from 1 to \(limit)",
+                           at: .timing(field.key))
+            }
+        }
+        // The monitor keeps one probe per interval outstanding until its deadline; MonitorTimings bounds how many.
+        let maxOutstanding = MonitorTimings.maxOutstandingProbes
+        guard timings.probeDeadlineMilliseconds / timings.probeIntervalMilliseconds < maxOutstanding else {
+            throw fail("[timings]: probe_deadline_ms (\(timings.probeDeadlineMilliseconds)) must be less than \(maxOutstanding) times probe_interval_ms (\(timings.probeIntervalMilliseconds)), the most probes a monitor keeps outstanding; shorten the deadline or lengthen the interval",
+                       at: .timing("probe_deadline_ms"), .timing("probe_interval_ms"))
+        }
+        guard timings.heartbeatGraceMilliseconds > timings.heartbeatIntervalMilliseconds else {
+            throw fail("[timings]: heartbeat_grace_ms (\(timings.heartbeatGraceMilliseconds)) must be longer than heartbeat_interval_ms (\(timings.heartbeatIntervalMilliseconds)), or one late heartbeat declares the server failed; the defaults are 500 and 100",
+                       at: .timing("heartbeat_grace_ms"), .timing("heartbeat_interval_ms"))
+        }
+        guard timings.agentHeartbeatGraceMilliseconds > timings.agentHeartbeatIntervalMilliseconds else {
+            throw fail("[timings]: agent_heartbeat_grace_ms (\(timings.agentHeartbeatGraceMilliseconds)) must be longer than agent_heartbeat_interval_ms (\(timings.agentHeartbeatIntervalMilliseconds)), or one late heartbeat starts the diagnostic ladder; the defaults are 1000 and 200",
+                       at: .timing("agent_heartbeat_grace_ms"), .timing("agent_heartbeat_interval_ms"))
+        }
+    }
+
+    // MARK: Nodes
+
+    private func check(_ nodes: [NodeConfiguration]) throws(ClusterConfigurationError) {
+        guard nodes.count >= 2 else {
+            throw fail("the cluster has \(nodes.count) node\(nodes.count == 1 ? "" : "s"); add [[nodes]] tables for at least two, so that each export's monitor runs on another node than its server")
+        }
+        guard nodes.count <= ClusterConfiguration.maxNodes else {
+            throw fail("the cluster has \(nodes.count) nodes, over the limit of \(ClusterConfiguration.maxNodes)")
+        }
+        var nameIndex: [String: Int] = [:]
+        var agentIndex: [HostAndPort: Int] = [:]
+        var dataDirectoryIndex: [HostDirectory: Int] = [:]
+        for (index, node) in nodes.enumerated() {
+            if let problem = Self.nameProblem(node.name) {
+                throw fail("node name \(Self.quoted(node.name)) \(problem); \(Self.nameRule)", at: .node(index, "name"))
+            }
+            let subject = "node \(Self.quoted(node.name))"
+            if let first = nameIndex[node.name] {
+                throw fail("\(subject) is defined twice\(firstOnLine(.node(first, "name"))); give each node its own name",
+                           at: .node(index, "name"))
+            }
+            nameIndex[node.name] = index
+
+            if let problem = Self.labelProblem(node.site) {
+                throw fail("\(subject): site \(Self.quoted(node.site)) \(problem); name the LAN the node is on, or leave site out for \"\(NodeConfiguration.defaultSite)\"",
+                           at: .node(index, "site"))
+            }
+
+            if let problem = Self.hostProblem(node.agent.host) {
+                throw fail("\(subject): agent host \(Self.quoted(node.agent.host)) \(problem); write agent = \"HOST:PORT\", like \"127.0.0.1:7100\"",
+                           at: .node(index, "agent"))
+            }
+            guard Self.portRange.contains(node.agent.port) else {
+                throw fail("\(subject): agent port \(node.agent.port) is out of range; use a port from 1 to 65535",
+                           at: .node(index, "agent"))
+            }
+            if let first = agentIndex[node.agent] {
+                throw fail("\(subject): agent \(node.agent) is also node \(Self.quoted(nodes[first].name))'s\(onLine(.node(first, "agent"))); give each node its own agent HOST:PORT",
+                           at: .node(index, "agent"))
+            }
+            agentIndex[node.agent] = index
+
+            try check(paths: node.paths, of: index, subject: subject)
+
+            if let problem = Self.pathProblem(node.dataDirectory) {
+                throw fail("\(subject): data_dir \(problem); give the full path, from '/', of the directory where the node keeps export data, like \"/var/lib/baton/\(node.name)\"",
+                           at: .node(index, "data_dir"))
+            }
+            // Nodes on different hosts may well share a path; two on one host (a test cluster) would overwrite each other.
+            var directory = Substring(node.dataDirectory)
+            while directory.count > 1, directory.last == "/" { directory.removeLast() }
+            let key = HostDirectory(host: node.agent.host, directory: String(directory))
+            if let first = dataDirectoryIndex[key] {
+                throw fail("\(subject): data_dir \(Self.quoted(node.dataDirectory)) is also node \(Self.quoted(nodes[first].name))'s\(onLine(.node(first, "data_dir"))), on the same host \(node.agent.host); give each node on one host its own data_dir",
+                           at: .node(index, "data_dir"))
+            }
+            dataDirectoryIndex[key] = index
+        }
+    }
+
+    private func check(paths: [String], of node: Int, subject: String) throws(ClusterConfigurationError) {
+        guard paths.count <= ClusterConfiguration.maxPathsPerNode else {
+            throw fail("\(subject): \(paths.count) paths, over the limit of \(ClusterConfiguration.maxPathsPerNode); list one address per NIC",
+                       at: .node(node, "paths"))
+        }
+        var seen: Set<String> = []
+        for (index, path) in paths.enumerated() {
+            if let problem = Self.hostProblem(path) {
+                throw fail("\(subject): path \(Self.quoted(path)) \(problem); list the node's extra addresses, one per NIC",
+                           at: .nodePath(node, index))
+            }
+            // One colon is HOST:PORT; an IPv6 address has at least two.
+            guard path.utf8.count(where: { $0 == UInt8(ascii: ":") }) != 1 else {
+                throw fail("\(subject): path \(Self.quoted(path)) has a port; write the address alone, heartbeats go to the agent's port",
+                           at: .nodePath(node, index))
+            }
+            if !seen.insert(path).inserted {
+                throw fail("\(subject): path \(Self.quoted(path)) is listed twice; list each address once",
+                           at: .nodePath(node, index))
+            }
+        }
+    }
+
+    // MARK: Exports
+
+    private func check(_ exports: [ExportConfiguration], nodes: [NodeConfiguration]) throws(ClusterConfigurationError) {
+        guard exports.count <= ClusterConfiguration.maxExports else {
+            throw fail("the cluster has \(exports.count) exports, over the limit of \(ClusterConfiguration.maxExports)")
+        }
+        var nameIndex: [String: Int] = [:]
+        var portIndex: [Int: Int] = [:]
+        var agentPorts: [Int: Int] = [:]
+        for (index, node) in nodes.enumerated() where agentPorts[node.agent.port] == nil {
+            agentPorts[node.agent.port] = index
+        }
+        for (index, export) in exports.enumerated() {
+            if let problem = Self.nameProblem(export.name) {
+                throw fail("export name \(Self.quoted(export.name)) \(problem); \(Self.nameRule)", at: .export(index, "name"))
+            }
+            let subject = "export \(Self.quoted(export.name))"
+            if let first = nameIndex[export.name] {
+                throw fail("\(subject) is defined twice\(firstOnLine(.export(first, "name"))); give each export its own name",
+                           at: .export(index, "name"))
+            }
+            nameIndex[export.name] = index
+
+            guard nodes.contains(where: { $0.name == export.preferredNode }) else {
+                let names = nodes.map { Self.quoted($0.name) }.joined(separator: ", ")
+                throw fail("\(subject): preferred node \(Self.quoted(export.preferredNode)) is not one of the nodes (\(names)); name the node that serves the export when the cluster starts",
+                           at: .export(index, "preferred"))
+            }
+
+            guard Self.portRange.contains(export.port) else {
+                throw fail("\(subject): port \(export.port) is out of range; use a port from 1 to 65535",
+                           at: .export(index, "port"))
+            }
+            if let first = portIndex[export.port] {
+                throw fail("\(subject): port \(export.port) is also export \(Self.quoted(exports[first].name))'s\(onLine(.export(first, "port"))); give each export its own port",
+                           at: .export(index, "port"))
+            }
+            // Any node may come to serve any export, on that node's agent host: a port one agent uses is taken on some host.
+            if let node = agentPorts[export.port] {
+                throw fail("\(subject): port \(export.port) is node \(Self.quoted(nodes[node].name))'s agent port\(onLine(.node(node, "agent"))); an export may be served on any node, so give it a port no agent uses",
+                           at: .export(index, "port"))
+            }
+            portIndex[export.port] = index
+        }
+    }
+
+    private struct HostDirectory: Hashable {
+        var host: String
+        var directory: String
+    }
+
+    // MARK: Messages
+
+    /// At the first of `fields` written in the file: a rule between two values
+    /// points at the second when the first was left at its default.
+    private func fail(_ message: String, at fields: ClusterSourcePositions.Field...) -> ClusterConfigurationError {
+        for field in fields {
+            if let place = positions[field] { return ClusterConfigurationError(message, line: place.line, column: place.column) }
+        }
+        return ClusterConfigurationError(message)
+    }
+
+    /// " on line 9" when the field came from the file; nothing for a configuration built in code.
+    private func onLine(_ field: ClusterSourcePositions.Field) -> String {
+        positions[field].map { " on line \($0.line)" } ?? ""
+    }
+
+    private func firstOnLine(_ field: ClusterSourcePositions.Field) -> String {
+        positions[field].map { " (first on line \($0.line))" } ?? ""
+    }
+
+    // MARK: Rules on single values
+
+    static let portRange = 1...65535
+
+    static let nameRule = "names are 1 to \(ClusterConfiguration.maxNameBytes) bytes without '@', '/', ',', white space or control characters, since they appear in mount specifications (EXPORT@NODE_A,NODE_B), fstab lines and directory names"
+
+    /// Nil when `name` may name a node or an export.
+    static func nameProblem(_ name: String) -> String? {
+        if let problem = labelProblem(name) { return problem }
+        if name == "." || name == ".." { return "is not allowed, since it names a directory" }
+        for scalar in name.unicodeScalars {
+            switch scalar {
+            case "@", "/", ",": return "contains '\(scalar)'"
+            case _ where scalar.properties.isWhitespace: return "contains white space"
+            default: continue
+            }
+        }
+        return nil
+    }
+
+    /// Nil when `label` is non-empty, bounded and printable: the rule for sites, and the base of the name rule.
+    static func labelProblem(_ label: String) -> String? {
+        if label.isEmpty { return "is empty" }
+        let size = label.utf8.count
+        if size > ClusterConfiguration.maxNameBytes { return "is \(size) bytes long, over the limit of \(ClusterConfiguration.maxNameBytes)" }
+        if let control = label.unicodeScalars.first(where: ClusterTOML.isControl) { return "contains the control character \(ClusterTOML.codePoint(control))" }
+        return nil
+    }
+
+    /// Nil when `host` can be a host name or an address (not resolved: the core does no IO).
+    static func hostProblem(_ host: String) -> String? {
+        if let problem = labelProblem(host) { return problem }
+        for scalar in host.unicodeScalars {
+            switch scalar {
+            case "@", "/", ",", "[", "]": return "contains '\(scalar)'"
+            case _ where scalar.properties.isWhitespace: return "contains white space"
+            default: continue
+            }
+        }
+        return nil
+    }
+
+    /// Nil when `path` is absolute: agents do not run from a fixed directory, so a relative path would move with them.
+    static func pathProblem(_ path: String) -> String? {
+        if path.isEmpty { return "is empty" }
+        if let control = path.unicodeScalars.first(where: ClusterTOML.isControl) {
+            return "\(quoted(path)) contains the control character \(ClusterTOML.codePoint(control))"
+        }
+        if !path.hasPrefix("/") { return "\(quoted(path)) is not an absolute path" }
+        return nil
+    }
+
+    /// As the cluster file would write it, so a message shows exactly what was read.
+    static func quoted(_ text: String) -> String {
+        var result = "\""
+        for scalar in text.unicodeScalars {
+            switch scalar {
+            case "\\": result += "\\\\"
+            case "\"": result += "\\\""
+            case "\n": result += "\\n"
+            case "\t": result += "\\t"
+            case _ where ClusterTOML.isControl(scalar): result += ClusterTOML.codePoint(scalar)
+            default: result.unicodeScalars.append(scalar)
+            }
+        }
+        return result + "\""
+    }
+}
+
+extension ClusterTimings {
+    /// The `[timings]` keys in file order, with the fields they set.
+    static var fields: [(key: String, path: WritableKeyPath<ClusterTimings, Int>)] {
+        [("probe_interval_ms", \.probeIntervalMilliseconds),
+         ("probe_deadline_ms", \.probeDeadlineMilliseconds),
+         ("probe_misses", \.probeMisses),
+         ("heartbeat_interval_ms", \.heartbeatIntervalMilliseconds),
+         ("heartbeat_grace_ms", \.heartbeatGraceMilliseconds),
+         ("agent_heartbeat_interval_ms", \.agentHeartbeatIntervalMilliseconds),
+         ("agent_heartbeat_grace_ms", \.agentHeartbeatGraceMilliseconds)]
+    }
+}

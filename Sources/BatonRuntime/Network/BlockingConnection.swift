@@ -1,0 +1,65 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import BatonCore
+
+/// A TCP connection with blocking sockets and timeouts, for short exchanges
+/// that must not start threads (before a fork) or are too rare to deserve
+/// an event loop (admin requests, the mount's first check).
+public final class BlockingConnection {
+    private let fd: Int32
+    public let address: NodeAddress
+
+    public init(_ address: NodeAddress, timeoutMilliseconds: Int32) throws {
+        self.address = address
+        var hints = addrinfo()
+        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        var list: UnsafeMutablePointer<addrinfo>?
+        let status = getaddrinfo(address.host, String(address.port), &hints, &list)
+        guard status == 0, let first = list else {
+            throw ProbeError("cannot resolve \(address.host): \(String(cString: gai_strerror(status)))")
+        }
+        defer { freeaddrinfo(list) }
+        fd = socket(first.pointee.ai_family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard fd >= 0 else { throw ProbeError("socket: errno \(errno)") }
+        var timeout = timeval(tv_sec: Int(timeoutMilliseconds / 1000), tv_usec: Int(timeoutMilliseconds % 1000) * 1000)
+        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        guard connect(fd, first.pointee.ai_addr, first.pointee.ai_addrlen) == 0 else {
+            let reason = String(cString: strerror(errno))
+            close(fd)
+            throw ProbeError("connect to \(address): \(reason)")
+        }
+    }
+
+    deinit { close(fd) }
+
+    public func send(_ message: Message) throws {
+        let frame = message.frame()
+        guard frame.withUnsafeBytes({ Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }) == frame.count else {
+            throw ProbeError("send to \(address): \(String(cString: strerror(errno)))")
+        }
+    }
+
+    public func receive(limitBytes: Int = WireLimits.maxFrameBytes) throws -> Message {
+        let header = try receive(count: 4)
+        let length = Int(header.withUnsafeBytes { $0.loadUnaligned(as: UInt32.self).littleEndian })
+        guard length <= limitBytes else { throw ProbeError("\(address) sent an oversized frame (\(length) bytes)") }
+        let body = try receive(count: length)
+        return try body.withUnsafeBytes { try Message.decode($0) }
+    }
+
+    private func receive(count: Int) throws -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: count)
+        var done = 0
+        while done < count {
+            let got = bytes.withUnsafeMutableBytes { recv(fd, $0.baseAddress! + done, count - done, 0) }
+            if got < 0 && errno == EINTR { continue }
+            guard got > 0 else {
+                throw ProbeError("no answer from \(address): " + (got == 0 ? "connection closed" : String(cString: strerror(errno))))
+            }
+            done += got
+        }
+        return bytes
+    }
+}

@@ -1,0 +1,270 @@
+import BatonCore
+import BatonRuntime
+import Foundation
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+
+/// Where an export server sends its journal: the standby replica in the peer
+/// node's agent (DESIGN.md §2 "Standby replica").
+public struct StandbyConfiguration: Sendable {
+    public var agent: NodeAddress
+    /// This node's name, to authenticate with.
+    public var node: String
+    public var secret: [UInt8]
+    /// sync: a mutation is answered only after the standby has it (DESIGN.md §4.1).
+    public var synchronous: Bool
+
+    public init(agent: NodeAddress, node: String, secret: [UInt8], synchronous: Bool) {
+        self.agent = agent
+        self.node = node
+        self.secret = secret
+        self.synchronous = synchronous
+    }
+}
+
+/// The export server's side of replication. Connects to the standby,
+/// authenticates, learns its position, sends a full copy when it is not
+/// exactly in step, then streams every record. In sync mode, replies wait for
+/// the standby's acknowledgement; with no standby they wait (a fenced or cut
+/// off server acknowledges nothing) until the agent says the peer is gone and
+/// the server may go on alone.
+final class ReplicationLink: @unchecked Sendable {
+    private let configuration: StandbyConfiguration
+    private let store: ExportStore
+    private let mutationLock: NIOLock
+    private let logger: Logger
+    private let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+
+    private struct State {
+        var channel: Channel?
+        /// The standby has every record up to `acknowledged` and receives the stream.
+        var inStep = false
+        var acknowledged: UInt64 = 0
+        var synced: UInt64 = 0
+        var waiters: [(sequence: UInt64, durable: Bool, run: @Sendable () -> Void)] = []
+        var alone = false
+        var stopped = false
+    }
+
+    private let state = NIOLockedValueBox(State())
+
+    init(configuration: StandbyConfiguration, store: ExportStore, mutationLock: NIOLock, logger: Logger) {
+        self.configuration = configuration
+        self.store = store
+        self.mutationLock = mutationLock
+        self.logger = logger
+    }
+
+    func start() { connect() }
+
+    func stop() {
+        let channel = state.withLockedValue { state -> Channel? in
+            state.stopped = true
+            return state.channel
+        }
+        try? channel?.close().wait()
+        try? group.syncShutdownGracefully()
+    }
+
+    /// Answer without the standby until one is in step again: the agent says
+    /// so when the peer is gone, and right after a swap (the old server is
+    /// fenced; the old node's replica may take a full copy, and clients
+    /// should not wait for it). Until then acknowledged writes are on this
+    /// node only.
+    func goAlone() {
+        let waiters = state.withLockedValue { state -> [@Sendable () -> Void] in
+            state.alone = true
+            defer { state.waiters = [] }
+            return state.waiters.map(\.run)
+        }
+        logger.warning("answering without a standby until one is in step", metadata: [
+            "export": "\(store.exportName)", "standby": "\(configuration.agent)",
+        ])
+        for run in waiters { run() }
+    }
+
+    var status: (inStep: Bool, acknowledged: UInt64, alone: Bool) {
+        state.withLockedValue { ($0.inStep, $0.acknowledged, $0.alone) }
+    }
+
+    /// Sends a record; called under the mutation lock, so records go in order.
+    func send(_ record: JournalRecord) {
+        let channel = state.withLockedValue { $0.inStep ? $0.channel : nil }
+        channel?.writeAndFlush(Message.replicate(record).frame(allocator: channel!.allocator), promise: nil)
+    }
+
+    /// Runs `reply` once the standby has every record up to `sequence`
+    /// (sync mode); at once in async mode or alone.
+    func whenReplicated(_ sequence: UInt64, _ reply: @escaping @Sendable () -> Void) {
+        wait(for: sequence, durable: false, reply)
+    }
+
+    /// Runs `reply` once the standby has made everything up to `sequence` durable.
+    func whenDurable(_ sequence: UInt64, _ reply: @escaping @Sendable () -> Void) {
+        let channel = state.withLockedValue { $0.inStep ? $0.channel : nil }
+        channel?.writeAndFlush(Message.replicaSync(sequence: sequence).frame(allocator: channel!.allocator), promise: nil)
+        wait(for: sequence, durable: true, reply)
+    }
+
+    private func wait(for sequence: UInt64, durable: Bool, _ reply: @escaping @Sendable () -> Void) {
+        let now = state.withLockedValue { state -> Bool in
+            if state.alone || (!durable && !configuration.synchronous) { return true }
+            if (durable ? state.synced : state.acknowledged) >= sequence { return true }
+            state.waiters.append((sequence, durable, reply))
+            return false
+        }
+        if now { reply() }
+    }
+
+    fileprivate func acknowledged(_ sequence: UInt64, durable: Bool) {
+        let ready = state.withLockedValue { state -> [@Sendable () -> Void] in
+            if durable { state.synced = max(state.synced, sequence) } else { state.acknowledged = max(state.acknowledged, sequence) }
+            let (acked, synced) = (state.acknowledged, state.synced)
+            let ready = state.waiters.filter { $0.sequence <= ($0.durable ? synced : acked) }
+            state.waiters.removeAll { $0.sequence <= ($0.durable ? synced : acked) }
+            return ready.map(\.run)
+        }
+        for run in ready { run() }
+    }
+
+    // MARK: Connecting
+
+    private func connect() {
+        guard !state.withLockedValue({ $0.stopped }) else { return }
+        ClientBootstrap(group: group)
+            .connectTimeout(.seconds(1))
+            .channelOption(.socketOption(.tcp_nodelay), value: 1)
+            .channelInitializer { [self] channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(MessageDecoder()))
+                    try channel.pipeline.syncOperations.addHandler(StandbyHandler(link: self))
+                }
+            }
+            .connect(resolving: configuration.agent, on: group.next())
+            .whenFailure { [self] error in
+                logger.debug("standby not reachable", metadata: ["export": "\(store.exportName)", "error": "\(error)"])
+                retry()
+            }
+    }
+
+    private func retry() {
+        group.next().scheduleTask(in: .milliseconds(200)) { self.connect() }
+    }
+
+    fileprivate func challenged(_ channel: Channel, nonce: [UInt8]) {
+        let proof = HMACSHA256.authenticationCode(secret: configuration.secret, message: nonce + Array(configuration.node.utf8))
+        channel.write(Message.authenticate(node: configuration.node, proof: proof).frame(allocator: channel.allocator), promise: nil)
+        channel.writeAndFlush(Message.replicaHello(export: store.exportName, epoch: store.epoch).frame(allocator: channel.allocator),
+                              promise: nil)
+    }
+
+    /// The standby said where it is: bring it in step (a full copy unless it
+    /// is exactly where this server is), on a thread of its own because the
+    /// copy holds the mutation lock and waits for the network.
+    fileprivate func positioned(_ channel: Channel, sequence: UInt64, epoch: UInt64) {
+        Thread.detachNewThread { [self] in
+            mutationLock.withLock {
+                let current = store.appliedSequence
+                do {
+                    if sequence != current || epoch != store.epoch {
+                        try sendFullCopy(channel)
+                    } else {
+                        // Nothing to copy: the end alone says the replica is in step.
+                        try channel.writeAndFlush(Message.snapshotEnd(sequence: current).frame(allocator: channel.allocator)).wait()
+                    }
+                    state.withLockedValue { state in
+                        state.channel = channel
+                        state.inStep = true
+                        state.alone = false
+                    }
+                    acknowledged(current, durable: false)
+                    logger.info("standby in step", metadata: [
+                        "export": "\(store.exportName)", "standby": "\(configuration.agent)", "sequence": "\(current)",
+                        "fullCopy": "\(sequence != current || epoch != store.epoch)",
+                    ])
+                } catch {
+                    logger.warning("full copy to the standby failed; retrying", metadata: [
+                        "export": "\(store.exportName)", "error": "\(error)",
+                    ])
+                    channel.close(promise: nil)
+                }
+            }
+        }
+    }
+
+    private func sendFullCopy(_ channel: Channel) throws {
+        let started = ContinuousClock.now
+        let checkpoint = store.withNamespace { $0.checkpoint() }
+        var sent = 0
+        func send(_ message: Message) throws {
+            // Waiting on each piece bounds the memory a large copy takes.
+            try channel.writeAndFlush(message.frame(allocator: channel.allocator)).wait()
+        }
+        for start in stride(from: 0, to: checkpoint.count, by: WireLimits.maxDataBytes) {
+            let piece = Array(checkpoint[start..<min(start + WireLimits.maxDataBytes, checkpoint.count)])
+            try send(.snapshotData(inode: Message.snapshotCheckpointInode, offset: UInt64(start), data: piece))
+        }
+        let files = store.withNamespace { $0.regularFiles }
+        var buffer = [UInt8](repeating: 0, count: WireLimits.maxDataBytes)
+        for (ino, size) in files {
+            var offset: UInt64 = 0
+            while offset < size {
+                let count = Int(min(UInt64(buffer.count), size - offset))
+                _ = try buffer.withUnsafeMutableBytes { try store.read(ino, offset: offset, into: UnsafeMutableRawBufferPointer(rebasing: $0[0..<count])) }
+                try send(.snapshotData(inode: ino, offset: offset, data: Array(buffer[0..<count])))
+                offset += UInt64(count)
+                sent += count
+            }
+        }
+        try send(.snapshotEnd(sequence: store.appliedSequence))
+        logger.info("full copy sent to the standby", metadata: [
+            "export": "\(store.exportName)", "files": "\(files.count)", "bytes": "\(sent)",
+            "duration": "\(ContinuousClock.now - started)",
+        ])
+    }
+
+    fileprivate func lost(_ channel: Channel, reason: String) {
+        let wasConnected = state.withLockedValue { state -> Bool in
+            guard state.channel === channel || state.channel == nil else { return false }
+            state.channel = nil
+            state.inStep = false
+            return true
+        }
+        if wasConnected {
+            logger.warning("standby connection lost", metadata: ["export": "\(store.exportName)", "reason": "\(reason)"])
+            retry()
+        }
+    }
+}
+
+/// The standby connection's inbound side.
+private final class StandbyHandler: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = Message
+    private let link: ReplicationLink
+
+    init(link: ReplicationLink) { self.link = link }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        switch unwrapInboundIn(data) {
+        case .challenge(let nonce): link.challenged(context.channel, nonce: nonce)
+        case .replicaPosition(let sequence, let epoch): link.positioned(context.channel, sequence: sequence, epoch: epoch)
+        case .replicated(let sequence): link.acknowledged(sequence, durable: false)
+        case .replicaSynced(let sequence): link.acknowledged(sequence, durable: true)
+        case .refused(let refusal, let detail):
+            link.lost(context.channel, reason: "refused (\(refusal)): \(detail)")
+            context.close(promise: nil)
+        default:
+            context.close(promise: nil)
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        link.lost(context.channel, reason: "connection closed")
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        context.close(promise: nil)
+    }
+}

@@ -1,0 +1,153 @@
+import ArgumentParser
+import BatonAgent
+import BatonCore
+import BatonRuntime
+import Dispatch
+import Foundation
+
+struct Agent: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Run a node's agent: its export servers, the standby replicas and monitors of its peer's exports.")
+
+    @Option(help: "The cluster file (see mountscripts/cluster.example.toml).")
+    var config: String
+
+    @Option(help: "This node's name in the cluster file.")
+    var node: String
+
+    @OptionGroup var logging: LoggingOptions
+
+    func run() throws {
+        let logger = logging.bootstrap(label: "baton.agent")
+        let cluster = try ClusterFile.load(config)
+        let secret = try SecretFile.read(cluster.secretFile)
+        let executable = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
+        let agent = try NodeAgent(configuration: cluster, node: node, secret: secret, executable: executable, logger: logger)
+        let signals = [SIGTERM, SIGINT].map { signalNumber in
+            signal(signalNumber, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: signalNumber, queue: .global())
+            source.setEventHandler {
+                logger.info("signal received, stopping the agent", metadata: ["node": "\(node)"])
+                agent.stop()
+            }
+            source.resume()
+            return source
+        }
+        try agent.run()
+        withExtendedLifetime(signals) {}
+    }
+}
+
+/// Where admin commands find agents and the secret.
+struct AgentOptions: ParsableArguments {
+    @Option(help: "The cluster file: every node's agent is asked.")
+    var config: String?
+
+    @Option(help: "Ask this agent only (HOST:PORT); needs --secret-file.")
+    var agent: NodeAddress?
+
+    @Option(help: "The shared secret file (default: the cluster file's secret_file).")
+    var secretFile: String?
+
+    func validate() throws {
+        guard config != nil || (agent != nil && secretFile != nil) else {
+            throw ValidationError("give --config FILE, or --agent HOST:PORT with --secret-file FILE")
+        }
+    }
+
+    func targets() throws -> (agents: [NodeAddress], secret: [UInt8]) {
+        if let agent, let secretFile { return ([agent], try SecretFile.read(secretFile)) }
+        let cluster = try ClusterFile.load(config!)
+        let agents = cluster.nodes.map { NodeAddress(host: $0.agent.host, port: $0.agent.port) }
+        return (agents, try SecretFile.read(secretFile ?? cluster.secretFile))
+    }
+}
+
+struct Status: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Show where each export is served and monitored.")
+
+    @OptionGroup var agents: AgentOptions
+
+    @Flag(help: "Print JSON.")
+    var json = false
+
+    func run() throws {
+        let (addresses, secret) = try agents.targets()
+        var exports: [String: [String: Any]] = [:]
+        var unreachable: [String] = []
+        for address in addresses {
+            do {
+                let (_, text) = try PeerClient.request(.status, to: address, node: "admin", secret: secret)
+                let view = try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any] ?? [:]
+                for entry in view["exports"] as? [[String: Any]] ?? [] {
+                    guard let name = entry["name"] as? String else { continue }
+                    exports[name] = StatusMerge.merge(exports[name] ?? ["name": name], entry)
+                }
+            } catch {
+                unreachable.append("\(address): \(error)")
+            }
+        }
+        let ordered = exports.keys.sorted().map { exports[$0]! }
+        if json {
+            let object: [String: Any] = ["exports": ordered, "unreachable_agents": unreachable]
+            let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .prettyPrinted])
+            print(String(decoding: data, as: UTF8.self))
+            return
+        }
+        print("EXPORT".padding(16) + "EPOCH".padding(7) + "SERVER".padding(28) + "MONITOR".padding(10) + "STANDBY SEQ".padding(13) + "LAST FAILOVER")
+        for entry in ordered {
+            let server = entry["server"] as? [String: Any]
+            let serverText = server.map { "\($0["node"] ?? "?") \($0["address"] ?? "") pid \($0["pid"] ?? "?")" } ?? "none"
+            let monitor = (entry["monitor"] as? [String: Any])?["node"] as? String ?? "none"
+            let failover = (entry["last_failover"] as? [String: Any]).map { "\($0["at"] ?? "") \($0["reason"] ?? "")" } ?? "-"
+            print("\(entry["name"]!)".padding(16) + "\(entry["epoch"] ?? "?")".padding(7) + serverText.padding(28)
+                  + monitor.padding(10) + "\((entry["journal"] as? [String: Any])?["standby"] ?? "-")".padding(13) + failover)
+        }
+        for problem in unreachable { print("agent unreachable: \(problem)") }
+    }
+}
+
+/// Each agent knows its own side of an export; `status` joins the two.
+enum StatusMerge {
+    static func merge(_ into: [String: Any], _ entry: [String: Any]) -> [String: Any] {
+        var merged = into
+        for key in ["server", "last_failover"] where entry[key] != nil { merged[key] = entry[key] }
+        if let epoch = entry["epoch"] as? Int { merged["epoch"] = max(epoch, merged["epoch"] as? Int ?? 0) }
+        if entry["role"] as? String == "standby" {
+            merged["monitor"] = entry["monitor"]
+            var journal = merged["journal"] as? [String: Any] ?? [:]
+            journal["standby"] = entry["sequence"]
+            merged["journal"] = journal
+            if let rtt = entry["probe_rtt_ms"] { merged["probe_rtt_ms"] = rtt }
+        }
+        return merged
+    }
+}
+
+struct Migrate: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Move an export to the other node on purpose (a planned swap).")
+
+    @Argument(help: "The export to move.")
+    var export: String
+
+    @OptionGroup var agents: AgentOptions
+
+    func run() throws {
+        let (addresses, secret) = try agents.targets()
+        var answers: [String] = []
+        for address in addresses {
+            let (ok, text) = try PeerClient.request(.migrate(export: export), to: address, node: "admin", secret: secret,
+                                                    timeoutMilliseconds: 10_000)
+            if ok {
+                print(text)
+                return
+            }
+            answers.append("\(address): \(text)")
+        }
+        throw ValidationError("no agent could migrate '\(export)': \(answers.joined(separator: "; "))")
+    }
+}
+
+extension String {
+    func padding(_ width: Int) -> String { count >= width ? self + " " : self + String(repeating: " ", count: width - count) }
+}

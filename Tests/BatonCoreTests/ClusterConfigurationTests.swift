@@ -1,0 +1,475 @@
+// Goal: a cluster file becomes a ClusterConfiguration only when every rule
+// holds, optional keys take their documented defaults, and each broken rule
+// is reported with its place, the node or export concerned and what to do;
+// the same rules hold for a configuration built in code; the helpers answer
+// the questions agents, servers and clients ask of it.
+// Method: a valid two-node file, changed one line at a time (so each test
+// shows the mistake it makes), compared by the error's full description;
+// parsed configurations compared whole.
+@testable import BatonCore
+import XCTest
+
+/// Lines: 1 secret_file, 3 [[nodes]] a (4 name, 5 agent, 6 data_dir),
+/// 8 [[nodes]] b (9 name, 10 agent, 11 data_dir), 13 [[exports]] (14 name, 15 preferred, 16 port).
+private let base = """
+    secret_file = "/etc/baton/secret"
+
+    [[nodes]]
+    name = "a"
+    agent = "127.0.0.1:7100"
+    data_dir = "/var/lib/baton/a"
+
+    [[nodes]]
+    name = "b"
+    agent = "127.0.0.1:7200"
+    data_dir = "/var/lib/baton/b"
+
+    [[exports]]
+    name = "demo"
+    preferred = "a"
+    port = 7000
+
+    """
+
+private let nodeA = NodeConfiguration(name: "a", agent: HostAndPort(host: "127.0.0.1", port: 7100), dataDirectory: "/var/lib/baton/a")
+private let nodeB = NodeConfiguration(name: "b", agent: HostAndPort(host: "127.0.0.1", port: 7200), dataDirectory: "/var/lib/baton/b")
+private let demo = ExportConfiguration(name: "demo", preferredNode: "a", port: 7000)
+
+/// `base` with one exact piece of text replaced; the piece must be there, so a test cannot silently stop testing.
+private func edited(_ old: String, _ new: String, in text: String = base) -> String {
+    precondition(text.contains(old), "the base file has no \(old)")
+    return text.replacing(old, with: new, maxReplacements: 1)
+}
+
+private func failure(_ text: String) -> String {
+    do {
+        let configuration = try ClusterConfiguration.parse(text)
+        return "no error: \(configuration)"
+    } catch {
+        return error.description
+    }
+}
+
+private func failure(building nodes: [NodeConfiguration], _ exports: [ExportConfiguration] = [demo],
+                     timings: ClusterTimings = .defaults, secretFile: String = "/etc/baton/secret") -> String {
+    do {
+        _ = try ClusterConfiguration(secretFile: secretFile, timings: timings, nodes: nodes, exports: exports)
+        return "no error"
+    } catch {
+        return error.description
+    }
+}
+
+final class ClusterConfigurationTests: XCTestCase {
+    // MARK: Reading
+
+    func testMinimalFileTakesTheDefaults() throws {
+        let configuration = try ClusterConfiguration.parse(base)
+        XCTAssertEqual(configuration, try ClusterConfiguration(secretFile: "/etc/baton/secret", nodes: [nodeA, nodeB], exports: [demo]))
+        XCTAssertEqual(configuration.timings, ClusterTimings(
+            probeIntervalMilliseconds: 100, probeDeadlineMilliseconds: 200, probeMisses: 3,
+            heartbeatIntervalMilliseconds: 100, heartbeatGraceMilliseconds: 500,
+            agentHeartbeatIntervalMilliseconds: 200, agentHeartbeatGraceMilliseconds: 1000))
+        XCTAssertEqual(configuration.nodes.map(\.site), ["default", "default"])
+        XCTAssertEqual(configuration.nodes.map(\.paths), [[], []])
+        XCTAssertEqual(configuration.exports.map(\.replication), [.sync])
+    }
+
+    func testEveryKeyIsRead() throws {
+        let text = """
+            secret_file = "/etc/baton/secret"
+            [timings]
+            probe_interval_ms = 50
+            probe_deadline_ms = 150
+            probe_misses = 4
+            heartbeat_interval_ms = 60
+            heartbeat_grace_ms = 300
+            agent_heartbeat_interval_ms = 250
+            agent_heartbeat_grace_ms = 1_500
+            [[nodes]]
+            name = "a"
+            site = "lan1"
+            agent = "198.18.1.1:7100"
+            paths = ["198.18.2.1", "fd00::1"]
+            data_dir = "/var/lib/baton"
+            [[nodes]]
+            name = "b"
+            site = "lan2"
+            agent = "[fd00::2]:7100"
+            data_dir = "/var/lib/baton"
+            [[exports]]
+            name = "projects"
+            preferred = "b"
+            port = 7000
+            replication = "async"
+            [[exports]]
+            name = "home"
+            preferred = "a"
+            port = 7001
+            replication = "sync"
+            """
+        let configuration = try ClusterConfiguration.parse(text)
+        XCTAssertEqual(configuration.secretFile, "/etc/baton/secret")
+        XCTAssertEqual(configuration.timings, ClusterTimings(
+            probeIntervalMilliseconds: 50, probeDeadlineMilliseconds: 150, probeMisses: 4,
+            heartbeatIntervalMilliseconds: 60, heartbeatGraceMilliseconds: 300,
+            agentHeartbeatIntervalMilliseconds: 250, agentHeartbeatGraceMilliseconds: 1500))
+        XCTAssertEqual(configuration.nodes, [
+            NodeConfiguration(name: "a", site: "lan1", agent: HostAndPort(host: "198.18.1.1", port: 7100),
+                              paths: ["198.18.2.1", "fd00::1"], dataDirectory: "/var/lib/baton"),
+            NodeConfiguration(name: "b", site: "lan2", agent: HostAndPort(host: "fd00::2", port: 7100),
+                              dataDirectory: "/var/lib/baton"),
+        ])
+        XCTAssertEqual(configuration.exports, [
+            ExportConfiguration(name: "projects", preferredNode: "b", port: 7000, replication: .async),
+            ExportConfiguration(name: "home", preferredNode: "a", port: 7001, replication: .sync),
+        ])
+    }
+
+    func testTimingsTableMayGiveSomeKeys() throws {
+        let configuration = try ClusterConfiguration.parse(base + "[timings]\nprobe_misses = 5\n")
+        XCTAssertEqual(configuration.timings, ClusterTimings(probeMisses: 5))
+    }
+
+    func testAFileWithoutExportsIsAClusterWaitingForThem() throws {
+        let text = edited("[[exports]]\nname = \"demo\"\npreferred = \"a\"\nport = 7000\n", "")
+        XCTAssertEqual(try ClusterConfiguration.parse(text).exports, [])
+    }
+
+    // MARK: Keys: unknown, missing, of the wrong kind
+
+    func testUnknownKeysAreNamedWithTheKnownOnes() {
+        XCTAssertEqual(failure(edited("name = \"a\"", "name = \"a\"\nnmae = \"x\"")),
+                       "cluster file line 5, column 1: node \"a\": unknown key 'nmae' (did you mean 'name'?); a [[nodes]] table takes name, site, agent, paths and data_dir")
+        XCTAssertEqual(failure(edited("port = 7000", "port = 7000\nmode = \"sync\"")),
+                       "cluster file line 17, column 1: export \"demo\": unknown key 'mode'; a [[exports]] table takes name, preferred, port and replication")
+        XCTAssertEqual(failure(edited("port = 7000", "port = 7000\nreplicaton = \"sync\"")),
+                       "cluster file line 17, column 1: export \"demo\": unknown key 'replicaton' (did you mean 'replication'?); a [[exports]] table takes name, preferred, port and replication")
+        XCTAssertEqual(failure(base + "[timings]\nprobe_interval = 100\n"),
+                       "cluster file line 18, column 1: [timings]: unknown key 'probe_interval' (did you mean 'probe_interval_ms'?); [timings] takes probe_interval_ms, probe_deadline_ms, probe_misses, heartbeat_interval_ms, heartbeat_grace_ms, agent_heartbeat_interval_ms and agent_heartbeat_grace_ms")
+        XCTAssertEqual(failure("debug = true\n" + base),
+                       "cluster file line 1, column 1: unknown key 'debug'; the top level takes secret_file, [timings], [[nodes]] and [[exports]]")
+        XCTAssertEqual(failure(base + "[export]\n"),
+                       "cluster file line 17, column 1: unknown key 'export' (did you mean 'exports'?); the top level takes secret_file, [timings], [[nodes]] and [[exports]]")
+    }
+
+    func testAnUnknownKeyIsReportedBeforeTheKeyItMisspells() {
+        XCTAssertEqual(failure(edited("secret_file", "secret_flie")),
+                       "cluster file line 1, column 1: unknown key 'secret_flie' (did you mean 'secret_file'?); the top level takes secret_file, [timings], [[nodes]] and [[exports]]")
+        XCTAssertEqual(failure(edited("name = \"b\"", "nane = \"b\"")),
+                       "cluster file line 9, column 1: the [[nodes]] table on line 8: unknown key 'nane' (did you mean 'name'?); a [[nodes]] table takes name, site, agent, paths and data_dir")
+    }
+
+    func testMissingKeys() {
+        XCTAssertEqual(failure(edited("secret_file = \"/etc/baton/secret\"\n", "")),
+                       "cluster configuration: missing secret_file; add secret_file = \"/etc/baton/secret\", the path of a file of at least 32 random bytes, the same on every node")
+        XCTAssertEqual(failure(edited("name = \"b\"\n", "")),
+                       "cluster file line 8: the [[nodes]] table on line 8: missing name; add name = \"...\" with a name unique among the nodes")
+        XCTAssertEqual(failure(edited("agent = \"127.0.0.1:7200\"\n", "")),
+                       "cluster file line 8: node \"b\": missing agent; add agent = \"HOST:PORT\" with the address of the node's agent, like \"127.0.0.1:7100\"")
+        XCTAssertEqual(failure(edited("data_dir = \"/var/lib/baton/b\"\n", "")),
+                       "cluster file line 8: node \"b\": missing data_dir; add data_dir = \"...\" with the directory where the node keeps export data, like \"/var/lib/baton/b\"")
+        XCTAssertEqual(failure(edited("name = \"demo\"\n", "")),
+                       "cluster file line 13: the [[exports]] table on line 13: missing name; add name = \"...\" with a name unique among the exports")
+        XCTAssertEqual(failure(edited("preferred = \"a\"\n", "")),
+                       "cluster file line 13: export \"demo\": missing preferred; add preferred = \"...\" with the name of the node that serves the export when the cluster starts")
+        XCTAssertEqual(failure(edited("port = 7000\n", "")),
+                       "cluster file line 13: export \"demo\": missing port; add port = ... with the port clients connect to, like 7000")
+    }
+
+    func testValuesOfTheWrongKind() {
+        XCTAssertEqual(failure(edited("secret_file = \"/etc/baton/secret\"", "secret_file = 32")),
+                       "cluster file line 1, column 15: secret_file must be a \"string\"; found a number; write it in double quotes")
+        XCTAssertEqual(failure(edited("port = 7000", "port = \"7000\"")),
+                       "cluster file line 16, column 8: export \"demo\": port must be a number; found a string; write the number without quotes")
+        XCTAssertEqual(failure(edited("port = 7000", "port = true")),
+                       "cluster file line 16, column 8: export \"demo\": port must be a number; found a boolean")
+        XCTAssertEqual(failure(edited("name = \"a\"", "name = [\"a\"]")),
+                       "cluster file line 4, column 8: the [[nodes]] table on line 3: name must be a \"string\"; found a list; write it in double quotes")
+        XCTAssertEqual(failure(edited("name = \"a\"", "name = \"a\"\npaths = \"198.18.2.1\"")),
+                       "cluster file line 5, column 9: node \"a\": paths must be a list of \"strings\"; found a string; write it in brackets, like [\"198.18.1.1\", \"198.18.2.1\"]")
+        XCTAssertEqual(failure(edited("name = \"a\"", "name = \"a\"\npaths = [1, 2]")),
+                       "cluster file line 5, column 10: node \"a\": paths must be a list of \"strings\"; found a number; write each element in double quotes")
+        XCTAssertEqual(failure(base + "[timings]\nprobe_misses = \"3\"\n"),
+                       "cluster file line 18, column 16: [timings]: probe_misses must be a number; found a string; write the number without quotes")
+    }
+
+    func testTablesWrittenAsTheWrongKind() {
+        XCTAssertEqual(failure(base + "[[timings]]\n"),
+                       "cluster file line 17, column 1: timings must be one [timings] header with its keys on the lines below; found an [[array of tables]]")
+        XCTAssertEqual(failure("timings = 100\n" + base),
+                       "cluster file line 1, column 1: timings must be one [timings] header with its keys on the lines below; found a number")
+        XCTAssertEqual(failure(edited("[[exports]]", "[exports]")),
+                       "cluster file line 13, column 1: exports must be a [[exports]] header (two pairs of brackets) before each entry; found a [table]")
+        XCTAssertEqual(failure(edited("[[nodes]]", "[[nodez]]")),
+                       "cluster file line 3, column 1: unknown key 'nodez' (did you mean 'nodes'?); the top level takes secret_file, [timings], [[nodes]] and [[exports]]")
+        XCTAssertEqual(failure("secret_file = \"/s\"\n" + #"nodes = ["a", "b"]"# + "\n"),
+                       "cluster file line 2, column 1: nodes must be a [[nodes]] header (two pairs of brackets) before each entry; found a list")
+    }
+
+    func testReplicationIsSyncOrAsync() {
+        XCTAssertEqual(failure(edited("port = 7000", "port = 7000\nreplication = \"semi-sync\"")),
+                       "cluster file line 17, column 15: export \"demo\": replication must be \"sync\" or \"async\"; found \"semi-sync\"")
+    }
+
+    // MARK: Agent addresses
+
+    func testAgentAddressSyntax() {
+        XCTAssertEqual(failure(edited("127.0.0.1:7200", "127.0.0.1")),
+                       "cluster file line 10, column 9: node \"b\": agent \"127.0.0.1\" has no port; write agent = \"HOST:PORT\", like \"127.0.0.1:7100\"")
+        XCTAssertEqual(failure(edited("127.0.0.1:7200", "::1:7200")),
+                       "cluster file line 10, column 9: node \"b\": agent \"::1:7200\" is ambiguous; write an IPv6 address in brackets, like \"[::1]:7100\"")
+        XCTAssertEqual(failure(edited("127.0.0.1:7200", "[::1]7200")),
+                       "cluster file line 10, column 9: node \"b\": agent \"[::1]7200\" is not [IPV6]:PORT; write it like \"[::1]:7100\"")
+        for port in ["", "http", "-1", "123456", "+80"] {
+            XCTAssertEqual(failure(edited("127.0.0.1:7200", "127.0.0.1:\(port)")),
+                           "cluster file line 10, column 9: node \"b\": agent \"127.0.0.1:\(port)\" does not end in a port number; write agent = \"HOST:PORT\" with a port from 1 to 65535",
+                           port)
+        }
+    }
+
+    func testAgentHostAndPortRanges() {
+        XCTAssertEqual(failure(edited("127.0.0.1:7200", ":7200")),
+                       "cluster file line 10, column 9: node \"b\": agent host \"\" is empty; write agent = \"HOST:PORT\", like \"127.0.0.1:7100\"")
+        XCTAssertEqual(failure(edited("127.0.0.1:7200", "my host:7200")),
+                       "cluster file line 10, column 9: node \"b\": agent host \"my host\" contains white space; write agent = \"HOST:PORT\", like \"127.0.0.1:7100\"")
+        XCTAssertEqual(failure(edited("127.0.0.1:7200", "127.0.0.1:0")),
+                       "cluster file line 10, column 9: node \"b\": agent port 0 is out of range; use a port from 1 to 65535")
+        XCTAssertEqual(failure(edited("127.0.0.1:7200", "127.0.0.1:65536")),
+                       "cluster file line 10, column 9: node \"b\": agent port 65536 is out of range; use a port from 1 to 65535")
+        XCTAssertEqual(try ClusterConfiguration.parse(edited("127.0.0.1:7200", "127.0.0.1:65535")).nodes[1].agent.port, 65535)
+    }
+
+    // MARK: Rules on nodes
+
+    func testAClusterHasAtLeastTwoNodes() {
+        let oneNode = edited("[[nodes]]\nname = \"b\"\nagent = \"127.0.0.1:7200\"\ndata_dir = \"/var/lib/baton/b\"\n", "")
+        XCTAssertEqual(failure(oneNode),
+                       "cluster configuration: the cluster has 1 node; add [[nodes]] tables for at least two, so that each export's monitor runs on another node than its server")
+        XCTAssertEqual(failure("secret_file = \"/s\"\n"),
+                       "cluster configuration: the cluster has 0 nodes; add [[nodes]] tables for at least two, so that each export's monitor runs on another node than its server")
+    }
+
+    func testNodeCountIsBounded() {
+        let nodes = (0...ClusterConfiguration.maxNodes).map {
+            NodeConfiguration(name: "n\($0)", agent: HostAndPort(host: "127.0.0.1", port: 10_000 + $0), dataDirectory: "/d/\($0)")
+        }
+        XCTAssertEqual(failure(building: nodes, []), "cluster configuration: the cluster has 257 nodes, over the limit of 256")
+        XCTAssertEqual(failure(building: Array(nodes.dropLast()), []), "no error")
+    }
+
+    func testNodeNamesAreUnique() {
+        XCTAssertEqual(failure(edited("name = \"b\"", "name = \"a\"")),
+                       "cluster file line 9, column 8: node \"a\" is defined twice (first on line 4); give each node its own name")
+    }
+
+    func testNodeNamesFollowTheNameRule() {
+        let rule = "names are 1 to 255 bytes without '@', '/', ',', white space or control characters, since they appear in mount specifications (EXPORT@NODE_A,NODE_B), fstab lines and directory names"
+        let cases: [(String, String)] = [
+            (#""""#, #"node name "" is empty"#),
+            (#""a@b""#, #"node name "a@b" contains '@'"#),
+            (#""a/b""#, #"node name "a/b" contains '/'"#),
+            (#""a,b""#, #"node name "a,b" contains ','"#),
+            (#""a b""#, #"node name "a b" contains white space"#),
+            (#""a\tb""#, #"node name "a\tb" contains the control character U+0009"#),
+            (#"".""#, #"node name "." is not allowed, since it names a directory"#),
+            (#""..""#, #"node name ".." is not allowed, since it names a directory"#),
+            ("\"\(String(repeating: "x", count: 256))\"", "node name \"\(String(repeating: "x", count: 256))\" is 256 bytes long, over the limit of 255"),
+        ]
+        for (written, problem) in cases {
+            XCTAssertEqual(failure(edited("name = \"b\"", "name = \(written)")), "cluster file line 9, column 8: \(problem); \(rule)", written)
+        }
+        XCTAssertNoThrow(try ClusterConfiguration.parse(edited("name = \"b\"", "name = \"\(String(repeating: "é", count: 127))\"")))
+    }
+
+    func testSites() {
+        XCTAssertEqual(failure(edited("name = \"b\"", "name = \"b\"\nsite = \"\"")),
+                       "cluster file line 10, column 8: node \"b\": site \"\" is empty; name the LAN the node is on, or leave site out for \"default\"")
+        XCTAssertEqual(try ClusterConfiguration.parse(edited("name = \"b\"", "name = \"b\"\nsite = \"lan 2\"")).nodes[1].site, "lan 2")
+    }
+
+    func testAgentAddressesAreUnique() {
+        XCTAssertEqual(failure(edited("127.0.0.1:7200", "127.0.0.1:7100")),
+                       "cluster file line 10, column 9: node \"b\": agent 127.0.0.1:7100 is also node \"a\"'s on line 5; give each node its own agent HOST:PORT")
+        XCTAssertEqual(try ClusterConfiguration.parse(edited("127.0.0.1:7200", "127.0.0.2:7100")).nodes[1].agent,
+                       HostAndPort(host: "127.0.0.2", port: 7100))
+    }
+
+    func testPaths() {
+        func withPaths(_ list: String) -> String { edited("name = \"b\"", "name = \"b\"\npaths = \(list)") }
+        XCTAssertEqual(failure(withPaths(#"["198.18.1.2", "198.18.1.2"]"#)),
+                       "cluster file line 10, column 24: node \"b\": path \"198.18.1.2\" is listed twice; list each address once")
+        XCTAssertEqual(failure(withPaths(#"["198.18.1.2:7200"]"#)),
+                       "cluster file line 10, column 10: node \"b\": path \"198.18.1.2:7200\" has a port; write the address alone, heartbeats go to the agent's port")
+        XCTAssertEqual(failure(withPaths(#"["ok", ""]"#)),
+                       "cluster file line 10, column 16: node \"b\": path \"\" is empty; list the node's extra addresses, one per NIC")
+        XCTAssertEqual(failure(withPaths(#"["[fd00::1]"]"#)),
+                       "cluster file line 10, column 10: node \"b\": path \"[fd00::1]\" contains '['; list the node's extra addresses, one per NIC")
+        let nine = "[" + (1...9).map { "\"198.18.1.\($0)\"" }.joined(separator: ", ") + "]"
+        XCTAssertEqual(failure(withPaths(nine)),
+                       "cluster file line 10, column 9: node \"b\": 9 paths, over the limit of 8; list one address per NIC")
+        XCTAssertEqual(try ClusterConfiguration.parse(withPaths(#"["fd00::2", "node-b.example"]"#)).nodes[1].paths, ["fd00::2", "node-b.example"])
+    }
+
+    func testDataDirectoriesAreAbsolute() {
+        XCTAssertEqual(failure(edited("\"/var/lib/baton/b\"", "\"baton/b\"")),
+                       "cluster file line 11, column 12: node \"b\": data_dir \"baton/b\" is not an absolute path; give the full path, from '/', of the directory where the node keeps export data, like \"/var/lib/baton/b\"")
+        XCTAssertEqual(failure(edited("\"/var/lib/baton/b\"", "\"\"")),
+                       "cluster file line 11, column 12: node \"b\": data_dir is empty; give the full path, from '/', of the directory where the node keeps export data, like \"/var/lib/baton/b\"")
+    }
+
+    func testNodesOnOneHostDoNotShareADataDirectory() {
+        XCTAssertEqual(failure(edited("\"/var/lib/baton/b\"", "\"/var/lib/baton/a/\"")),
+                       "cluster file line 11, column 12: node \"b\": data_dir \"/var/lib/baton/a/\" is also node \"a\"'s on line 6, on the same host 127.0.0.1; give each node on one host its own data_dir")
+        // On different hosts the same path is the usual setup.
+        let apart = edited("\"/var/lib/baton/b\"", "\"/var/lib/baton/a\"", in: edited("127.0.0.1:7200", "127.0.0.2:7200"))
+        XCTAssertNoThrow(try ClusterConfiguration.parse(apart))
+    }
+
+    func testSecretFileIsAnAbsolutePath() {
+        XCTAssertEqual(failure(edited("\"/etc/baton/secret\"", "\"secret\"")),
+                       "cluster file line 1, column 15: secret_file \"secret\" is not an absolute path; give the full path, from '/', of a file of at least 32 random bytes, the same on every node")
+        XCTAssertEqual(failure(edited("\"/etc/baton/secret\"", "\"/etc/\\n\"")),
+                       "cluster file line 1, column 15: secret_file \"/etc/\\n\" contains the control character U+000A; give the full path, from '/', of a file of at least 32 random bytes, the same on every node")
+    }
+
+    // MARK: Rules on exports
+
+    func testExportNamesFollowTheNameRule() {
+        XCTAssertEqual(failure(edited("name = \"demo\"", "name = \"demo@a\"")),
+                       "cluster file line 14, column 8: export name \"demo@a\" contains '@'; names are 1 to 255 bytes without '@', '/', ',', white space or control characters, since they appear in mount specifications (EXPORT@NODE_A,NODE_B), fstab lines and directory names")
+        XCTAssertEqual(failure(edited("name = \"demo\"", "name = \"\"")),
+                       "cluster file line 14, column 8: export name \"\" is empty; names are 1 to 255 bytes without '@', '/', ',', white space or control characters, since they appear in mount specifications (EXPORT@NODE_A,NODE_B), fstab lines and directory names")
+        let longest = String(repeating: "e", count: 255)
+        XCTAssertEqual(try ClusterConfiguration.parse(edited("name = \"demo\"", "name = \"\(longest)\"")).exports[0].name, longest)
+    }
+
+    func testExportNamesAreUnique() {
+        XCTAssertEqual(failure(base + "[[exports]]\nname = \"demo\"\npreferred = \"b\"\nport = 7001\n"),
+                       "cluster file line 18, column 8: export \"demo\" is defined twice (first on line 14); give each export its own name")
+    }
+
+    func testPreferredNodeExists() {
+        XCTAssertEqual(failure(edited("preferred = \"a\"", "preferred = \"c\"")),
+                       "cluster file line 15, column 13: export \"demo\": preferred node \"c\" is not one of the nodes (\"a\", \"b\"); name the node that serves the export when the cluster starts")
+    }
+
+    func testExportPortRange() {
+        XCTAssertEqual(failure(edited("port = 7000", "port = 0")),
+                       "cluster file line 16, column 8: export \"demo\": port 0 is out of range; use a port from 1 to 65535")
+        XCTAssertEqual(failure(edited("port = 7000", "port = -7000")),
+                       "cluster file line 16, column 8: export \"demo\": port -7000 is out of range; use a port from 1 to 65535")
+        XCTAssertEqual(failure(edited("port = 7000", "port = 65_536")),
+                       "cluster file line 16, column 8: export \"demo\": port 65536 is out of range; use a port from 1 to 65535")
+    }
+
+    func testExportPortsAreUnique() {
+        XCTAssertEqual(failure(base + "[[exports]]\nname = \"home\"\npreferred = \"b\"\nport = 7000\n"),
+                       "cluster file line 20, column 8: export \"home\": port 7000 is also export \"demo\"'s on line 16; give each export its own port")
+    }
+
+    func testExportPortIsNoAgentsPort() {
+        XCTAssertEqual(failure(edited("port = 7000", "port = 7200")),
+                       "cluster file line 16, column 8: export \"demo\": port 7200 is node \"b\"'s agent port on line 10; an export may be served on any node, so give it a port no agent uses")
+        // Even when that agent is on another host: the export may move to that node.
+        let apart = edited("port = 7000", "port = 7200", in: edited("127.0.0.1:7200", "127.0.0.2:7200"))
+        XCTAssertEqual(failure(apart),
+                       "cluster file line 16, column 8: export \"demo\": port 7200 is node \"b\"'s agent port on line 10; an export may be served on any node, so give it a port no agent uses")
+    }
+
+    func testExportCountIsBounded() {
+        let exports = (0...ClusterConfiguration.maxExports).map { ExportConfiguration(name: "e\($0)", preferredNode: "a", port: 20_000 + $0) }
+        XCTAssertEqual(failure(building: [nodeA, nodeB], exports), "cluster configuration: the cluster has 10001 exports, over the limit of 10000")
+    }
+
+    // MARK: Rules on timings
+
+    func testTimingsArePositiveAndBounded() {
+        for field in ClusterTimings.fields {
+            let isCount = field.key == "probe_misses"
+            let limit = isCount ? 100 : 600_000
+            let unit = isCount ? "a count" : "a whole number of milliseconds"
+            for wrong in [0, -1, limit + 1] {
+                XCTAssertEqual(failure(base + "[timings]\n\(field.key) = \(wrong)\n"),
+                               "cluster file line 18, column \(field.key.count + 4): [timings]: \(field.key) is \(wrong); use \(unit) from 1 to \(limit)",
+                               "\(field.key) = \(wrong)")
+            }
+        }
+    }
+
+    func testProbeDeadlineMayExceedTheIntervalUpToTheOutstandingLimit() throws {
+        let fifteen = base + "[timings]\nprobe_interval_ms = 100\nprobe_deadline_ms = 1599\n"
+        XCTAssertEqual(try ClusterConfiguration.parse(fifteen).timings.probeDeadlineMilliseconds, 1599)
+        XCTAssertEqual(failure(base + "[timings]\nprobe_interval_ms = 100\nprobe_deadline_ms = 1600\n"),
+                       "cluster file line 19, column 21: [timings]: probe_deadline_ms (1600) must be less than 16 times probe_interval_ms (100), the most probes a monitor keeps outstanding; shorten the deadline or lengthen the interval")
+        XCTAssertEqual(failure(base + "[timings]\nprobe_interval_ms = 10\n"),
+                       "cluster file line 18, column 21: [timings]: probe_deadline_ms (200) must be less than 16 times probe_interval_ms (10), the most probes a monitor keeps outstanding; shorten the deadline or lengthen the interval")
+        XCTAssertEqual(try ClusterConfiguration.parse(base + "[timings]\nprobe_deadline_ms = 50\n").timings.probeDeadlineMilliseconds, 50)
+    }
+
+    func testGraceIsLongerThanItsHeartbeatInterval() {
+        XCTAssertEqual(failure(base + "[timings]\nheartbeat_grace_ms = 100\n"),
+                       "cluster file line 18, column 22: [timings]: heartbeat_grace_ms (100) must be longer than heartbeat_interval_ms (100), or one late heartbeat declares the server failed; the defaults are 500 and 100")
+        XCTAssertEqual(failure(base + "[timings]\nagent_heartbeat_interval_ms = 1000\n"),
+                       "cluster file line 18, column 31: [timings]: agent_heartbeat_grace_ms (1000) must be longer than agent_heartbeat_interval_ms (1000), or one late heartbeat starts the diagnostic ladder; the defaults are 1000 and 200")
+        XCTAssertEqual(try ClusterConfiguration.parse(base + "[timings]\nheartbeat_grace_ms = 101\n").timings.heartbeatGraceMilliseconds, 101)
+    }
+
+    func testARuleBrokenAgainstADefaultPointsAtTheKeyGiven() {
+        // The grace is left at its default 500 and the interval raised past it: the interval is the line to change.
+        XCTAssertEqual(failure(base + "[timings]\nheartbeat_interval_ms = 600\n"),
+                       "cluster file line 18, column 25: [timings]: heartbeat_grace_ms (500) must be longer than heartbeat_interval_ms (600), or one late heartbeat declares the server failed; the defaults are 500 and 100")
+    }
+
+    // MARK: Configurations built in code
+
+    func testBuiltConfigurationsFollowTheSameRulesWithoutPlaces() {
+        XCTAssertEqual(failure(building: [nodeA, nodeB]), "no error")
+        XCTAssertEqual(failure(building: [nodeA, nodeA]),
+                       "cluster configuration: node \"a\" is defined twice; give each node its own name")
+        XCTAssertEqual(failure(building: [nodeA, nodeB], [ExportConfiguration(name: "x", preferredNode: "a", port: 7100)]),
+                       "cluster configuration: export \"x\": port 7100 is node \"a\"'s agent port; an export may be served on any node, so give it a port no agent uses")
+        XCTAssertEqual(failure(building: [nodeA, nodeB], timings: ClusterTimings(heartbeatIntervalMilliseconds: 600)),
+                       "cluster configuration: [timings]: heartbeat_grace_ms (500) must be longer than heartbeat_interval_ms (600), or one late heartbeat declares the server failed; the defaults are 500 and 100")
+        XCTAssertEqual(failure(building: [nodeA, nodeB], secretFile: ""),
+                       "cluster configuration: secret_file is empty; give the full path, from '/', of a file of at least 32 random bytes, the same on every node")
+    }
+
+    // MARK: Helpers
+
+    func testNodeAndExportByName() throws {
+        let configuration = try ClusterConfiguration.parse(base)
+        XCTAssertEqual(configuration.node(named: "b"), nodeB)
+        XCTAssertNil(configuration.node(named: "c"))
+        XCTAssertEqual(configuration.export(named: "demo"), demo)
+        XCTAssertNil(configuration.export(named: "other"))
+    }
+
+    func testPeerInATwoNodeCluster() throws {
+        let configuration = try ClusterConfiguration.parse(base)
+        XCTAssertEqual(configuration.peer(of: "a"), nodeB)
+        XCTAssertEqual(configuration.peer(of: "b"), nodeA)
+        XCTAssertNil(configuration.peer(of: "c"))
+    }
+
+    func testNoSinglePeerInALargerCluster() throws {
+        let nodeC = NodeConfiguration(name: "c", agent: HostAndPort(host: "127.0.0.1", port: 7300), dataDirectory: "/var/lib/baton/c")
+        let configuration = try ClusterConfiguration(secretFile: "/s", nodes: [nodeA, nodeB, nodeC], exports: [demo])
+        XCTAssertNil(configuration.peer(of: "a"))
+    }
+
+    func testClientAddressIsTheNodesAgentHostWithTheExportsPort() throws {
+        let text = edited("127.0.0.1:7200", "[fd00::2]:7200")
+        let configuration = try ClusterConfiguration.parse(text)
+        let b = try XCTUnwrap(configuration.node(named: "b"))
+        XCTAssertEqual(configuration.clientAddress(of: demo, on: b), HostAndPort(host: "fd00::2", port: 7000))
+        XCTAssertEqual(configuration.clientAddress(of: demo, on: b).description, "[fd00::2]:7000")
+        XCTAssertEqual(configuration.clientAddress(of: demo, on: nodeA).description, "127.0.0.1:7000")
+    }
+
+    func testClientAddressesPutThePreferredNodeFirst() throws {
+        let configuration = try ClusterConfiguration.parse(edited("preferred = \"a\"", "preferred = \"b\"", in: edited("127.0.0.1:7200", "127.0.0.2:7200")))
+        let export = try XCTUnwrap(configuration.export(named: "demo"))
+        XCTAssertEqual(configuration.clientAddresses(of: export), [HostAndPort(host: "127.0.0.2", port: 7000), HostAndPort(host: "127.0.0.1", port: 7000)])
+    }
+}

@@ -1,0 +1,51 @@
+// Goal: the example cluster file shipped in mountscripts/ stays valid and says
+// what it claims: two nodes on loopback, the DESIGN.md §8 timings, one export
+// "demo" on port 7000 preferred on "a"; and its commented second export is
+// valid when an admin uncomments it.
+// Method: read the file from the repository (found from this test's #filePath;
+// Foundation is fine in a test, the core itself does no IO), parse it, and
+// compare the whole configuration.
+@testable import BatonCore
+import Foundation
+import XCTest
+
+final class ClusterExampleFileTests: XCTestCase {
+    private func exampleText() throws -> String {
+        let repository = URL(fileURLWithPath: #filePath)
+            .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+        return try String(contentsOf: repository.appendingPathComponent("mountscripts/cluster.example.toml"), encoding: .utf8)
+    }
+
+    func testExampleFileParsesToTheDocumentedCluster() throws {
+        let configuration = try ClusterConfiguration.parse(try exampleText())
+        let expected = try ClusterConfiguration(
+            secretFile: "/etc/baton/secret",
+            timings: .defaults,
+            nodes: [
+                NodeConfiguration(name: "a", site: "lan1", agent: HostAndPort(host: "127.0.0.1", port: 7100), dataDirectory: "/var/lib/baton/a"),
+                NodeConfiguration(name: "b", site: "lan1", agent: HostAndPort(host: "127.0.0.2", port: 7200), dataDirectory: "/var/lib/baton/b"),
+            ],
+            exports: [ExportConfiguration(name: "demo", preferredNode: "a", port: 7000, replication: .sync)])
+        XCTAssertEqual(configuration, expected)
+        XCTAssertEqual(configuration.timings, ClusterTimings.defaults)
+        XCTAssertEqual(configuration.peer(of: "a")?.name, "b")
+        let demo = try XCTUnwrap(configuration.export(named: "demo"))
+        XCTAssertEqual(configuration.clientAddresses(of: demo).map(\.description), ["127.0.0.1:7000", "127.0.0.2:7000"])
+    }
+
+    func testCommentedSettingsAreValidWhenUncommented() throws {
+        // Uncomment every line that is a commented key or header ("# key = ..." or "# [[...]]"), as an admin would.
+        let lines = try exampleText().split(separator: "\n", omittingEmptySubsequences: false).map { line -> Substring in
+            guard line.hasPrefix("# ") else { return line }
+            let rest = line.dropFirst(2)
+            let isHeader = rest.hasPrefix("[[")
+            let isKey = rest.prefix { $0.isLowercase || $0 == "_" }.count > 0 && rest.drop { $0.isLowercase || $0 == "_" }.hasPrefix(" = ")
+            return isHeader || isKey ? rest : line
+        }
+        let configuration = try ClusterConfiguration.parse(lines.joined(separator: "\n"))
+        XCTAssertEqual(configuration.exports.map(\.name), ["demo", "projects"])
+        XCTAssertEqual(configuration.export(named: "projects"),
+                       ExportConfiguration(name: "projects", preferredNode: "b", port: 7001, replication: .async))
+        XCTAssertEqual(configuration.node(named: "a")?.paths, ["198.18.1.1", "198.18.2.1"])
+    }
+}
