@@ -132,9 +132,24 @@ final class ExportController: @unchecked Sendable {
 
     // MARK: - The swap (DESIGN.md §5), on the standby node
 
-    private func failover(_ reason: Monitor.FailureReason) {
+    /// Why a swap runs.
+    enum SwapReason: CustomStringConvertible {
+        case failed(Monitor.FailureReason)
+        case planned
+
+        var description: String {
+            switch self {
+            case .failed(let reason): "\(reason)"
+            case .planned: "planned migration"
+            }
+        }
+    }
+
+    private func failover(_ reason: SwapReason) {
         let store: ExportStore? = lock.withLock {
-            guard case .standby(let store, _) = role else { return nil }
+            guard case .standby(let store, let monitor) = role else { return nil }
+            // A planned swap retires the monitor itself; after a failure it has stopped already.
+            monitor?.stop()
             role = .swapping
             replicaChannel?.close(promise: nil)
             replicaChannel = nil
@@ -150,6 +165,7 @@ final class ExportController: @unchecked Sendable {
             guard ok else {
                 logger.error("fence refused; no swap", metadata: ["export": "\(export.name)", "answer": "\(text)"])
                 lock.withLock { role = .standby(store, nil) }
+                startMonitor()
                 return
             }
         } catch {
@@ -181,17 +197,28 @@ final class ExportController: @unchecked Sendable {
         ])
     }
 
-    /// A planned swap, asked on the serving node: fence our server, then the
-    /// peer promotes (its monitor sees the server gone at once).
+    /// A planned swap (`baton migrate`). On the standby node: run the swap
+    /// now, as after a failure but without waiting to detect one. On the
+    /// serving node: ask the peer to.
     func migrate() -> (Bool, String) {
-        guard case .serving = lock.withLock({ role }) else {
-            return (false, "\(export.name) is not served on \(agent.me.name); ask the serving node's agent")
+        switch lock.withLock({ role }) {
+        case .standby:
+            let started = ContinuousClock.now
+            failover(.planned)
+            guard case .serving = lock.withLock({ role }) else {
+                return (false, "the swap of \(export.name) to \(agent.me.name) did not complete; see the agent's log")
+            }
+            return (true, "\(export.name) is served on \(agent.me.name) now (swap took \(ContinuousClock.now - started))")
+        case .serving:
+            do {
+                let (ok, text) = try agent.askPeer(.migrate(export: export.name))
+                return (ok, text)
+            } catch {
+                return (false, "the peer \(agent.peer.name) does not answer: \(error)")
+            }
+        case .starting, .swapping:
+            return (false, "\(export.name) is between roles on \(agent.me.name); try again")
         }
-        let epoch = (try? String(contentsOfFile: directory + "/epoch", encoding: .utf8)).flatMap {
-            UInt64($0.trimmingCharacters(in: .whitespacesAndNewlines))
-        } ?? 0
-        let (ok, text) = fence(epoch: epoch)
-        return (ok, ok ? "\(export.name) leaves \(agent.me.name); \(agent.peer.name) takes it over at epoch \(epoch + 1)" : text)
     }
 
     // MARK: - Replica sessions (from the peer's export server)
@@ -272,7 +299,7 @@ final class ExportController: @unchecked Sendable {
                 timings: agent.monitorTimings, group: agent.group, logger: logger,
                 onFailure: { [self] reason in
                     // The swap waits on the peer and on processes: a thread of its own.
-                    Thread.detachNewThread { self.failover(reason) }
+                    Thread.detachNewThread { self.failover(.failed(reason)) }
                 },
                 onStandDown: { _ in })
             role = .standby(store, monitor)

@@ -58,6 +58,12 @@ struct Serve: ParsableCommand {
             StandbyConfiguration(agent: $0, node: node, secret: secret!, synchronous: replication == "sync")
         }
         let server = ExportServer(exportName: export, store: store, secret: secret, standby: standbyConfiguration, logger: logger)
+        // SIGUSR1 from the agent: go on without a standby. Handled before the
+        // server says it listens, since the agent may send it right after.
+        signal(SIGUSR1, SIG_IGN)
+        let alone = DispatchSource.makeSignalSource(signal: SIGUSR1, queue: .global())
+        alone.setEventHandler { server.continueWithoutStandby() }
+        alone.resume()
         let bound = try server.start(listen: listen)
         // Tests and scripts read the bound port from here when they asked for port 0.
         FileHandle.standardOutput.write(Data("listening \(bound)\n".utf8))
@@ -71,11 +77,6 @@ struct Serve: ParsableCommand {
             source.resume()
             return source
         }
-        // SIGUSR1 from the agent: the peer node is gone, go on without a standby.
-        signal(SIGUSR1, SIG_IGN)
-        let alone = DispatchSource.makeSignalSource(signal: SIGUSR1, queue: .global())
-        alone.setEventHandler { server.continueWithoutStandby() }
-        alone.resume()
         try server.wait()
         withExtendedLifetime((signals, alone)) {}
     }

@@ -1,0 +1,152 @@
+import BatonCore
+import BatonRuntime
+import Foundation
+import Logging
+import XCTest
+
+/// Two node agents on this machine (127.0.0.1 and 127.0.0.2, both
+/// loopback), their export servers, and a mount of their exports. Every
+/// process is ended by PID at teardown, the agents' servers included.
+final class TwoNodeCluster {
+    let directory: String
+    let configPath: String
+    let exports: [(name: String, port: Int)]
+    private(set) var agents: [String: Process] = [:]
+    let agentAddresses: [String: NodeAddress]
+
+    init(_ test: XCTestCase, exports names: [String] = ["demo"], name: String = #function) throws {
+        directory = try temporaryDirectory(test, name)
+        let ports = try freePorts(2 + names.count)
+        exports = names.enumerated().map { ($0.element, ports[2 + $0.offset]) }
+        agentAddresses = ["a": NodeAddress(host: "127.0.0.1", port: ports[0]), "b": NodeAddress(host: "127.0.0.2", port: ports[1])]
+        _ = FileManager.default.createFile(atPath: directory + "/secret", contents: Data((0..<64).map { _ in UInt8.random(in: 0...255) }))
+        var text = "secret_file = \"\(directory)/secret\"\n"
+        for node in ["a", "b"] {
+            text += "[[nodes]]\nname = \"\(node)\"\nagent = \"\(agentAddresses[node]!)\"\ndata_dir = \"\(directory)/\(node)\"\n"
+        }
+        for export in exports {
+            text += "[[exports]]\nname = \"\(export.name)\"\npreferred = \"a\"\nport = \(export.port)\n"
+        }
+        configPath = directory + "/cluster.toml"
+        try text.write(toFile: configPath, atomically: true, encoding: .utf8)
+        test.addTeardownBlock { [self] in stopAll() }
+        try startAgent("a")
+        try startAgent("b")
+        for export in exports { try waitUntilReplicated(export.name) }
+    }
+
+    func startAgent(_ node: String) throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: BatonBinary.path)
+        process.arguments = ["agent", "--config", configPath, "--node", node]
+        let log = directory + "/\(node).log"
+        if !FileManager.default.fileExists(atPath: log) { _ = FileManager.default.createFile(atPath: log, contents: nil) }
+        let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
+        handle.seekToEndOfFile()
+        process.standardError = handle
+        process.standardOutput = handle
+        try process.run()
+        agents[node] = process
+    }
+
+    /// The agents' status, merged, as `baton status --json` prints it.
+    func status() throws -> [String: [String: Any]] {
+        let result = try runCommand(BatonBinary.path, ["status", "--config", configPath, "--json"])
+        guard result.status == 0, let json = try JSONSerialization.jsonObject(with: Data(result.output.utf8)) as? [String: Any] else {
+            throw TestError("baton status failed: \(result.output)")
+        }
+        var byName: [String: [String: Any]] = [:]
+        for entry in json["exports"] as? [[String: Any]] ?? [] { byName[entry["name"] as! String] = entry }
+        return byName
+    }
+
+    func server(_ export: String) throws -> (node: String, pid: Int32, epoch: Int)? {
+        guard let entry = try status()[export], let server = entry["server"] as? [String: Any],
+              let node = server["node"] as? String, let pid = server["pid"] as? Int else { return nil }
+        return (node, Int32(pid), entry["epoch"] as? Int ?? 0)
+    }
+
+    /// Waits until the export is served and its standby watches it.
+    func waitUntilReplicated(_ export: String, epoch: Int? = nil, timeout: TimeInterval = 30) throws {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            if let entry = try? status()[export], entry["server"] != nil,
+               (entry["monitor"] as? [String: Any])?["watching"] as? Bool == true,
+               epoch.map({ $0 == entry["epoch"] as? Int }) ?? true {
+                return
+            }
+            usleep(100_000)
+        }
+        throw TestError("export \(export) not served and watched within \(timeout) s; logs: \(logs)")
+    }
+
+    var logs: String {
+        ["a", "b"].map { "--- \($0):\n" + ((try? String(contentsOfFile: directory + "/\($0).log", encoding: .utf8)) ?? "") }
+            .joined(separator: "\n")
+    }
+
+    func mount(_ test: XCTestCase, _ export: String, options: [String] = []) throws -> MountProcess {
+        let port = exports.first { $0.name == export }!.port
+        return try MountProcess(test, source: "\(export)@127.0.0.1:\(port),127.0.0.2:\(port)",
+                                mountpoint: directory + "/mnt-\(export)", options: options)
+    }
+
+    /// Stops the agents cleanly (they stop their servers), then ends
+    /// anything left by PID: the agents and every process they started.
+    func stopAll() {
+        for process in agents.values where process.isRunning {
+            kill(process.processIdentifier, SIGTERM)
+        }
+        let deadline = Date().addingTimeInterval(10)
+        while agents.values.contains(where: \.isRunning), Date() < deadline { usleep(50_000) }
+        for process in agents.values {
+            for child in childProcesses(of: process.processIdentifier) {
+                kill(child, SIGCONT)
+                kill(child, SIGKILL)
+            }
+            if process.isRunning {
+                kill(process.processIdentifier, SIGKILL)
+                process.waitUntilExit()
+            }
+        }
+    }
+
+    /// Opens each node's copy of the export, as a restart would, to compare them.
+    func namespaces(_ export: String) throws -> [Namespace] {
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        return try ["a", "b"].map { node in
+            try ExportStore(directory: directory + "/\(node)/\(export)", exportName: export, logger: logger).withNamespace { $0 }
+        }
+    }
+}
+
+/// Processes whose parent is `pid` (from /proc), to end an agent's servers by PID.
+func childProcesses(of pid: Int32) -> [Int32] {
+    let entries = (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? []
+    return entries.compactMap { Int32($0) }.filter { candidate in
+        guard let stat = try? String(contentsOfFile: "/proc/\(candidate)/stat", encoding: .utf8),
+              let close = stat.lastIndex(of: ")") else { return false }
+        let fields = stat[stat.index(after: close)...].split(separator: " ")
+        return fields.count > 2 && Int32(fields[1]) == pid
+    }
+}
+
+/// Ports free a moment ago (the kernel picks them).
+func freePorts(_ count: Int) throws -> [Int] {
+    var sockets: [Int32] = []
+    defer { sockets.forEach { close($0) } }
+    return try (0..<count).map { _ in
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        sockets.append(fd)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        let bound = withUnsafeMutablePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, length) == 0 && getsockname(fd, $0, &length) == 0 }
+        }
+        guard bound else { throw TestError("no free port") }
+        return Int(UInt16(bigEndian: address.sin_port))
+    }
+}

@@ -1,0 +1,144 @@
+// Goal: the swap of DESIGN.md §5 with real agents, real server processes, a
+// real mount and fio: a stalled (SIGSTOP) or killed (SIGKILL) server fails
+// over to the standby node and back, a planned migration moves the export,
+// fio's verify passes and no application sees an error, the nodes' journals
+// agree afterwards, and only the failed export moves.
+// Method: two `baton agent` processes on 127.0.0.1 and 127.0.0.2 with their
+// own data directories; failures injected by signal, by PID.
+import BatonCore
+import BatonRuntime
+import Foundation
+import XCTest
+
+final class ClusterTests: XCTestCase {
+    override func setUpWithError() throws {
+        guard FileManager.default.isReadableFile(atPath: "/dev/fuse"), getuid() == 0 else {
+            throw XCTSkip("needs root and /dev/fuse")
+        }
+    }
+
+    /// fio writes and verifies while `inject` hurts the active server.
+    private func fioAcross(_ cluster: TwoNodeCluster, mount: MountProcess, sizeMiB: Int = 160,
+                           _ inject: () throws -> Void) throws -> String {
+        let output = cluster.directory + "/fio-\(UUID().uuidString.prefix(6)).out"
+        let job = try start(self, "/usr/bin/fio", [
+            "--name=failover", "--directory=\(mount.mountpoint)", "--rw=randwrite", "--bsrange=4k-256k",
+            "--size=\(sizeMiB)m", "--ioengine=psync", "--verify=crc32c", "--do_verify=1", "--verify_fatal=1",
+            "--aux-path=\(cluster.directory)",
+        ], output: output)
+        usleep(1_500_000)
+        XCTAssertTrue(job.isRunning, "fio finished before the failure; the test tested nothing")
+        try inject()
+        job.waitUntilExit()
+        let text = (try? String(contentsOfFile: output, encoding: .utf8)) ?? ""
+        XCTAssertEqual(job.terminationStatus, 0, text)
+        XCTAssertTrue(text.contains("err= 0"), text)
+        return text
+    }
+
+    func testStalledServerFailsOverAndFioVerifies() throws {
+        let cluster = try TwoNodeCluster(self)
+        let mount = try cluster.mount(self, "demo")
+        let before = try XCTUnwrap(try cluster.server("demo"))
+        XCTAssertEqual(before.node, "a")
+        _ = try fioAcross(cluster, mount: mount) {
+            kill(before.pid, SIGSTOP)
+            try cluster.waitUntilReplicated("demo", epoch: before.epoch + 1)
+        }
+        let after = try XCTUnwrap(try cluster.server("demo"))
+        XCTAssertEqual(after.node, "b", cluster.logs)
+        XCTAssertEqual(after.epoch, before.epoch + 1)
+        XCTAssertTrue(cluster.logs.contains("export server fenced"), cluster.logs)
+        // Both nodes hold the same namespace once the replica is in step.
+        cluster.stopAll()
+        let copies = try cluster.namespaces("demo")
+        XCTAssertEqual(copies[0].appliedSequence, copies[1].appliedSequence)
+        XCTAssertEqual(copies[0], copies[1], "the nodes' journals disagree")
+    }
+
+    func testKilledServerFailsOverAndBack() throws {
+        let cluster = try TwoNodeCluster(self)
+        let mount = try cluster.mount(self, "demo")
+        for expectedNode in ["b", "a"] {
+            let before = try XCTUnwrap(try cluster.server("demo"))
+            _ = try fioAcross(cluster, mount: mount, sizeMiB: 96) {
+                kill(before.pid, SIGKILL)
+                try cluster.waitUntilReplicated("demo", epoch: before.epoch + 1)
+            }
+            XCTAssertEqual(try cluster.server("demo")?.node, expectedNode, cluster.logs)
+        }
+    }
+
+    func testPlannedMigrationMovesTheExport() throws {
+        let cluster = try TwoNodeCluster(self)
+        let mount = try cluster.mount(self, "demo")
+        let before = try XCTUnwrap(try cluster.server("demo"))
+        _ = try fioAcross(cluster, mount: mount) {
+            let result = try runCommand(BatonBinary.path, ["migrate", "demo", "--config", cluster.configPath])
+            XCTAssertEqual(result.status, 0, result.output)
+            try cluster.waitUntilReplicated("demo", epoch: before.epoch + 1)
+        }
+        XCTAssertEqual(try cluster.server("demo")?.node, "b")
+    }
+
+    /// DESIGN.md §4.5: failing over one export terminates only that export's server.
+    func testOnlyTheFailedExportMoves() throws {
+        let cluster = try TwoNodeCluster(self, exports: ["demo", "other"])
+        let other = try XCTUnwrap(try cluster.server("other"))
+        let demo = try XCTUnwrap(try cluster.server("demo"))
+        kill(demo.pid, SIGSTOP)
+        try cluster.waitUntilReplicated("demo", epoch: demo.epoch + 1)
+        let otherAfter = try XCTUnwrap(try cluster.server("other"))
+        XCTAssertEqual(otherAfter.node, "a")
+        XCTAssertEqual(otherAfter.pid, other.pid, "the other export's server was restarted")
+        XCTAssertEqual(kill(other.pid, 0), 0, "the other export's server is gone")
+    }
+
+    /// Creates, renames and unlinks run exactly once across a failover: a
+    /// re-sent create must not fail with EEXIST, nor a re-sent unlink with ENOENT.
+    func testMetadataWorkloadIsExactlyOnceAcrossFailover() throws {
+        let cluster = try TwoNodeCluster(self)
+        let mount = try cluster.mount(self, "demo")
+        let script = """
+        import os, sys
+        root = sys.argv[1]
+        for i in range(3000):
+            a, b = f"{root}/f{i}", f"{root}/g{i}"
+            fd = os.open(a, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            os.write(fd, str(i).encode())
+            os.close(fd)
+            os.rename(a, b)
+            if i % 2:
+                os.unlink(b)
+        names = sorted(os.listdir(root))
+        expected = sorted(f"g{i}" for i in range(3000) if i % 2 == 0)
+        assert names == expected, (len(names), len(expected))
+        for name in expected:
+            assert open(f"{root}/{name}").read() == name[1:], name
+        print("metadata ok")
+        """
+        try script.write(toFile: cluster.directory + "/meta.py", atomically: true, encoding: .utf8)
+        try FileManager.default.createDirectory(atPath: mount.mountpoint + "/meta", withIntermediateDirectories: true)
+        let output = cluster.directory + "/meta.out"
+        let job = try start(self, "/usr/bin/python3", [cluster.directory + "/meta.py", mount.mountpoint + "/meta"], output: output)
+        usleep(1_000_000)
+        XCTAssertTrue(job.isRunning, "the workload finished before the failure")
+        let before = try XCTUnwrap(try cluster.server("demo"))
+        kill(before.pid, SIGKILL)
+        job.waitUntilExit()
+        let text = (try? String(contentsOfFile: output, encoding: .utf8)) ?? ""
+        XCTAssertEqual(job.terminationStatus, 0, text)
+        XCTAssertTrue(text.contains("metadata ok"), text)
+    }
+
+    func testAConnectionWithoutTheSecretIsRefusedAndLogged() throws {
+        let cluster = try TwoNodeCluster(self)
+        let connection = try BlockingConnection(cluster.agentAddresses["a"]!, timeoutMilliseconds: 2000)
+        guard case .challenge = try connection.receive() else { return XCTFail("no challenge") }
+        try connection.send(.authenticate(node: "intruder", proof: Array(repeating: 0, count: 32)))
+        try connection.send(.agentRequest(.fence(export: "demo", epoch: 99)))
+        guard case .refused(.unauthenticated, _) = try connection.receive() else { return XCTFail("not refused") }
+        XCTAssertEqual(try cluster.server("demo")?.node, "a", "an unauthenticated fence was obeyed")
+        XCTAssertTrue(cluster.logs.contains("authentication failed for 'intruder'"), cluster.logs)
+    }
+}
