@@ -324,6 +324,10 @@ final class ExportController: @unchecked Sendable {
                 entry["sequence"] = Int(store.appliedSequence)
                 entry["monitor"] = ["node": agent.me.name, "watching": monitor != nil] as [String: Any]
                 if let rtt = monitor?.lastRoundTrip { entry["probe_rtt_ms"] = Double(rtt.nanoseconds) / 1e6 }
+                if let position = monitor?.serverSequence {
+                    entry["server_sequence"] = Int(position)
+                    entry["lag"] = Int(position) - Int(store.appliedSequence)
+                }
             }
             if let epoch = (try? String(contentsOfFile: directory + "/epoch", encoding: .utf8)).flatMap({
                 UInt64($0.trimmingCharacters(in: .whitespacesAndNewlines))

@@ -25,6 +25,8 @@ final class MonitorRunner: @unchecked Sendable {
         var connecting = false
         var stopped = false
         var lastRoundTrip: TimeSpan?
+        /// The server's journal position, as its last heartbeat said.
+        var serverSequence: UInt64?
     }
 
     init(exportName: String, server: NodeAddress, epoch: UInt64, secret: [UInt8], timings: MonitorTimings,
@@ -49,6 +51,7 @@ final class MonitorRunner: @unchecked Sendable {
     }
 
     var lastRoundTrip: TimeSpan? { state.withLockedValue { $0.lastRoundTrip } }
+    var serverSequence: UInt64? { state.withLockedValue { $0.serverSequence } }
 
     func stop() {
         ticker?.cancel()
@@ -65,6 +68,7 @@ final class MonitorRunner: @unchecked Sendable {
     fileprivate func handle(_ event: Monitor.Event) {
         let (actions, channel) = state.withLockedValue { state -> ([Monitor.Action], Channel?) in
             guard !state.stopped else { return ([], nil) }
+            if case .heartbeatReceived(_, let sequence) = event { state.serverSequence = sequence }
             return (state.monitor.handle(event, at: Self.now()), state.channel)
         }
         for action in actions {

@@ -94,14 +94,18 @@ struct Status: ParsableCommand {
             print(String(decoding: data, as: UTF8.self))
             return
         }
-        print("EXPORT".padding(16) + "EPOCH".padding(7) + "SERVER".padding(28) + "MONITOR".padding(10) + "STANDBY SEQ".padding(13) + "LAST FAILOVER")
+        print("EXPORT".padding(16) + "EPOCH".padding(7) + "SERVER".padding(28) + "MONITOR".padding(10)
+              + "JOURNAL SERVER/STANDBY".padding(24) + "PROBE RTT".padding(11) + "LAST FAILOVER")
         for entry in ordered {
             let server = entry["server"] as? [String: Any]
             let serverText = server.map { "\($0["node"] ?? "?") \($0["address"] ?? "") pid \($0["pid"] ?? "?")" } ?? "none"
             let monitor = (entry["monitor"] as? [String: Any])?["node"] as? String ?? "none"
             let failover = (entry["last_failover"] as? [String: Any]).map { "\($0["at"] ?? "") \($0["reason"] ?? "")" } ?? "-"
+            let journal = entry["journal"] as? [String: Any] ?? [:]
+            let positions = "\(journal["server"] ?? "-")/\(journal["standby"] ?? "-")"
+            let rtt = (entry["probe_rtt_ms"] as? Double).map { String(format: "%.2f ms", $0) } ?? "-"
             print("\(entry["name"]!)".padding(16) + "\(entry["epoch"] ?? "?")".padding(7) + serverText.padding(28)
-                  + monitor.padding(10) + "\((entry["journal"] as? [String: Any])?["standby"] ?? "-")".padding(13) + failover)
+                  + monitor.padding(10) + positions.padding(24) + rtt.padding(11) + failover)
         }
         for problem in unreachable { print("agent unreachable: \(problem)") }
     }
@@ -117,6 +121,8 @@ enum StatusMerge {
             merged["monitor"] = entry["monitor"]
             var journal = merged["journal"] as? [String: Any] ?? [:]
             journal["standby"] = entry["sequence"]
+            journal["server"] = entry["server_sequence"]
+            journal["lag"] = entry["lag"]
             merged["journal"] = journal
             if let rtt = entry["probe_rtt_ms"] { merged["probe_rtt_ms"] = rtt }
         }
