@@ -147,14 +147,43 @@ public final class ExportStore: @unchecked Sendable {
         }
     }
 
+    /// Reads the written part of a preallocated segment: a growing prefix
+    /// until the records end in zeros with room for a whole record after them
+    /// (a damaged header followed by records would show within that room).
+    static func readUsedPart(of file: OpenFile) throws -> ([UInt8], JournalCodec.Scan) {
+        let size = Int(try file.size())
+        var count = min(size, 4 << 20)
+        while true {
+            var bytes = [UInt8](repeating: 0, count: count)
+            let read = try bytes.withUnsafeMutableBytes { try file.read(into: $0, at: 0) }
+            bytes.removeLast(count - read)
+            let scan = JournalCodec.scan(bytes)
+            let roomAfter = bytes.count - scan.validBytes
+            if bytes.count >= size || (scan.ending == .clean && roomAfter >= maxRecordBytes + JournalCodec.headerBytes) {
+                return (bytes, scan)
+            }
+            count = min(size, count * 4)
+        }
+    }
+
+    /// The machine's boot, and the one in which the data files were last
+    /// written: in the same boot the page cache holds every write that was
+    /// made before its record, and replay need not write data again.
+    private func boots() -> (current: [UInt8], recorded: [UInt8]) {
+        let current = (try? OpenFile(path: "/proc/sys/kernel/random/boot_id", flags: O_RDONLY).readAll()) ?? []
+        let recorded = (try? OpenFile(path: directory + "/boot", flags: O_RDONLY).readAll()) ?? []
+        return (current, recorded)
+    }
+
     private func replayJournal() throws {
+        let (currentBoot, recordedBoot) = boots()
+        let sameBoot = !currentBoot.isEmpty && currentBoot == recordedBoot
         let segments = try Disk.list(journalDirectory).filter { $0.hasSuffix(".log") }
         let started = namespace.appliedSequence
         for (index, name) in segments.enumerated() {
             let path = journalDirectory + "/" + name
             let file = try OpenFile(path: path, flags: O_RDWR)
-            let bytes = try file.readAll()
-            let scan = JournalCodec.scan(bytes)
+            let (bytes, scan) = try Self.readUsedPart(of: file)
             for record in scan.records where record.sequence > namespace.appliedSequence {
                 guard record.sequence == namespace.appliedSequence + 1 else {
                     throw StoreError.corruptJournal(file: path, offset: 0,
@@ -162,8 +191,9 @@ public final class ExportStore: @unchecked Sendable {
                 }
                 if case .write(let ino, let handle, let offset, let data) = record.operation, !data.isEmpty,
                    let target = try? namespace.writeOffset(ino, handle: handle, offset: offset, count: record.writeCount) {
-                    // An immediate write: its data may not have reached the data file.
-                    try data.withUnsafeBytes { try files.write(ino, $0, at: target, indirect: false) }
+                    // An immediate write: after a reboot its data may not have
+                    // reached the data file. In the same boot the page cache has it.
+                    if !sameBoot { try data.withUnsafeBytes { try files.write(ino, $0, at: target, indirect: false) } }
                     rememberImmediate(ino, target..<target + UInt64(data.count))
                 }
                 let outcome = namespace.apply(record)
@@ -190,6 +220,8 @@ public final class ExportStore: @unchecked Sendable {
             }
         }
         if segments.isEmpty { try startSegment() }
+        // Only now, with every write of the journal in the data files again.
+        if !sameBoot { try Disk.writeAtomically(currentBoot, to: directory + "/boot", directory: directory) }
         logger.info("export opened", metadata: [
             "export": "\(exportName)", "directory": "\(directory)", "epoch": "\(epoch)",
             "sequence": "\(namespace.appliedSequence)", "replayedRecords": "\(namespace.appliedSequence - started)",
