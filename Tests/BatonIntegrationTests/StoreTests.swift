@@ -1,0 +1,118 @@
+// Goal: the data directory keeps acknowledged writes through what the disk
+// can do to it: a reboot that loses the page cache (immediate writes are
+// written again from the journal, and never over newer data), and a full
+// disk (a write is refused with ENOSPC and nothing else changes).
+// Method: an ExportStore in this process on a scratch directory (or a small
+// tmpfs for the full disk); the page cache loss is simulated by zeroing the
+// data file and recording another boot.
+import BatonCore
+@testable import BatonRuntime
+import Foundation
+import Logging
+import XCTest
+
+final class StoreTests: XCTestCase {
+    private let logger: Logger = {
+        var logger = Logger(label: "test")
+        logger.logLevel = .critical
+        return logger
+    }()
+
+    private func write(_ store: ExportStore, _ ino: InodeNumber, _ handle: UInt64, _ byte: UInt8, count: Int, at offset: UInt64) throws -> Reply {
+        let data = [UInt8](repeating: byte, count: count)
+        return try data.withUnsafeBytes {
+            try store.applyWrite(ino, handle: handle, offset: offset, data: $0, session: 1, requestSequence: UInt64.random(in: 1...UInt64.max))
+        }.reply
+    }
+
+    private func read(_ store: ExportStore, _ ino: InodeNumber, at offset: UInt64, count: Int) throws -> [UInt8] {
+        var buffer = [UInt8](repeating: 0xEE, count: count)
+        _ = try buffer.withUnsafeMutableBytes { try store.read(ino, offset: offset, into: $0) }
+        return buffer
+    }
+
+    func testImmediateWritesComeBackAfterAReboot() throws {
+        let directory = try temporaryDirectory(self)
+        var ino: InodeNumber = 0
+        do {
+            let store = try ExportStore(directory: directory, exportName: "x", logger: logger)
+            guard case .created(let file, let handle) = try store.apply(
+                .create(parent: rootInode, name: FileName("f"), mode: 0o644, flags: OpenFlags.readWrite, .root),
+                session: 1, requestSequence: 1).reply else { return XCTFail("create") }
+            ino = file.inode
+            XCTAssertEqual(try write(store, ino, handle, 0xA1, count: 4096, at: 0), .written(count: 4096))
+            // Overlaps the immediate write above, so it must be immediate too,
+            // or replay would put 0xA1 back over it.
+            XCTAssertEqual(try write(store, ino, handle, 0xB2, count: 128 * 1024, at: 0), .written(count: 128 * 1024))
+            XCTAssertEqual(try write(store, ino, handle, 0xC3, count: 4096, at: 256 * 1024), .written(count: 4096))
+            try store.sync()
+        }
+        // The reboot: the data file's pages are gone, the boot is another.
+        let dataFile = directory + "/files/" + String(ino, radix: 16)
+        let size = try FileManager.default.attributesOfItem(atPath: dataFile)[.size] as! Int
+        try Data(count: size).write(to: URL(fileURLWithPath: dataFile))
+        try Data("another boot".utf8).write(to: URL(fileURLWithPath: directory + "/boot"))
+        let store = try ExportStore(directory: directory, exportName: "x", logger: logger)
+        XCTAssertEqual(try read(store, ino, at: 0, count: 128 * 1024), [UInt8](repeating: 0xB2, count: 128 * 1024))
+        XCTAssertEqual(try read(store, ino, at: 256 * 1024, count: 4096), [UInt8](repeating: 0xC3, count: 4096))
+    }
+
+    func testLargeWritesLeaveTheirDataOutOfTheJournal() throws {
+        let directory = try temporaryDirectory(self)
+        let store = try ExportStore(directory: directory, exportName: "x", logger: logger)
+        guard case .created(let file, let handle) = try store.apply(
+            .create(parent: rootInode, name: FileName("big"), mode: 0o644, flags: OpenFlags.readWrite, .root),
+            session: 1, requestSequence: 1).reply else { return XCTFail("create") }
+        let applied = try [UInt8](repeating: 7, count: 1 << 20).withUnsafeBytes {
+            try store.applyWrite(file.inode, handle: handle, offset: 0, data: $0, session: 1, requestSequence: 2)
+        }
+        XCTAssertEqual(applied.reply, .written(count: 1 << 20))
+        // The record a standby gets carries the data; the local journal does not.
+        XCTAssertEqual(applied.record?.operation.dataCount, 1 << 20)
+        let segment = try FileManager.default.contentsOfDirectory(atPath: directory + "/journal").first!
+        let (_, scan) = try ExportStore.readUsedPart(of: OpenFile(path: directory + "/journal/" + segment, flags: O_RDONLY))
+        XCTAssertLessThan(scan.validBytes, 4096, "1 MiB of write data went into the journal")
+        XCTAssertEqual(scan.records.last?.writeCount, 1 << 20)
+    }
+
+    /// A full disk refuses the write with ENOSPC; the export stays consistent
+    /// and opens again with everything that was acknowledged.
+    func testAFullDiskRefusesAWriteAndLosesNothing() throws {
+        guard getuid() == 0 else { throw XCTSkip("needs root to mount a small tmpfs") }
+        let directory = try temporaryDirectory(self)
+        let mountpoint = directory + "/small"
+        try FileManager.default.createDirectory(atPath: mountpoint, withIntermediateDirectories: true)
+        let mounted = try runCommand("/bin/mount", ["-t", "tmpfs", "-o", "size=8m", "tmpfs", mountpoint])
+        XCTAssertEqual(mounted.status, 0, mounted.output)
+        addTeardownBlock { _ = try? runCommand("/bin/umount", ["-l", mountpoint]) }
+        let limits = ExportStore.Limits(checkpointAfterBytes: 64 << 20, segmentBytes: 3 << 20)
+        var acknowledged: [UInt64: UInt8] = [:]
+        var refused = false
+        var ino: InodeNumber = 0
+        do {
+            let store = try ExportStore(directory: mountpoint + "/data", exportName: "x", limits: limits, logger: logger)
+            guard case .created(let file, let handle) = try store.apply(
+                .create(parent: rootInode, name: FileName("fill"), mode: 0o644, flags: OpenFlags.readWrite, .root),
+                session: 1, requestSequence: 1).reply else { return XCTFail("create") }
+            ino = file.inode
+            for block in 0..<64 {
+                let byte = UInt8(block + 1)
+                switch try write(store, ino, handle, byte, count: 256 * 1024, at: UInt64(block) * 256 * 1024) {
+                case .written: acknowledged[UInt64(block)] = byte
+                case .error(let errno):
+                    XCTAssertEqual(errno, .ENOSPC)
+                    refused = true
+                default: XCTFail("unexpected reply")
+                }
+                if refused { break }
+            }
+        }
+        XCTAssertTrue(refused, "the disk never filled up")
+        XCTAssertFalse(acknowledged.isEmpty)
+        let store = try ExportStore(directory: mountpoint + "/data", exportName: "x", limits: limits, logger: logger)
+        for (block, byte) in acknowledged {
+            XCTAssertEqual(try read(store, ino, at: block * 256 * 1024, count: 256 * 1024), [UInt8](repeating: byte, count: 256 * 1024),
+                           "block \(block)")
+        }
+    }
+}
