@@ -60,14 +60,3 @@ final class ExportProcess: @unchecked Sendable {
     }
 }
 
-extension FileHandle {
-    /// One line, read byte by byte so nothing after it is consumed.
-    func readLine() -> String? {
-        var bytes: [UInt8] = []
-        while let byte = readData(ofLength: 1).first {
-            if byte == UInt8(ascii: "\n") { return String(decoding: bytes, as: UTF8.self) }
-            bytes.append(byte)
-        }
-        return bytes.isEmpty ? nil : String(decoding: bytes, as: UTF8.self)
-    }
-}

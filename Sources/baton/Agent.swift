@@ -23,15 +23,9 @@ struct Agent: ParsableCommand {
         let secret = try SecretFile.read(cluster.secretFile)
         let executable = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
         let agent = try NodeAgent(configuration: cluster, node: node, secret: secret, executable: executable, logger: logger)
-        let signals = [SIGTERM, SIGINT].map { signalNumber in
-            signal(signalNumber, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: signalNumber, queue: .global())
-            source.setEventHandler {
-                logger.info("signal received, stopping the agent", metadata: ["node": "\(node)"])
-                agent.stop()
-            }
-            source.resume()
-            return source
+        let signals = onTerminationSignals { _ in
+            logger.info("signal received, stopping the agent", metadata: ["node": "\(node)"])
+            agent.stop()
         }
         try agent.run()
         withExtendedLifetime(signals) {}

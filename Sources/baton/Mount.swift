@@ -214,17 +214,6 @@ enum BackgroundMount {
     }
 }
 
-extension FileHandle {
-    /// One line, read byte by byte so nothing after it is consumed.
-    func readLine() -> String? {
-        var bytes: [UInt8] = []
-        while let byte = readData(ofLength: 1).first {
-            if byte == UInt8(ascii: "\n") { return String(decoding: bytes, as: UTF8.self) }
-            bytes.append(byte)
-        }
-        return bytes.isEmpty ? nil : String(decoding: bytes, as: UTF8.self)
-    }
-}
 
 extension Array where Element == String {
     fileprivate var pair: (String, String?) { (self[0], count > 1 ? self[1] : nil) }

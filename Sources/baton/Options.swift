@@ -1,5 +1,7 @@
 import ArgumentParser
 import BatonRuntime
+import Dispatch
+import Foundation
 import Logging
 
 /// Options every long-running subcommand shares.
@@ -22,4 +24,16 @@ extension Logger.Level: @retroactive ExpressibleByArgument {}
 
 extension NodeAddress: ExpressibleByArgument {
     public init?(argument: String) { self.init(argument) }
+}
+
+/// Runs `handler` on SIGTERM or SIGINT (instead of dying), for a clean stop.
+/// Keep the returned sources alive while the process runs.
+func onTerminationSignals(_ handler: @escaping @Sendable (Int32) -> Void) -> [any DispatchSourceSignal] {
+    [SIGTERM, SIGINT].map { signalNumber in
+        signal(signalNumber, SIG_IGN)
+        let source = DispatchSource.makeSignalSource(signal: signalNumber, queue: .global())
+        source.setEventHandler { handler(signalNumber) }
+        source.resume()
+        return source
+    }
 }

@@ -67,15 +67,9 @@ struct Serve: ParsableCommand {
         let bound = try server.start(listen: listen)
         // Tests and scripts read the bound port from here when they asked for port 0.
         FileHandle.standardOutput.write(Data("listening \(bound)\n".utf8))
-        let signals = [SIGTERM, SIGINT].map { signalNumber in
-            signal(signalNumber, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: signalNumber, queue: .global())
-            source.setEventHandler {
-                logger.info("signal received, stopping", metadata: ["export": "\(export)", "signal": "\(signalNumber)"])
-                server.stop()
-            }
-            source.resume()
-            return source
+        let signals = onTerminationSignals { signalNumber in
+            logger.info("signal received, stopping", metadata: ["export": "\(export)", "signal": "\(signalNumber)"])
+            server.stop()
         }
         try server.wait()
         withExtendedLifetime((signals, alone)) {}

@@ -63,7 +63,7 @@ final class MountTests: XCTestCase {
     func testInodeNumbersSurviveServerRestart() throws {
         let export = try MountedExport(self, options: ["attr_timeout=0", "entry_timeout=0"])
         let file = export.path + "/f"
-        FileManager.default.createFile(atPath: file, contents: Data("x".utf8))
+        XCTAssertTrue(FileManager.default.createFile(atPath: file, contents: Data("x".utf8)))
         var before = stat()
         XCTAssertEqual(stat(file, &before), 0)
         try export.restartServerHard(self)

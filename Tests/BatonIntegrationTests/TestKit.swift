@@ -81,18 +81,6 @@ struct TestError: Error, CustomStringConvertible {
     init(_ description: String) { self.description = description }
 }
 
-extension FileHandle {
-    /// Reads one line, byte by byte (the pipe stays usable afterwards).
-    func readLine() -> String? {
-        var bytes: [UInt8] = []
-        while true {
-            let data = readData(ofLength: 1)
-            guard let byte = data.first else { return bytes.isEmpty ? nil : String(decoding: bytes, as: UTF8.self) }
-            if byte == UInt8(ascii: "\n") { return String(decoding: bytes, as: UTF8.self) }
-            bytes.append(byte)
-        }
-    }
-}
 
 extension ServerConnection {
     /// Sends and waits, for tests.

@@ -15,6 +15,16 @@ public struct HostAndPort: Hashable, Sendable, CustomStringConvertible {
 
     /// `HOST:PORT`, with an IPv6 host in brackets (`[::1]:7100`), as the cluster file writes it.
     public var description: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+
+    /// Parses `HOST:PORT` (IPv6 as `[::1]:PORT`; port 0 asks the kernel for a free one when listening).
+    public init?(_ text: String) {
+        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]),
+              (0...65535).contains(port) else { return nil }
+        var host = String(text[..<colon])
+        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        guard !host.isEmpty else { return nil }
+        self.init(host: host, port: port)
+    }
 }
 
 /// How the export server waits for its standby (DESIGN.md §4, guarantee 1).

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import BatonCore
+import Foundation
 
 /// A TCP connection with blocking sockets and timeouts, for short exchanges
 /// that must not start threads (before a fork) or are too rare to deserve
@@ -61,5 +62,18 @@ public final class BlockingConnection {
             done += got
         }
         return bytes
+    }
+}
+
+extension FileHandle {
+    /// One line, read byte by byte so nothing after it is consumed (a child
+    /// process's first line says it is ready; the rest is its own business).
+    public func readLine() -> String? {
+        var bytes: [UInt8] = []
+        while let byte = readData(ofLength: 1).first {
+            if byte == UInt8(ascii: "\n") { return String(decoding: bytes, as: UTF8.self) }
+            bytes.append(byte)
+        }
+        return bytes.isEmpty ? nil : String(decoding: bytes, as: UTF8.self)
     }
 }
