@@ -414,3 +414,190 @@ fio_run() {
   cleanup_forget pid "$pid"
   return "$rc"
 }
+
+# --- a two-node cluster on this machine --------------------------------------
+# The cluster of mountscripts/cluster-demo: node agents a (127.0.0.1) and b
+# (127.0.0.2, also loopback), each with its own data directory, one export
+# preferred on a, sync replication, default timings. Uses $BATON.
+#
+#   cluster_start WORK [EXPORT=demo] [LOGDIR=WORK]   secret, cluster.toml, agents
+#   cluster_status_json                               `baton status --json` of it
+#   cluster_field FIELD                               a field of the export's status
+#   cluster_wait_served EPOCH [TIMEOUT_S] [OLD_PID]   served at EPOCH and watched
+#   cluster_server_pids                               the agents' children (servers)
+#   cluster_resume_servers                            SIGCONT them (before any stop)
+#   cluster_stop                                      mounts below WORK, agents, servers
+#
+# Cleanup on a trap path, in this order: stop whatever may hold a server
+# SIGSTOPped, cluster_resume_servers, cleanup_run (mounts before agents, as
+# registered), then cluster_stop_leftover_servers. (cleanup_run stops the
+# agents; an agent stops its servers with SIGTERM and waits for them, which a
+# stopped server would never answer: hence SIGCONT first.)
+
+# proc_children PID: prints the pids whose parent is PID (ppid, field 4 of
+# /proc/PID/stat, counted after the ")" that ends the command name).
+proc_children() {
+  local parent="$1" f stat fields pid
+  for f in /proc/[0-9]*/stat; do
+    { read -r stat <"$f"; } 2>/dev/null || continue
+    read -r -a fields <<<"${stat##*) }"
+    [[ "${fields[1]:-}" == "$parent" ]] || continue
+    pid="${f#/proc/}"
+    printf '%s\n' "${pid%/stat}"
+  done
+  return 0
+}
+
+# cluster_start WORK [EXPORT=demo] [LOGDIR=WORK]: writes WORK/secret and
+# WORK/cluster.toml (data in WORK/a and WORK/b), starts both agents (logs
+# LOGDIR/agent-a.log, agent-b.log; registered for cleanup), and waits until
+# the export is served at epoch 1 and watched by its standby (at most
+# BATON_START_TIMEOUT s, default 30). WORK must exist and be canonical. Sets:
+#   CLUSTER_WORK CLUSTER_CONFIG CLUSTER_EXPORT CLUSTER_PORT
+#   CLUSTER_SOURCE      what to mount: EXPORT@127.0.0.1:PORT,127.0.0.2:PORT
+#   CLUSTER_AGENT_PIDS  (array) agent a, agent b
+cluster_start() {
+  local work="$1" export="${2:-demo}" logdir="${3:-$1}" agent_a agent_b node
+  : "${BATON:?set BATON from baton_find_bin}"
+  agent_a="$(free_port)" agent_b="$(free_port)"
+  CLUSTER_WORK="$work" CLUSTER_EXPORT="$export" CLUSTER_PORT="$(free_port)"
+  CLUSTER_CONFIG="$work/cluster.toml"
+  # shellcheck disable=SC2034 # for the caller
+  CLUSTER_SOURCE="$export@127.0.0.1:$CLUSTER_PORT,127.0.0.2:$CLUSTER_PORT"
+  CLUSTER_AGENT_PIDS=()
+  (umask 077 && head -c 64 /dev/urandom >"$work/secret")
+  cat >"$CLUSTER_CONFIG" <<TOML
+secret_file = "$work/secret"
+[[nodes]]
+name = "a"
+agent = "127.0.0.1:$agent_a"
+data_dir = "$work/a"
+[[nodes]]
+name = "b"
+agent = "127.0.0.2:$agent_b"
+data_dir = "$work/b"
+[[exports]]
+name = "$export"
+preferred = "a"
+port = $CLUSTER_PORT
+TOML
+  mkdir -p -- "$logdir"
+  for node in a b; do
+    bg_start "$logdir/agent-$node.log" "$BATON" agent --config "$CLUSTER_CONFIG" --node "$node"
+    CLUSTER_AGENT_PIDS+=("$BG_PID")
+  done
+  cluster_wait_served 1 "${BATON_START_TIMEOUT:-30}"
+}
+
+# cluster_status_json: the cluster's status as JSON on stdout.
+cluster_status_json() {
+  timeout 10 "${BATON:?set BATON from baton_find_bin}" status --config "${CLUSTER_CONFIG:?no cluster}" --json
+}
+
+# cluster_field FIELD: prints a dotted field (epoch, server.pid, server.node,
+# monitor.watching, ...) of the export's entry in the status; empty if absent.
+# Fails if the status cannot be had.
+cluster_field() {
+  local json
+  json="$(cluster_status_json)" || return 1
+  python3 -c '
+import json, sys
+name, path = sys.argv[1], sys.argv[2].split(".")
+v = next((e for e in json.loads(sys.argv[3]).get("exports", []) if e.get("name") == name), None)
+for k in path:
+    v = v.get(k) if isinstance(v, dict) else None
+print("" if v is None else json.dumps(v) if isinstance(v, bool) else v)
+' "$CLUSTER_EXPORT" "$1" "$json"
+}
+
+# cluster_wait_served EPOCH [TIMEOUT_S=30] [OLD_PID]: waits until the export is
+# served at EPOCH (by another pid than OLD_PID, if given) and its standby
+# watches the server (monitor.watching: the replica is in step). Fails at once
+# if an agent exits.
+cluster_wait_served() {
+  local epoch="$1" timeout="${2:-30}" old_pid="${3:-}" deadline pid json
+  deadline=$(( $(date +%s%N) + timeout * 1000000000 ))
+  while :; do
+    if json="$(cluster_status_json 2>/dev/null)" && python3 -c '
+import json, sys
+name, epoch, old = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+e = next((e for e in json.loads(sys.argv[4]).get("exports", []) if e.get("name") == name), {})
+server = e.get("server") or {}
+ok = (server.get("pid") is not None and str(server.get("pid")) != old and e.get("epoch") == epoch
+      and (e.get("monitor") or {}).get("watching") is True)
+sys.exit(0 if ok else 1)' "$CLUSTER_EXPORT" "$epoch" "$old_pid" "$json" 2>/dev/null; then
+      return 0
+    fi
+    for pid in "${CLUSTER_AGENT_PIDS[@]}"; do
+      _pid_alive "$pid" || { log "error: agent $pid exited (logs beside $CLUSTER_CONFIG)"; return 1; }
+    done
+    if (( $(date +%s%N) > deadline )); then
+      log "error: export $CLUSTER_EXPORT not served at epoch $epoch and watched after ${timeout}s"
+      return 1
+    fi
+    sleep 0.1
+  done
+}
+
+# cluster_server_pids: the agents' children (their export servers), one a line.
+cluster_server_pids() {
+  local pid
+  for pid in "${CLUSTER_AGENT_PIDS[@]}"; do proc_children "$pid"; done
+}
+
+# cluster_resume_servers: SIGCONT to every export server of the cluster's
+# agents (a SIGSTOPped one must run again before it can be stopped), and
+# remembers them (pid and start time) for cluster_stop_leftover_servers.
+declare -A CLUSTER_SERVER_SEEN=()
+cluster_resume_servers() {
+  local pid
+  for pid in $(cluster_server_pids); do
+    CLUSTER_SERVER_SEEN[$pid]="$(_proc_starttime "$pid" || echo gone)"
+    kill -CONT "$pid" 2>/dev/null || true
+  done
+  return 0
+}
+
+# cluster_stop_leftover_servers: stops (SIGCONT, SIGTERM, then SIGKILL; by pid)
+# every server that outlived its agent: those cluster_resume_servers saw, and
+# any `baton serve` whose --data lies below CLUSTER_WORK (started by an agent
+# in the middle of a swap after that). A pid whose process started at another
+# time is someone else's and left alone.
+cluster_stop_leftover_servers() {
+  local pid f start
+  local -a argv
+  [[ -n "${CLUSTER_WORK:-}" ]] || return 0
+  for f in /proc/[0-9]*/cmdline; do
+    pid="${f#/proc/}" pid="${pid%/cmdline}"
+    { mapfile -d '' -t argv <"$f"; } 2>/dev/null || continue
+    [[ ${#argv[@]} -ge 2 && "${argv[0]##*/}" == baton* && "${argv[1]}" == serve ]] || continue
+    [[ " ${argv[*]} " == *" --data $CLUSTER_WORK/"* ]] || continue
+    [[ -n "${CLUSTER_SERVER_SEEN[$pid]:-}" ]] || CLUSTER_SERVER_SEEN[$pid]="$(_proc_starttime "$pid" || echo gone)"
+  done
+  for pid in "${!CLUSTER_SERVER_SEEN[@]}"; do
+    start="${CLUSTER_SERVER_SEEN[$pid]}"
+    unset 'CLUSTER_SERVER_SEEN[$pid]'
+    [[ "$start" != gone && "$(_proc_starttime "$pid" || echo gone)" == "$start" ]] || continue
+    log "warning: export server $pid outlived its agent; stopping it"
+    BATON_PID_START[$pid]="$start"
+    stop_pid "$pid" 10
+    unset 'BATON_PID_START[$pid]'
+  done
+  return 0
+}
+
+# cluster_stop: unmounts every mount below CLUSTER_WORK, resumes the servers,
+# stops both agents (each stops its servers), then any server left over.
+cluster_stop() {
+  local mp pid
+  [[ -n "${CLUSTER_WORK:-}" ]] || return 0
+  while IFS= read -r mp; do
+    [[ -n "$mp" ]] || continue
+    unmount_fuse "$mp" || true
+    cleanup_forget mount "$mp"
+  done < <(mounts_under "$CLUSTER_WORK")
+  cluster_resume_servers
+  for pid in "${CLUSTER_AGENT_PIDS[@]}"; do bg_stop "$pid" 15; done
+  CLUSTER_AGENT_PIDS=()
+  cluster_stop_leftover_servers
+}

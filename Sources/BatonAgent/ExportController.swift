@@ -122,12 +122,17 @@ final class ExportController: @unchecked Sendable {
         logger.warning("export server fenced at the peer's request", metadata: [
             "export": "\(export.name)", "pid": "\(process.pid)", "epoch": "\(ownEpoch)",
         ])
-        do {
-            try startStandby()
-            return (true, "fenced")
-        } catch {
-            return (false, "fenced, but the standby replica did not open: \(error)")
+        // The peer waits for this answer to promote: open the replica after it.
+        Thread.detachNewThread { [self] in
+            do {
+                try startStandby()
+            } catch {
+                logger.critical("fenced, but the standby replica did not open", metadata: [
+                    "export": "\(export.name)", "error": "\(error)", "action": "check \(directory), then restart this agent",
+                ])
+            }
         }
+        return (true, "fenced")
     }
 
     // MARK: - The swap (DESIGN.md §5), on the standby node
@@ -178,7 +183,9 @@ final class ExportController: @unchecked Sendable {
             Thread.sleep(forTimeInterval: NodeAgent.takeoverDelay)
         }
         // 2-3. The new epoch is on disk before anything of it is announced.
+        // The warm checkpoint lets the new server start without replaying.
         do {
+            try store.writeWarmCheckpoint()
             try store.persistEpoch(epoch + 1)
             try startServing(aloneFromStart: false)
         } catch {
@@ -271,6 +278,13 @@ final class ExportController: @unchecked Sendable {
     /// A full copy arrived (in `incoming`): it replaces the replica's data.
     func installSnapshot(from incoming: String, sequence: UInt64, epoch: UInt64, channel: Channel) -> Message {
         guard let old = replicaStore(channel) else { return .refused(.notActive, detail: "not the standby") }
+        // A monitor of the replica being replaced watches with stale knowledge: stop it.
+        lock.withLock {
+            if case .standby(let store, let monitor) = role {
+                monitor?.stop()
+                role = .standby(store, nil)
+            }
+        }
         do {
             for name in ["checkpoint", "journal", "files", "epoch"] {
                 _ = try? FileManager.default.removeItem(atPath: directory + "/" + name)

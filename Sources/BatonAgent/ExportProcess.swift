@@ -47,11 +47,15 @@ final class ExportProcess: @unchecked Sendable {
         process.waitUntilExit()
     }
 
-    /// A clean stop: SIGTERM (the server syncs its journal), then wait.
-    func terminate() {
+    /// A clean stop: SIGTERM (the server syncs its journal), SIGCONT in case
+    /// it was stopped, and SIGKILL if it has not exited after `grace`.
+    func terminate(grace: TimeInterval = 5) {
         guard process.isRunning else { return }
         Glibc.kill(process.processIdentifier, SIGTERM)
-        process.waitUntilExit()
+        Glibc.kill(process.processIdentifier, SIGCONT)
+        let deadline = Date().addingTimeInterval(grace)
+        while process.isRunning, Date() < deadline { usleep(20_000) }
+        kill()
     }
 
     /// Tells the server the peer is gone: go on without a standby.

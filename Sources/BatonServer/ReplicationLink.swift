@@ -38,9 +38,14 @@ final class ReplicationLink: @unchecked Sendable {
     private let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
 
     private struct State {
+        /// The one connection to the standby, from connect until it closes:
+        /// never two at a time, so no two full copies race.
         var channel: Channel?
         /// The standby has every record up to `acknowledged` and receives the stream.
         var inStep = false
+        /// Records that arrive while a full copy is sent, to send right after it.
+        var queued: [JournalRecord]?
+        var queuedBytes = 0
         var acknowledged: UInt64 = 0
         var synced: UInt64 = 0
         var waiters: [(sequence: UInt64, durable: Bool, run: @Sendable () -> Void)] = []
@@ -91,9 +96,21 @@ final class ReplicationLink: @unchecked Sendable {
 
     /// Sends a record; called under the mutation lock, so records go in order.
     func send(_ record: JournalRecord) {
-        let channel = state.withLockedValue { $0.inStep ? $0.channel : nil }
+        let (channel, overflow) = state.withLockedValue { state -> (Channel?, Channel?) in
+            if state.queued != nil {
+                state.queued!.append(record)
+                state.queuedBytes += record.operation.dataCount + 64
+                // Bounded: past it the copy starts over, from a later position.
+                return (nil, state.queuedBytes > Self.maxQueuedBytes ? state.channel : nil)
+            }
+            return (state.inStep ? state.channel : nil, nil)
+        }
         channel?.writeAndFlush(Message.replicate(record).frame(allocator: channel!.allocator), promise: nil)
+        overflow?.close(promise: nil)
     }
+
+    /// Records kept during a full copy, at most.
+    static let maxQueuedBytes = 256 << 20
 
     /// Runs `reply` once the standby has every record up to `sequence`
     /// (sync mode); at once in async mode or alone.
@@ -143,9 +160,14 @@ final class ReplicationLink: @unchecked Sendable {
                 }
             }
             .connect(resolving: configuration.agent, on: group.next())
-            .whenFailure { [self] error in
-                logger.debug("standby not reachable", metadata: ["export": "\(store.exportName)", "error": "\(error)"])
-                retry()
+            .whenComplete { [self] result in
+                switch result {
+                case .success(let channel):
+                    state.withLockedValue { $0.channel = channel }
+                case .failure(let error):
+                    logger.debug("standby not reachable", metadata: ["export": "\(store.exportName)", "error": "\(error)"])
+                    retry()
+                }
             }
     }
 
@@ -160,43 +182,59 @@ final class ReplicationLink: @unchecked Sendable {
                               promise: nil)
     }
 
-    /// The standby said where it is: bring it in step (a full copy unless it
-    /// is exactly where this server is), on a thread of its own because the
-    /// copy holds the mutation lock and waits for the network.
+    /// The standby said where it is: bring it in step, on a thread of its
+    /// own because a full copy waits on the network. Unless the standby is
+    /// exactly where this server is, it gets a fuzzy copy: the namespace at
+    /// position N (taken under the mutation lock, briefly), then the data
+    /// files as they are while mutations go on, then every record after N,
+    /// with its data. Replaying those over the copied files converges on the
+    /// server's state, as a redo log over a fuzzy backup does; clients are
+    /// not held up while the files are copied, nor the monitor's challenges.
     fileprivate func positioned(_ channel: Channel, sequence: UInt64, epoch: UInt64) {
         Thread.detachNewThread { [self] in
-            mutationLock.withLock {
-                let current = store.appliedSequence
-                do {
-                    if sequence != current || epoch != store.epoch {
-                        try sendFullCopy(channel)
-                    } else {
-                        // Nothing to copy: the end alone says the replica is in step.
-                        try channel.writeAndFlush(Message.snapshotEnd(sequence: current).frame(allocator: channel.allocator)).wait()
-                    }
-                    state.withLockedValue { state in
-                        state.channel = channel
+            let (position, checkpoint, files, inStep) = mutationLock.withLock { () -> (UInt64, [UInt8], [(InodeNumber, UInt64)], Bool) in
+                let position = store.appliedSequence
+                let inStep = sequence == position && epoch == store.epoch
+                state.withLockedValue { state in
+                    state.queued = []
+                    state.queuedBytes = 0
+                }
+                if inStep { return (position, [], [], true) }
+                return (position, store.withNamespace { $0.checkpoint() }, store.withNamespace { $0.regularFiles }, false)
+            }
+            do {
+                if !inStep { try sendFullCopy(channel, checkpoint: checkpoint, files: files) }
+                let stillCurrent = mutationLock.withLock { () -> Bool in
+                    let queued = state.withLockedValue { state -> [JournalRecord]? in
+                        defer { state.queued = nil }
+                        guard state.channel === channel else { return nil }
                         state.inStep = true
                         state.alone = false
+                        return state.queued
                     }
-                    acknowledged(current, durable: false)
-                    logger.info("standby in step", metadata: [
-                        "export": "\(store.exportName)", "standby": "\(configuration.agent)", "sequence": "\(current)",
-                        "fullCopy": "\(sequence != current || epoch != store.epoch)",
-                    ])
-                } catch {
-                    logger.warning("full copy to the standby failed; retrying", metadata: [
-                        "export": "\(store.exportName)", "error": "\(error)",
-                    ])
-                    channel.close(promise: nil)
+                    guard let queued else { return false }
+                    channel.write(Message.snapshotEnd(sequence: position).frame(allocator: channel.allocator), promise: nil)
+                    for record in queued { channel.write(Message.replicate(record).frame(allocator: channel.allocator), promise: nil) }
+                    channel.flush()
+                    return true
                 }
+                guard stillCurrent else { return }
+                logger.info("standby in step", metadata: [
+                    "export": "\(store.exportName)", "standby": "\(configuration.agent)", "sequence": "\(position)",
+                    "fullCopy": "\(!inStep)",
+                ])
+            } catch {
+                state.withLockedValue { $0.queued = nil }
+                logger.warning("full copy to the standby failed; retrying", metadata: [
+                    "export": "\(store.exportName)", "error": "\(error)",
+                ])
+                channel.close(promise: nil)
             }
         }
     }
 
-    private func sendFullCopy(_ channel: Channel) throws {
+    private func sendFullCopy(_ channel: Channel, checkpoint: [UInt8], files: [(InodeNumber, UInt64)]) throws {
         let started = ContinuousClock.now
-        let checkpoint = store.withNamespace { $0.checkpoint() }
         var sent = 0
         func send(_ message: Message) throws {
             // Waiting on each piece bounds the memory a large copy takes.
@@ -206,19 +244,20 @@ final class ReplicationLink: @unchecked Sendable {
             let piece = Array(checkpoint[start..<min(start + WireLimits.maxDataBytes, checkpoint.count)])
             try send(.snapshotData(inode: Message.snapshotCheckpointInode, offset: UInt64(start), data: piece))
         }
-        let files = store.withNamespace { $0.regularFiles }
         var buffer = [UInt8](repeating: 0, count: WireLimits.maxDataBytes)
         for (ino, size) in files {
             var offset: UInt64 = 0
             while offset < size {
                 let count = Int(min(UInt64(buffer.count), size - offset))
-                _ = try buffer.withUnsafeMutableBytes { try store.read(ino, offset: offset, into: UnsafeMutableRawBufferPointer(rebasing: $0[0..<count])) }
-                try send(.snapshotData(inode: ino, offset: offset, data: Array(buffer[0..<count])))
-                offset += UInt64(count)
-                sent += count
+                // A file removed since the namespace was taken reads as gone: its removal is among the records that follow.
+                guard case .success(let got)? = try? buffer.withUnsafeMutableBytes({
+                    try store.read(ino, offset: offset, into: UnsafeMutableRawBufferPointer(rebasing: $0[0..<count]))
+                }), got > 0 else { break }
+                try send(.snapshotData(inode: ino, offset: offset, data: Array(buffer[0..<got])))
+                offset += UInt64(got)
+                sent += got
             }
         }
-        try send(.snapshotEnd(sequence: store.appliedSequence))
         logger.info("full copy sent to the standby", metadata: [
             "export": "\(store.exportName)", "files": "\(files.count)", "bytes": "\(sent)",
             "duration": "\(ContinuousClock.now - started)",
@@ -226,13 +265,14 @@ final class ReplicationLink: @unchecked Sendable {
     }
 
     fileprivate func lost(_ channel: Channel, reason: String) {
-        let wasConnected = state.withLockedValue { state -> Bool in
-            guard state.channel === channel || state.channel == nil else { return false }
+        // Called for a refusal and again when the channel closes: retry once.
+        let wasCurrent = state.withLockedValue { state -> Bool in
+            guard state.channel === channel else { return false }
             state.channel = nil
             state.inStep = false
             return true
         }
-        if wasConnected {
+        if wasCurrent {
             logger.warning("standby connection lost", metadata: ["export": "\(store.exportName)", "reason": "\(reason)"])
             retry()
         }

@@ -109,8 +109,14 @@ struct Status: ParsableCommand {
 enum StatusMerge {
     static func merge(_ into: [String: Any], _ entry: [String: Any]) -> [String: Any] {
         var merged = into
-        for key in ["server", "last_failover"] where entry[key] != nil { merged[key] = entry[key] }
-        if let epoch = entry["epoch"] as? Int { merged["epoch"] = max(epoch, merged["epoch"] as? Int ?? 0) }
+        // During a swap both nodes may claim the server: the newer epoch wins.
+        let entryEpoch = entry["epoch"] as? Int ?? 0
+        if entry["server"] != nil, entryEpoch >= merged["server_epoch"] as? Int ?? 0 {
+            merged["server"] = entry["server"]
+            merged["server_epoch"] = entryEpoch
+        }
+        if entry["last_failover"] != nil { merged["last_failover"] = entry["last_failover"] }
+        merged["epoch"] = max(entryEpoch, merged["epoch"] as? Int ?? 0)
         if entry["role"] as? String == "standby" {
             merged["monitor"] = entry["monitor"]
             var journal = merged["journal"] as? [String: Any] ?? [:]

@@ -15,7 +15,7 @@ final class MountTests: XCTestCase {
     }
 
     private func fio(_ arguments: [String]) throws -> CommandResult {
-        try runCommand("/usr/bin/fio", ["--ioengine=psync", "--output-format=normal"] + arguments)
+        try runCommand("/usr/bin/fio", ["--ioengine=psync", "--output-format=normal", "--verify_state_save=0"] + arguments)
     }
 
     func testFioVerifyThroughTheMount() throws {
@@ -42,7 +42,7 @@ final class MountTests: XCTestCase {
         let fioLog = export.directory + "/fio.out"
         let job = try start(self, "/usr/bin/fio", [
             "--name=ride", "--directory=\(export.path)", "--rw=write", "--bs=64k", "--size=96m", "--ioengine=psync",
-            "--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--fsync=16",
+            "--verify=crc32c", "--do_verify=1", "--verify_fatal=1", "--fsync=16", "--verify_state_save=0",
         ], output: fioLog)
         // Let writes flow, then pull the server out from under them.
         let deadline = Date().addingTimeInterval(10)

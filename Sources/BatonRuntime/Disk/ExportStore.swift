@@ -178,12 +178,24 @@ public final class ExportStore: @unchecked Sendable {
     private func replayJournal() throws {
         let (currentBoot, recordedBoot) = boots()
         let sameBoot = !currentBoot.isEmpty && currentBoot == recordedBoot
+        // Records up to the warm checkpoint are read only for where their immediate writes landed.
+        let warm = sameBoot ? takeWarmCheckpoint(currentBoot: currentBoot) : nil
+        let warmSequence = warm?.appliedSequence ?? 0
         let segments = try Disk.list(journalDirectory).filter { $0.hasSuffix(".log") }
         let started = namespace.appliedSequence
         for (index, name) in segments.enumerated() {
             let path = journalDirectory + "/" + name
             let file = try OpenFile(path: path, flags: O_RDWR)
             let (bytes, scan) = try Self.readUsedPart(of: file)
+            for record in scan.records where record.sequence > namespace.appliedSequence && record.sequence <= warmSequence {
+                if case .write(let ino, _, let offset, let data) = record.operation, !data.isEmpty {
+                    rememberImmediate(ino, offset..<offset + UInt64(data.count))
+                }
+            }
+            if let warm, namespace.appliedSequence < warm.appliedSequence,
+               scan.records.contains(where: { $0.sequence == warm.appliedSequence }) {
+                namespace = warm
+            }
             for record in scan.records where record.sequence > namespace.appliedSequence {
                 guard record.sequence == namespace.appliedSequence + 1 else {
                     throw StoreError.corruptJournal(file: path, offset: 0,
@@ -336,14 +348,16 @@ public final class ExportStore: @unchecked Sendable {
     public func applyWrite(_ ino: InodeNumber, handle: UInt64, offset: UInt64, data: UnsafeRawBufferPointer,
                            session: UInt64, requestSequence: UInt64) throws -> Applied {
         if let refusal = reserveJournalSpace() { return Applied(reply: refusal, record: nil) }
-        let journaled: [UInt8]
+        let written: (target: UInt64, journaled: [UInt8])
         do {
-            journaled = try writeData(ino, handle: handle, offset: offset, data: data)
+            written = try writeData(ino, handle: handle, offset: offset, data: data)
         } catch {
             logger.warning("file data write failed", metadata: ["export": "\(exportName)", "inode": "\(ino)", "error": "\(error)"])
             return Applied(reply: .error((error as? SystemCallError).map { Errno($0.errno) } ?? .EIO), record: nil)
         }
-        let operation = Operation.write(ino, handle: handle, offset: offset, data: journaled)
+        // The record holds where the data landed (O_APPEND resolved), so a
+        // reader of the journal knows each write's range without replaying.
+        let operation = Operation.write(ino, handle: handle, offset: written.target, data: written.journaled)
         return try commit(operation, writeCount: UInt32(data.count), replicatedData: data) { [epoch] sequence in
             JournalRecord(sequence: sequence, epoch: epoch, time: .now(), session: session, requestSequence: requestSequence,
                           operation: operation, writeCount: UInt32(data.count))
@@ -358,8 +372,8 @@ public final class ExportStore: @unchecked Sendable {
         if let refusal = reserveJournalSpace() { throw ReplicationError.refused("\(refusal)") }
         var operation = record.operation
         if case .write(let ino, let handle, let offset, let data) = record.operation {
-            let journaled = try data.withUnsafeBytes { try writeData(ino, handle: handle, offset: offset, data: $0) }
-            operation = .write(ino, handle: handle, offset: offset, data: journaled)
+            let written = try data.withUnsafeBytes { try writeData(ino, handle: handle, offset: offset, data: $0) }
+            operation = .write(ino, handle: handle, offset: offset, data: written.journaled)
         }
         return try commit(operation, writeCount: record.writeCount, replicatedData: nil) { sequence in
             var stored = record
@@ -369,18 +383,44 @@ public final class ExportStore: @unchecked Sendable {
     }
 
     /// Writes a write's data to the data file at the offset the namespace
-    /// gives; returns the data the journal must hold (empty for an indirect write).
-    private func writeData(_ ino: InodeNumber, handle: UInt64, offset: UInt64, data: UnsafeRawBufferPointer) throws -> [UInt8] {
+    /// gives; returns that offset and the data the journal must hold (empty
+    /// for an indirect write). A refused write writes nothing.
+    private func writeData(_ ino: InodeNumber, handle: UInt64, offset: UInt64,
+                           data: UnsafeRawBufferPointer) throws -> (target: UInt64, journaled: [UInt8]) {
         let count = UInt32(data.count)
         guard count > 0, let target = withNamespace({ try? $0.writeOffset(ino, handle: handle, offset: offset, count: count) }) else {
-            return []
+            return (offset, [])
         }
         let range = target..<target + UInt64(count)
         let immediate = data.count <= Self.immediateWriteMaxBytes || immediateRanges[ino]?.overlaps(range) == true
         try files.write(ino, data, at: target, indirect: !immediate)
-        guard immediate else { return [] }
+        guard immediate else { return (target, []) }
         rememberImmediate(ino, range)
-        return Array(data)
+        return (target, Array(data))
+    }
+
+    /// A namespace snapshot for a restart in this same boot (a promotion of
+    /// this replica): the next open starts from it instead of replaying the
+    /// journal since the durable checkpoint. No mutation may be in flight.
+    public func writeWarmCheckpoint() throws {
+        let (boot, _) = boots()
+        var bytes: [UInt8] = [UInt8(boot.count)] + boot
+        bytes += withNamespace { $0.checkpoint() }
+        try Disk.writeAtomically(bytes, to: warmCheckpointPath, directory: directory)
+    }
+
+    private var warmCheckpointPath: String { directory + "/checkpoint.warm" }
+
+    /// The warm checkpoint, if it was written in this boot and is newer than
+    /// the durable one; it is consumed (deleted) either way.
+    private func takeWarmCheckpoint(currentBoot: [UInt8]) -> Namespace? {
+        guard let bytes = try? OpenFile(path: warmCheckpointPath, flags: O_RDONLY).readAll() else { return nil }
+        try? Disk.remove(warmCheckpointPath)
+        guard let length = bytes.first.map(Int.init), bytes.count > 1 + length, !currentBoot.isEmpty,
+              Array(bytes[1..<1 + length]) == currentBoot,
+              let warm = try? Namespace(checkpoint: Array(bytes[(1 + length)...])),
+              warm.appliedSequence >= namespace.appliedSequence else { return nil }
+        return warm
     }
 
     private func rememberImmediate(_ ino: InodeNumber, _ range: Range<UInt64>) {

@@ -90,14 +90,20 @@ public final class OpenFile: @unchecked Sendable {
         return UInt64(st.st_size)
     }
 
-    /// The whole file, for journal segments and checkpoints.
+    /// The whole file, for journal segments and checkpoints. Reads to the end
+    /// whatever the size says (files under /proc say 0).
     public func readAll() throws -> [UInt8] {
-        let count = Int(try size())
-        var bytes = [UInt8](repeating: 0, count: count)
-        let read = try bytes.withUnsafeMutableBytes { (raw: UnsafeMutableRawBufferPointer) in
-            try self.read(into: raw, at: 0)
+        var bytes = [UInt8](repeating: 0, count: max(Int(try size()), 4096))
+        var count = 0
+        while true {
+            if count == bytes.count { bytes += [UInt8](repeating: 0, count: bytes.count) }
+            let got = try bytes.withUnsafeMutableBytes { raw in
+                try read(into: UnsafeMutableRawBufferPointer(rebasing: raw[count...]), at: UInt64(count))
+            }
+            count += got
+            if got == 0 || count < bytes.count { break }
         }
-        bytes.removeLast(count - read)
+        bytes.removeLast(bytes.count - count)
         return bytes
     }
 }
