@@ -36,6 +36,13 @@ final class ExportController: @unchecked Sendable {
     }
 
     private var servingMarker: String { directory + "/serving" }
+
+    /// The epoch in this node's data directory of the export.
+    private var currentEpoch: UInt64 {
+        (try? String(contentsOfFile: directory + "/epoch", encoding: .utf8)).flatMap {
+            UInt64($0.trimmingCharacters(in: .whitespacesAndNewlines))
+        } ?? 0
+    }
     private var clientAddress: NodeAddress { agent.clientAddress(export, on: agent.me) }
     private var peerClientAddress: NodeAddress { agent.clientAddress(export, on: agent.peer) }
 
@@ -106,9 +113,7 @@ final class ExportController: @unchecked Sendable {
     /// Kills this node's server of the export if its epoch is `epoch` or
     /// older, waits for its exit, and becomes the standby.
     func fence(epoch: UInt64) -> (Bool, String) {
-        let ownEpoch = (try? String(contentsOfFile: directory + "/epoch", encoding: .utf8)).flatMap {
-            UInt64($0.trimmingCharacters(in: .whitespacesAndNewlines))
-        } ?? 0
+        let ownEpoch = currentEpoch
         let process: ExportProcess? = lock.withLock {
             guard case .serving(let process) = role, ownEpoch <= epoch else { return nil }
             role = .starting
@@ -231,7 +236,17 @@ final class ExportController: @unchecked Sendable {
     // MARK: - Replica sessions (from the peer's export server)
 
     func replicaHello(epoch: UInt64, channel: Channel) -> Message {
-        lock.withLock {
+        if case .serving = lock.withLock({ role }), epoch > currentEpoch {
+            // A server of a newer epoch runs on the peer: this node's server
+            // was left behind by a swap it did not see (its agent was stalled
+            // or cut off). It can acknowledge nothing; stop it, become the standby.
+            logger.warning("a newer server of the export exists: stopping the old one here", metadata: [
+                "export": "\(export.name)", "epoch": "\(currentEpoch)", "newerEpoch": "\(epoch)",
+            ])
+            Thread.detachNewThread { [self] in _ = fence(epoch: epoch) }
+            return .refused(.notActive, detail: "\(agent.me.name) is stepping down for epoch \(epoch); retry")
+        }
+        return lock.withLock {
             guard case .standby(let store, _) = role else {
                 return .refused(.notActive, detail: "\(agent.me.name) is not the standby of \(export.name)")
             }
@@ -343,11 +358,7 @@ final class ExportController: @unchecked Sendable {
                     entry["lag"] = Int(position) - Int(store.appliedSequence)
                 }
             }
-            if let epoch = (try? String(contentsOfFile: directory + "/epoch", encoding: .utf8)).flatMap({
-                UInt64($0.trimmingCharacters(in: .whitespacesAndNewlines))
-            }) {
-                entry["epoch"] = Int(epoch)
-            }
+            entry["epoch"] = Int(currentEpoch)
             if let lastFailover { entry["last_failover"] = ["at": lastFailover.at, "reason": lastFailover.reason] }
             return entry
         }

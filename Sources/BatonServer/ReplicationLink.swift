@@ -51,6 +51,7 @@ final class ReplicationLink: @unchecked Sendable {
         var waiters: [(sequence: UInt64, durable: Bool, run: @Sendable () -> Void)] = []
         var alone = false
         var stopped = false
+        var connecting = false
     }
 
     private let state = NIOLockedValueBox(State())
@@ -62,13 +63,19 @@ final class ReplicationLink: @unchecked Sendable {
         self.logger = logger
     }
 
-    func start() { connect() }
+    func start() {
+        connect()
+        watchdog = group.next().scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { [self] _ in connect() }
+    }
+
+    private var watchdog: RepeatedTask?
 
     func stop() {
         let channel = state.withLockedValue { state -> Channel? in
             state.stopped = true
             return state.channel
         }
+        watchdog?.cancel()
         try? channel?.close().wait()
         try? group.syncShutdownGracefully()
     }
@@ -148,26 +155,37 @@ final class ReplicationLink: @unchecked Sendable {
 
     // MARK: Connecting
 
+    /// Connects unless a connection exists or is being made. A repeated
+    /// check calls it too, so no lost event can leave the link for good.
     private func connect() {
-        guard !state.withLockedValue({ $0.stopped }) else { return }
+        let start = state.withLockedValue { state -> Bool in
+            guard !state.stopped, !state.connecting, state.channel == nil else { return false }
+            state.connecting = true
+            return true
+        }
+        guard start else { return }
         ClientBootstrap(group: group)
             .connectTimeout(.seconds(1))
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelInitializer { [self] channel in
-                channel.eventLoop.makeCompletedFuture {
+                // The channel is known before any of its events can arrive.
+                state.withLockedValue {
+                    $0.channel = channel
+                    $0.connecting = false
+                }
+                return channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(MessageDecoder()))
                     try channel.pipeline.syncOperations.addHandler(StandbyHandler(link: self))
                 }
             }
             .connect(resolving: configuration.agent, on: group.next())
-            .whenComplete { [self] result in
-                switch result {
-                case .success(let channel):
-                    state.withLockedValue { $0.channel = channel }
-                case .failure(let error):
-                    logger.debug("standby not reachable", metadata: ["export": "\(store.exportName)", "error": "\(error)"])
-                    retry()
+            .whenFailure { [self] error in
+                logger.debug("standby not reachable", metadata: ["export": "\(store.exportName)", "error": "\(error)"])
+                state.withLockedValue { state in
+                    state.connecting = false
+                    if state.channel?.isActive == false { state.channel = nil }
                 }
+                retry()
             }
     }
 

@@ -142,3 +142,51 @@ final class ClusterTests: XCTestCase {
         XCTAssertTrue(cluster.logs.contains("authentication failed for 'intruder'"), cluster.logs)
     }
 }
+
+extension ClusterTests {
+    /// DESIGN.md §4.2: a whole node stalls (agent and server stopped), so its
+    /// server cannot be fenced. The peer takes over after the takeover delay;
+    /// the client leaves the stalled connection for the newer epoch; the old
+    /// server, woken up, can acknowledge nothing (its standby refuses it), and
+    /// steps down when the new server reaches its agent.
+    func testAStalledNodeIsTakenOverAndItsOldServerAcknowledgesNothing() throws {
+        let cluster = try TwoNodeCluster(self)
+        let mount = try cluster.mount(self, "demo")
+        let old = try XCTUnwrap(try cluster.server("demo"))
+        // Connected to a's server before it stalls: the connection stays open but silent.
+        XCTAssertTrue(FileManager.default.createFile(atPath: mount.mountpoint + "/before", contents: Data("b".utf8)))
+        let agentA = try XCTUnwrap(cluster.agents["a"])
+        kill(agentA.processIdentifier, SIGSTOP)
+        kill(old.pid, SIGSTOP)
+        addTeardownBlock {
+            kill(old.pid, SIGCONT)
+            kill(agentA.processIdentifier, SIGCONT)
+        }
+        // An application write during the stall completes once b serves.
+        let started = Date()
+        XCTAssertTrue(FileManager.default.createFile(atPath: mount.mountpoint + "/during", contents: Data("x".utf8)), cluster.logs + mount.log)
+        XCTAssertLessThan(Date().timeIntervalSince(started), 30)
+        let new = try XCTUnwrap(try cluster.server("demo"))
+        XCTAssertEqual(new.node, "b", cluster.logs)
+        XCTAssertEqual(new.epoch, old.epoch + 1)
+
+        // The old server wakes up; its agent still sleeps, so nobody stops it.
+        kill(old.pid, SIGCONT)
+        let stale = ServerConnection(configuration: .init(exportName: "demo", addresses: [NodeAddress(host: "127.0.0.1",
+                                     port: cluster.exports[0].port)], requestTimeout: .seconds(30)), logger: testLogger)
+        addTeardownBlock { stale.close() }
+        let reply = stale.call(.mkdir(parent: rootInode, name: FileName("stale"), mode: 0o755, .root), timeout: 3)
+        XCTAssertEqual(reply, .error(.ETIMEDOUT), "a server of an old epoch acknowledged a mutation: \(reply)")
+
+        // Its agent wakes up and learns of the newer epoch from the new server.
+        kill(agentA.processIdentifier, SIGCONT)
+        try cluster.waitUntilReplicated("demo", epoch: new.epoch)
+        let deadline = Date().addingTimeInterval(10)
+        while kill(old.pid, 0) == 0, Date() < deadline { usleep(100_000) }
+        XCTAssertNotEqual(kill(old.pid, 0), 0, "the old server still runs")
+        XCTAssertEqual(try String(contentsOfFile: mount.mountpoint + "/during", encoding: .utf8), "x")
+        XCTAssertEqual(try String(contentsOfFile: mount.mountpoint + "/before", encoding: .utf8), "b")
+        XCTAssertTrue(mount.log.contains("a newer server serves the export"), mount.log)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: mount.mountpoint + "/stale"), "the stale server's mkdir took effect")
+    }
+}

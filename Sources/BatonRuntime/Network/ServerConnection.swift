@@ -21,6 +21,10 @@ public final class ServerConnection: @unchecked Sendable {
         public var connectTimeout: TimeAmount = .seconds(1)
         /// Pause after every address was tried once without success.
         public var retryDelay: TimeAmount = .milliseconds(100)
+        /// A request unanswered this long makes the client look at the other
+        /// addresses for a server of a newer epoch: a stalled server that its
+        /// peer could not fence keeps the connection open but answers nothing.
+        public var stallCheckAfter: TimeAmount = .seconds(1)
 
         public init(exportName: String, addresses: [NodeAddress], requestTimeout: TimeAmount = .seconds(60)) {
             self.exportName = exportName
@@ -44,6 +48,8 @@ public final class ServerConnection: @unchecked Sendable {
         var addressIndex = 0
         var closed = false
         var lastRefusal: String?
+        /// A look at the other addresses is under way (see `lookForNewerServer`).
+        var looking = false
     }
 
     public let configuration: Configuration
@@ -154,6 +160,11 @@ public final class ServerConnection: @unchecked Sendable {
         }
         if closed { return }
         let welcomed = group.next().makePromise(of: UInt64.self)
+        // A stopped server's kernel still accepts the connection: without an
+        // answer to hello in time, try the next address.
+        group.next().scheduleTask(in: configuration.connectTimeout) {
+            welcomed.fail(RefusedError(refusal: .notActive, detail: "no answer to hello within \(self.configuration.connectTimeout)"))
+        }
         ClientBootstrap(group: group)
             .connectTimeout(configuration.connectTimeout)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
@@ -262,7 +273,56 @@ public final class ServerConnection: @unchecked Sendable {
                 ])
             }
             for request in expired { request.completion(.error(.EIO)) }
+            let oldest = state.withLockedValue { $0.channel == nil ? nil : $0.pending.values.map(\.deadline).min() }
+            if let oldest, oldest - configuration.requestTimeout + configuration.stallCheckAfter < now {
+                lookForNewerServer()
+            }
             if !closed { scheduleTimeoutSweep() }
+        }
+    }
+
+    /// Asks every address whether it serves the export at a newer epoch than
+    /// the connected server; if one does, the connection moves there (the
+    /// unanswered requests are re-sent to it).
+    private func lookForNewerServer() {
+        let (current, start) = state.withLockedValue { state -> (UInt64, Bool) in
+            guard !state.looking, !state.closed else { return (0, false) }
+            state.looking = true
+            return (state.highestEpoch, true)
+        }
+        guard start else { return }
+        let answers = configuration.addresses.enumerated().map { index, address in
+            ClientBootstrap(group: group)
+                .connectTimeout(.milliseconds(300))
+                .channelInitializer { channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(MessageDecoder()))
+                        try channel.pipeline.syncOperations.addHandler(EpochProbeHandler())
+                    }
+                }
+                .connect(resolving: address, on: group.next())
+                .flatMap { [self] channel -> EventLoopFuture<(Int, UInt64)> in
+                    channel.writeAndFlush(Message.hello(export: configuration.exportName, session: session,
+                                                        version: Message.protocolVersion).frame(allocator: allocator), promise: nil)
+                    let answer = try! channel.pipeline.syncOperations.handler(type: EpochProbeHandler.self).epoch.futureResult
+                    channel.eventLoop.scheduleTask(in: .milliseconds(300)) { channel.close(promise: nil) }
+                    return answer.map { (index, $0) }.always { _ in channel.close(promise: nil) }
+                }
+        }
+        EventLoopFuture.whenAllComplete(answers, on: group.next()).whenComplete { [self] results in
+            let newer = (try? results.get())?.compactMap { try? $0.get() }.filter { $0.1 > current }.max { $0.1 < $1.1 }
+            let channel = state.withLockedValue { state -> Channel? in
+                state.looking = false
+                guard let newer else { return nil }
+                state.addressIndex = newer.0
+                return state.channel
+            }
+            if let newer, let channel {
+                logger.warning("a newer server serves the export: leaving the stalled one", metadata: [
+                    "export": "\(configuration.exportName)", "address": "\(configuration.addresses[newer.0])", "epoch": "\(newer.1)",
+                ])
+                channel.close(promise: nil)
+            }
         }
     }
 }
@@ -333,4 +393,29 @@ extension ClientBootstrap {
             return eventLoop.makeFailedFuture(error)
         }
     }
+}
+
+/// Hears the welcome of an epoch probe (see `lookForNewerServer`).
+private final class EpochProbeHandler: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = Message
+    var epoch: EventLoopPromise<UInt64>!
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        epoch = context.eventLoop.makePromise()
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if case .welcome(let served) = unwrapInboundIn(data) { epoch.succeed(served) } else { context.close(promise: nil) }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        epoch.fail(RefusedError(refusal: .shuttingDown, detail: "closed"))
+    }
+
+    /// Also when the connection never came up: the promise is always completed.
+    func handlerRemoved(context: ChannelHandlerContext) {
+        epoch.fail(RefusedError(refusal: .shuttingDown, detail: "closed"))
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) { context.close(promise: nil) }
 }
