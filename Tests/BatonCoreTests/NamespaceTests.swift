@@ -441,3 +441,13 @@ extension NamespaceDriver {
         return a.inode
     }
 }
+
+extension JournalRecord {
+    /// The record as an indirect write leaves it in the local journal: write data left out.
+    var withoutWriteData: JournalRecord {
+        guard case .write(let ino, let handle, let offset, let data) = operation, !data.isEmpty else { return self }
+        var record = self
+        record.operation = .write(ino, handle: handle, offset: offset, data: [])
+        return record
+    }
+}

@@ -13,9 +13,9 @@ public struct JournalRecord: Hashable, Sendable {
     public var session: UInt64
     public var requestSequence: UInt64
     public var operation: Operation
-    /// Bytes of a `.write`. The local journal keeps only this count: the data
-    /// itself is in the node's data file before the record is written (an
-    /// "indirect" write, as ZFS's intent log does for large writes), so data
+    /// Bytes of a `.write`. For a large write the local journal keeps only
+    /// this count: the data is in the node's data file before the record is
+    /// written (an "indirect" write, as ZFS's intent log does), so data
     /// reaches the disk once. Records sent to a standby carry the data.
     public var writeCount: UInt32
 
@@ -28,14 +28,6 @@ public struct JournalRecord: Hashable, Sendable {
         self.requestSequence = requestSequence
         self.operation = operation
         self.writeCount = writeCount ?? UInt32(operation.dataCount)
-    }
-
-    /// The record as the local journal keeps it: write data left out.
-    public var withoutWriteData: JournalRecord {
-        guard case .write(let ino, let handle, let offset, let data) = operation, !data.isEmpty else { return self }
-        var record = self
-        record.operation = .write(ino, handle: handle, offset: offset, data: [])
-        return record
     }
 }
 

@@ -52,7 +52,6 @@ public struct Namespace: Sendable {
     }
 
     public var inodeCount: Int { inodes.count }
-    public var openHandleCount: Int { handles.count }
     public var cachedReplyCount: Int { replyCache.count }
 
     // MARK: - Queries
@@ -330,8 +329,6 @@ public struct Namespace: Sendable {
         guard let inode = inodes[ino] else { return false }
         return inode.attributes.linkCount == 0 && inode.openHandles == 0
     }
-
-    public var orphanCount: Int { inodes.keys.reduce(0) { $0 + (isOrphan($1) ? 1 : 0) } }
 
     private mutating func link(_ ino: InodeNumber, _ newParent: InodeNumber, _ newName: FileName,
                                _ now: Timestamp) throws(Errno) -> FileAttributes {
