@@ -17,6 +17,8 @@ final class ExportController: @unchecked Sendable {
     private var lastFailover: (at: String, reason: String)?
     /// The replica connection in use; a newer one replaces it.
     private var replicaChannel: Channel?
+    /// Bytes of a full copy received so far, while one arrives.
+    private var copyReceivedBytes: Int?
 
     enum Role {
         case starting
@@ -290,6 +292,17 @@ final class ExportController: @unchecked Sendable {
         }
     }
 
+    /// A piece of a full copy arrived: counted for `baton status`, logged every 256 MiB.
+    func copyProgress(_ bytes: Int) {
+        let total = lock.withLock { () -> Int in
+            copyReceivedBytes = (copyReceivedBytes ?? 0) + bytes
+            return copyReceivedBytes!
+        }
+        if total / (256 << 20) != (total - bytes) / (256 << 20) {
+            logger.info("full copy arriving", metadata: ["export": "\(export.name)", "receivedBytes": "\(total)"])
+        }
+    }
+
     /// A full copy arrived (in `incoming`): it replaces the replica's data.
     func installSnapshot(from incoming: String, sequence: UInt64, epoch: UInt64, channel: Channel) -> Message {
         guard let old = replicaStore(channel) else { return .refused(.notActive, detail: "not the standby") }
@@ -310,8 +323,14 @@ final class ExportController: @unchecked Sendable {
             try? FileManager.default.removeItem(atPath: incoming)
             _ = old
             let store = try ExportStore(directory: directory, exportName: export.name, logger: logger)
-            lock.withLock { role = .standby(store, nil) }
-            logger.info("full copy installed", metadata: ["export": "\(export.name)", "sequence": "\(sequence)", "epoch": "\(epoch)"])
+            let received = lock.withLock { () -> Int in
+                role = .standby(store, nil)
+                defer { copyReceivedBytes = nil }
+                return copyReceivedBytes ?? 0
+            }
+            logger.info("full copy installed", metadata: [
+                "export": "\(export.name)", "sequence": "\(sequence)", "epoch": "\(epoch)", "receivedBytes": "\(received)",
+            ])
             return .replicated(sequence: sequence)
         } catch {
             logger.error("full copy could not be installed", metadata: ["export": "\(export.name)", "error": "\(error)"])
@@ -352,6 +371,7 @@ final class ExportController: @unchecked Sendable {
                 entry["epoch"] = Int(store.epoch)
                 entry["sequence"] = Int(store.appliedSequence)
                 entry["monitor"] = ["node": agent.me.name, "watching": monitor != nil] as [String: Any]
+                if let copyReceivedBytes { entry["catching_up"] = ["received_bytes": copyReceivedBytes] }
                 if let rtt = monitor?.lastRoundTrip { entry["probe_rtt_ms"] = Double(rtt.nanoseconds) / 1e6 }
                 if let position = monitor?.serverSequence {
                     entry["server_sequence"] = Int(position)

@@ -193,6 +193,7 @@ private final class AgentSessionHandler: ChannelInboundHandler, @unchecked Senda
                 try Disk.makeDirectory(incoming + "/files")
                 let path = inode == Message.snapshotCheckpointInode ? incoming + "/checkpoint" : incoming + "/files/" + String(inode, radix: 16)
                 try OpenFile(path: path, flags: O_WRONLY | O_CREAT).write(data, at: offset)
+                export?.copyProgress(data.count)
             } catch {
                 refuse(context, .notActive, "cannot store the full copy: \(error)")
             }

@@ -19,8 +19,9 @@ public final class ServerConnection: @unchecked Sendable {
         /// How long a request may wait for an answer (across reconnections) before it fails with EIO.
         public var requestTimeout: TimeAmount
         public var connectTimeout: TimeAmount = .seconds(1)
-        /// Pause after every address was tried once without success.
-        public var retryDelay: TimeAmount = .milliseconds(100)
+        /// Pause after every address was tried once without success: short,
+        /// because during a swap the new server comes up within tens of ms.
+        public var retryDelay: TimeAmount = .milliseconds(20)
         /// A request unanswered this long makes the client look at the other
         /// addresses for a server of a newer epoch: a stalled server that its
         /// peer could not fence keeps the connection open but answers nothing.
