@@ -34,11 +34,19 @@ public struct ByteRanges: Hashable, Sendable {
 
     /// The first range whose end lies after `offset`.
     private func firstIndex(endingAfter offset: UInt64) -> Int {
+        ranges.partitioningIndex { $0.upperBound > offset }
+    }
+}
+
+extension Array {
+    /// Binary search in an array partitioned by `belongsInSecondPart` (false
+    /// first, then true): the index of the first element of the second part.
+    func partitioningIndex(where belongsInSecondPart: (Element) -> Bool) -> Int {
         var low = 0
-        var high = ranges.count
+        var high = count
         while low < high {
             let mid = (low + high) / 2
-            if ranges[mid].upperBound <= offset { low = mid + 1 } else { high = mid }
+            if belongsInSecondPart(self[mid]) { high = mid } else { low = mid + 1 }
         }
         return low
     }

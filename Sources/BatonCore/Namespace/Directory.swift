@@ -62,15 +62,9 @@ struct Directory: Hashable, Sendable {
         }
     }
 
-    /// Binary search: the first slot whose cookie is greater than `cookie`.
+    /// The first slot whose cookie is greater than `cookie`.
     private func firstIndex(after cookie: UInt64) -> Int {
-        var low = 0
-        var high = order.count
-        while low < high {
-            let mid = (low + high) / 2
-            if order[mid].cookie <= cookie { low = mid + 1 } else { high = mid }
-        }
-        return low
+        order.partitioningIndex { $0.cookie > cookie }
     }
 
     /// Equal when a client could not tell them apart: same names, inodes and cookies
