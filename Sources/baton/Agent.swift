@@ -138,12 +138,36 @@ struct Migrate: ParsableCommand {
     @Argument(help: "The export to move.")
     var export: String
 
+    @Option(help: "The node to move it to (default: the other node).")
+    var to: String?
+
     @OptionGroup var agents: AgentOptions
+
+    func validate() throws {
+        if to != nil && agents.config == nil { throw ValidationError("--to needs --config, to know where the node's agent is") }
+    }
 
     func run() throws {
         let (addresses, secret) = try agents.targets()
+        var targets = addresses
+        if let to, let config = agents.config {
+            let cluster = try ClusterFile.load(config)
+            guard let node = cluster.node(named: to) else {
+                throw ValidationError("no node '\(to)' in \(config) (nodes: \(cluster.nodes.map(\.name).joined(separator: ", ")))")
+            }
+            let (_, text) = try PeerClient.request(.status, to: NodeAddress(host: node.agent.host, port: node.agent.port),
+                                                   node: "admin", secret: secret)
+            let view = try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any] ?? [:]
+            let entry = (view["exports"] as? [[String: Any]])?.first { $0["name"] as? String == export }
+            if entry?["role"] as? String == "server" {
+                print("\(export) is served on \(to) already")
+                return
+            }
+            // The standby there runs the swap itself.
+            targets = [NodeAddress(host: node.agent.host, port: node.agent.port)]
+        }
         var answers: [String] = []
-        for address in addresses {
+        for address in targets {
             let (ok, text) = try PeerClient.request(.migrate(export: export), to: address, node: "admin", secret: secret,
                                                     timeoutMilliseconds: 10_000)
             if ok {

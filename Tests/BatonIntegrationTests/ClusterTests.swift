@@ -79,6 +79,13 @@ final class ClusterTests: XCTestCase {
             try cluster.waitUntilReplicated("demo", epoch: before.epoch + 1)
         }
         XCTAssertEqual(try cluster.server("demo")?.node, "b")
+        let again = try runCommand(BatonBinary.path, ["migrate", "demo", "--to", "b", "--config", cluster.configPath])
+        XCTAssertEqual(again.status, 0, again.output)
+        XCTAssertTrue(again.output.contains("served on b already"), again.output)
+        let back = try runCommand(BatonBinary.path, ["migrate", "demo", "--to", "a", "--config", cluster.configPath])
+        XCTAssertEqual(back.status, 0, back.output)
+        try cluster.waitUntilReplicated("demo", epoch: before.epoch + 2)
+        XCTAssertEqual(try cluster.server("demo")?.node, "a")
     }
 
     /// DESIGN.md §4.5: failing over one export terminates only that export's server.
