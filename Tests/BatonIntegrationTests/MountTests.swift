@@ -126,3 +126,53 @@ final class PosixCheckTests: XCTestCase {
 
     func testPosixChecksPassWithoutKernelCaching() throws { try check(options: ["attr_timeout=0", "entry_timeout=0"]) }
 }
+
+/// Goal: `mount -t fuse.baton` and an fstab line mount an export through the
+/// helper, and `umount` unmounts it (the background mount then exits).
+final class MountHelperTests: XCTestCase {
+    override func setUpWithError() throws {
+        guard FileManager.default.isReadableFile(atPath: "/dev/fuse"), getuid() == 0 else {
+            throw XCTSkip("needs root and /dev/fuse")
+        }
+        // The helper goes where mount(8) looks, unless one is there already; removed afterwards.
+        let link = "/sbin/mount.fuse.baton"
+        if (try? FileManager.default.destinationOfSymbolicLink(atPath: link)) == nil, !FileManager.default.fileExists(atPath: link) {
+            let installed = try runCommand("/bin/bash", [repositoryRoot + "/mountscripts/install-mount-helper"])
+            XCTAssertEqual(installed.status, 0, installed.output)
+            addTeardownBlock { _ = try? runCommand("/bin/bash", [repositoryRoot + "/mountscripts/install-mount-helper", "--remove"]) }
+        }
+    }
+
+    private func mounted(_ test: XCTestCase, _ mountpoint: String) {
+        test.addTeardownBlock {
+            if MountProcess.isMounted(mountpoint) { _ = try? runCommand("/bin/umount", ["-l", mountpoint]) }
+        }
+    }
+
+    func testMountTypeFuseBatonAndFstab() throws {
+        let directory = try temporaryDirectory(self)
+        let server = try ServerProcess(self, export: "data", data: directory + "/data")
+        let environment = ["BATON_BIN": BatonBinary.path]
+        for (index, useFstab) in [false, true].enumerated() {
+            let mountpoint = directory + "/mnt\(index)"
+            try FileManager.default.createDirectory(atPath: mountpoint, withIntermediateDirectories: true)
+            mounted(self, mountpoint)
+            let result: CommandResult
+            if useFstab {
+                let fstab = directory + "/fstab"
+                try "data@\(server.address) \(mountpoint) fuse.baton defaults,_netdev,timeout=5 0 0\n"
+                    .write(toFile: fstab, atomically: true, encoding: .utf8)
+                result = try runCommand("/bin/mount", ["-T", fstab, mountpoint], environment: environment)
+            } else {
+                result = try runCommand("/bin/mount", ["-t", "fuse.baton", "data@\(server.address)", mountpoint, "-o", "timeout=5"],
+                                        environment: environment)
+            }
+            XCTAssertEqual(result.status, 0, result.output)
+            XCTAssertTrue(MountProcess.isMounted(mountpoint), "not mounted (fstab: \(useFstab)): \(result.output)")
+            XCTAssertTrue(FileManager.default.createFile(atPath: mountpoint + "/f\(index)", contents: Data("x".utf8)))
+            let unmounted = try runCommand("/bin/umount", [mountpoint])
+            XCTAssertEqual(unmounted.status, 0, unmounted.output)
+            XCTAssertFalse(MountProcess.isMounted(mountpoint))
+        }
+    }
+}
