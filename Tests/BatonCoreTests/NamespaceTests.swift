@@ -417,6 +417,21 @@ final class NamespaceTests: XCTestCase {
         XCTAssertThrowsError(try Namespace(checkpoint: Array(bytes.prefix(bytes.count - 1))))
     }
 
+    /// Nodes drop confirmed replies on their own: that alone must not make
+    /// their namespaces differ, but any difference in files must.
+    func testSameFilesIgnoresOnlyConfirmedReplies() {
+        var d = NamespaceDriver()
+        _ = d.mkdir("a")
+        _ = d.mkdir("b")
+        var trimmed = d.namespace
+        trimmed.forgetReplies(session: d.session, below: 3)
+        XCTAssertNotEqual(trimmed, d.namespace)
+        XCTAssertTrue(trimmed.sameFiles(as: d.namespace))
+        var other = d
+        _ = other.mkdir("c")
+        XCTAssertFalse(other.namespace.sameFiles(as: d.namespace))
+    }
+
     func testOperationsOnMissingInodesFail() {
         var d = NamespaceDriver()
         d.fails(.setattr(999, AttributeChanges(mode: 0o644), .root), .ENOENT)

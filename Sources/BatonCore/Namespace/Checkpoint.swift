@@ -92,6 +92,16 @@ extension Namespace {
     }
 }
 
+extension Namespace {
+    /// The same files, directories, attributes, open handles and journal
+    /// position; cached replies may differ, because each node drops those
+    /// its clients confirmed on its own (not journaled).
+    public func sameFiles(as other: Namespace) -> Bool {
+        inodes == other.inodes && handles == other.handles && nextInode == other.nextInode
+            && nextHandle == other.nextHandle && appliedSequence == other.appliedSequence && appliedEpoch == other.appliedEpoch
+    }
+}
+
 extension Namespace: Equatable {
     /// Two namespaces are equal when a client could not tell them apart:
     /// same inodes, entries, cookies, handles and cached replies.
