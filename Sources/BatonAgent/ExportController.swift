@@ -17,8 +17,20 @@ final class ExportController: @unchecked Sendable {
     private var lastFailover: (at: String, reason: String)?
     /// The replica connection in use; a newer one replaces it.
     private var replicaChannel: Channel?
-    /// Bytes of a full copy received so far, while one arrives.
-    private var copyReceivedBytes: Int?
+    /// The copy arriving from the server, while one does (for `baton status`).
+    private var copy: CopyProgress?
+    /// The last catch-up's outcome, for `baton status`.
+    private var lastCatchUp: [String: Any]?
+    /// The last record the replica shares with the server, from the
+    /// server's catch-up question: the replica's records after it are dropped.
+    private var sharedUpTo: UInt64?
+
+    struct CopyProgress {
+        var partial: Bool
+        var receivedBytes = 0
+        var expectedBytes: UInt64
+        var kind: String { partial ? "partial" : "full" }
+    }
 
     enum Role {
         case starting
@@ -216,6 +228,9 @@ final class ExportController: @unchecked Sendable {
     /// serving node: ask the peer to.
     func migrate() -> (Bool, String) {
         switch lock.withLock({ role }) {
+        case .standby(_, nil):
+            // Not yet in step: promoting this replica would lose what it has not received.
+            return (false, "the standby of \(export.name) on \(agent.me.name) is catching up; try again once it is in step")
         case .standby:
             let started = ContinuousClock.now
             failover(.planned)
@@ -255,10 +270,34 @@ final class ExportController: @unchecked Sendable {
             guard epoch >= store.epoch else {
                 return .refused(.staleEpoch, detail: "epoch \(epoch) is older than this replica's \(store.epoch)")
             }
+            do {
+                // This replica may promote only to a newer epoch than the server's (one server per epoch).
+                if epoch > store.epoch { try store.persistEpoch(epoch) }
+            } catch {
+                return .refused(.notActive, detail: "cannot record epoch \(epoch): \(error)")
+            }
             replicaChannel?.close(promise: nil)
             replicaChannel = channel
-            return .replicaPosition(sequence: store.appliedSequence, epoch: store.epoch)
+            copy = nil
+            sharedUpTo = nil
+            return .replicaPosition(store.journalHistory)
         }
+    }
+
+    /// The server asks which files this replica's records after `sequence`
+    /// (the last record both journals share) changed: those it will copy,
+    /// with its own. The records after `sequence` are dropped by the copy.
+    func filesChanged(after sequence: UInt64, channel: Channel) -> Message {
+        guard let store = replicaStore(channel) else { return .refused(.notActive, detail: "not the standby") }
+        let position = store.appliedSequence
+        let files = store.filesChanged(after: sequence).flatMap { $0.count <= Message.maxChangedFiles ? $0.sorted() : nil }
+        lock.withLock { sharedUpTo = sequence }
+        logger.info("standby catching up", metadata: [
+            "export": "\(export.name)", "sequence": "\(position)", "sharedUpTo": "\(sequence)",
+            "recordsToDrop": "\(position - min(position, sequence))",
+            "changedFiles": "\(files.map { "\($0.count)" } ?? "unknown: a full copy follows")",
+        ])
+        return .filesChanged(files)
     }
 
     /// The replica's store for a session of `channel`, if it is still the current one.
@@ -292,19 +331,33 @@ final class ExportController: @unchecked Sendable {
         }
     }
 
-    /// A piece of a full copy arrived: counted for `baton status`, logged every 256 MiB.
+    /// A copy from the server begins.
+    func copyBegins(partial: Bool, expectedBytes: UInt64) {
+        lock.withLock { copy = CopyProgress(partial: partial, expectedBytes: expectedBytes) }
+        logger.info("\(partial ? "partial" : "full") copy arriving", metadata: [
+            "export": "\(export.name)", "expectedBytes": "\(expectedBytes)",
+        ])
+    }
+
+    /// A piece of a copy arrived: counted for `baton status`, logged every 256 MiB.
     func copyProgress(_ bytes: Int) {
-        let total = lock.withLock { () -> Int in
-            copyReceivedBytes = (copyReceivedBytes ?? 0) + bytes
-            return copyReceivedBytes!
-        }
+        guard let progress = lock.withLock({ () -> CopyProgress? in
+            copy?.receivedBytes += bytes
+            return copy
+        }) else { return }
+        let total = progress.receivedBytes
         if total / (256 << 20) != (total - bytes) / (256 << 20) {
-            logger.info("full copy arriving", metadata: ["export": "\(export.name)", "receivedBytes": "\(total)"])
+            logger.info("\(progress.kind) copy arriving", metadata: [
+                "export": "\(export.name)", "receivedBytes": "\(total)", "expectedBytes": "\(progress.expectedBytes)",
+            ])
         }
     }
 
-    /// A full copy arrived (in `incoming`): it replaces the replica's data.
-    func installSnapshot(from incoming: String, sequence: UInt64, epoch: UInt64, channel: Channel) -> Message {
+    /// A copy arrived (in `incoming`): it replaces the replica's namespace,
+    /// journal and epoch, and its data files: all of them (full), or those
+    /// it holds, the others being the same on both nodes (partial; the store
+    /// deletes the data files of inodes the new namespace does not have).
+    func installSnapshot(from incoming: String, partial: Bool, sequence: UInt64, epoch: UInt64, channel: Channel) -> Message {
         guard let old = replicaStore(channel) else { return .refused(.notActive, detail: "not the standby") }
         // A monitor of the replica being replaced watches with stale knowledge: stop it.
         lock.withLock {
@@ -313,27 +366,42 @@ final class ExportController: @unchecked Sendable {
                 role = .standby(store, nil)
             }
         }
+        let kind = partial ? "partial" : "full"
         do {
-            for name in ["checkpoint", "journal", "files", "epoch"] {
-                _ = try? FileManager.default.removeItem(atPath: directory + "/" + name)
+            let fileManager = FileManager.default
+            if partial {
+                let files = try fileManager.contentsOfDirectory(atPath: incoming + "/files")
+                for name in files { try Disk.rename(incoming + "/files/" + name, to: directory + "/files/" + name) }
+                // The journal before the checkpoint: a crash before the new checkpoint is in place
+                // leaves the old checkpoint alone, from which the next catch-up starts.
+                for name in ["journal", "checkpoint.warm"] { _ = try? fileManager.removeItem(atPath: directory + "/" + name) }
+            } else {
+                for name in ["checkpoint", "journal", "files", "epoch", "checkpoint.warm", "files-unverified"] {
+                    _ = try? fileManager.removeItem(atPath: directory + "/" + name)
+                }
+                try fileManager.moveItem(atPath: incoming + "/files", toPath: directory + "/files")
             }
-            try FileManager.default.moveItem(atPath: incoming + "/checkpoint", toPath: directory + "/checkpoint")
-            try FileManager.default.moveItem(atPath: incoming + "/files", toPath: directory + "/files")
+            try Disk.rename(incoming + "/checkpoint", to: directory + "/checkpoint")
             try Disk.writeAtomically(Array("\(epoch)\n".utf8), to: directory + "/epoch", directory: directory)
-            try? FileManager.default.removeItem(atPath: incoming)
-            _ = old
+            try? fileManager.removeItem(atPath: incoming)
             let store = try ExportStore(directory: directory, exportName: export.name, logger: logger)
-            let received = lock.withLock { () -> Int in
+            let (received, dropped) = lock.withLock { () -> (Int, UInt64?) in
                 role = .standby(store, nil)
-                defer { copyReceivedBytes = nil }
-                return copyReceivedBytes ?? 0
+                defer { copy = nil }
+                let received = copy?.receivedBytes ?? 0
+                let dropped = partial ? old.appliedSequence - min(old.appliedSequence, sharedUpTo ?? 0) : nil
+                var outcome: [String: Any] = ["kind": kind, "sequence": Int(sequence), "received_bytes": received]
+                if let dropped { outcome["dropped_records"] = Int(dropped) }
+                lastCatchUp = outcome
+                return (received, dropped)
             }
-            logger.info("full copy installed", metadata: [
+            logger.info("\(kind) copy installed", metadata: [
                 "export": "\(export.name)", "sequence": "\(sequence)", "epoch": "\(epoch)", "receivedBytes": "\(received)",
+                "droppedRecords": "\(dropped.map(String.init) ?? "all")",
             ])
             return .replicated(sequence: sequence)
         } catch {
-            logger.error("full copy could not be installed", metadata: ["export": "\(export.name)", "error": "\(error)"])
+            logger.error("\(kind) copy could not be installed", metadata: ["export": "\(export.name)", "error": "\(error)"])
             return .refused(.notActive, detail: "\(error)")
         }
     }
@@ -371,7 +439,11 @@ final class ExportController: @unchecked Sendable {
                 entry["epoch"] = Int(store.epoch)
                 entry["sequence"] = Int(store.appliedSequence)
                 entry["monitor"] = ["node": agent.me.name, "watching": monitor != nil] as [String: Any]
-                if let copyReceivedBytes { entry["catching_up"] = ["received_bytes": copyReceivedBytes] }
+                if let copy {
+                    entry["catching_up"] = ["kind": copy.kind, "received_bytes": copy.receivedBytes,
+                                            "expected_bytes": Int(copy.expectedBytes)] as [String: Any]
+                }
+                if let lastCatchUp { entry["last_catch_up"] = lastCatchUp }
                 if let rtt = monitor?.lastRoundTrip { entry["probe_rtt_ms"] = Double(rtt.nanoseconds) / 1e6 }
                 if let position = monitor?.serverSequence {
                     entry["server_sequence"] = Int(position)

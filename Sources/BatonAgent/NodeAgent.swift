@@ -133,8 +133,10 @@ private final class AgentSessionHandler: ChannelInboundHandler, @unchecked Senda
     private var peerNode: String?
     private var export: ExportController?
     private var incoming: String?
-    /// The epoch the server announced in its hello: a full copy is installed at it.
+    /// The epoch the server announced in its hello: a copy is installed at it.
     private var helloEpoch: UInt64 = 0
+    /// A copy under way: whether it is partial.
+    private var copyIsPartial: Bool?
 
     init(agent: NodeAgent) { self.agent = agent }
 
@@ -186,23 +188,35 @@ private final class AgentSessionHandler: ChannelInboundHandler, @unchecked Senda
                 try? FileManager.default.removeItem(atPath: controller.directory + ".incoming")
             }
             send(context, answer)
-        case .snapshotData(let inode, let offset, let data):
-            guard let incoming else { return refuse(context, .malformed, "snapshot data before hello") }
+        case .catchUp(let sequence):
+            guard let export else { return refuse(context, .malformed, "catch-up before hello") }
+            send(context, export.filesChanged(after: sequence, channel: context.channel))
+        case .snapshotBegin(let partial, let bytes):
+            guard let export, let incoming else { return refuse(context, .malformed, "snapshot before hello") }
             do {
                 try Disk.makeDirectory(incoming)
                 try Disk.makeDirectory(incoming + "/files")
+                copyIsPartial = partial
+                export.copyBegins(partial: partial, expectedBytes: bytes)
+            } catch {
+                refuse(context, .notActive, "cannot store the copy: \(error)")
+            }
+        case .snapshotData(let inode, let offset, let data):
+            guard let incoming, copyIsPartial != nil else { return refuse(context, .malformed, "snapshot data before its beginning") }
+            do {
                 let path = inode == Message.snapshotCheckpointInode ? incoming + "/checkpoint" : incoming + "/files/" + String(inode, radix: 16)
                 try OpenFile(path: path, flags: O_WRONLY | O_CREAT).write(data, at: offset)
                 export?.copyProgress(data.count)
             } catch {
-                refuse(context, .notActive, "cannot store the full copy: \(error)")
+                refuse(context, .notActive, "cannot store the copy: \(error)")
             }
         case .snapshotEnd(let sequence):
             guard let export, let incoming else { return refuse(context, .malformed, "snapshot end before hello") }
-            // Without data first, it says the replica was in step already.
-            let answer = Disk.exists(incoming)
-                ? export.installSnapshot(from: incoming, sequence: sequence, epoch: helloEpoch, channel: context.channel)
-                : .replicated(sequence: sequence)
+            // Without a copy first, it says the replica was in step already.
+            let answer = copyIsPartial.map {
+                export.installSnapshot(from: incoming, partial: $0, sequence: sequence, epoch: helloEpoch, channel: context.channel)
+            } ?? .replicated(sequence: sequence)
+            copyIsPartial = nil
             send(context, answer)
             if case .replicated = answer { export.startMonitor() }
         case .replicate(let record):

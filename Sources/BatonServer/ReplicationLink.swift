@@ -25,8 +25,8 @@ public struct StandbyConfiguration: Sendable {
 }
 
 /// The export server's side of replication. Connects to the standby,
-/// authenticates, learns its position, sends a full copy when it is not
-/// exactly in step, then streams every record. In sync mode, replies wait for
+/// authenticates, learns its position, sends a copy (partial or full) when it
+/// is not exactly in step, then streams every record. In sync mode, replies wait for
 /// the standby's acknowledgement; with no standby they wait (a fenced or cut
 /// off server acknowledges nothing) until the agent says the peer is gone and
 /// the server may go on alone.
@@ -39,11 +39,11 @@ final class ReplicationLink: @unchecked Sendable {
 
     private struct State {
         /// The one connection to the standby, from connect until it closes:
-        /// never two at a time, so no two full copies race.
+        /// never two at a time, so no two copies race.
         var channel: Channel?
         /// The standby has every record up to `acknowledged` and receives the stream.
         var inStep = false
-        /// Records that arrive while a full copy is sent, to send right after it.
+        /// Records that arrive while a copy is sent, to send right after it.
         var queued: [JournalRecord]?
         var queuedBytes = 0
         var acknowledged: UInt64 = 0
@@ -52,6 +52,8 @@ final class ReplicationLink: @unchecked Sendable {
         var alone = false
         var stopped = false
         var connecting = false
+        /// Waits for the standby to say which of its files changed.
+        var filesQuery: EventLoopPromise<[InodeNumber]?>?
     }
 
     private let state = NIOLockedValueBox(State())
@@ -82,7 +84,7 @@ final class ReplicationLink: @unchecked Sendable {
 
     /// Answer without the standby until one is in step again: the agent says
     /// so when the peer is gone, and right after a swap (the old server is
-    /// fenced; the old node's replica may take a full copy, and clients
+    /// fenced; the old node's replica may take a copy, and clients
     /// should not wait for it). Until then acknowledged writes are on this
     /// node only.
     func goAlone() {
@@ -116,7 +118,7 @@ final class ReplicationLink: @unchecked Sendable {
         overflow?.close(promise: nil)
     }
 
-    /// Records kept during a full copy, at most.
+    /// Records kept during a copy, at most.
     static let maxQueuedBytes = 256 << 20
 
     /// Runs `reply` once the standby has every record up to `sequence`
@@ -201,49 +203,60 @@ final class ReplicationLink: @unchecked Sendable {
     }
 
     /// The standby said where it is: bring it in step, on a thread of its
-    /// own because a full copy waits on the network. Unless the standby is
-    /// exactly where this server is, it gets a fuzzy copy: the namespace at
-    /// position N (taken under the mutation lock, briefly), then the data
-    /// files as they are while mutations go on, then every record after N,
-    /// with its data. Replaying those over the copied files converges on the
-    /// server's state, as a redo log over a fuzzy backup does; clients are
-    /// not held up while the files are copied, nor the monitor's challenges.
-    fileprivate func positioned(_ channel: Channel, sequence: UInt64, epoch: UInt64) {
+    /// own because a copy waits on the network. Both journals' epochs give
+    /// the last record D they share (log matching). The standby exactly at
+    /// this server's position needs nothing. Otherwise it gets a fuzzy copy:
+    /// the namespace at position N (taken under the mutation lock, briefly),
+    /// then data files as they are while mutations go on, then every record
+    /// after N, with its data. Replaying those over the copied files
+    /// converges on the server's state, as a redo log over a fuzzy backup
+    /// does; clients are not held up while the files are copied, nor the
+    /// monitor's challenges. The copy is partial when both sides can tell
+    /// which files their records after D changed: the standby keeps every
+    /// other file (it is the same on both nodes) and drops its records after
+    /// D (a fenced server's, never acknowledged). Otherwise it is full.
+    fileprivate func positioned(_ channel: Channel, standby: JournalHistory) {
         Thread.detachNewThread { [self] in
-            let (position, checkpoint, files, inStep) = mutationLock.withLock { () -> (UInt64, [UInt8], [(InodeNumber, UInt64)], Bool) in
-                let position = store.appliedSequence
-                let inStep = sequence == position && epoch == store.epoch
-                state.withLockedValue { state in
-                    state.queued = []
-                    state.queuedBytes = 0
-                }
-                if inStep { return (position, [], [], true) }
-                return (position, store.withNamespace { $0.checkpoint() }, store.withNamespace { $0.regularFiles }, false)
-            }
             do {
-                if !inStep { try sendFullCopy(channel, checkpoint: checkpoint, files: files) }
-                let stillCurrent = mutationLock.withLock { () -> Bool in
-                    let queued = state.withLockedValue { state -> [JournalRecord]? in
-                        defer { state.queued = nil }
-                        guard state.channel === channel else { return nil }
-                        state.inStep = true
-                        state.alone = false
-                        return state.queued
-                    }
-                    guard let queued else { return false }
-                    channel.write(Message.snapshotEnd(sequence: position).frame(allocator: channel.allocator), promise: nil)
-                    for record in queued { channel.write(Message.replicate(record).frame(allocator: channel.allocator), promise: nil) }
-                    channel.flush()
-                    return true
+                let (inStep, divergence) = mutationLock.withLock { () -> (Bool, UInt64?) in
+                    let divergence = store.journalHistory.divergencePoint(with: standby)
+                    guard divergence == standby.last, divergence == store.appliedSequence else { return (false, divergence) }
+                    startQueueing()
+                    return (true, divergence)
                 }
-                guard stillCurrent else { return }
-                logger.info("standby in step", metadata: [
-                    "export": "\(store.exportName)", "standby": "\(configuration.agent)", "sequence": "\(position)",
-                    "fullCopy": "\(!inStep)",
+                if inStep { return finish(channel, position: standby.last, copy: nil) }
+                let standbyFiles = try divergence.flatMap { try askFilesChanged(channel, after: $0) }
+                let copy = mutationLock.withLock { () -> Copy in
+                    startQueueing()
+                    var copy = Copy(position: store.appliedSequence, checkpoint: store.withNamespace { $0.checkpoint() },
+                                    files: store.withNamespace { $0.regularFiles }, partial: nil,
+                                    why: "the journals share no record")
+                    guard let divergence else { return copy }
+                    guard let standbyFiles else {
+                        copy.why = "the standby cannot tell which of its files changed after record \(divergence)"
+                        return copy
+                    }
+                    guard let touched = store.filesTouched(after: divergence) else {
+                        copy.why = "this journal no longer reaches back to record \(divergence + 1)"
+                        return copy
+                    }
+                    let changed = touched.union(standbyFiles)
+                    copy.files = copy.files.filter { changed.contains($0.0) }
+                    copy.partial = divergence
+                    copy.why = "both journals reach back to record \(divergence), the last they share"
+                    return copy
+                }
+                logger.info("standby catching up: \(copy.kind) copy", metadata: [
+                    "export": "\(store.exportName)", "standby": "\(configuration.agent)", "files": "\(copy.files.count)",
+                    "standbySequence": "\(standby.last)", "serverSequence": "\(copy.position)",
+                    "sharedUpTo": "\(divergence.map(String.init) ?? "none")",
+                    "droppedRecords": "\(divergence.map { String(standby.last - min(standby.last, $0)) } ?? "all")", "why": "\(copy.why)",
                 ])
+                try send(copy, to: channel)
+                finish(channel, position: copy.position, copy: copy)
             } catch {
                 state.withLockedValue { $0.queued = nil }
-                logger.warning("full copy to the standby failed; retrying", metadata: [
+                logger.warning("copy to the standby failed; retrying", metadata: [
                     "export": "\(store.exportName)", "error": "\(error)",
                 ])
                 channel.close(promise: nil)
@@ -251,19 +264,91 @@ final class ReplicationLink: @unchecked Sendable {
         }
     }
 
-    private func sendFullCopy(_ channel: Channel, checkpoint: [UInt8], files: [(InodeNumber, UInt64)]) throws {
+    /// What a catch-up sends: the namespace at `position` and these files;
+    /// `partial` is the last record both journals share, nil for a full copy.
+    private struct Copy {
+        var position: UInt64
+        var checkpoint: [UInt8]
+        var files: [(InodeNumber, UInt64)]
+        var partial: UInt64?
+        /// Why this kind, for the log.
+        var why: String
+
+        var kind: String { partial == nil ? "full" : "partial" }
+    }
+
+    /// Records from here on go to the queue, to follow the copy. Called under the mutation lock.
+    private func startQueueing() {
+        state.withLockedValue { state in
+            state.queued = []
+            state.queuedBytes = 0
+        }
+    }
+
+    /// Asks the standby which of its files its records after `sequence` changed.
+    private func askFilesChanged(_ channel: Channel, after sequence: UInt64) throws -> Set<InodeNumber>? {
+        let promise = channel.eventLoop.makePromise(of: [InodeNumber]?.self)
+        state.withLockedValue { $0.filesQuery = promise }
+        let timeout = channel.eventLoop.scheduleTask(in: .seconds(30)) { [self] in
+            takeFilesQuery()?.fail(ReplicationError.refused("the standby did not say which files changed"))
+        }
+        defer { timeout.cancel() }
+        channel.writeAndFlush(Message.catchUp(from: sequence).frame(allocator: channel.allocator), promise: nil)
+        return try promise.futureResult.wait().map(Set.init)
+    }
+
+    /// The pending question, taken so that it is answered once.
+    private func takeFilesQuery() -> EventLoopPromise<[InodeNumber]?>? {
+        state.withLockedValue { state in
+            defer { state.filesQuery = nil }
+            return state.filesQuery
+        }
+    }
+
+    fileprivate func filesChanged(_ inodes: [InodeNumber]?) {
+        takeFilesQuery()?.succeed(inodes)
+    }
+
+    /// The copy is sent (or none was needed): the end of it, then the records queued meanwhile, then the stream.
+    private func finish(_ channel: Channel, position: UInt64, copy: Copy?) {
+        let stillCurrent = mutationLock.withLock { () -> Bool in
+            let queued = state.withLockedValue { state -> [JournalRecord]? in
+                defer { state.queued = nil }
+                guard state.channel === channel else { return nil }
+                state.inStep = true
+                state.alone = false
+                return state.queued
+            }
+            guard let queued else { return false }
+            channel.write(Message.snapshotEnd(sequence: position).frame(allocator: channel.allocator), promise: nil)
+            for record in queued { channel.write(Message.replicate(record).frame(allocator: channel.allocator), promise: nil) }
+            channel.flush()
+            return true
+        }
+        guard stillCurrent else { return }
+        logger.info("standby in step", metadata: [
+            "export": "\(store.exportName)", "standby": "\(configuration.agent)", "sequence": "\(position)",
+            "copy": "\(copy?.kind ?? "none")",
+        ])
+    }
+
+    private func send(_ copy: Copy, to channel: Channel) throws {
         let started = ContinuousClock.now
         var sent = 0
         func send(_ message: Message) throws {
             // Waiting on each piece bounds the memory a large copy takes.
             try channel.writeAndFlush(message.frame(allocator: channel.allocator)).wait()
         }
-        for start in stride(from: 0, to: checkpoint.count, by: WireLimits.maxDataBytes) {
-            let piece = Array(checkpoint[start..<min(start + WireLimits.maxDataBytes, checkpoint.count)])
+        let expected = copy.files.reduce(UInt64(copy.checkpoint.count)) { $0 + $1.1 }
+        try send(.snapshotBegin(partial: copy.partial != nil, bytes: expected))
+        for start in stride(from: 0, to: copy.checkpoint.count, by: WireLimits.maxDataBytes) {
+            let piece = Array(copy.checkpoint[start..<min(start + WireLimits.maxDataBytes, copy.checkpoint.count)])
             try send(.snapshotData(inode: Message.snapshotCheckpointInode, offset: UInt64(start), data: piece))
         }
         var buffer = [UInt8](repeating: 0, count: WireLimits.maxDataBytes)
-        for (ino, size) in files {
+        for (ino, size) in copy.files {
+            // Even when empty: a partial copy replaces exactly the files it holds.
+            try send(.snapshotData(inode: ino, offset: 0, data: []))
             var offset: UInt64 = 0
             while offset < size {
                 let count = Int(min(UInt64(buffer.count), size - offset))
@@ -276,9 +361,9 @@ final class ReplicationLink: @unchecked Sendable {
                 sent += got
             }
         }
-        logger.info("full copy sent to the standby", metadata: [
-            "export": "\(store.exportName)", "files": "\(files.count)", "bytes": "\(sent)",
-            "duration": "\(ContinuousClock.now - started)",
+        logger.info("copy sent to the standby", metadata: [
+            "export": "\(store.exportName)", "kind": "\(copy.kind)",
+            "files": "\(copy.files.count)", "bytes": "\(sent)", "duration": "\(ContinuousClock.now - started)",
         ])
     }
 
@@ -291,6 +376,7 @@ final class ReplicationLink: @unchecked Sendable {
             return true
         }
         if wasCurrent {
+            takeFilesQuery()?.fail(ReplicationError.refused("standby connection lost: \(reason)"))
             logger.warning("standby connection lost", metadata: ["export": "\(store.exportName)", "reason": "\(reason)"])
             retry()
         }
@@ -307,7 +393,8 @@ private final class StandbyHandler: ChannelInboundHandler, @unchecked Sendable {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
         case .challenge(let nonce): link.challenged(context.channel, nonce: nonce)
-        case .replicaPosition(let sequence, let epoch): link.positioned(context.channel, sequence: sequence, epoch: epoch)
+        case .replicaPosition(let history): link.positioned(context.channel, standby: history)
+        case .filesChanged(let inodes): link.filesChanged(inodes)
         case .replicated(let sequence): link.acknowledged(sequence, durable: false)
         case .replicaSynced(let sequence): link.acknowledged(sequence, durable: true)
         case .refused(let refusal, let detail):

@@ -96,8 +96,10 @@ struct Status: ParsableCommand {
             let monitor = (entry["monitor"] as? [String: Any])?["node"] as? String ?? "none"
             let failover = (entry["last_failover"] as? [String: Any]).map { "\($0["at"] ?? "") \($0["reason"] ?? "")" } ?? "-"
             let journal = entry["journal"] as? [String: Any] ?? [:]
-            let copying = (entry["catching_up"] as? [String: Any])?["received_bytes"] as? Int
-            let positions = copying.map { "copying \($0 >> 20) MiB" } ?? "\(journal["server"] ?? "-")/\(journal["standby"] ?? "-")"
+            let copying = (entry["catching_up"] as? [String: Any]).map {
+                "\($0["kind"] ?? "") copy \(($0["received_bytes"] as? Int ?? 0) >> 20)/\(($0["expected_bytes"] as? Int ?? 0) >> 20) MiB"
+            }
+            let positions = copying ?? "\(journal["server"] ?? "-")/\(journal["standby"] ?? "-")"
             let rtt = (entry["probe_rtt_ms"] as? Double).map { String(format: "%.2f ms", $0) } ?? "-"
             print("\(entry["name"]!)".padding(16) + "\(entry["epoch"] ?? "?")".padding(7) + serverText.padding(28)
                   + monitor.padding(10) + positions.padding(24) + rtt.padding(11) + failover)
@@ -127,6 +129,7 @@ enum StatusMerge {
             merged["journal"] = journal
             if let rtt = entry["probe_rtt_ms"] { merged["probe_rtt_ms"] = rtt }
             if let copy = entry["catching_up"] { merged["catching_up"] = copy }
+            if let last = entry["last_catch_up"] { merged["last_catch_up"] = last }
         }
         return merged
     }

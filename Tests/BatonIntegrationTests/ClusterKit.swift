@@ -14,7 +14,7 @@ final class TwoNodeCluster {
     private(set) var agents: [String: Process] = [:]
     let agentAddresses: [String: NodeAddress]
 
-    init(_ test: XCTestCase, exports names: [String] = ["demo"], name: String = #function) throws {
+    init(_ test: XCTestCase, exports names: [String] = ["demo"], replication: String = "sync", name: String = #function) throws {
         directory = try temporaryDirectory(test, name)
         let ports = try freePorts(2 + names.count)
         exports = names.enumerated().map { ($0.element, ports[2 + $0.offset]) }
@@ -25,7 +25,7 @@ final class TwoNodeCluster {
             text += "[[nodes]]\nname = \"\(node)\"\nagent = \"\(agentAddresses[node]!)\"\ndata_dir = \"\(directory)/\(node)\"\n"
         }
         for export in exports {
-            text += "[[exports]]\nname = \"\(export.name)\"\npreferred = \"a\"\nport = \(export.port)\n"
+            text += "[[exports]]\nname = \"\(export.name)\"\npreferred = \"a\"\nport = \(export.port)\nreplication = \"\(replication)\"\n"
         }
         configPath = directory + "/cluster.toml"
         try text.write(toFile: configPath, atomically: true, encoding: .utf8)
@@ -112,12 +112,52 @@ final class TwoNodeCluster {
     }
 
     /// Opens each node's copy of the export, as a restart would, to compare them.
-    func namespaces(_ export: String) throws -> [Namespace] {
+    func stores(_ export: String) throws -> [ExportStore] {
         var logger = Logger(label: "test")
         logger.logLevel = .critical
         return try ["a", "b"].map { node in
-            try ExportStore(directory: directory + "/\(node)/\(export)", exportName: export, logger: logger).withNamespace { $0 }
+            try ExportStore(directory: directory + "/\(node)/\(export)", exportName: export, logger: logger)
         }
+    }
+
+    func namespaces(_ export: String) throws -> [Namespace] {
+        try stores(export).map { $0.withNamespace { $0 } }
+    }
+
+    /// With the agents stopped: both nodes hold the same namespace, and the
+    /// same data in every regular file.
+    func assertSameFiles(_ export: String, file: StaticString = #filePath, line: UInt = #line) throws {
+        let stores = try stores(export)
+        let copies = stores.map { $0.withNamespace { $0 } }
+        XCTAssertEqual(copies[0].appliedSequence, copies[1].appliedSequence, file: file, line: line)
+        XCTAssertTrue(copies[0].sameFiles(as: copies[1]), "the nodes' namespaces disagree", file: file, line: line)
+        var differing: [InodeNumber] = []
+        var buffers = [[UInt8](repeating: 0, count: 1 << 20), [UInt8](repeating: 0, count: 1 << 20)]
+        for (ino, size) in copies[0].regularFiles {
+            var offset: UInt64 = 0
+            while offset < size {
+                let counts = try (0..<2).map { index in
+                    try buffers[index].withUnsafeMutableBytes { try stores[index].read(ino, offset: offset, into: $0) }
+                }
+                guard case .success(let count) = counts[0], counts[0] == counts[1], count > 0,
+                      buffers[0][0..<count] == buffers[1][0..<count] else {
+                    differing.append(ino)
+                    break
+                }
+                offset += UInt64(count)
+            }
+        }
+        XCTAssertEqual(differing, [], "files whose data differs between the nodes", file: file, line: line)
+    }
+
+    /// Waits until the standby has every record the server has (its monitor's view).
+    func waitUntilStandbyHasEverything(_ export: String, timeout: TimeInterval = 30) throws {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            if let journal = try? status()[export]?["journal"] as? [String: Any], journal["lag"] as? Int == 0 { return }
+            usleep(100_000)
+        }
+        throw TestError("the standby of \(export) did not catch up within \(timeout) s; logs: \(logs)")
     }
 }
 

@@ -49,11 +49,9 @@ final class ClusterTests: XCTestCase {
         XCTAssertEqual(after.node, "b", cluster.logs)
         XCTAssertEqual(after.epoch, before.epoch + 1)
         XCTAssertTrue(cluster.logs.contains("export server fenced"), cluster.logs)
-        // Both nodes hold the same namespace once the replica is in step.
+        // Both nodes hold the same files once the replica is in step.
         cluster.stopAll()
-        let copies = try cluster.namespaces("demo")
-        XCTAssertEqual(copies[0].appliedSequence, copies[1].appliedSequence)
-        XCTAssertTrue(copies[0].sameFiles(as: copies[1]), "the nodes' journals disagree")
+        try cluster.assertSameFiles("demo")
     }
 
     func testKilledServerFailsOverAndBack() throws {
@@ -67,6 +65,8 @@ final class ClusterTests: XCTestCase {
             }
             XCTAssertEqual(try cluster.server("demo")?.node, expectedNode, cluster.logs)
         }
+        cluster.stopAll()
+        try cluster.assertSameFiles("demo")
     }
 
     func testPlannedMigrationMovesTheExport() throws {
@@ -86,6 +86,8 @@ final class ClusterTests: XCTestCase {
         XCTAssertEqual(back.status, 0, back.output)
         try cluster.waitUntilReplicated("demo", epoch: before.epoch + 2)
         XCTAssertEqual(try cluster.server("demo")?.node, "a")
+        cluster.stopAll()
+        try cluster.assertSameFiles("demo")
     }
 
     /// DESIGN.md §4.5: failing over one export terminates only that export's server.
@@ -195,5 +197,39 @@ extension ClusterTests {
         XCTAssertEqual(try String(contentsOfFile: mount.mountpoint + "/before", encoding: .utf8), "b")
         XCTAssertTrue(mount.log.contains("a newer server serves the export"), mount.log)
         XCTAssertFalse(FileManager.default.fileExists(atPath: mount.mountpoint + "/stale"), "the stale server's mkdir took effect")
+    }
+}
+
+extension ClusterTests {
+    /// Issue 3: a standby that was away while the server went on (async
+    /// replication, so clients did not wait for it) catches up with a
+    /// partial copy, the files written meanwhile, not every file.
+    func testARestartedStandbyCatchesUpWithAPartialCopy() throws {
+        let cluster = try TwoNodeCluster(self, replication: "async")
+        let mount = try cluster.mount(self, "demo")
+        let block = Data(repeating: 7, count: 512 << 10)
+        for i in 0..<16 { XCTAssertTrue(FileManager.default.createFile(atPath: mount.mountpoint + "/kept\(i)", contents: block)) }
+        try cluster.waitUntilStandbyHasEverything("demo")
+        let standby = try XCTUnwrap(cluster.agents["b"])
+        kill(standby.processIdentifier, SIGTERM)
+        standby.waitUntilExit()
+        // Written while the standby is away (no fsync: that waits for both nodes).
+        let m = mount.mountpoint
+        let written = try runCommand("/bin/sh", ["-c", """
+            head -c 3145728 /dev/urandom > \(m)/during && printf changed | dd of=\(m)/kept3 bs=1 seek=1000 conv=notrunc \
+            && rm \(m)/kept5
+            """])
+        XCTAssertEqual(written.status, 0, written.output)
+
+        try cluster.startAgent("b")
+        try cluster.waitUntilReplicated("demo")
+        try cluster.waitUntilStandbyHasEverything("demo")
+        let last = try XCTUnwrap(try cluster.status()["demo"]?["last_catch_up"] as? [String: Any], cluster.logs)
+        XCTAssertEqual(last["kind"] as? String, "partial", cluster.logs)
+        // The kept files are not sent again: far less than everything.
+        XCTAssertLessThan(last["received_bytes"] as? Int ?? .max, (3 << 20) + 4 * (512 << 10), cluster.logs)
+        XCTAssertTrue(cluster.logs.contains("standby catching up: partial copy"), cluster.logs)
+        cluster.stopAll()
+        try cluster.assertSameFiles("demo")
     }
 }

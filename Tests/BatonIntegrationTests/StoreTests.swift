@@ -57,6 +57,42 @@ final class StoreTests: XCTestCase {
         XCTAssertEqual(try read(store, ino, at: 256 * 1024, count: 4096), [UInt8](repeating: 0xC3, count: 4096))
     }
 
+    /// Issue 3: what a returning standby tells the server about its files.
+    func testTheFilesChangedAfterARecordAreKnownUntilACheckpointOrAReboot() throws {
+        let directory = try temporaryDirectory(self)
+        var files: [InodeNumber] = []
+        do {
+            let store = try ExportStore(directory: directory, exportName: "x", logger: logger)
+            for name in ["a", "b", "c"] {
+                guard case .created(let file, let handle) = try store.apply(
+                    .create(parent: rootInode, name: FileName(name), mode: 0o644, flags: OpenFlags.readWrite, .root),
+                    session: 1, requestSequence: UInt64(files.count + 1)).reply else { return XCTFail("create") }
+                XCTAssertEqual(try write(store, file.inode, handle, 1, count: 100, at: 0), .written(count: 100))
+                files.append(file.inode)
+                usleep(20_000) // File times are as coarse as the kernel's clock tick.
+            }
+            // Records: 1 create a, 2 write a, 3 create b, 4 write b, 5 create c, 6 write c.
+            XCTAssertEqual(store.journalHistory, { var h = JournalHistory(checkpoint: 0, epoch: 0)
+                for sequence in 1...6 as ClosedRange<UInt64> { h.append(sequence: sequence, epoch: 1) }
+                return h }())
+            XCTAssertEqual(store.filesTouched(after: 3), [files[1], files[2]])
+            XCTAssertEqual(store.filesChanged(after: 6)?.isSubset(of: [files[2]]), true,
+                           "only a file written as late as the last record may hold a write no record has")
+            // A write no record holds: the server was killed between the two.
+            try OpenFile(path: directory + "/files/" + String(files[0], radix: 16), flags: O_WRONLY).write([9], at: 0)
+            XCTAssertEqual(store.filesChanged(after: 4), [files[0], files[2]])
+            try store.checkpoint()
+            XCTAssertNil(store.filesChanged(after: 4), "the journal no longer reaches back")
+            XCTAssertEqual(store.filesTouched(after: 6), [])
+        }
+        let reopened = try ExportStore(directory: directory, exportName: "x", logger: logger)
+        XCTAssertEqual(reopened.journalHistory, JournalHistory(checkpoint: 6, epoch: 1))
+        XCTAssertNotNil(reopened.filesChanged(after: 6))
+        try Data("another boot".utf8).write(to: URL(fileURLWithPath: directory + "/boot"))
+        XCTAssertNil(try ExportStore(directory: directory, exportName: "x", logger: logger).filesChanged(after: 6),
+                     "after a reboot the data files may lack writes the page cache held")
+    }
+
     func testLargeWritesLeaveTheirDataOutOfTheJournal() throws {
         let directory = try temporaryDirectory(self)
         let store = try ExportStore(directory: directory, exportName: "x", logger: logger)

@@ -28,9 +28,20 @@ public enum Message: Hashable, Sendable {
 
     // Export server → its standby replica (in the peer's agent).
     case replicaHello(export: String, epoch: UInt64)
-    /// The replica's position; a replica that is not exactly at the server's gets a full copy.
-    case replicaPosition(sequence: UInt64, epoch: UInt64)
-    /// Full copy, in frame-sized pieces: the checkpoint (as inode 0, which no
+    /// The replica's position: which epoch wrote each record of its journal,
+    /// so the server finds the last record both hold (`JournalHistory`).
+    case replicaPosition(JournalHistory)
+    /// Server → replica: the records after `sequence` differ (the replica's
+    /// were never received by this server, or the replica lacks the
+    /// server's). Which files did the replica's records after it change?
+    case catchUp(from: UInt64)
+    /// Replica → server: those files, or nil when it cannot tell (its journal
+    /// no longer reaches back, or its node rebooted since the files were written).
+    case filesChanged([InodeNumber]?)
+    /// A copy follows: partial (the namespace and only the files either side
+    /// changed) or full; `bytes` is about what it will send, for progress.
+    case snapshotBegin(partial: Bool, bytes: UInt64)
+    /// A copy, in frame-sized pieces: the checkpoint (as inode 0, which no
     /// export uses), then the data of each file, then the end.
     case snapshotData(inode: InodeNumber, offset: UInt64, data: [UInt8])
     case snapshotEnd(sequence: UInt64)
@@ -49,6 +60,10 @@ public enum Message: Hashable, Sendable {
     public static let protocolVersion: UInt32 = 1
     /// `snapshotData` of this inode carries the checkpoint.
     public static let snapshotCheckpointInode: InodeNumber = 0
+    /// At most this many runs of a `JournalHistory` are sent (the latest);
+    /// at most this many files in `filesChanged`: a replica with more takes a full copy.
+    public static let maxHistoryRuns = 4096
+    public static let maxChangedFiles = 100_000
 }
 
 public enum Refusal: UInt8, Hashable, Sendable {
@@ -80,6 +95,7 @@ extension Message {
         case challenge = 20, authenticate
         case replicaHello = 30, replicaPosition, snapshotData, snapshotEnd, replicate, replicated, replicaSync, replicaSynced
         case agentRequest = 40, agentReply
+        case catchUp = 50, filesChanged, snapshotBegin
     }
 
     public func encode(to w: inout ByteWriter) {
@@ -99,7 +115,19 @@ extension Message {
         case .challenge(let nonce): w.write(Tag.challenge.rawValue); w.write(bytes: nonce)
         case .authenticate(let node, let proof): w.write(Tag.authenticate.rawValue); w.write(node); w.write(bytes: proof)
         case .replicaHello(let export, let epoch): w.write(Tag.replicaHello.rawValue); w.write(export); w.write(epoch)
-        case .replicaPosition(let sequence, let epoch): w.write(Tag.replicaPosition.rawValue); w.write(sequence); w.write(epoch)
+        case .replicaPosition(let history):
+            // The latest runs only: older ones narrow what is known, nothing more.
+            let runs = history.runs.suffix(Self.maxHistoryRuns)
+            w.write(Tag.replicaPosition.rawValue); w.write(history.last); w.write(UInt32(runs.count))
+            for run in runs { w.write(run.first); w.write(run.epoch) }
+        case .catchUp(let sequence): w.write(Tag.catchUp.rawValue); w.write(sequence)
+        case .filesChanged(let inodes):
+            w.write(Tag.filesChanged.rawValue); w.write(inodes != nil)
+            if let inodes {
+                w.write(UInt32(inodes.count))
+                for ino in inodes { w.write(ino) }
+            }
+        case .snapshotBegin(let partial, let bytes): w.write(Tag.snapshotBegin.rawValue); w.write(partial); w.write(bytes)
         case .snapshotData(let inode, let offset, let data):
             w.write(Tag.snapshotData.rawValue); w.write(inode); w.write(offset); w.write(bytes: data)
         case .snapshotEnd(let sequence): w.write(Tag.snapshotEnd.rawValue); w.write(sequence)
@@ -153,7 +181,25 @@ extension Message {
         case .authenticate:
             message = .authenticate(node: try r.readString(limit: 255, kind: "node name"), proof: try r.readBytes(limit: 64, kind: "proof"))
         case .replicaHello: message = .replicaHello(export: try r.readString(limit: 255, kind: "export name"), epoch: try r.readUInt64())
-        case .replicaPosition: message = .replicaPosition(sequence: try r.readUInt64(), epoch: try r.readUInt64())
+        case .replicaPosition:
+            let last = try r.readUInt64()
+            let count = Int(try r.readUInt32())
+            guard count <= Self.maxHistoryRuns else { throw .tooLarge(kind: "journal history", size: count, limit: Self.maxHistoryRuns) }
+            var runs: [JournalHistory.Run] = []
+            for _ in 0..<count { runs.append(JournalHistory.Run(first: try r.readUInt64(), epoch: try r.readUInt64())) }
+            message = .replicaPosition(try JournalHistory(runs: runs, last: last))
+        case .catchUp: message = .catchUp(from: try r.readUInt64())
+        case .filesChanged:
+            if try r.readBool() {
+                let count = Int(try r.readUInt32())
+                guard count <= Self.maxChangedFiles else { throw .tooLarge(kind: "changed files", size: count, limit: Self.maxChangedFiles) }
+                var inodes: [InodeNumber] = []
+                for _ in 0..<count { inodes.append(try r.readUInt64()) }
+                message = .filesChanged(inodes)
+            } else {
+                message = .filesChanged(nil)
+            }
+        case .snapshotBegin: message = .snapshotBegin(partial: try r.readBool(), bytes: try r.readUInt64())
         case .snapshotData:
             message = .snapshotData(inode: try r.readUInt64(), offset: try r.readUInt64(),
                                     data: try r.readBytes(limit: WireLimits.maxDataBytes, kind: "snapshot data"))

@@ -47,6 +47,8 @@ public enum StoreError: Error, CustomStringConvertible, Sendable {
 ///     DIR/checkpoint      the namespace at some journal sequence
 ///     DIR/journal/N.log   records from sequence N on, in preallocated segments
 ///     DIR/files/INO       the contents of regular file INO
+///     DIR/files-unverified  after a reboot: the data files may lack writes
+///                         the page cache held; as a standby, a full copy
 ///
 /// Mutations come one at a time (the server serializes them); queries and reads may
 /// come from any thread and see the namespace under a read lock.
@@ -89,9 +91,16 @@ public final class ExportStore: @unchecked Sendable {
     /// immediate too, or replay would put older data over it.
     private var immediateRanges: [InodeNumber: ByteRanges] = [:]
     private var immediateRangeCount = 0
+    /// The epochs of the records since the checkpoint, and the last record
+    /// after `touchesKnownFrom` that changed each file's data: what a
+    /// returning standby's catch-up needs to copy only what differs.
+    private var history = JournalHistory(checkpoint: 0, epoch: 0)
+    private var lastTouched: [InodeNumber: UInt64] = [:]
+    private var touchesKnownFrom: UInt64 = 0
 
     private var journalDirectory: String { directory + "/journal" }
     private var checkpointPath: String { directory + "/checkpoint" }
+    private var unverifiedPath: String { directory + "/files-unverified" }
 
     /// Opens (or creates) the data directory and replays checkpoint and journal.
     public init(directory: String, exportName: String, limits: Limits = Limits(), logger: Logger) throws(StoreError) {
@@ -183,10 +192,16 @@ public final class ExportStore: @unchecked Sendable {
         let warmSequence = warm?.appliedSequence ?? 0
         let segments = try Disk.list(journalDirectory).filter { $0.hasSuffix(".log") }
         let started = namespace.appliedSequence
+        history = JournalHistory(checkpoint: namespace.appliedSequence, epoch: namespace.appliedEpoch)
+        touchesKnownFrom = namespace.appliedSequence
         for (index, name) in segments.enumerated() {
             let path = journalDirectory + "/" + name
             let file = try OpenFile(path: path, flags: O_RDWR)
             let (bytes, scan) = try Self.readUsedPart(of: file)
+            // A gap is reported below, as damage.
+            for record in scan.records where record.sequence == history.last + 1 {
+                history.append(sequence: record.sequence, epoch: record.epoch)
+            }
             for record in scan.records where record.sequence > namespace.appliedSequence && record.sequence <= warmSequence {
                 if case .write(let ino, _, let offset, let data) = record.operation, !data.isEmpty {
                     rememberImmediate(ino, offset..<offset + UInt64(data.count))
@@ -195,6 +210,8 @@ public final class ExportStore: @unchecked Sendable {
             if let warm, namespace.appliedSequence < warm.appliedSequence,
                scan.records.contains(where: { $0.sequence == warm.appliedSequence }) {
                 namespace = warm
+                // The records up to it were not applied: which files they changed is not known.
+                touchesKnownFrom = warm.appliedSequence
             }
             for record in scan.records where record.sequence > namespace.appliedSequence {
                 guard record.sequence == namespace.appliedSequence + 1 else {
@@ -209,6 +226,7 @@ public final class ExportStore: @unchecked Sendable {
                     rememberImmediate(ino, target..<target + UInt64(data.count))
                 }
                 let outcome = namespace.apply(record)
+                noteTouched(record, outcome.effects)
                 try carryOut(outcome.effects)
             }
             let isLast = index == segments.count - 1
@@ -232,8 +250,13 @@ public final class ExportStore: @unchecked Sendable {
             }
         }
         if segments.isEmpty { try startSegment() }
-        // Only now, with every write of the journal in the data files again.
-        if !sameBoot { try Disk.writeAtomically(currentBoot, to: directory + "/boot", directory: directory) }
+        if !sameBoot {
+            // Indirect writes of the last boot may not have reached the data
+            // files: this node's files can differ from the peer's anywhere.
+            if !recordedBoot.isEmpty { try Disk.writeAtomically([], to: unverifiedPath, directory: directory) }
+            // Only now, with every write of the journal in the data files again.
+            try Disk.writeAtomically(currentBoot, to: directory + "/boot", directory: directory)
+        }
         logger.info("export opened", metadata: [
             "export": "\(exportName)", "directory": "\(directory)", "epoch": "\(epoch)",
             "sequence": "\(namespace.appliedSequence)", "replayedRecords": "\(namespace.appliedSequence - started)",
@@ -264,6 +287,40 @@ public final class ExportStore: @unchecked Sendable {
     }
 
     public var appliedSequence: UInt64 { withNamespace { $0.appliedSequence } }
+
+    /// Which epoch wrote each record since the checkpoint.
+    public var journalHistory: JournalHistory { lock.reading { history } }
+
+    /// The regular files whose data the records after `sequence` changed;
+    /// nil when the journal no longer tells (checkpointed past `sequence`).
+    public func filesTouched(after sequence: UInt64) -> Set<InodeNumber>? {
+        lock.reading {
+            guard sequence >= touchesKnownFrom else { return nil }
+            return Set(lastTouched.lazy.filter { $0.value > sequence }.map(\.key))
+        }
+    }
+
+    /// On a returning standby: the files whose data may differ from the
+    /// server's copy as of `sequence`, the last record both hold. Those the
+    /// records after it changed, and those written after the journal's last
+    /// record (a server killed between a file write and its record left a
+    /// write no journal holds). Nil when this node cannot tell: the journal
+    /// no longer reaches back, or the node rebooted since the files were written.
+    public func filesChanged(after sequence: UInt64) -> Set<InodeNumber>? {
+        guard !Disk.exists(unverifiedPath), var changed = filesTouched(after: sequence) else { return nil }
+        let segments = (try? Disk.list(journalDirectory)) ?? []
+        guard let lastRecordTime = segments.compactMap({ try? Disk.modificationTime(journalDirectory + "/" + $0) }).max() else {
+            return nil
+        }
+        for name in (try? Disk.list(files.directory)) ?? [] {
+            // Equal times count: the clock behind file times is coarse.
+            if let ino = InodeNumber(name, radix: 16), let time = try? Disk.modificationTime(files.directory + "/" + name),
+               time >= lastRecordTime {
+                changed.insert(ino)
+            }
+        }
+        return changed
+    }
 
     /// Reads file data into `buffer`: the bytes at `offset` up to the file's
     /// size, zeros in holes. Returns how many bytes the file has there.
@@ -423,6 +480,10 @@ public final class ExportStore: @unchecked Sendable {
         return warm
     }
 
+    private func noteTouched(_ record: JournalRecord, _ effects: [DataEffect]) {
+        for ino in record.filesTouched(effects: effects) { lastTouched[ino] = record.sequence }
+    }
+
     private func rememberImmediate(_ ino: InodeNumber, _ range: Range<UInt64>) {
         let before = immediateRanges[ino]?.count ?? 0
         immediateRanges[ino, default: ByteRanges()].insert(range)
@@ -470,7 +531,10 @@ public final class ExportStore: @unchecked Sendable {
             guard record.sequence == namespace.appliedSequence + 1 else {
                 throw ReplicationError.outOfOrder(record: record.sequence, replica: namespace.appliedSequence)
             }
-            return (record, namespace.apply(record))
+            let outcome = namespace.apply(record)
+            history.append(sequence: record.sequence, epoch: record.epoch)
+            noteTouched(record, outcome.effects)
+            return (record, outcome)
         }
         do {
             let bytes = JournalCodec.encode(record)
@@ -518,6 +582,11 @@ public final class ExportStore: @unchecked Sendable {
             journalBytesSinceCheckpoint = 0
             immediateRanges = [:]
             immediateRangeCount = 0
+            lock.writing {
+                history = JournalHistory(checkpoint: namespace.appliedSequence, epoch: namespace.appliedEpoch)
+                lastTouched = [:]
+                touchesKnownFrom = namespace.appliedSequence
+            }
             logger.info("checkpoint written", metadata: [
                 "export": "\(exportName)", "sequence": "\(appliedSequence)", "bytes": "\(bytes.count)",
                 "segmentsDeleted": "\(old.count)", "duration": "\(ContinuousClock.now - started)",
@@ -547,7 +616,7 @@ public enum ReplicationError: Error, CustomStringConvertible, Sendable {
 /// The contents of regular files, one local file per inode, named by the
 /// export's inode number (so nothing of the local file system leaks out).
 final class DataFiles: @unchecked Sendable {
-    private let directory: String
+    let directory: String
     private let table = OpenFileTable()
     private let dirtyLock = PthreadMutex()
     /// Written by indirect writes or truncated since the last sync: an fsync flushes them.

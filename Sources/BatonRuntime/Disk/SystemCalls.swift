@@ -152,6 +152,13 @@ public enum Disk {
         try syncDirectory(directory)
     }
 
+    /// When the file's data last changed, in nanoseconds since 1970.
+    public static func modificationTime(_ path: String) throws -> Int64 {
+        var st = stat()
+        guard lstat(path, &st) == 0 else { throw SystemCallError("lstat", path: path) }
+        return Int64(st.st_mtim.tv_sec) * 1_000_000_000 + Int64(st.st_mtim.tv_nsec)
+    }
+
     public static func statfs(_ path: String) throws -> statvfs {
         var st = statvfs()
         guard statvfs(path, &st) == 0 else { throw SystemCallError("statvfs", path: path) }
