@@ -42,6 +42,11 @@ public final class ExportServer: @unchecked Sendable {
 
     /// Starts listening; returns the bound address (useful with port 0).
     public func start(listen address: NodeAddress) throws -> NodeAddress {
+        // Each node creates a new export's root with its own clock; a first
+        // record sets the root's times, so every replica agrees on them.
+        if store.appliedSequence == 0 {
+            _ = try store.apply(.setattr(rootInode, AttributeChanges(atime: .now, mtime: .now), .root), session: 0, requestSequence: 0)
+        }
         let bootstrap = ServerBootstrap(group: network)
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
@@ -125,7 +130,13 @@ public final class ExportServer: @unchecked Sendable {
                 if let cached = store.cachedReply(session: session, request: sequence) { return (cached, store.appliedSequence) }
                 do {
                     let applied = try store.apply(operation, session: session, requestSequence: sequence)
-                    if let record = applied.record { replication?.send(record) }
+                    if let record = applied.record, let replication {
+                        if case .write(_, _, _, let data) = operation {
+                            data.withUnsafeBytes { replication.send(record.withWriteData($0)) }
+                        } else {
+                            replication.send(record)
+                        }
+                    }
                     return (applied.reply, applied.record?.sequence ?? 0)
                 } catch {
                     fail(error)
@@ -144,10 +155,12 @@ public final class ExportServer: @unchecked Sendable {
             store.forgetReplies(session: session, below: oldestUnanswered)
             if let cached = store.cachedReply(session: session, request: sequence) { return (cached, store.appliedSequence) }
             do {
-                let applied = try data.withUnsafeReadableBytes {
-                    try store.applyWrite(ino, handle: handle, offset: offset, data: $0, session: session, requestSequence: sequence)
+                let applied = try data.withUnsafeReadableBytes { bytes in
+                    let applied = try store.applyWrite(ino, handle: handle, offset: offset, data: bytes, session: session,
+                                                       requestSequence: sequence)
+                    if let record = applied.record, let replication { replication.send(record.withWriteData(bytes)) }
+                    return applied
                 }
-                if let record = applied.record { replication?.send(record) }
                 return (applied.reply, applied.record?.sequence ?? 0)
             } catch {
                 fail(error)

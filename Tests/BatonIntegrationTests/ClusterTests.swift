@@ -36,6 +36,15 @@ final class ClusterTests: XCTestCase {
         return text
     }
 
+    /// Each node creates a new export's root with its own clock: without a
+    /// journaled first record the replicas differ before any client writes.
+    func testANewExportsReplicasAgreeBeforeAnyClientWrites() throws {
+        let cluster = try TwoNodeCluster(self)
+        try cluster.waitUntilStandbyHasEverything("demo")
+        cluster.stopAll()
+        try cluster.assertSameFiles("demo")
+    }
+
     func testStalledServerFailsOverAndFioVerifies() throws {
         let cluster = try TwoNodeCluster(self)
         let mount = try cluster.mount(self, "demo")

@@ -96,9 +96,22 @@ extension Namespace {
     /// The same files, directories, attributes, open handles and journal
     /// position; cached replies may differ, because each node drops those
     /// its clients confirmed on its own (not journaled).
-    public func sameFiles(as other: Namespace) -> Bool {
-        inodes == other.inodes && handles == other.handles && nextInode == other.nextInode
-            && nextHandle == other.nextHandle && appliedSequence == other.appliedSequence && appliedEpoch == other.appliedEpoch
+    public func sameFiles(as other: Namespace) -> Bool { firstDifference(from: other) == nil }
+
+    /// What differs first between the two, for a test's or an admin's message.
+    public func firstDifference(from other: Namespace) -> String? {
+        if appliedSequence != other.appliedSequence || appliedEpoch != other.appliedEpoch {
+            return "position \(appliedSequence)@\(appliedEpoch) vs \(other.appliedSequence)@\(other.appliedEpoch)"
+        }
+        for ino in Set(inodes.keys).union(other.inodes.keys).sorted() where inodes[ino] != other.inodes[ino] {
+            return "inode \(ino): \(inodes[ino].map { "\($0)" } ?? "absent") vs \(other.inodes[ino].map { "\($0)" } ?? "absent")"
+        }
+        for id in Set(handles.keys).union(other.handles.keys).sorted() where handles[id] != other.handles[id] {
+            return "handle \(id): \(handles[id].map { "\($0)" } ?? "absent") vs \(other.handles[id].map { "\($0)" } ?? "absent")"
+        }
+        if nextInode != other.nextInode { return "next inode \(nextInode) vs \(other.nextInode)" }
+        if nextHandle != other.nextHandle { return "next handle \(nextHandle) vs \(other.nextHandle)" }
+        return nil
     }
 }
 
