@@ -19,6 +19,7 @@ public final class ExportFileSystem: FuseOperations {
     private let writebackCache = Atomic<Bool>(false)
     private let lookupCounts = LookupCounts()
     private let capabilities: CapabilityCache
+    private let writesBehind: Mutex<WriteBehind<@Sendable (Int32?) -> Void>>
 
     /// The preferred I/O size shown in `st_blksize`.
     static let blockSizeBytes: UInt32 = 4096
@@ -26,8 +27,9 @@ public final class ExportFileSystem: FuseOperations {
     static let maxWriteBytes = UInt32(WireLimits.maxDataBytes)
 
     public init(transport: any OperationTransport, attributeTimeoutSeconds: Double = 1.0,
-                entryTimeoutSeconds: Double = 1.0, writebackCache: Bool = false) {
+                entryTimeoutSeconds: Double = 1.0, writebackCache: Bool = false, writeBehindBytes: Int = 0) {
         self.transport = transport
+        self.writesBehind = Mutex(WriteBehind(windowBytes: writeBehindBytes))
         self.attributeTimeoutSeconds = attributeTimeoutSeconds
         self.entryTimeoutSeconds = entryTimeoutSeconds
         self.wantsWritebackCache = writebackCache
@@ -173,9 +175,25 @@ public final class ExportFileSystem: FuseOperations {
         }
     }
 
+    /// Answered at once when the write-behind window has room (see
+    /// `WriteBehind`), else when the server has the write.
     public func write(_ request: FuseRequest, inode: UInt64, handle: UInt64, offset: UInt64, data: UnsafeRawBufferPointer,
                       reply: consuming FuseWriteReply) {
         let size = data.count
+        let (earlierError, early) = writesBehind.withLock { state -> (Int32?, Bool) in
+            if let error = state.takeError(inode) { return (error, false) }
+            return (nil, state.admit(inode, bytes: size))
+        }
+        if let earlierError { return reply.error(earlierError) }
+        if early {
+            // sendWrite has copied the data when it returns: the reply may go now.
+            transport.sendWrite(inode, handle: handle, offset: offset, data: data) { [self] result in
+                let failure: Int32? = if case .written(let count) = result, Int(count) == size { nil } else { errorCode(result) }
+                let (waiters, error) = writesBehind.withLock { $0.finished(inode, bytes: size, error: failure) }
+                for waiter in waiters { waiter(error) }
+            }
+            return reply.written(UInt32(size))
+        }
         let deferred = FuseDeferredReply(reply)
         transport.sendWrite(inode, handle: handle, offset: offset, data: data) { result in
             let reply = deferred.take()
@@ -186,19 +204,46 @@ public final class ExportFileSystem: FuseOperations {
         }
     }
 
-    /// close(2) promises no durability, and writes are acknowledged only once
-    /// the server has them, so there is nothing to wait for.
+    /// close(2) promises no durability, but it is where the file's writes
+    /// answered early reach the server (close-to-open) and where their
+    /// errors are reported.
     public func flush(_ request: FuseRequest, inode: UInt64, handle: UInt64, reply: consuming FuseEmptyReply) {
-        reply.ok()
+        whenWritesSettled(inode, reply) { reply, error in
+            if let error { reply.error(error) } else { reply.ok() }
+        }
+    }
+
+    /// Blocks until every write answered early has its server reply (each
+    /// ends by its reply or the request timeout): run before the connection
+    /// closes, so an unmount loses none of them.
+    public func waitForWritesBehind() {
+        while !writesBehind.withLock({ $0.isSettled }) { usleep(2_000) }
+    }
+
+    private func whenWritesSettled(_ inode: UInt64, _ reply: consuming FuseEmptyReply,
+                                   _ answer: @escaping @Sendable (consuming FuseEmptyReply, Int32?) -> Void) {
+        let deferred = FuseDeferredReply(reply)
+        let settlement = writesBehind.withLock { $0.settle(inode) { error in answer(deferred.take(), error) } }
+        if case .now(let error) = settlement { answer(deferred.take(), error) }
     }
 
     public func release(_ request: FuseRequest, inode: UInt64, handle: UInt64, reply: consuming FuseEmptyReply) {
         sendDone(.release(inode, handle: handle), reply)
     }
 
+    /// The server syncs after every write sent before; the file's writes
+    /// answered early report their errors here too.
     public func fsync(_ request: FuseRequest, inode: UInt64, handle: UInt64, dataOnly: Bool,
                       reply: consuming FuseEmptyReply) {
-        sendDone(.fsync(inode), reply)
+        send(.fsync(inode), reply) { [self] reply, result in
+            whenWritesSettled(inode, reply) { reply, error in
+                if let error { return reply.error(error) }
+                switch result {
+                case .done: reply.ok()
+                default: reply.error(errorCode(result))
+                }
+            }
+        }
     }
 
     // MARK: - Directories

@@ -10,16 +10,19 @@ public struct FuseMountOptions: Hashable, Sendable {
     /// Let the kernel cache writes (faster sequential writes; the kernel then owns size and mtime while dirty).
     public var writebackCache: Bool
     public var maxThreads: Int
+    /// Bytes of writes answered before the server has them (0: none); see `WriteBehind`.
+    public var writeBehindBytes: Int
 
     public init(mountpoint: String, options: [String] = [],
                 attributeTimeoutSeconds: Double = 1.0, entryTimeoutSeconds: Double = 1.0,
-                writebackCache: Bool = false, maxThreads: Int = 10) {
+                writebackCache: Bool = false, maxThreads: Int = 10, writeBehindBytes: Int = 0) {
         self.mountpoint = mountpoint
         self.options = options
         self.attributeTimeoutSeconds = attributeTimeoutSeconds
         self.entryTimeoutSeconds = entryTimeoutSeconds
         self.writebackCache = writebackCache
         self.maxThreads = maxThreads
+        self.writeBehindBytes = writeBehindBytes
     }
 }
 
@@ -48,12 +51,15 @@ public final class FuseMount {
     }
 
     /// Serves kernel requests through `transport` until the file system is
-    /// unmounted or SIGTERM, SIGINT or SIGHUP arrives.
+    /// unmounted or SIGTERM, SIGINT or SIGHUP arrives, then waits for the
+    /// writes answered early to reach the server.
     @discardableResult
     public func run(transport: any OperationTransport) throws(FuseError) -> FuseLoopExit {
         let fileSystem = ExportFileSystem(
             transport: transport, attributeTimeoutSeconds: options.attributeTimeoutSeconds,
-            entryTimeoutSeconds: options.entryTimeoutSeconds, writebackCache: options.writebackCache)
+            entryTimeoutSeconds: options.entryTimeoutSeconds, writebackCache: options.writebackCache,
+            writeBehindBytes: options.writeBehindBytes)
+        defer { fileSystem.waitForWritesBehind() }
         return try session.run(fileSystem, maxThreads: options.maxThreads)
     }
 

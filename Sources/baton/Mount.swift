@@ -12,7 +12,9 @@ struct Mount: ParsableCommand {
             SOURCE is EXPORT@HOST:PORT[,HOST:PORT...]: every node that may serve the export.
             Baton options in -o: timeout=SECONDS (how long a request may wait across a failover or
             restart before it fails with EIO; default 60), attr_timeout=SECONDS, entry_timeout=SECONDS
-            (kernel caching; default 1), writeback_cache, max_threads=N, log_file=PATH (where a
+            (kernel caching; default 1), write_behind=SIZE (writes answered before the server has them,
+            errors reported by the file's next write, fsync or close; default 8M, 0 turns it off),
+            writeback_cache, max_threads=N, log_file=PATH (where a
             backgrounded mount logs), log_level=LEVEL. Other options go to FUSE (allow_other,
             default_permissions, ro, ...); allow_other and default_permissions are on by default.
             """)
@@ -42,6 +44,7 @@ struct Mount: ParsableCommand {
         var attributeTimeoutSeconds = 1.0
         var entryTimeoutSeconds = 1.0
         var writebackCache = false
+        var writeBehindBytes = 8 << 20
         var maxThreads = 10
         var logFile: String?
         var logLevel: Logger.Level?
@@ -79,6 +82,11 @@ struct Mount: ParsableCommand {
             case "attr_timeout": settings.attributeTimeoutSeconds = try seconds()
             case "entry_timeout": settings.entryTimeoutSeconds = try seconds()
             case "writeback_cache": settings.writebackCache = true
+            case "write_behind":
+                guard let value, let bytes = byteCount(value), bytes <= 1 << 30 else {
+                    throw ValidationError("write_behind needs a size up to 1G, such as 8M or 0: '\(option)'")
+                }
+                settings.writeBehindBytes = bytes
             case "max_threads":
                 guard let value, let threads = Int(value), (1...256).contains(threads) else {
                     throw ValidationError("max_threads must be 1-256: '\(option)'")
@@ -97,6 +105,15 @@ struct Mount: ParsableCommand {
         }
         settings.fuseOptions = fuse
         return settings
+    }
+
+    /// "8M", "512K", "1G" or a plain number of bytes.
+    private static func byteCount(_ text: String) -> Int? {
+        let units: [Character: Int] = ["K": 1 << 10, "M": 1 << 20, "G": 1 << 30]
+        guard let last = text.uppercased().last else { return nil }
+        let (digits, unit) = units[last].map { (text.dropLast(), $0) } ?? (Substring(text), 1)
+        guard let number = Int(digits), number >= 0 else { return nil }
+        return number.multipliedReportingOverflow(by: unit).overflow ? nil : number * unit
     }
 
     func validate() throws {
@@ -120,7 +137,8 @@ struct Mount: ParsableCommand {
             mount = try FuseMount(FuseMountOptions(
                 mountpoint: mountpoint, options: settings.fuseOptions,
                 attributeTimeoutSeconds: settings.attributeTimeoutSeconds, entryTimeoutSeconds: settings.entryTimeoutSeconds,
-                writebackCache: settings.writebackCache, maxThreads: settings.maxThreads))
+                writebackCache: settings.writebackCache, maxThreads: settings.maxThreads,
+                writeBehindBytes: settings.writeBehindBytes))
         } catch {
             logger.critical("cannot mount", metadata: ["mountpoint": "\(mountpoint)", "error": "\(error)"])
             throw ExitCode(1)

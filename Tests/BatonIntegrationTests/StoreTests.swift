@@ -103,8 +103,11 @@ final class StoreTests: XCTestCase {
             try store.applyWrite(file.inode, handle: handle, offset: 0, data: $0, session: 1, requestSequence: 2)
         }
         XCTAssertEqual(applied.reply, .written(count: 1 << 20))
-        // The record a standby gets carries the data; the local journal does not.
-        XCTAssertEqual(applied.record?.operation.dataCount, 1 << 20)
+        // The journaled record keeps the count only; the standby's copy gets the data back.
+        XCTAssertEqual(applied.record?.operation.dataCount, 0)
+        XCTAssertEqual(applied.record?.writeCount, 1 << 20)
+        let forStandby = [UInt8](repeating: 7, count: 1 << 20).withUnsafeBytes { applied.record?.withWriteData($0) }
+        XCTAssertEqual(forStandby?.operation.dataCount, 1 << 20)
         let segment = try FileManager.default.contentsOfDirectory(atPath: directory + "/journal").first!
         let (_, scan) = try ExportStore.readUsedPart(of: OpenFile(path: directory + "/journal/" + segment, flags: O_RDONLY))
         XCTAssertLessThan(scan.validBytes, 4096, "1 MiB of write data went into the journal")

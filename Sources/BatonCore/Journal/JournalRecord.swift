@@ -172,3 +172,15 @@ extension Operation {
         return 0
     }
 }
+
+extension JournalRecord {
+    /// The record as a standby needs it: an indirect write (journaled with
+    /// its byte count only) gets its data back from the request.
+    public func withWriteData(_ data: UnsafeRawBufferPointer) -> JournalRecord {
+        guard case .write(let ino, let handle, let offset, let journaled) = operation, journaled.isEmpty, !data.isEmpty
+        else { return self }
+        var full = self
+        full.operation = .write(ino, handle: handle, offset: offset, data: Array(data))
+        return full
+    }
+}

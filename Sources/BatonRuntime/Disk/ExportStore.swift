@@ -393,7 +393,7 @@ public final class ExportStore: @unchecked Sendable {
         // Most forgets are of inodes that still have names: nothing to record.
         if case .forget(let ino) = operation, !withNamespace({ $0.isOrphan(ino) }) { return Applied(reply: .done, record: nil) }
         if let refusal = reserveJournalSpace() { return Applied(reply: refusal, record: nil) }
-        return try commit(operation, writeCount: 0, replicatedData: nil) { [epoch] sequence in
+        return try commit { [epoch] sequence in
             JournalRecord(sequence: sequence, epoch: epoch, time: .now(), session: session, requestSequence: requestSequence,
                           operation: operation)
         }
@@ -415,7 +415,7 @@ public final class ExportStore: @unchecked Sendable {
         // The record holds where the data landed (O_APPEND resolved), so a
         // reader of the journal knows each write's range without replaying.
         let operation = Operation.write(ino, handle: handle, offset: written.target, data: written.journaled)
-        return try commit(operation, writeCount: UInt32(data.count), replicatedData: data) { [epoch] sequence in
+        return try commit { [epoch] sequence in
             JournalRecord(sequence: sequence, epoch: epoch, time: .now(), session: session, requestSequence: requestSequence,
                           operation: operation, writeCount: UInt32(data.count))
         }
@@ -432,7 +432,7 @@ public final class ExportStore: @unchecked Sendable {
             let written = try data.withUnsafeBytes { try writeData(ino, handle: handle, offset: offset, data: $0) }
             operation = .write(ino, handle: handle, offset: offset, data: written.journaled)
         }
-        return try commit(operation, writeCount: record.writeCount, replicatedData: nil) { sequence in
+        return try commit { sequence in
             var stored = record
             stored.operation = operation
             return stored
@@ -522,10 +522,10 @@ public final class ExportStore: @unchecked Sendable {
     }
 
     /// Applies the record `make` builds for the next sequence, journals it,
-    /// carries out its effects. `replicatedData` is the write data a standby
-    /// needs when the journal keeps only the count.
-    private func commit(_ operation: Operation, writeCount: UInt32, replicatedData: UnsafeRawBufferPointer?,
-                        _ make: (UInt64) throws -> JournalRecord) throws -> Applied {
+    /// carries out its effects. The record returned is the journaled one: an
+    /// indirect write's data is not in it (the standby gets it from the
+    /// request's buffer, see `JournalRecord.withWriteData`).
+    private func commit(_ make: (UInt64) throws -> JournalRecord) throws -> Applied {
         let (record, outcome) = try lock.writing { () throws -> (JournalRecord, Namespace.Outcome) in
             let record = try make(namespace.appliedSequence + 1)
             guard record.sequence == namespace.appliedSequence + 1 else {
@@ -548,11 +548,7 @@ public final class ExportStore: @unchecked Sendable {
         if journalBytesSinceCheckpoint >= limits.checkpointAfterBytes || immediateRangeCount >= Self.maxImmediateRanges {
             try checkpoint()
         }
-        var full = record
-        if let replicatedData, case .write(let ino, let handle, let offset, let data) = record.operation, data.isEmpty {
-            full.operation = .write(ino, handle: handle, offset: offset, data: Array(replicatedData))
-        }
-        return Applied(reply: outcome.reply, record: full)
+        return Applied(reply: outcome.reply, record: record)
     }
 
     /// Makes every acknowledged mutation durable: the data files of indirect
