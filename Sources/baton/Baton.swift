@@ -1,4 +1,5 @@
 import ArgumentParser
+import BatonRuntime
 
 @main
 struct Baton: ParsableCommand {
@@ -6,4 +7,9 @@ struct Baton: ParsableCommand {
         commandName: "baton",
         abstract: "Baton, a failover file system: export servers, mounts and node agents.",
         subcommands: [Serve.self, Mount.self, Agent.self, Status.self, Migrate.self])
+
+    static func main() {
+        MemoryTuning.keepLargeBuffersWarm()
+        main(nil)
+    }
 }
