@@ -119,11 +119,7 @@ final class StoreTests: XCTestCase {
     func testAFullDiskRefusesAWriteAndLosesNothing() throws {
         guard getuid() == 0 else { throw XCTSkip("needs root to mount a small tmpfs") }
         let directory = try temporaryDirectory(self)
-        let mountpoint = directory + "/small"
-        try FileManager.default.createDirectory(atPath: mountpoint, withIntermediateDirectories: true)
-        let mounted = try runCommand("/bin/mount", ["-t", "tmpfs", "-o", "size=8m", "tmpfs", mountpoint])
-        XCTAssertEqual(mounted.status, 0, mounted.output)
-        addTeardownBlock { _ = try? runCommand("/bin/umount", ["-l", mountpoint]) }
+        let mountpoint = try smallDisk(self, in: directory, size: "8m")
         let limits = ExportStore.Limits(checkpointAfterBytes: 64 << 20, segmentBytes: 3 << 20)
         var acknowledged: [UInt64: UInt8] = [:]
         var refused = false

@@ -105,3 +105,14 @@ let testLogger: Logger = {
     logger.logLevel = .warning
     return logger
 }()
+
+/// A tmpfs of `size` (e.g. "8m") at `directory`/small, unmounted at teardown:
+/// a disk that fills up. Needs root.
+func smallDisk(_ test: XCTestCase, in directory: String, size: String) throws -> String {
+    let mountpoint = directory + "/small"
+    try FileManager.default.createDirectory(atPath: mountpoint, withIntermediateDirectories: true)
+    let mounted = try runCommand("/bin/mount", ["-t", "tmpfs", "-o", "size=\(size)", "tmpfs", mountpoint])
+    guard mounted.status == 0 else { throw TestError("cannot mount a tmpfs: \(mounted.output)") }
+    test.addTeardownBlock { _ = try? runCommand("/bin/umount", ["-l", mountpoint]) }
+    return mountpoint
+}

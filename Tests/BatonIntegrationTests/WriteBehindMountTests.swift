@@ -35,12 +35,8 @@ final class WriteBehindMountTests: XCTestCase {
 
     func testAWriteFailingAfterItsAnswerIsReportedBeforeTheFileIsDone() throws {
         let directory = try temporaryDirectory(self)
-        let small = directory + "/small"
-        try FileManager.default.createDirectory(atPath: small, withIntermediateDirectories: true)
         // The journal's first segment (32 MiB) fits; the file data does not.
-        let mounted = try runCommand("/bin/mount", ["-t", "tmpfs", "-o", "size=40m", "tmpfs", small])
-        XCTAssertEqual(mounted.status, 0, mounted.output)
-        addTeardownBlock { _ = try? runCommand("/bin/umount", ["-l", small]) }
+        let small = try smallDisk(self, in: directory, size: "40m")
         let server = try ServerProcess(self, export: "x", data: small + "/data")
         let mount = try MountProcess(self, source: "x@\(server.address)", mountpoint: directory + "/mnt",
                                      options: ["write_behind=8M"])
