@@ -1,5 +1,6 @@
 import BatonCore
 import BatonRuntime
+import Dispatch
 import Foundation
 import Logging
 import NIOConcurrencyHelpers
@@ -13,6 +14,8 @@ final class ExportController: @unchecked Sendable {
     private let logger: Logger
     let directory: String
     private let lock = NIOLock()
+    /// Held while a replicated record is applied (see `replicate`).
+    private let applyLock = NIOLock()
     private var role: Role = .starting
     private var lastFailover: (at: String, reason: String)?
     /// The replica connection in use; a newer one replaces it.
@@ -80,16 +83,22 @@ final class ExportController: @unchecked Sendable {
     private func startServing(aloneFromStart: Bool) throws {
         try Disk.makeDirectory(directory)
         try Disk.writeAtomically(Array("serving\n".utf8), to: servingMarker, directory: directory)
-        let process = try ExportProcess(
-            executable: agent.executable, exportName: export.name, dataDirectory: directory, listen: clientAddress,
-            secretFile: agent.configuration.secretFile, standby: agent.peerAgentAddress, node: agent.me.name,
-            replication: export.replication, logger: logger
-        ) { [weak self] status in self?.serverExited(status) }
+        let process = try makeServer(awaitPromotion: false)
         lock.withLock { role = .serving(process) }
         if aloneFromStart {
             // Started while the peer was unreachable: it may be down for good.
             agent.whenPeerStaysAway { process.continueWithoutStandby() }
         }
+    }
+
+    /// Starts this node's server of the export; with `awaitPromotion`, one
+    /// that binds its socket and waits for `promote` (the next server of a swap).
+    private func makeServer(awaitPromotion: Bool) throws -> ExportProcess {
+        try ExportProcess(
+            executable: agent.executable, exportName: export.name, dataDirectory: directory, listen: clientAddress,
+            secretFile: agent.configuration.secretFile, standby: agent.peerAgentAddress, node: agent.me.name,
+            replication: export.replication, awaitPromotion: awaitPromotion, logger: logger
+        ) { [weak self] status in self?.serverExited(status) }
     }
 
     private func startStandby() throws {
@@ -169,8 +178,49 @@ final class ExportController: @unchecked Sendable {
         }
     }
 
+    /// The next server of a swap, started on a thread of its own while the
+    /// swap goes on (after a failure the process start overlaps the fence).
+    private final class NextServer: @unchecked Sendable {
+        private let done = DispatchSemaphore(value: 0)
+        private var result: Result<ExportProcess, any Error>!
+
+        init(_ start: @escaping @Sendable () throws -> ExportProcess) {
+            Thread.detachNewThread { [self] in
+                result = Result { try start() }
+                done.signal()
+            }
+        }
+
+        /// Waits until the process has bound its socket and waits for its promotion.
+        func get() throws -> ExportProcess {
+            done.wait()
+            done.signal()
+            return try result.get()
+        }
+    }
+
+    /// How long each step of a swap took, for its log line.
+    private struct SwapTimes {
+        private(set) var steps: [(String, Duration)] = []
+        private var last = ContinuousClock.now
+
+        mutating func step(_ name: String) {
+            let now = ContinuousClock.now
+            steps.append((name, now - last))
+            last = now
+        }
+
+        static func milliseconds(_ duration: Duration) -> String {
+            let (seconds, attoseconds) = duration.components
+            return String(format: "%.1fms", Double(seconds) * 1000 + Double(attoseconds) / 1e15)
+        }
+
+        var description: String { steps.map { "\($0.0) \(Self.milliseconds($0.1))" }.joined(separator: ", ") }
+    }
+
     private func failover(_ reason: SwapReason) {
-        let store: ExportStore? = lock.withLock {
+        // Waits for a record being applied: the warm checkpoint below sees the journal at rest.
+        let store: ExportStore? = applyLock.withLock { lock.withLock {
             guard case .standby(let store, let monitor) = role else { return nil }
             // A planned swap retires the monitor itself; after a failure it has stopped already.
             monitor?.stop()
@@ -178,16 +228,35 @@ final class ExportController: @unchecked Sendable {
             replicaChannel?.close(promise: nil)
             replicaChannel = nil
             return store
-        }
+        } }
         guard let store else { return }
         let epoch = store.epoch
         let started = ContinuousClock.now
+        var times = SwapTimes()
         logger.warning("swap begins", metadata: ["export": "\(export.name)", "epoch": "\(epoch)", "reason": "\(reason)"])
+        // 0. The next server starts now, bound to its address but answering
+        // nobody until it is promoted: the process start is out of the pause
+        // (a planned swap waits for it before fencing; after a failure the
+        // clients wait already, and it overlaps the fence).
+        let next = NextServer { [self] in try makeServer(awaitPromotion: true) }
+        if case .planned = reason {
+            do {
+                _ = try next.get()
+            } catch {
+                logger.error("the next server did not start; no swap", metadata: ["export": "\(export.name)", "error": "\(error)"])
+                lock.withLock { role = .standby(store, nil) }
+                startMonitor()
+                return
+            }
+            times.step("start")
+        }
+        let pauseBegins = ContinuousClock.now
         // 1. Fence the old server through its node's agent.
         do {
             let (ok, text) = try agent.askPeer(.fence(export: export.name, epoch: epoch))
             guard ok else {
                 logger.error("fence refused; no swap", metadata: ["export": "\(export.name)", "answer": "\(text)"])
+                (try? next.get())?.abandon()
                 lock.withLock { role = .standby(store, nil) }
                 startMonitor()
                 return
@@ -201,25 +270,42 @@ final class ExportController: @unchecked Sendable {
             ])
             Thread.sleep(forTimeInterval: NodeAgent.takeoverDelay)
         }
+        times.step("fence")
         // 2-3. The new epoch is on disk before anything of it is announced.
         // The warm checkpoint lets the new server start without replaying.
+        let process: ExportProcess
         do {
             try store.writeWarmCheckpoint()
+            times.step("checkpoint")
             try store.persistEpoch(epoch + 1)
-            try startServing(aloneFromStart: false)
+            try Disk.writeAtomically(Array("serving\n".utf8), to: servingMarker, directory: directory)
+            times.step("epoch")
+            process = try next.get()
+            if case .failed = reason { times.step("start") }
+            // The old server is fenced (or its node gone): the new one answers
+            // at once, without waiting for the old node's replica to catch up.
+            try process.promote(alone: true)
+            times.step("open")
         } catch {
+            (try? next.get())?.abandon()
             logger.critical("swap failed: the new server did not start", metadata: [
                 "export": "\(export.name)", "error": "\(error)", "action": "see the log above; restart the agent",
             ])
             return
         }
-        // The old server is fenced (or its node gone): the new one answers at
-        // once, without waiting for the old node's replica to catch up.
-        if case .serving(let process) = lock.withLock({ role }) { process.continueWithoutStandby() }
+        lock.withLock { role = .serving(process) }
+        let pause = ContinuousClock.now - pauseBegins
+        process.whenFirstWelcome { [logger, export] in
+            logger.info("swap: first client back", metadata: [
+                "export": "\(export.name)", "epoch": "\(epoch + 1)",
+                "afterPauseBegan": "\(SwapTimes.milliseconds(ContinuousClock.now - pauseBegins))",
+            ])
+        }
         let at = ISO8601DateFormatter().string(from: Date())
         lock.withLock { lastFailover = (at, "\(reason)") }
         logger.warning("swap done: the export is served here", metadata: [
-            "export": "\(export.name)", "epoch": "\(epoch + 1)", "duration": "\(ContinuousClock.now - started)",
+            "export": "\(export.name)", "epoch": "\(epoch + 1)", "duration": "\(SwapTimes.milliseconds(ContinuousClock.now - started))",
+            "pause": "\(SwapTimes.milliseconds(pause))", "steps": "\(times.description)",
         ])
     }
 
@@ -309,15 +395,18 @@ final class ExportController: @unchecked Sendable {
     }
 
     func replicate(_ record: JournalRecord, channel: Channel) -> Message {
-        guard let store = replicaStore(channel) else {
-            return .refused(.staleEpoch, detail: "\(agent.me.name) no longer takes records for \(export.name)")
-        }
-        do {
-            _ = try store.applyReplicated(record)
-            return .replicated(sequence: record.sequence)
-        } catch {
-            logger.warning("replicated record refused", metadata: ["export": "\(export.name)", "error": "\(error)"])
-            return .refused(.staleEpoch, detail: "\(error)")
+        // Under `applyLock`: once a swap has begun, no record is half applied.
+        applyLock.withLock {
+            guard let store = replicaStore(channel) else {
+                return .refused(.staleEpoch, detail: "\(agent.me.name) no longer takes records for \(export.name)")
+            }
+            do {
+                _ = try store.applyReplicated(record)
+                return .replicated(sequence: record.sequence)
+            } catch {
+                logger.warning("replicated record refused", metadata: ["export": "\(export.name)", "error": "\(error)"])
+                return .refused(.staleEpoch, detail: "\(error)")
+            }
         }
     }
 

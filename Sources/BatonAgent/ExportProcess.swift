@@ -1,5 +1,6 @@
 import BatonCore
 import BatonRuntime
+import Dispatch
 import Foundation
 import Logging
 
@@ -11,29 +12,95 @@ final class ExportProcess: @unchecked Sendable {
     let process = Process()
     private let logger: Logger
 
-    /// Starts the server and waits until it listens (or fails to).
+    private let listen: NodeAddress
+    private let output = Pipe()
+    /// The go-ahead of a server started ahead of a swap (nil: it serves from the start).
+    private let goAhead: Pipe?
+    /// Signalled once the process has exited (fencing waits on it).
+    private let exited = DispatchSemaphore(value: 0)
+
+    /// Starts the server. Without `awaitPromotion` it waits until the server
+    /// listens (or fails to). With it, until the server has bound its socket
+    /// and waits for `promote` (ahead of a swap: the process start is then
+    /// out of the pause).
     init(executable: String, exportName: String, dataDirectory: String, listen: NodeAddress, secretFile: String,
-         standby: NodeAddress, node: String, replication: ReplicationMode, logger: Logger,
+         standby: NodeAddress, node: String, replication: ReplicationMode, awaitPromotion: Bool = false, logger: Logger,
          onExit: @escaping @Sendable (Int32) -> Void) throws {
         self.exportName = exportName
         self.logger = logger
+        self.listen = listen
         process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = [
             "serve", "--export", exportName, "--data", dataDirectory, "--listen", listen.description,
             "--secret-file", secretFile, "--standby", standby.description, "--node", node,
             "--replication", replication.rawValue,
-        ]
-        let ready = Pipe()
-        process.standardOutput = ready
-        process.terminationHandler = { onExit($0.terminationStatus) }
+        ] + (awaitPromotion ? ["--await-promotion"] : [])
+        goAhead = awaitPromotion ? Pipe() : nil
+        if let goAhead { process.standardInput = goAhead }
+        process.standardOutput = output
+        process.terminationHandler = { [exited] in
+            exited.signal()
+            onExit($0.terminationStatus)
+        }
+        // (Process closes the child's ends of both pipes in this process.)
         try process.run()
-        guard let line = ready.fileHandleForReading.readLine(), line.hasPrefix("listening ") else {
+        let expected = awaitPromotion ? "waiting " : "listening "
+        guard let line = output.fileHandleForReading.readLine(), line.hasPrefix(expected) else {
             process.waitUntilExit()
             throw ProbeError("export server for '\(exportName)' did not start (exit \(process.terminationStatus)); see the agent's log")
         }
+        if !awaitPromotion { logStarted() }
+    }
+
+    private func logStarted() {
         logger.info("export server started", metadata: [
             "export": "\(exportName)", "pid": "\(process.processIdentifier)", "address": "\(listen)",
         ])
+    }
+
+    /// A server started with `awaitPromotion`: it opens the export and
+    /// answers the clients queued on its socket; returns once it serves.
+    /// `alone`: without waiting for the standby (the old server is fenced).
+    func promote(alone: Bool) throws {
+        guard let goAhead else { return }
+        do {
+            try goAhead.fileHandleForWriting.write(contentsOf: Data((alone ? "go alone\n" : "go\n").utf8))
+        } catch {
+            throw ProbeError("export server for '\(exportName)' exited before its promotion; see the agent's log")
+        }
+        // Clients queued on the socket may be welcomed before the server says it listens.
+        var line = output.fileHandleForReading.readLine()
+        while line == "welcomed" {
+            welcomedEarly = true
+            line = output.fileHandleForReading.readLine()
+        }
+        guard let line, line.hasPrefix("listening ") else {
+            kill()
+            throw ProbeError("export server for '\(exportName)' did not open the export (exit \(process.terminationStatus)); see the agent's log")
+        }
+        logStarted()
+    }
+
+    private var welcomedEarly = false
+
+    /// Calls `action` when the promoted server has welcomed its first
+    /// connection (it says so on its output), on a thread of its own.
+    func whenFirstWelcome(_ action: @escaping @Sendable () -> Void) {
+        if welcomedEarly { return action() }
+        let handle = output.fileHandleForReading
+        Thread.detachNewThread {
+            while let line = handle.readLine() {
+                if line == "welcomed" { return action() }
+            }
+        }
+    }
+
+    /// A server started ahead of a swap that does not happen: it exits
+    /// without opening the export (the end of its input says so).
+    func abandon() {
+        try? goAhead?.fileHandleForWriting.close()
+        if exited.wait(timeout: .now() + 2) == .timedOut { return kill() }
+        exited.signal()
     }
 
     var pid: Int32 { process.processIdentifier }
@@ -44,7 +111,9 @@ final class ExportProcess: @unchecked Sendable {
     func kill() {
         guard process.isRunning else { return }
         Glibc.kill(process.processIdentifier, SIGKILL)
-        process.waitUntilExit()
+        // Woken by the exit itself (waitUntilExit polls its run loop every 50 ms).
+        exited.wait()
+        exited.signal()
     }
 
     /// A clean stop: SIGTERM (the server syncs its journal), SIGCONT in case

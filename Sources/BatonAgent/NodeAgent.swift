@@ -53,6 +53,8 @@ public final class NodeAgent: @unchecked Sendable {
 
     /// Listens, starts every export in its role, and blocks until stopped.
     public func run() throws {
+        // A server that exits before its go-ahead is written must not take the agent with it.
+        signal(SIGPIPE, SIG_IGN)
         let bootstrap = ServerBootstrap(group: group)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)

@@ -37,17 +37,55 @@ public final class ExportServer: @unchecked Sendable {
         self.replication = standby.map { ReplicationLink(configuration: $0, store: store, mutationLock: lock, logger: logger) }
     }
 
+    /// Runs once, when the first connection is welcomed (after a swap: the
+    /// first client back; the agent logs it).
+    public var onFirstWelcome: (@Sendable () -> Void)?
+    private let welcomedOnce = NIOLockedValueBox(false)
+
+    func welcomed() {
+        let first = welcomedOnce.withLockedValue { seen in
+            defer { seen = true }
+            return !seen
+        }
+        if first { onFirstWelcome?() }
+    }
+
     /// The agent declared the peer node gone: stop waiting for the standby.
     public func continueWithoutStandby() { replication?.goAlone() }
 
     /// Starts listening; returns the bound address (useful with port 0).
     public func start(listen address: NodeAddress) throws -> NodeAddress {
-        // Each node creates a new export's root with its own clock; a first
-        // record sets the root's times, so every replica agrees on them.
-        if store.appliedSequence == 0 {
-            _ = try store.apply(.setattr(rootInode, AttributeChanges(atime: .now, mtime: .now), .root), session: 0, requestSequence: 0)
-        }
-        let bootstrap = ServerBootstrap(group: network)
+        try stampNewExportRoot()
+        return try started(bootstrap.bind(host: address.host, port: address.port).wait(), host: address.host, port: address.port)
+    }
+
+    /// Starts serving on a socket bound (and listening) already: a server
+    /// started ahead of a swap binds before it is promoted, so that clients'
+    /// connections wait in the kernel's queue and are answered the moment it is.
+    public func start(boundSocket: CInt, address: NodeAddress) throws -> NodeAddress {
+        try stampNewExportRoot()
+        return try started(bootstrap.withBoundSocket(boundSocket).wait(), host: address.host, port: address.port)
+    }
+
+    /// Each node creates a new export's root with its own clock; a first
+    /// record sets the root's times, so every replica agrees on them.
+    private func stampNewExportRoot() throws {
+        guard store.appliedSequence == 0 else { return }
+        _ = try store.apply(.setattr(rootInode, AttributeChanges(atime: .now, mtime: .now), .root), session: 0, requestSequence: 0)
+    }
+
+    private func started(_ channel: Channel, host: String, port requested: Int) -> NodeAddress {
+        listener = channel
+        replication?.start()
+        let port = channel.localAddress?.port ?? requested
+        logger.info("export server listening", metadata: [
+            "export": "\(exportName)", "address": "\(host):\(port)", "epoch": "\(store.epoch)",
+        ])
+        return NodeAddress(host: host, port: port)
+    }
+
+    private var bootstrap: ServerBootstrap {
+        ServerBootstrap(group: network)
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
@@ -58,14 +96,6 @@ public final class ExportServer: @unchecked Sendable {
                     try channel.pipeline.syncOperations.addHandler(ClientConnectionHandler(server: self))
                 }
             }
-        let channel = try bootstrap.bind(host: address.host, port: address.port).wait()
-        listener = channel
-        replication?.start()
-        let port = channel.localAddress?.port ?? address.port
-        logger.info("export server listening", metadata: [
-            "export": "\(exportName)", "address": "\(address.host):\(port)", "epoch": "\(store.epoch)",
-        ])
-        return NodeAddress(host: address.host, port: port)
     }
 
     /// Blocks until `stop` is called.
@@ -289,6 +319,7 @@ final class ClientConnectionHandler: ChannelInboundHandler, @unchecked Sendable 
             }
             self.session = session
             context.writeAndFlush(wrapOutboundOut(Message.welcome(epoch: server.epoch).frame(allocator: context.channel.allocator)), promise: nil)
+            server.welcomed()
         case .request(let sequence, let oldest, let operation):
             guard let session else {
                 refuse(context, .malformed, "request before hello")

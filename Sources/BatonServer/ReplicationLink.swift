@@ -50,6 +50,12 @@ final class ReplicationLink: @unchecked Sendable {
         var synced: UInt64 = 0
         var waiters: [(sequence: UInt64, durable: Bool, run: @Sendable () -> Void)] = []
         var alone = false
+        /// Alone, with a standby in step again: alone until it has
+        /// acknowledged this record (see `finish`).
+        var aloneUntil: UInt64?
+        var drainRounds = 0
+        /// The last record given to `send`.
+        var lastSent: UInt64 = 0
         var stopped = false
         var connecting = false
         /// Waits for the standby to say which of its files changed.
@@ -90,6 +96,7 @@ final class ReplicationLink: @unchecked Sendable {
     func goAlone() {
         let waiters = state.withLockedValue { state -> [@Sendable () -> Void] in
             state.alone = true
+            state.aloneUntil = nil
             defer { state.waiters = [] }
             return state.waiters.map(\.run)
         }
@@ -106,6 +113,7 @@ final class ReplicationLink: @unchecked Sendable {
     /// Sends a record; called under the mutation lock, so records go in order.
     func send(_ record: JournalRecord) {
         let (channel, overflow) = state.withLockedValue { state -> (Channel?, Channel?) in
+            state.lastSent = record.sequence
             if state.queued != nil {
                 state.queued!.append(record)
                 state.queuedBytes += record.operation.dataCount + 64
@@ -144,15 +152,45 @@ final class ReplicationLink: @unchecked Sendable {
         if now { reply() }
     }
 
+    /// Records the standby may lag behind when a server that answered alone
+    /// starts waiting for it again; and how many times it waits for a
+    /// smaller lag before it does so anyway.
+    static let drainedLag: UInt64 = 32
+    static let maxDrainRounds = 8
+    static let maxDrainTime = TimeAmount.seconds(2)
+    /// Queued records sent under the mutation lock at the end of a copy, at most (see `finish`).
+    static let lastQueueBatch = 64
+    static let maxQueueBatches = 16
+
     fileprivate func acknowledged(_ sequence: UInt64, durable: Bool) {
-        let ready = state.withLockedValue { state -> [@Sendable () -> Void] in
+        let (ready, drained) = state.withLockedValue { state -> ([@Sendable () -> Void], UInt64?) in
             if durable { state.synced = max(state.synced, sequence) } else { state.acknowledged = max(state.acknowledged, sequence) }
+            var drained: UInt64?
+            if let until = state.aloneUntil, state.inStep, state.acknowledged >= until {
+                // The standby has what was written while it caught up; what
+                // was written meanwhile is the next round, unless it is short.
+                // (A standby in step without a copy acknowledges records sent by the server before this one.)
+                let lag = state.lastSent > state.acknowledged ? state.lastSent - state.acknowledged : 0
+                if lag <= Self.drainedLag || state.drainRounds >= Self.maxDrainRounds {
+                    state.alone = false
+                    state.aloneUntil = nil
+                    drained = state.acknowledged
+                } else {
+                    state.aloneUntil = state.lastSent
+                    state.drainRounds += 1
+                }
+            }
             let (acked, synced) = (state.acknowledged, state.synced)
             let ready = state.waiters.filter { $0.sequence <= ($0.durable ? synced : acked) }
             state.waiters.removeAll { $0.sequence <= ($0.durable ? synced : acked) }
-            return ready.map(\.run)
+            return (ready.map(\.run), drained)
         }
         for run in ready { run() }
+        if let drained {
+            logger.info("standby has every record again: replies wait for it", metadata: [
+                "export": "\(store.exportName)", "standby": "\(configuration.agent)", "sequence": "\(drained)",
+            ])
+        }
     }
 
     // MARK: Connecting
@@ -311,21 +349,59 @@ final class ReplicationLink: @unchecked Sendable {
 
     /// The copy is sent (or none was needed): the end of it, then the records queued meanwhile, then the stream.
     private func finish(_ channel: Channel, position: UInt64, copy: Copy?) {
+        // The records queued during the copy go out while mutations go on
+        // (framing tens of MiB under the mutation lock held every client up);
+        // the last few go under the lock, with the switch to the stream.
+        var endSent = false
+        for _ in 0..<Self.maxQueueBatches {
+            let batch = state.withLockedValue { state -> [JournalRecord]? in
+                guard state.channel === channel, let queued = state.queued, queued.count > Self.lastQueueBatch else { return nil }
+                state.queued = []
+                state.queuedBytes = 0
+                return queued
+            }
+            guard let batch else { break }
+            if !endSent { channel.write(Message.snapshotEnd(sequence: position).frame(allocator: channel.allocator), promise: nil) }
+            endSent = true
+            for record in batch { channel.write(Message.replicate(record).frame(allocator: channel.allocator), promise: nil) }
+            channel.flush()
+        }
         let stillCurrent = mutationLock.withLock { () -> Bool in
             let queued = state.withLockedValue { state -> [JournalRecord]? in
                 defer { state.queued = nil }
                 guard state.channel === channel else { return nil }
                 state.inStep = true
-                state.alone = false
+                if state.alone {
+                    // Answering alone (after a swap, or with the peer gone):
+                    // go on until the standby has applied the records queued
+                    // during the copy too, so that clients do not wait for it
+                    // (a write answered next would wait for all of them).
+                    state.aloneUntil = max(position, state.lastSent)
+                    state.drainRounds = 0
+                }
                 return state.queued
             }
             guard let queued else { return false }
-            channel.write(Message.snapshotEnd(sequence: position).frame(allocator: channel.allocator), promise: nil)
+            if !endSent { channel.write(Message.snapshotEnd(sequence: position).frame(allocator: channel.allocator), promise: nil) }
             for record in queued { channel.write(Message.replicate(record).frame(allocator: channel.allocator), promise: nil) }
             channel.flush()
             return true
         }
         guard stillCurrent else { return }
+        // A standby that applies records slower than they come: wait for it anyway after a while.
+        group.next().scheduleTask(in: Self.maxDrainTime) { [self] in
+            let late = state.withLockedValue { state -> Bool in
+                guard state.channel === channel, state.aloneUntil != nil else { return false }
+                state.alone = false
+                state.aloneUntil = nil
+                return true
+            }
+            if late {
+                logger.warning("standby still behind after the catch-up: replies wait for it from now on", metadata: [
+                    "export": "\(store.exportName)", "standby": "\(configuration.agent)",
+                ])
+            }
+        }
         logger.info("standby in step", metadata: [
             "export": "\(store.exportName)", "standby": "\(configuration.agent)", "sequence": "\(position)",
             "copy": "\(copy?.kind ?? "none")",

@@ -32,6 +32,13 @@ struct Serve: ParsableCommand {
     @Option(help: "sync: answer mutations once the standby has them; async: at once (may lose the last ones on failover).")
     var replication: String = "sync"
 
+    @Flag(help: ArgumentHelp(
+        "Start ahead of a swap: bind the listening socket, print 'waiting HOST:PORT', then wait for a line on stdin.",
+        discussion: "'go' opens the export and serves (connections that arrived meanwhile are answered at once); "
+            + "'go alone' also answers without waiting for a standby; the end of stdin exits. The agent starts the "
+            + "next server of a swap this way before it fences the old one, so the pause holds no process start."))
+    var awaitPromotion = false
+
     @OptionGroup var logging: LoggingOptions
 
     func validate() throws {
@@ -45,6 +52,22 @@ struct Serve: ParsableCommand {
 
     func run() throws {
         let logger = logging.bootstrap(label: "baton.serve")
+        let secret = try secretFile.map { try SecretFile.read($0) }
+        var boundSocket: CInt?
+        var goAlone = false
+        if awaitPromotion {
+            let (socket, port) = try ListeningSocket.open(listen)
+            boundSocket = socket
+            FileHandle.standardOutput.write(Data("waiting \(listen.host):\(port)\n".utf8))
+            // Not a client is answered before the go-ahead: the agent sends it
+            // once the old server is fenced and the new epoch is on disk.
+            guard let line = FileHandle.standardInput.readLine(), line == "go" || line == "go alone" else {
+                logger.info("not promoted: stopping", metadata: ["export": "\(export)"])
+                throw ExitCode(0)
+            }
+            goAlone = line == "go alone"
+        }
+        let promoted = ContinuousClock.now
         let store: ExportStore
         do {
             store = try ExportStore(directory: data, exportName: export,
@@ -53,7 +76,7 @@ struct Serve: ParsableCommand {
             logger.critical("cannot open the export", metadata: ["export": "\(export)", "error": "\(error)"])
             throw ExitCode(2)
         }
-        let secret = try secretFile.map { try SecretFile.read($0) }
+        let opened = ContinuousClock.now
         let standbyConfiguration = standby.map {
             StandbyConfiguration(agent: $0, node: node, secret: secret!, synchronous: replication == "sync")
         }
@@ -64,9 +87,18 @@ struct Serve: ParsableCommand {
         let alone = DispatchSource.makeSignalSource(signal: SIGUSR1, queue: .global())
         alone.setEventHandler { server.continueWithoutStandby() }
         alone.resume()
-        let bound = try server.start(listen: listen)
+        if awaitPromotion {
+            // The agent hears when the first connection is welcomed (it logs when clients came back).
+            server.onFirstWelcome = { FileHandle.standardOutput.write(Data("welcomed\n".utf8)) }
+        }
+        if goAlone { server.continueWithoutStandby() }
+        let bound = try boundSocket.map { try server.start(boundSocket: $0, address: listen) } ?? server.start(listen: listen)
         // Tests and scripts read the bound port from here when they asked for port 0.
         FileHandle.standardOutput.write(Data("listening \(bound)\n".utf8))
+        if awaitPromotion {
+            logger.info("promoted: serving", metadata: ["export": "\(export)", "afterGoAhead": "\(ContinuousClock.now - promoted)",
+                                               "opening": "\(opened - promoted)"])
+        }
         let signals = onTerminationSignals { signalNumber in
             logger.info("signal received, stopping", metadata: ["export": "\(export)", "signal": "\(signalNumber)"])
             server.stop()

@@ -159,6 +159,8 @@ extension StoreTests {
     func testWarmCheckpointGivesTheSameNamespaceAsAFullReplay() throws {
         let directory = try temporaryDirectory(self)
         var expected: Namespace
+        var history: JournalHistory
+        var touched: Set<InodeNumber>?
         do {
             let store = try ExportStore(directory: directory, exportName: "x", logger: logger)
             guard case .created(let file, let handle) = try store.apply(
@@ -168,11 +170,40 @@ extension StoreTests {
             try store.writeWarmCheckpoint()
             _ = try store.apply(.mkdir(parent: rootInode, name: FileName("after"), mode: 0o755, .root), session: 1, requestSequence: 99)
             expected = store.withNamespace { $0 }
+            history = store.journalHistory
+            touched = store.filesTouched(after: 1)
         }
         let warm = try ExportStore(directory: directory, exportName: "x", logger: logger)
         XCTAssertEqual(warm.withNamespace { $0 }, expected)
+        // The replay state came with it: the records' epochs, and which files they changed.
+        XCTAssertEqual(warm.journalHistory, history)
+        XCTAssertEqual(warm.filesTouched(after: 1), touched)
+        _ = try warm.apply(.mkdir(parent: rootInode, name: FileName("later"), mode: 0o755, .root), session: 1, requestSequence: 100)
+        let later = warm.withNamespace { $0 }
+        let replayed = try ExportStore(directory: directory, exportName: "x", logger: logger)
+        XCTAssertEqual(replayed.withNamespace { $0 }, later, "the journal goes on where the warm checkpoint said it ends")
         XCTAssertFalse(FileManager.default.fileExists(atPath: directory + "/checkpoint.warm"), "a warm checkpoint is used once")
         // Appends landed at increasing offsets: the journal says where, without replaying.
         XCTAssertEqual(warm.withNamespace { $0.attributes(of: 2)?.size }, 20_000)
+    }
+}
+
+extension StoreTests {
+    /// A warm checkpoint whose journal was checkpointed away after it is not
+    /// used for where the journal ends: the open replays, as without one.
+    func testWarmCheckpointOlderThanTheDurableOneIsNotUsed() throws {
+        let directory = try temporaryDirectory(self)
+        var expected: Namespace
+        do {
+            let store = try ExportStore(directory: directory, exportName: "x", logger: logger)
+            _ = try store.apply(.mkdir(parent: rootInode, name: FileName("a"), mode: 0o755, .root), session: 1, requestSequence: 1)
+            try store.writeWarmCheckpoint()
+            _ = try store.apply(.mkdir(parent: rootInode, name: FileName("b"), mode: 0o755, .root), session: 1, requestSequence: 2)
+            try store.checkpoint()
+            _ = try store.apply(.mkdir(parent: rootInode, name: FileName("c"), mode: 0o755, .root), session: 1, requestSequence: 3)
+            expected = store.withNamespace { $0 }
+        }
+        let reopened = try ExportStore(directory: directory, exportName: "x", logger: logger)
+        XCTAssertEqual(reopened.withNamespace { $0 }, expected)
     }
 }

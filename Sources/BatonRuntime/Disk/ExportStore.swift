@@ -109,6 +109,7 @@ public final class ExportStore: @unchecked Sendable {
         self.limits = limits
         self.logger = logger
         precondition(limits.segmentBytes >= 2 * Self.maxRecordBytes, "journal segments must hold the largest record")
+        openStarted = ContinuousClock.now
         do {
             try Disk.makeDirectory(directory)
             try Disk.makeDirectory(directory + "/journal")
@@ -159,12 +160,12 @@ public final class ExportStore: @unchecked Sendable {
     /// Reads the written part of a preallocated segment: a growing prefix
     /// until the records end in zeros with room for a whole record after them
     /// (a damaged header followed by records would show within that room).
-    static func readUsedPart(of file: OpenFile) throws -> ([UInt8], JournalCodec.Scan) {
-        let size = Int(try file.size())
+    static func readUsedPart(of file: OpenFile, from start: Int = 0) throws -> ([UInt8], JournalCodec.Scan) {
+        let size = max(0, Int(try file.size()) - start)
         var count = min(size, 4 << 20)
         while true {
             var bytes = [UInt8](repeating: 0, count: count)
-            let read = try bytes.withUnsafeMutableBytes { try file.read(into: $0, at: 0) }
+            let read = try bytes.withUnsafeMutableBytes { try file.read(into: $0, at: UInt64(start)) }
             bytes.removeLast(count - read)
             let scan = JournalCodec.scan(bytes)
             let roomAfter = bytes.count - scan.validBytes
@@ -188,16 +189,49 @@ public final class ExportStore: @unchecked Sendable {
         let (currentBoot, recordedBoot) = boots()
         let sameBoot = !currentBoot.isEmpty && currentBoot == recordedBoot
         // Records up to the warm checkpoint are read only for where their immediate writes landed.
-        let warm = sameBoot ? takeWarmCheckpoint(currentBoot: currentBoot) : nil
-        let warmSequence = warm?.appliedSequence ?? 0
+        var warm = sameBoot ? takeWarmCheckpoint(currentBoot: currentBoot) : nil
         let segments = try Disk.list(journalDirectory).filter { $0.hasSuffix(".log") }
         let started = namespace.appliedSequence
         history = JournalHistory(checkpoint: namespace.appliedSequence, epoch: namespace.appliedEpoch)
         touchesKnownFrom = namespace.appliedSequence
-        for (index, name) in segments.enumerated() {
+        // With its replay state, the journal is read from where the warm checkpoint ends.
+        var resume: (index: Int, offset: Int)?
+        if let (_, state) = warm, state == nil {
+            logger.info("warm checkpoint without a usable journal position: reading the journal from the checkpoint",
+                        metadata: ["export": "\(exportName)"])
+        }
+        if case let (namespaceThen, state?)? = warm {
+            let index = segments.firstIndex(of: state.segmentName)
+            let tail = index.flatMap { _ in
+                (try? OpenFile(path: journalDirectory + "/" + state.segmentName, flags: O_RDONLY))
+                    .flatMap { try? Self.readUsedPart(of: $0, from: state.segmentOffset).1 }
+            }
+            var sound = tail.map { $0.records.first.map { $0.sequence == namespaceThen.appliedSequence + 1 } ?? true } ?? false
+            if case .corrupt? = tail?.ending { sound = false }
+            if !sound {
+                logger.info("the warm checkpoint's journal position does not match the journal: reading it from the checkpoint", metadata: [
+                    "export": "\(exportName)", "segment": "\(state.segmentName)", "offset": "\(state.segmentOffset)",
+                    "segmentFound": "\(index != nil)", "next": "\(tail?.records.first.map { String($0.sequence) } ?? "none")",
+                ])
+            }
+            if let index, sound {
+                namespace = namespaceThen
+                history = state.history
+                touchesKnownFrom = state.touchesKnownFrom
+                lastTouched = state.lastTouched
+                immediateRanges = state.immediateRanges
+                immediateRangeCount = state.immediateRanges.values.reduce(0) { $0 + $1.count }
+                journalBytesSinceCheckpoint = state.journalBytes
+                resume = (index, state.segmentOffset)
+                warm = nil
+            }
+        }
+        let warmSequence = warm?.0.appliedSequence ?? 0
+        for (index, name) in segments.enumerated() where index >= resume?.index ?? 0 {
             let path = journalDirectory + "/" + name
             let file = try OpenFile(path: path, flags: O_RDWR)
-            let (bytes, scan) = try Self.readUsedPart(of: file)
+            let start = index == resume?.index ? resume!.offset : 0
+            let (bytes, scan) = try Self.readUsedPart(of: file, from: start)
             // A gap is reported below, as damage.
             for record in scan.records where record.sequence == history.last + 1 {
                 history.append(sequence: record.sequence, epoch: record.epoch)
@@ -207,7 +241,7 @@ public final class ExportStore: @unchecked Sendable {
                     rememberImmediate(ino, offset..<offset + UInt64(data.count))
                 }
             }
-            if let warm, namespace.appliedSequence < warm.appliedSequence,
+            if let warm = warm?.0, namespace.appliedSequence < warm.appliedSequence,
                scan.records.contains(where: { $0.sequence == warm.appliedSequence }) {
                 namespace = warm
                 // The records up to it were not applied: which files they changed is not known.
@@ -237,7 +271,7 @@ public final class ExportStore: @unchecked Sendable {
                                metadata: ["export": "\(exportName)", "file": "\(path)", "offset": "\(offset)"])
                 // Zero it, so that records appended after it are not read as damage.
                 let tail = bytes[offset...].lastIndex(where: { $0 != 0 })! + 1
-                try file.write([UInt8](repeating: 0, count: tail - offset), at: UInt64(offset))
+                try file.write([UInt8](repeating: 0, count: tail - offset), at: UInt64(start + offset))
             case .tornTail(let offset):
                 throw StoreError.corruptJournal(file: path, offset: offset, reason: "incomplete record before the last segment")
             case .corrupt(let offset, let reason):
@@ -246,7 +280,7 @@ public final class ExportStore: @unchecked Sendable {
             journalBytesSinceCheckpoint += scan.validBytes
             if isLast {
                 segment = file
-                segmentOffset = scan.validBytes
+                segmentOffset = start + scan.validBytes
             }
         }
         if segments.isEmpty { try startSegment() }
@@ -260,9 +294,12 @@ public final class ExportStore: @unchecked Sendable {
         logger.info("export opened", metadata: [
             "export": "\(exportName)", "directory": "\(directory)", "epoch": "\(epoch)",
             "sequence": "\(namespace.appliedSequence)", "replayedRecords": "\(namespace.appliedSequence - started)",
-            "inodes": "\(namespace.inodeCount)",
+            "inodes": "\(namespace.inodeCount)", "journalBytes": "\(journalBytesSinceCheckpoint)",
+            "duration": "\(ContinuousClock.now - openStarted)",
         ])
     }
+
+    private let openStarted: ContinuousClock.Instant
 
     private func startSegment() throws {
         let name = String(namespace.appliedSequence + 1, radix: 16).leftPadded(to: 16) + ".log"
@@ -458,26 +495,125 @@ public final class ExportStore: @unchecked Sendable {
 
     /// A namespace snapshot for a restart in this same boot (a promotion of
     /// this replica): the next open starts from it instead of replaying the
-    /// journal since the durable checkpoint. No mutation may be in flight.
+    /// journal since the durable checkpoint. It carries what the journal up
+    /// to it would tell (where the journal ends, the records' epochs, where
+    /// immediate writes landed, which files changed), so that the open reads
+    /// only the records after it. No mutation may be in flight. Not synced:
+    /// it is used in this boot only, where the page cache has it.
     public func writeWarmCheckpoint() throws {
         let (boot, _) = boots()
         var bytes: [UInt8] = [UInt8(boot.count)] + boot
-        bytes += withNamespace { $0.checkpoint() }
-        try Disk.writeAtomically(bytes, to: warmCheckpointPath, directory: directory)
+        let (checkpoint, state) = lock.reading { (namespace.checkpoint(), encodeReplayState()) }
+        bytes += Self.warmStateMagic
+        withUnsafeBytes(of: UInt32(state.count).littleEndian) { bytes += $0 }
+        bytes += state
+        withUnsafeBytes(of: CRC32C.checksum(state).littleEndian) { bytes += $0 }
+        bytes += checkpoint
+        let temporary = warmCheckpointPath + ".tmp"
+        try OpenFile(path: temporary, flags: O_WRONLY | O_CREAT | O_TRUNC).write(bytes)
+        try Disk.rename(temporary, to: warmCheckpointPath)
     }
 
     private var warmCheckpointPath: String { directory + "/checkpoint.warm" }
+    /// Marks a warm checkpoint that carries the replay state (see `writeWarmCheckpoint`).
+    private static let warmStateMagic: [UInt8] = Array("BWS1".utf8)
+
+    /// What replaying the journal up to the warm checkpoint would give.
+    private struct ReplayState {
+        var segmentName: String
+        var segmentOffset: Int
+        var journalBytes: Int
+        var history: JournalHistory
+        var touchesKnownFrom: UInt64
+        var lastTouched: [InodeNumber: UInt64]
+        var immediateRanges: [InodeNumber: ByteRanges]
+    }
+
+    /// Called under the read lock.
+    private func encodeReplayState() -> [UInt8] {
+        var w = ByteWriter(capacity: 256 + 24 * immediateRangeCount)
+        w.write(String(segment.path.split(separator: "/").last ?? ""))
+        w.write(UInt64(segmentOffset))
+        w.write(UInt64(journalBytesSinceCheckpoint))
+        w.write(UInt32(history.runs.count))
+        for run in history.runs {
+            w.write(run.first)
+            w.write(run.epoch)
+        }
+        w.write(history.last)
+        w.write(touchesKnownFrom)
+        w.write(UInt32(lastTouched.count))
+        for (ino, sequence) in lastTouched {
+            w.write(ino)
+            w.write(sequence)
+        }
+        w.write(UInt32(immediateRanges.count))
+        for (ino, ranges) in immediateRanges {
+            w.write(ino)
+            w.write(UInt32(ranges.ranges.count))
+            for range in ranges.ranges {
+                w.write(range.lowerBound)
+                w.write(range.upperBound)
+            }
+        }
+        return w.bytes
+    }
+
+    private static func decodeReplayState(_ bytes: [UInt8]) throws(DecodeError) -> ReplayState {
+        try ByteReader.decode(bytes) { (r: inout ByteReader) throws(DecodeError) -> ReplayState in
+            let name = try r.readString(limit: 256, kind: "segment name")
+            let offset = Int(try r.readUInt64())
+            let journalBytes = Int(try r.readUInt64())
+            var runs: [JournalHistory.Run] = []
+            for _ in 0..<Int(try r.readUInt32()) { runs.append(JournalHistory.Run(first: try r.readUInt64(), epoch: try r.readUInt64())) }
+            let history = try JournalHistory(runs: runs, last: try r.readUInt64())
+            let touchesKnownFrom = try r.readUInt64()
+            var lastTouched: [InodeNumber: UInt64] = [:]
+            for _ in 0..<Int(try r.readUInt32()) { lastTouched[try r.readUInt64()] = try r.readUInt64() }
+            var immediate: [InodeNumber: ByteRanges] = [:]
+            for _ in 0..<Int(try r.readUInt32()) {
+                let ino = try r.readUInt64()
+                var ranges = ByteRanges()
+                for _ in 0..<Int(try r.readUInt32()) {
+                    let lower = try r.readUInt64()
+                    let upper = try r.readUInt64()
+                    guard lower <= upper else { throw .invalid("byte range \(lower)..<\(upper)") }
+                    ranges.insert(lower..<upper)
+                }
+                immediate[ino] = ranges
+            }
+            try r.expectEnd()
+            return ReplayState(segmentName: name, segmentOffset: offset, journalBytes: journalBytes, history: history,
+                               touchesKnownFrom: touchesKnownFrom, lastTouched: lastTouched, immediateRanges: immediate)
+        }
+    }
 
     /// The warm checkpoint, if it was written in this boot and is newer than
-    /// the durable one; it is consumed (deleted) either way.
-    private func takeWarmCheckpoint(currentBoot: [UInt8]) -> Namespace? {
+    /// the durable one, with its replay state when it carries a sound one;
+    /// it is consumed (deleted) either way.
+    private func takeWarmCheckpoint(currentBoot: [UInt8]) -> (Namespace, ReplayState?)? {
         guard let bytes = try? OpenFile(path: warmCheckpointPath, flags: O_RDONLY).readAll() else { return nil }
         try? Disk.remove(warmCheckpointPath)
         guard let length = bytes.first.map(Int.init), bytes.count > 1 + length, !currentBoot.isEmpty,
-              Array(bytes[1..<1 + length]) == currentBoot,
-              let warm = try? Namespace(checkpoint: Array(bytes[(1 + length)...])),
-              warm.appliedSequence >= namespace.appliedSequence else { return nil }
-        return warm
+              Array(bytes[1..<1 + length]) == currentBoot else { return nil }
+        var rest = Array(bytes[(1 + length)...])
+        var state: ReplayState?
+        let magic = Self.warmStateMagic.count
+        if rest.count >= magic + 8, Array(rest[0..<magic]) == Self.warmStateMagic {
+            let count = rest[magic..<magic + 4].reversed().reduce(0) { $0 << 8 | Int($1) }
+            guard rest.count >= magic + 8 + count else { return nil }
+            let encoded = Array(rest[(magic + 4)..<(magic + 4 + count)])
+            let crc = rest[(magic + 4 + count)..<(magic + 8 + count)].reversed().reduce(UInt32(0)) { $0 << 8 | UInt32($1) }
+            if CRC32C.checksum(encoded) == crc { state = try? Self.decodeReplayState(encoded) }
+            rest = Array(rest[(magic + 8 + count)...])
+        }
+        guard let warm = try? Namespace(checkpoint: rest), warm.appliedSequence >= namespace.appliedSequence else { return nil }
+        // The state must start at the durable checkpoint this open read and end at the warm one.
+        if let known = state, known.history.runs.first?.first != namespace.appliedSequence
+            || known.history.last != warm.appliedSequence || known.touchesKnownFrom < namespace.appliedSequence {
+            state = nil
+        }
+        return (warm, state)
     }
 
     private func noteTouched(_ record: JournalRecord, _ effects: [DataEffect]) {

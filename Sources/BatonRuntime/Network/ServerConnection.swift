@@ -200,8 +200,12 @@ public final class ServerConnection: @unchecked Sendable {
                     logger.debug("server not reachable", metadata: [
                         "export": "\(configuration.exportName)", "address": "\(address)", "error": "\(error)",
                     ])
-                    // After a full round of addresses, pause before the next.
-                    let delay = next % configuration.addresses.count == 0 ? configuration.retryDelay : .zero
+                    // After a full round of addresses, pause before the next:
+                    // 2 ms, then twice as long each round up to `retryDelay`
+                    // (a swap's new server comes up within milliseconds).
+                    let rounds = next / configuration.addresses.count
+                    let delay = next % configuration.addresses.count == 0
+                        ? min(configuration.retryDelay, .milliseconds(Int64(1) << min(rounds, 20))) : .zero
                     group.next().scheduleTask(in: delay) { self.tryAddress(attempt: next) }
                 }
             }
@@ -236,6 +240,8 @@ public final class ServerConnection: @unchecked Sendable {
         let reconnect = state.withLockedValue { state -> Bool in
             guard state.channel === channel else { return false }
             state.channel = nil
+            // The server closed: after a swap the next one is at another address, try those first.
+            state.addressIndex += 1
             return !state.closed
         }
         guard reconnect else { return }
@@ -315,7 +321,8 @@ public final class ServerConnection: @unchecked Sendable {
             let channel = state.withLockedValue { state -> Channel? in
                 state.looking = false
                 guard let newer else { return nil }
-                state.addressIndex = newer.0
+                // One before it: closing the connection moves on to the next address (see `lost`).
+                state.addressIndex = newer.0 + configuration.addresses.count - 1
                 return state.channel
             }
             if let newer, let channel {
