@@ -112,9 +112,10 @@ final class ClusterTests: XCTestCase {
         XCTAssertEqual(kill(other.pid, 0), 0, "the other export's server is gone")
     }
 
-    /// Creates, renames and unlinks run exactly once across a failover: a
-    /// re-sent create must not fail with EEXIST, nor a re-sent unlink with ENOENT.
-    func testMetadataWorkloadIsExactlyOnceAcrossFailover() throws {
+    /// Creates, renames and unlinks run exactly once across a swap: a
+    /// re-sent create must not fail with EEXIST, nor a re-sent unlink with
+    /// ENOENT; afterwards both nodes hold the same namespace.
+    private func metadataWorkloadAcross(_ trigger: (TwoNodeCluster, _ server: (node: String, pid: Int32, epoch: Int)) throws -> Void) throws {
         let cluster = try TwoNodeCluster(self)
         let mount = try cluster.mount(self, "demo")
         let script = """
@@ -140,13 +141,35 @@ final class ClusterTests: XCTestCase {
         let output = cluster.directory + "/meta.out"
         let job = try start(self, "/usr/bin/python3", [cluster.directory + "/meta.py", mount.mountpoint + "/meta"], output: output)
         usleep(1_000_000)
-        XCTAssertTrue(job.isRunning, "the workload finished before the failure")
+        XCTAssertTrue(job.isRunning, "the workload finished before the swap")
         let before = try XCTUnwrap(try cluster.server("demo"))
-        kill(before.pid, SIGKILL)
+        try trigger(cluster, before)
         job.waitUntilExit()
         let text = (try? String(contentsOfFile: output, encoding: .utf8)) ?? ""
         XCTAssertEqual(job.terminationStatus, 0, text)
         XCTAssertTrue(text.contains("metadata ok"), text)
+        XCTAssertEqual(try cluster.server("demo")?.epoch, before.epoch + 1, cluster.logs)
+        try cluster.waitUntilStandbyHasEverything("demo")
+        cluster.stopAll()
+        try cluster.assertSameFiles("demo")
+    }
+
+    func testMetadataWorkloadIsExactlyOnceAcrossAKilledServer() throws {
+        try metadataWorkloadAcross { _, server in kill(server.pid, SIGKILL) }
+    }
+
+    func testMetadataWorkloadIsExactlyOnceAcrossAStalledServer() throws {
+        try metadataWorkloadAcross { cluster, server in
+            kill(server.pid, SIGSTOP)
+            try cluster.waitUntilReplicated("demo", epoch: server.epoch + 1)
+        }
+    }
+
+    func testMetadataWorkloadIsExactlyOnceAcrossAPlannedMigration() throws {
+        try metadataWorkloadAcross { cluster, _ in
+            let result = try runCommand(BatonBinary.path, ["migrate", "demo", "--config", cluster.configPath])
+            XCTAssertEqual(result.status, 0, result.output)
+        }
     }
 
     func testAConnectionWithoutTheSecretIsRefusedAndLogged() throws {
