@@ -17,13 +17,13 @@ let package = Package(
     ],
     targets: [
         .systemLibrary(name: "CFuse3", pkgConfig: "fuse3", providers: [.apt(["libfuse3-dev"])]),
-        .systemLibrary(name: "CMalloc"),
+        .systemLibrary(name: "CLinuxExtras"),
         .target(name: "BatonCore"),
         .target(name: "BatonFUSE", dependencies: ["CFuse3"]),
         .target(
             name: "BatonRuntime",
             dependencies: [
-                "BatonCore", "CMalloc",
+                "BatonCore", "CLinuxExtras",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),

@@ -1,4 +1,4 @@
-import CMalloc
+import CLinuxExtras
 
 public enum MemoryTuning {
     /// Requests carry up to 1 MiB of file data in buffers that live for one
