@@ -27,6 +27,9 @@ final class ExportController: @unchecked Sendable {
     /// The last record the replica shares with the server, from the
     /// server's catch-up question: the replica's records after it are dropped.
     private var sharedUpTo: UInt64?
+    /// The server's replies wait for this replica, and it answered nothing
+    /// past this record without it: once applied, the monitor may watch.
+    private var watchOnceApplied: UInt64?
 
     struct CopyProgress {
         var partial: Bool
@@ -39,7 +42,8 @@ final class ExportController: @unchecked Sendable {
         case starting
         /// This node's export server runs.
         case serving(ExportProcess)
-        /// This node keeps the standby replica; the monitor watches the peer's server once in step.
+        /// This node keeps the standby replica; the monitor watches the
+        /// peer's server once its replies wait for this replica (`repliesWait`).
         case standby(ExportStore, MonitorRunner?)
         /// The swap is under way: records from the old server are refused.
         case swapping
@@ -366,6 +370,15 @@ final class ExportController: @unchecked Sendable {
             replicaChannel = channel
             copy = nil
             sharedUpTo = nil
+            watchOnceApplied = nil
+            // A new session: the server may answer without this replica
+            // until it says otherwise, so a failover now could lose what it
+            // answered. Watch again after its `repliesWait`.
+            if case .standby(_, let monitor?) = role {
+                monitor.stop()
+                role = .standby(store, nil)
+                logger.info("monitor paused while the server's replication session starts", metadata: ["export": "\(export.name)"])
+            }
             return .replicaPosition(store.journalHistory)
         }
     }
@@ -396,7 +409,7 @@ final class ExportController: @unchecked Sendable {
 
     func replicate(_ record: JournalRecord, channel: Channel) -> Message {
         // Under `applyLock`: once a swap has begun, no record is half applied.
-        applyLock.withLock {
+        let answer = applyLock.withLock { () -> Message in
             guard let store = replicaStore(channel) else {
                 return .refused(.staleEpoch, detail: "\(agent.me.name) no longer takes records for \(export.name)")
             }
@@ -408,6 +421,16 @@ final class ExportController: @unchecked Sendable {
                 return .refused(.staleEpoch, detail: "\(error)")
             }
         }
+        if case .replicated = answer, lock.withLock({ watchOnceApplied != nil }) { startMonitorIfInStep() }
+        return answer
+    }
+
+    /// The server's replies wait for this replica from now on; it answered
+    /// nothing past `sequence` without it.
+    func repliesWait(through sequence: UInt64, channel: Channel) {
+        guard replicaStore(channel) != nil else { return }
+        lock.withLock { watchOnceApplied = sequence }
+        startMonitorIfInStep()
     }
 
     func replicaSync(_ sequence: UInt64, channel: Channel) -> Message {
@@ -495,8 +518,21 @@ final class ExportController: @unchecked Sendable {
         }
     }
 
-    /// The replica is in step with the server: start watching it.
-    func startMonitor() {
+    /// Starts the monitor once the replica holds every record the server
+    /// may have answered without it (see `repliesWait`): a failover to it
+    /// then loses nothing acknowledged.
+    private func startMonitorIfInStep() {
+        let inStep = lock.withLock { () -> Bool in
+            guard let through = watchOnceApplied, case .standby(let store, nil) = role,
+                  store.appliedSequence >= through else { return false }
+            watchOnceApplied = nil
+            return true
+        }
+        if inStep { startMonitor() }
+    }
+
+    /// Watches the peer's server (its replies wait for this replica).
+    private func startMonitor() {
         lock.withLock {
             guard case .standby(let store, nil) = role else { return }
             let monitor = MonitorRunner(

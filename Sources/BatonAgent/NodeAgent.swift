@@ -220,7 +220,9 @@ private final class AgentSessionHandler: ChannelInboundHandler, @unchecked Senda
             } ?? .replicated(sequence: sequence)
             copyIsPartial = nil
             send(context, answer)
-            if case .replicated = answer { export.startMonitor() }
+        case .repliesWait(let sequence):
+            guard let export else { return refuse(context, .malformed, "replies-wait before hello") }
+            export.repliesWait(through: sequence, channel: context.channel)
         case .replicate(let record):
             guard let export else { return refuse(context, .malformed, "record before hello") }
             let answer = export.replicate(record, channel: context.channel)

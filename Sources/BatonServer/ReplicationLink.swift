@@ -60,6 +60,14 @@ final class ReplicationLink: @unchecked Sendable {
         var connecting = false
         /// Waits for the standby to say which of its files changed.
         var filesQuery: EventLoopPromise<[InodeNumber]?>?
+
+        /// Replies wait for the standby from now on; returns the last record
+        /// that may have been answered without it.
+        mutating func stopAnsweringAlone() -> UInt64 {
+            alone = false
+            aloneUntil = nil
+            return lastSent
+        }
     }
 
     private let state = NIOLockedValueBox(State())
@@ -94,15 +102,18 @@ final class ReplicationLink: @unchecked Sendable {
     /// should not wait for it). Until then acknowledged writes are on this
     /// node only.
     func goAlone() {
-        let waiters = state.withLockedValue { state -> [@Sendable () -> Void] in
+        let (waiters, channel) = state.withLockedValue { state -> ([@Sendable () -> Void], Channel?) in
             state.alone = true
             state.aloneUntil = nil
             defer { state.waiters = [] }
-            return state.waiters.map(\.run)
+            return (state.waiters.map(\.run), state.channel)
         }
         logger.warning("answering without a standby until one is in step", metadata: [
             "export": "\(store.exportName)", "standby": "\(configuration.agent)",
         ])
+        // A standby connected now may watch this server: it must not, while
+        // replies do not wait for it. Its next session ends in `repliesWait`.
+        channel?.close(promise: nil)
         for run in waiters { run() }
     }
 
@@ -172,9 +183,7 @@ final class ReplicationLink: @unchecked Sendable {
                 // (A standby in step without a copy acknowledges records sent by the server before this one.)
                 let lag = state.lastSent > state.acknowledged ? state.lastSent - state.acknowledged : 0
                 if lag <= Self.drainedLag || state.drainRounds >= Self.maxDrainRounds {
-                    state.alone = false
-                    state.aloneUntil = nil
-                    drained = state.acknowledged
+                    drained = state.stopAnsweringAlone()
                 } else {
                     state.aloneUntil = state.lastSent
                     state.drainRounds += 1
@@ -187,10 +196,18 @@ final class ReplicationLink: @unchecked Sendable {
         }
         for run in ready { run() }
         if let drained {
+            tellRepliesWait(through: drained)
             logger.info("standby has every record again: replies wait for it", metadata: [
                 "export": "\(store.exportName)", "standby": "\(configuration.agent)", "sequence": "\(drained)",
             ])
         }
+    }
+
+    /// Tells the standby that replies wait for it from now on (it may watch
+    /// this server once it has applied `through`).
+    private func tellRepliesWait(through sequence: UInt64) {
+        guard let channel = state.withLockedValue({ $0.inStep ? $0.channel : nil }) else { return }
+        channel.writeAndFlush(Message.repliesWait(through: sequence).frame(allocator: channel.allocator), promise: nil)
     }
 
     // MARK: Connecting
@@ -367,9 +384,9 @@ final class ReplicationLink: @unchecked Sendable {
             channel.flush()
         }
         let stillCurrent = mutationLock.withLock { () -> Bool in
-            let queued = state.withLockedValue { state -> [JournalRecord]? in
+            let (queued, repliesWait) = state.withLockedValue { state -> ([JournalRecord]?, UInt64?) in
                 defer { state.queued = nil }
-                guard state.channel === channel else { return nil }
+                guard state.channel === channel else { return (nil, nil) }
                 state.inStep = true
                 if state.alone {
                     // Answering alone (after a swap, or with the peer gone):
@@ -379,24 +396,25 @@ final class ReplicationLink: @unchecked Sendable {
                     state.aloneUntil = max(position, state.lastSent)
                     state.drainRounds = 0
                 }
-                return state.queued
+                // Not alone: every record is sent by now, and the next ones wait for the standby.
+                return (state.queued, state.alone ? nil : max(position, state.lastSent))
             }
             guard let queued else { return false }
             if !endSent { channel.write(Message.snapshotEnd(sequence: position).frame(allocator: channel.allocator), promise: nil) }
             for record in queued { channel.write(Message.replicate(record).frame(allocator: channel.allocator), promise: nil) }
+            if let repliesWait { channel.write(Message.repliesWait(through: repliesWait).frame(allocator: channel.allocator), promise: nil) }
             channel.flush()
             return true
         }
         guard stillCurrent else { return }
         // A standby that applies records slower than they come: wait for it anyway after a while.
         group.next().scheduleTask(in: Self.maxDrainTime) { [self] in
-            let late = state.withLockedValue { state -> Bool in
-                guard state.channel === channel, state.aloneUntil != nil else { return false }
-                state.alone = false
-                state.aloneUntil = nil
-                return true
+            let late = state.withLockedValue { state -> UInt64? in
+                guard state.channel === channel, state.aloneUntil != nil else { return nil }
+                return state.stopAnsweringAlone()
             }
-            if late {
+            if let late {
+                tellRepliesWait(through: late)
                 logger.warning("standby still behind after the catch-up: replies wait for it from now on", metadata: [
                     "export": "\(store.exportName)", "standby": "\(configuration.agent)",
                 ])

@@ -65,7 +65,7 @@ final class CatchUpTests: XCTestCase {
         let standby = history(checkpoint: 4, epoch: 1, records(3, epoch: 1) + records(2, epoch: 3))
         let messages: [Message] = [
             .replicaPosition(standby), .catchUp(from: 7), .filesChanged([2, 9, 1 << 40]), .filesChanged(nil), .filesChanged([]),
-            .snapshotBegin(partial: true, bytes: 1 << 33), .snapshotBegin(partial: false, bytes: 0),
+            .snapshotBegin(partial: true, bytes: 1 << 33), .snapshotBegin(partial: false, bytes: 0), .repliesWait(through: 1 << 40),
         ]
         for message in messages {
             let decoded = try Array(message.frame().dropFirst(4)).withUnsafeBytes { try Message.decode($0) }

@@ -66,16 +66,18 @@ final class TwoNodeCluster {
         return (node, Int32(pid), entry["epoch"] as? Int ?? 0)
     }
 
-    /// Waits until the export is served and its standby watches it.
-    func waitUntilReplicated(_ export: String, epoch: Int? = nil, timeout: TimeInterval = 30) throws {
+    /// Waits until the export is served and its standby watches it; returns the server.
+    @discardableResult
+    func waitUntilReplicated(_ export: String, epoch: Int? = nil, timeout: TimeInterval = 30,
+                             poll: TimeInterval = 0.1) throws -> (node: String, pid: Int32, epoch: Int) {
         let deadline = Date().addingTimeInterval(timeout)
         while Date() < deadline {
-            if let entry = try? status()[export], entry["server"] != nil,
-               (entry["monitor"] as? [String: Any])?["watching"] as? Bool == true,
-               epoch.map({ $0 == entry["epoch"] as? Int }) ?? true {
-                return
+            if let entry = try? status()[export], let server = entry["server"] as? [String: Any],
+               let node = server["node"] as? String, let pid = server["pid"] as? Int, let current = entry["epoch"] as? Int,
+               (entry["monitor"] as? [String: Any])?["watching"] as? Bool == true, epoch.map({ $0 == current }) ?? true {
+                return (node, Int32(pid), current)
             }
-            usleep(100_000)
+            usleep(useconds_t(poll * 1e6))
         }
         throw TestError("export \(export) not served and watched within \(timeout) s; logs: \(logs)")
     }

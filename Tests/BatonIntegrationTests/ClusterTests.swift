@@ -78,6 +78,26 @@ final class ClusterTests: XCTestCase {
         try cluster.assertSameFiles("demo")
     }
 
+    /// DESIGN.md §4.1 right after a swap: the new server answers without the
+    /// old node's replica while it catches up, so that replica's monitor may
+    /// watch (and fail over to it) only once the server's replies wait for
+    /// it. The new server is killed the moment the monitor watches it.
+    func testAFailureAsSoonAsTheNewServerIsWatchedLosesNothing() throws {
+        let cluster = try TwoNodeCluster(self)
+        let mount = try cluster.mount(self, "demo")
+        let first = try XCTUnwrap(try cluster.server("demo"))
+        _ = try fioAcross(cluster, mount: mount, sizeMiB: 256) {
+            kill(first.pid, SIGKILL)
+            let second = try cluster.waitUntilReplicated("demo", epoch: first.epoch + 1, poll: 0.01)
+            XCTAssertEqual(second.node, "b")
+            kill(second.pid, SIGKILL)
+            try cluster.waitUntilReplicated("demo", epoch: first.epoch + 2)
+        }
+        XCTAssertEqual(try cluster.server("demo")?.node, "a", cluster.logs)
+        cluster.stopAll()
+        try cluster.assertSameFiles("demo")
+    }
+
     func testPlannedMigrationMovesTheExport() throws {
         let cluster = try TwoNodeCluster(self)
         let mount = try cluster.mount(self, "demo")

@@ -52,6 +52,11 @@ public enum Message: Hashable, Sendable {
     /// Make everything up to `sequence` durable on the replica's disk.
     case replicaSync(sequence: UInt64)
     case replicaSynced(sequence: UInt64)
+    /// Server → replica: replies wait for this replica from now on, and
+    /// every record answered earlier (also those answered alone, after a
+    /// swap) is at most `through`. Once the replica has applied `through`,
+    /// a failover to it loses nothing acknowledged: its monitor may watch.
+    case repliesWait(through: UInt64)
 
     // Admin CLI and peer agents → agent.
     case agentRequest(AgentRequest)
@@ -95,7 +100,7 @@ extension Message {
         case challenge = 20, authenticate
         case replicaHello = 30, replicaPosition, snapshotData, snapshotEnd, replicate, replicated, replicaSync, replicaSynced
         case agentRequest = 40, agentReply
-        case catchUp = 50, filesChanged, snapshotBegin
+        case catchUp = 50, filesChanged, snapshotBegin, repliesWait
     }
 
     public func encode(to w: inout ByteWriter) {
@@ -135,6 +140,7 @@ extension Message {
         case .replicated(let sequence): w.write(Tag.replicated.rawValue); w.write(sequence)
         case .replicaSync(let sequence): w.write(Tag.replicaSync.rawValue); w.write(sequence)
         case .replicaSynced(let sequence): w.write(Tag.replicaSynced.rawValue); w.write(sequence)
+        case .repliesWait(let sequence): w.write(Tag.repliesWait.rawValue); w.write(sequence)
         case .agentRequest(let request):
             w.write(Tag.agentRequest.rawValue)
             switch request {
@@ -214,6 +220,7 @@ extension Message {
         case .replicated: message = .replicated(sequence: try r.readUInt64())
         case .replicaSync: message = .replicaSync(sequence: try r.readUInt64())
         case .replicaSynced: message = .replicaSynced(sequence: try r.readUInt64())
+        case .repliesWait: message = .repliesWait(through: try r.readUInt64())
         case .agentRequest:
             switch try r.readUInt8() {
             case 1: message = .agentRequest(.status)
