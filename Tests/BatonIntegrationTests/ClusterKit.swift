@@ -113,6 +113,15 @@ final class TwoNodeCluster {
         }
     }
 
+    /// Stops the cluster so that both nodes' copies can be compared: the
+    /// mount first (so that no request, such as the kernel's release after a
+    /// close, is still on its way), then once the standby has every record.
+    func stopAllInStep(_ export: String, unmounting mount: MountProcess) throws {
+        XCTAssertEqual(mount.terminate(), 0, mount.log)
+        try waitUntilStandbyHasEverything(export)
+        stopAll()
+    }
+
     /// Opens each node's copy of the export, as a restart would, to compare them.
     func stores(_ export: String) throws -> [ExportStore] {
         var logger = Logger(label: "test")

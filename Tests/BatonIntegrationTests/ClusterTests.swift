@@ -59,7 +59,7 @@ final class ClusterTests: XCTestCase {
         XCTAssertEqual(after.epoch, before.epoch + 1)
         XCTAssertTrue(cluster.logs.contains("export server fenced"), cluster.logs)
         // Both nodes hold the same files once the replica is in step.
-        cluster.stopAll()
+        try cluster.stopAllInStep("demo", unmounting: mount)
         try cluster.assertSameFiles("demo")
     }
 
@@ -74,7 +74,7 @@ final class ClusterTests: XCTestCase {
             }
             XCTAssertEqual(try cluster.server("demo")?.node, expectedNode, cluster.logs)
         }
-        cluster.stopAll()
+        try cluster.stopAllInStep("demo", unmounting: mount)
         try cluster.assertSameFiles("demo")
     }
 
@@ -94,7 +94,7 @@ final class ClusterTests: XCTestCase {
             try cluster.waitUntilReplicated("demo", epoch: first.epoch + 2)
         }
         XCTAssertEqual(try cluster.server("demo")?.node, "a", cluster.logs)
-        cluster.stopAll()
+        try cluster.stopAllInStep("demo", unmounting: mount)
         try cluster.assertSameFiles("demo")
     }
 
@@ -115,7 +115,7 @@ final class ClusterTests: XCTestCase {
         XCTAssertEqual(back.status, 0, back.output)
         try cluster.waitUntilReplicated("demo", epoch: before.epoch + 2)
         XCTAssertEqual(try cluster.server("demo")?.node, "a")
-        cluster.stopAll()
+        try cluster.stopAllInStep("demo", unmounting: mount)
         try cluster.assertSameFiles("demo")
     }
 
@@ -169,8 +169,7 @@ final class ClusterTests: XCTestCase {
         XCTAssertEqual(job.terminationStatus, 0, text)
         XCTAssertTrue(text.contains("metadata ok"), text)
         XCTAssertEqual(try cluster.server("demo")?.epoch, before.epoch + 1, cluster.logs)
-        try cluster.waitUntilStandbyHasEverything("demo")
-        cluster.stopAll()
+        try cluster.stopAllInStep("demo", unmounting: mount)
         try cluster.assertSameFiles("demo")
     }
 
@@ -281,7 +280,7 @@ extension ClusterTests {
         // The kept files are not sent again: far less than everything.
         XCTAssertLessThan(last["received_bytes"] as? Int ?? .max, (3 << 20) + 4 * (512 << 10), cluster.logs)
         XCTAssertTrue(cluster.logs.contains("standby catching up: partial copy"), cluster.logs)
-        cluster.stopAll()
+        try cluster.stopAllInStep("demo", unmounting: mount)
         try cluster.assertSameFiles("demo")
     }
 }
