@@ -47,6 +47,9 @@ final class ExportController: @unchecked Sendable {
         case standby(ExportStore, MonitorRunner?)
         /// The swap is under way: records from the old server are refused.
         case swapping
+        /// This node found itself isolated and stopped the export's server;
+        /// it serves again, or becomes the standby, once the peer is heard.
+        case selfFenced
     }
 
     init(export: ExportConfiguration, agent: NodeAgent, logger: Logger) {
@@ -89,9 +92,10 @@ final class ExportController: @unchecked Sendable {
         try Disk.writeAtomically(Array("serving\n".utf8), to: servingMarker, directory: directory)
         let process = try makeServer(awaitPromotion: false)
         lock.withLock { role = .serving(process) }
-        if aloneFromStart {
-            // Started while the peer was unreachable: it may be down for good.
-            agent.whenPeerStaysAway { process.continueWithoutStandby() }
+        if aloneFromStart, agent.peerWatch.takeoverVerdict == .peerGone {
+            // The peer is known to be gone: no standby to wait for. (Otherwise
+            // the diagnosis of its silence says so, through `peerGone`.)
+            process.continueWithoutStandby()
         }
     }
 
@@ -133,6 +137,57 @@ final class ExportController: @unchecked Sendable {
             return process
         }
         process?.terminate()
+    }
+
+    // MARK: - What the diagnostic ladder found (DESIGN.md §6)
+
+    /// The peer is dead, isolated or without its agent: a server here stops
+    /// waiting for the standby there (a peer that comes back catches up).
+    func peerGone() {
+        guard case .serving(let process) = lock.withLock({ role }) else { return }
+        logger.warning("serving without a standby: the peer is gone", metadata: [
+            "export": "\(export.name)", "peer": "\(agent.peer.name)",
+        ])
+        process.continueWithoutStandby()
+    }
+
+    /// This node is the isolated one: stop the export's server, so that the
+    /// peer (which takes over after the longer takeover delay) is the only one.
+    func selfFence() {
+        let process: ExportProcess? = lock.withLock {
+            guard case .serving(let process) = role else { return nil }
+            role = .selfFenced
+            return process
+        }
+        guard let process else { return }
+        process.kill()
+        logger.critical("export server stopped: this node is isolated", metadata: [
+            "export": "\(export.name)", "pid": "\(process.pid)", "epoch": "\(currentEpoch)",
+        ])
+    }
+
+    /// The peer is heard again after this node fenced itself: the export is
+    /// served where the peer says (it took over: this node becomes the
+    /// standby), or here again if the peer does not serve it.
+    func peerBack(peerServes: Bool?) {
+        let wasFenced = lock.withLock { () -> Bool in
+            guard case .selfFenced = role else { return false }
+            role = .starting
+            return true
+        }
+        guard wasFenced else { return }
+        do {
+            if peerServes == false {
+                logger.warning("the peer does not serve the export: serving it here again", metadata: ["export": "\(export.name)"])
+                try startServing(aloneFromStart: false)
+            } else {
+                try startStandby()
+            }
+        } catch {
+            logger.critical("cannot take the export up again after the isolation", metadata: [
+                "export": "\(export.name)", "error": "\(error)", "action": "check \(directory), then restart this agent",
+            ])
+        }
     }
 
     // MARK: - Fencing (asked by the peer's agent)
@@ -256,23 +311,13 @@ final class ExportController: @unchecked Sendable {
         }
         let pauseBegins = ContinuousClock.now
         // 1. Fence the old server through its node's agent.
-        do {
-            let (ok, text) = try agent.askPeer(.fence(export: export.name, epoch: epoch))
-            guard ok else {
-                logger.error("fence refused; no swap", metadata: ["export": "\(export.name)", "answer": "\(text)"])
-                (try? next.get())?.abandon()
-                lock.withLock { role = .standby(store, nil) }
-                startMonitor()
-                return
-            }
-        } catch {
-            // The peer's agent does not answer: its node is dead or cut off.
-            // Wait the takeover delay (an isolated node fences itself sooner).
-            logger.error("peer agent unreachable; taking over after the takeover delay", metadata: [
-                "export": "\(export.name)", "peer": "\(agent.peer.name)", "error": "\(error)",
-                "takeoverDelay": "\(NodeAgent.takeoverDelay)",
-            ])
-            Thread.sleep(forTimeInterval: NodeAgent.takeoverDelay)
+        let fence = fenceOldServer(epoch: epoch)
+        guard fence == .fenced else {
+            (try? next.get())?.abandon()
+            lock.withLock { role = .standby(store, nil) }
+            // Isolated: the monitor starts again when the server's replication session does.
+            if fence == .refused { startMonitor() }
+            return
         }
         times.step("fence")
         // 2-3. The new epoch is on disk before anything of it is announced.
@@ -313,6 +358,54 @@ final class ExportController: @unchecked Sendable {
         ])
     }
 
+    /// Asks the peer's agent to fence the old server. When its agent does
+    /// not answer, the diagnostic ladder decides: the peer is gone (dead,
+    /// isolated, or its agent down, and the takeover delay passed, by which
+    /// an isolated peer has stopped its servers), or this node is the
+    /// isolated one (no swap), or the peer is heard (ask again).
+    private enum FenceOutcome { case fenced, refused, thisNodeIsolated }
+
+    private func fenceOldServer(epoch: UInt64) -> FenceOutcome {
+        var attempt = 0
+        while true {
+            attempt += 1
+            do {
+                let (ok, text) = try agent.askPeer(.fence(export: export.name, epoch: epoch))
+                if !ok { logger.error("fence refused; no swap", metadata: ["export": "\(export.name)", "answer": "\(text)"]) }
+                return ok ? .fenced : .refused
+            } catch {
+                if attempt == 1 {
+                    logger.error("the peer's agent does not answer the fence: waiting for the diagnosis", metadata: [
+                        "export": "\(export.name)", "peer": "\(agent.peer.name)", "error": "\(error)",
+                    ])
+                }
+            }
+            var verdict = agent.peerWatch.takeoverVerdict
+            while verdict == .undecided {
+                Thread.sleep(forTimeInterval: 0.02)
+                verdict = agent.peerWatch.takeoverVerdict
+            }
+            switch verdict {
+            case .peerGone:
+                logger.warning("the peer is gone: taking the export over without its fence", metadata: [
+                    "export": "\(export.name)", "peer": "\(agent.peer.name)",
+                ])
+                return .fenced
+            case .selfIsolated:
+                logger.critical("this node is the isolated one: no swap", metadata: ["export": "\(export.name)"])
+                return .thisNodeIsolated
+            case .peerHeard, .undecided:
+                // Heard on every path, yet its agent did not answer: ask again.
+                if attempt % 10 == 0 {
+                    logger.error("the peer is heard but its agent does not answer the fence; asking again", metadata: [
+                        "export": "\(export.name)", "peer": "\(agent.peer.name)", "attempts": "\(attempt)",
+                    ])
+                }
+                Thread.sleep(forTimeInterval: 0.2)
+            }
+        }
+    }
+
     /// A planned swap (`baton migrate`). On the standby node: run the swap
     /// now, as after a failure but without waiting to detect one. On the
     /// serving node: ask the peer to.
@@ -337,6 +430,8 @@ final class ExportController: @unchecked Sendable {
             }
         case .starting, .swapping:
             return (false, "\(export.name) is between roles on \(agent.me.name); try again")
+        case .selfFenced:
+            return (false, "\(agent.me.name) is isolated and has stopped serving \(export.name); repair its network first")
         }
     }
 
@@ -554,6 +649,7 @@ final class ExportController: @unchecked Sendable {
             var entry: [String: Any] = ["name": export.name, "node": agent.me.name]
             switch role {
             case .starting: entry["role"] = "starting"
+            case .selfFenced: entry["role"] = "self-fenced"
             case .swapping: entry["role"] = "swapping"
             case .serving(let process):
                 entry["role"] = "server"

@@ -19,11 +19,9 @@ public final class NodeAgent: @unchecked Sendable {
     let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
     let monitorTimings: MonitorTimings
     private var controllers: [String: ExportController] = [:]
-    private var listener: Channel?
-
-    /// How long a node whose peer stopped answering waits before it takes the
-    /// peer's exports over (DESIGN.md §6: an isolated node fences itself sooner).
-    static let takeoverDelay: TimeInterval = 2.5
+    private var listeners: [Channel] = []
+    /// Heartbeats with the peer's agent and the diagnostic ladder (DESIGN.md §6).
+    private(set) var peerWatch: PeerWatch!
 
     public init(configuration: ClusterConfiguration, node: String, secret: [UInt8], executable: String, logger: Logger) throws {
         guard let me = configuration.node(named: node) else {
@@ -42,9 +40,28 @@ public final class NodeAgent: @unchecked Sendable {
             probeDeadline: .milliseconds(UInt64(t.probeDeadlineMilliseconds)), probeMisses: t.probeMisses,
             heartbeatGrace: .milliseconds(UInt64(t.heartbeatGraceMilliseconds)),
             tickGapLimit: .milliseconds(UInt64(max(250, 2 * t.probeIntervalMilliseconds + 1))))
+        peerWatch = PeerWatch(
+            me: me, peer: peer, switches: configuration.switches, secret: secret, timings: t.diagnosisTimings, logger: logger,
+            actions: PeerWatch.Actions(
+                peerGone: { [unowned self] _ in for controller in controllers.values { controller.peerGone() } },
+                selfFence: { [unowned self] in for controller in controllers.values { controller.selfFence() } },
+                peerBack: { [unowned self] in
+                    // Off the watch's event loop: this asks the peer and starts processes.
+                    Thread.detachNewThread { [self] in
+                        let peerExports = peerServedExports()
+                        for controller in controllers.values { controller.peerBack(peerServes: peerExports?.contains(controller.export.name)) }
+                    }
+                }))
     }
 
     var peerAgentAddress: NodeAddress { NodeAddress(host: peer.agent.host, port: peer.agent.port) }
+
+    /// Where a node's agent answers: its agent address, then each of its paths.
+    static func agentAddresses(of node: NodeConfiguration) -> [NodeAddress] {
+        var hosts = [node.agent.host]
+        for path in node.paths where !hosts.contains(path) { hosts.append(path) }
+        return hosts.map { NodeAddress(host: $0, port: node.agent.port) }
+    }
 
     func clientAddress(_ export: ExportConfiguration, on node: NodeConfiguration) -> NodeAddress {
         let address = configuration.clientAddress(of: export, on: node)
@@ -64,22 +81,30 @@ public final class NodeAgent: @unchecked Sendable {
                     try channel.pipeline.syncOperations.addHandler(AgentSessionHandler(agent: self))
                 }
             }
-        listener = try bootstrap.bind(host: me.agent.host, port: me.agent.port).wait()
-        logger.info("agent listening", metadata: ["node": "\(me.name)", "address": "\(me.agent)", "peer": "\(peer.name)"])
+        for address in Self.agentAddresses(of: me) {
+            listeners.append(try bootstrap.bind(host: address.host, port: address.port).wait())
+        }
+        logger.info("agent listening", metadata: [
+            "node": "\(me.name)", "addresses": "\(Self.agentAddresses(of: me).map(\.description).joined(separator: ", "))",
+            "peer": "\(peer.name)",
+        ])
         let peerExports = peerServedExports()
         for export in configuration.exports {
-            let controller = ExportController(export: export, agent: self, logger: logger)
-            controllers[export.name] = controller
-            controller.start(peerServes: peerExports.map { $0.contains(export.name) })
+            controllers[export.name] = ExportController(export: export, agent: self, logger: logger)
         }
-        try listener?.closeFuture.wait()
+        for controller in controllers.values {
+            controller.start(peerServes: peerExports.map { $0.contains(controller.export.name) })
+        }
+        try peerWatch.start()
+        for listener in listeners { try listener.closeFuture.wait() }
     }
 
     /// Stops the agent and the export servers it started (their clients
     /// wait for them, up to their mount's timeout, or follow a failover).
     public func stop() {
+        peerWatch.stop()
         for controller in controllers.values { controller.stopServer() }
-        try? listener?.close().wait()
+        for listener in listeners { try? listener.close().wait() }
     }
 
     /// The exports the peer serves, or nil when its agent does not answer.
@@ -90,20 +115,20 @@ public final class NodeAgent: @unchecked Sendable {
         return Set(exports.compactMap { $0["role"] as? String == "server" ? $0["name"] as? String : nil })
     }
 
-    /// Fencing waits for a process to exit, so its answer may take longer than a status.
+    /// Asks the peer's agent at each of its addresses in turn (a path may be
+    /// down). Fencing waits for a process to exit, so its answer may take
+    /// longer than a status.
     func askPeer(_ request: AgentRequest) throws -> (ok: Bool, text: String) {
         let timeout: Int32 = if case .fence = request { 5000 } else { 1000 }
-        return try PeerClient.request(request, to: peerAgentAddress, node: me.name, secret: secret, timeoutMilliseconds: timeout)
-    }
-
-    /// Runs `action` if the peer's agent still does not answer after the takeover delay.
-    func whenPeerStaysAway(_ action: @escaping @Sendable () -> Void) {
-        group.next().scheduleTask(in: .milliseconds(Int64(Self.takeoverDelay * 1000))) { [self] in
-            if (try? askPeer(.status)) == nil {
-                logger.warning("peer agent still unreachable: serving without a standby", metadata: ["peer": "\(peer.name)"])
-                action()
+        var failures: [String] = []
+        for address in Self.agentAddresses(of: peer) {
+            do {
+                return try PeerClient.request(request, to: address, node: me.name, secret: secret, timeoutMilliseconds: timeout)
+            } catch {
+                failures.append("\(error)")
             }
         }
+        throw ProbeError("the agent of \(peer.name) does not answer: \(failures.joined(separator: "; "))")
     }
 
     func controller(_ export: String) -> ExportController? { controllers[export] }
@@ -112,7 +137,7 @@ public final class NodeAgent: @unchecked Sendable {
         switch request {
         case .status:
             let exports = configuration.exports.compactMap { controllers[$0.name]?.status() }
-            let json = ["node": me.name, "exports": exports] as [String: Any]
+            let json = ["node": me.name, "exports": exports, "peer": peerWatch.status()] as [String: Any]
             let data = (try? JSONSerialization.data(withJSONObject: json, options: [.sortedKeys])) ?? Data("{}".utf8)
             return (true, String(decoding: data, as: UTF8.self))
         case .fence(let export, let epoch):

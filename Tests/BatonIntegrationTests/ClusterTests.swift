@@ -98,6 +98,28 @@ final class ClusterTests: XCTestCase {
         try cluster.assertSameFiles("demo")
     }
 
+    /// DESIGN.md §6: the standby's node dies (its agent, which holds the
+    /// replica, is killed). The diagnosis finds the peer's agent down, the
+    /// server stops waiting for the standby, and fio goes on; the node comes
+    /// back as the standby and catches up.
+    func testTheServerGoesOnWhenTheStandbysNodeDies() throws {
+        let cluster = try TwoNodeCluster(self)
+        let mount = try cluster.mount(self, "demo")
+        try cluster.waitUntilReplicated("demo")
+        let standby = try XCTUnwrap(cluster.agents["b"])
+        _ = try fioAcross(cluster, mount: mount) {
+            kill(standby.processIdentifier, SIGKILL)
+            standby.waitUntilExit()
+        }
+        XCTAssertTrue(cluster.logs.contains("peer gone"), cluster.logs)
+        XCTAssertTrue(cluster.logs.contains("answering without a standby"), cluster.logs)
+        try cluster.startAgent("b")
+        try cluster.waitUntilReplicated("demo")
+        XCTAssertEqual(try cluster.server("demo")?.node, "a")
+        try cluster.stopAllInStep("demo", unmounting: mount)
+        try cluster.assertSameFiles("demo")
+    }
+
     func testPlannedMigrationMovesTheExport() throws {
         let cluster = try TwoNodeCluster(self)
         let mount = try cluster.mount(self, "demo")

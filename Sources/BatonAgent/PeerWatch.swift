@@ -1,0 +1,360 @@
+import BatonCore
+import BatonRuntime
+import Foundation
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
+
+/// The agents' heartbeats over every network path and the diagnostic ladder
+/// (DESIGN.md §6), on the real network: UDP heartbeats on the agent's port
+/// at each path's address, the pure `PeerLiveness` and `Diagnosis` deciding,
+/// and this class probing and carrying out the verdicts through the agent.
+final class PeerWatch: @unchecked Sendable {
+    /// What a swap whose fence got no answer may do.
+    enum TakeoverVerdict: Equatable {
+        /// The ladder has not decided yet.
+        case undecided
+        /// The peer is heard on every path: its agent should answer a fence; try again.
+        case peerHeard
+        /// The peer is dead, isolated or without its agent, and the takeover delay has passed.
+        case peerGone
+        /// This node is the isolated one: it must not take anything over.
+        case selfIsolated
+    }
+
+    struct Actions {
+        /// The peer is gone (dead, isolated, or its agent down): servers here stop waiting for their standby.
+        var peerGone: @Sendable (DiagnosisVerdict) -> Void
+        /// This node is isolated: stop every export server here.
+        var selfFence: @Sendable () -> Void
+        /// The peer is heard again after it was gone or this node fenced itself.
+        var peerBack: @Sendable () -> Void
+    }
+
+    private let me: NodeConfiguration
+    private let peer: NodeConfiguration
+    private let secret: [UInt8]
+    private let timings: DiagnosisTimings
+    private let logger: Logger
+    private let actions: Actions
+    private let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+    private let myPaths: PerPath<String>
+    private let peerPaths: PerPath<String>
+    private let switches: PerPath<String?>
+    private let incarnation = UInt64.random(in: 1...UInt64.max)
+
+    // Confined to the event loop.
+    private var loop: EventLoop { group.next() }
+    private var channels: [(address: String, channel: Channel)] = []
+    private var peerSockets: PerPath<SocketAddress?> = PerPath(nil, nil)
+    private var liveness: PeerLiveness
+    private var diagnosis: Diagnosis
+    private var heartbeatSequence: UInt64 = 0
+    private var lastHeartbeatSent = Instant.zero
+    private var agentProbes: [UInt64: NetworkPath] = [:]
+    private var ticker: RepeatedTask?
+
+    /// What other threads read: swaps and `baton status`.
+    private struct Shared {
+        var lastHeard: PerPath<Instant>
+        var silentPaths: [NetworkPath] = []
+        var peerGone = false
+        var selfFenced = false
+        var lastVerdict: (verdict: DiagnosisVerdict, at: Instant, findings: DiagnosisFindings)?
+    }
+    private let shared: NIOLockedValueBox<Shared>
+
+    static let tickInterval = TimeAmount.milliseconds(20)
+
+    /// A node's two paths: its `paths` (one listed serves both), or its agent's host.
+    static func paths(of node: NodeConfiguration) -> PerPath<String> {
+        PerPath(node.paths.first ?? node.agent.host, node.paths.dropFirst().first ?? node.paths.first ?? node.agent.host)
+    }
+
+    init(me: NodeConfiguration, peer: NodeConfiguration, switches: [String], secret: [UInt8], timings: DiagnosisTimings,
+         logger: Logger, actions: Actions) {
+        self.me = me
+        self.peer = peer
+        self.secret = secret
+        self.timings = timings
+        self.logger = logger
+        self.actions = actions
+        myPaths = Self.paths(of: me)
+        peerPaths = Self.paths(of: peer)
+        self.switches = PerPath(switches.first, switches.dropFirst().first)
+        let now = MonitorRunner.now()
+        liveness = PeerLiveness(grace: timings.agentHeartbeatGrace, startedAt: now)
+        diagnosis = Diagnosis(timings: timings)
+        shared = NIOLockedValueBox(Shared(lastHeard: PerPath(now, now)))
+    }
+
+    /// Binds a UDP socket at each of this node's path addresses (the agent's port) and starts the heartbeats.
+    func start() throws {
+        for address in Set([myPaths.first, myPaths.second]).sorted() {
+            let channel = try DatagramBootstrap(group: group)
+                .channelOption(.socketOption(.so_reuseaddr), value: 1)
+                .channelInitializer { [self] channel in
+                    channel.eventLoop.makeCompletedFuture {
+                        try channel.pipeline.syncOperations.addHandler(DatagramHandler(watch: self, localAddress: address))
+                    }
+                }
+                .bind(host: address, port: me.agent.port).wait()
+            channels.append((address, channel))
+        }
+        for path in NetworkPath.allCases {
+            // Resolved once (a name would block the loop at each heartbeat).
+            peerSockets[path] = try SocketAddress.makeAddressResolvingHost(peerPaths[path], port: peer.agent.port)
+        }
+        logger.info("agent heartbeats started", metadata: [
+            "node": "\(me.name)", "peer": "\(peer.name)", "paths": "\(myPaths.first) → \(peerPaths.first), \(myPaths.second) → \(peerPaths.second)",
+            "switches": "\(switches.first ?? "none"), \(switches.second ?? "none")",
+            "interval": "\(timings.agentHeartbeatInterval)", "grace": "\(timings.agentHeartbeatGrace)",
+        ])
+        ticker = loop.scheduleRepeatedTask(initialDelay: .zero, delay: Self.tickInterval) { [self] _ in tick() }
+    }
+
+    func stop() {
+        ticker?.cancel()
+        for (_, channel) in channels { try? channel.close().wait() }
+        try? group.syncShutdownGracefully()
+    }
+
+    // MARK: Read by other threads
+
+    var takeoverVerdict: TakeoverVerdict {
+        let now = MonitorRunner.now()
+        return shared.withLockedValue { state in
+            if state.selfFenced { return .selfIsolated }
+            if state.silentPaths.isEmpty { return .peerHeard }
+            let lastHeard = max(state.lastHeard.first, state.lastHeard.second)
+            if state.peerGone, now >= lastHeard + timings.takeoverDelay { return .peerGone }
+            return .undecided
+        }
+    }
+
+    /// For `baton status` and `baton diagnose`.
+    func status() -> [String: Any] {
+        let now = MonitorRunner.now()
+        return shared.withLockedValue { state in
+            var entry: [String: Any] = [
+                "name": peer.name,
+                "paths": NetworkPath.allCases.map { path -> [String: Any] in
+                    ["path": path.rawValue, "local": myPaths[path], "peer": peerPaths[path], "switch": switches[path] ?? "",
+                     "last_heard_ms_ago": Int((now - min(now, state.lastHeard[path])).nanoseconds / 1_000_000),
+                     "silent": state.silentPaths.contains(path)]
+                },
+                "peer_gone": state.peerGone, "self_fenced": state.selfFenced,
+            ]
+            if let last = state.lastVerdict {
+                entry["diagnosis"] = [
+                    "verdict": Self.describe(last.verdict), "ms_ago": Int((now - min(now, last.at)).nanoseconds / 1_000_000),
+                    "findings": Self.describe(last.findings),
+                ] as [String: Any]
+            }
+            return entry
+        }
+    }
+
+    // MARK: On the event loop
+
+    private func tick() {
+        let now = MonitorRunner.now()
+        if now - min(now, lastHeartbeatSent) >= timings.agentHeartbeatInterval {
+            lastHeartbeatSent = now
+            heartbeatSequence += 1
+            // Paths with the same addresses (one NIC, loopback) are one path on the wire.
+            let distinct = myPaths.first != myPaths.second || peerPaths.first != peerPaths.second
+            for path in distinct ? NetworkPath.allCases : [.first] {
+                send(.heartbeat(node: me.name, incarnation: incarnation, sequence: heartbeatSequence), on: path)
+            }
+        }
+        if let lastHeard = liveness.silenceToDiagnose(at: now) {
+            logger.warning("peer heartbeats missing: diagnosing", metadata: [
+                "peer": "\(peer.name)", "silentPaths": "\(liveness.silentPaths(at: now).map(\.rawValue))",
+            ])
+            perform(diagnosis.handle(.heartbeatsLost(lastHeard: lastHeard), at: now))
+        }
+        perform(diagnosis.handle(.tick, at: now))
+        let silent = liveness.silentPaths(at: now)
+        let lastHeard = liveness.lastHeard
+        shared.withLockedValue {
+            $0.silentPaths = silent
+            $0.lastHeard = lastHeard
+        }
+    }
+
+    private func send(_ datagram: AgentDatagram, on path: NetworkPath, to address: SocketAddress? = nil) {
+        guard let target = address ?? peerSockets[path],
+              let channel = channels.first(where: { $0.address == myPaths[path] })?.channel else { return }
+        let bytes = datagram.encode(secret: secret)
+        let envelope = AddressedEnvelope(remoteAddress: target, data: channel.allocator.buffer(bytes: bytes))
+        // A path that is down fails the send: its silence is what the ladder looks at.
+        channel.writeAndFlush(envelope, promise: nil)
+    }
+
+    fileprivate func received(_ bytes: [UInt8], from sender: SocketAddress, localAddress: String) {
+        let datagram: AgentDatagram
+        do {
+            datagram = try AgentDatagram.decode(bytes, secret: secret)
+        } catch {
+            logger.warning("agent datagram refused", metadata: [
+                "from": "\(sender)", "error": "\(error)", "action": "check that every node has the same secret_file",
+            ])
+            return
+        }
+        guard datagram.node == peer.name else {
+            logger.warning("agent datagram from a node that is not the peer", metadata: ["from": "\(sender)", "node": "\(datagram.node)"])
+            return
+        }
+        let paths = NetworkPath.allCases.filter { myPaths[$0] == localAddress }
+        let now = MonitorRunner.now()
+        switch datagram {
+        case .heartbeat(_, let incarnation, let sequence):
+            let wasSilent = liveness.silentPaths(at: now)
+            var back = false
+            for path in paths where liveness.heard(path, incarnation: incarnation, sequence: sequence, at: now) {
+                back = back || wasSilent.contains(path)
+            }
+            if back { peerHeardAgain(at: now) }
+        case .probe(_, let nonce):
+            for path in paths.prefix(1) { send(.probeAnswer(node: me.name, nonce: nonce), on: path, to: sender) }
+        case .probeAnswer(_, let nonce):
+            guard let path = agentProbes.removeValue(forKey: nonce) else { return }
+            perform(diagnosis.handle(.probeAnswered(.peerAgent(path)), at: now))
+        }
+    }
+
+    private func peerHeardAgain(at now: Instant) {
+        perform(diagnosis.handle(.peerHeard, at: now))
+        let (wasGone, wasFenced) = shared.withLockedValue { state -> (Bool, Bool) in
+            defer { state.peerGone = false; state.selfFenced = false }
+            return (state.peerGone, state.selfFenced)
+        }
+        logger.info("peer heard again", metadata: ["peer": "\(peer.name)", "wasGone": "\(wasGone)", "selfFenced": "\(wasFenced)"])
+        if wasGone || wasFenced { actions.peerBack() }
+    }
+
+    private func perform(_ actions: [Diagnosis.Action]) {
+        for action in actions {
+            switch action {
+            case .probe(let target): probe(target)
+            case .awaitingTakeover(let at):
+                let inMilliseconds = (at - min(at, MonitorRunner.now())).nanoseconds / 1_000_000
+                logger.error("peer unreachable on every path: taking its exports over unless it is heard first", metadata: [
+                    "peer": "\(peer.name)", "takeoverInMs": "\(inMilliseconds)", "findings": "\(Self.describe(diagnosis.findings))",
+                ])
+            case .decided(let verdict): decided(verdict)
+            case .selfFence:
+                shared.withLockedValue { $0.selfFenced = true }
+                logger.critical("this node reaches no switch: it is the isolated one and stops its export servers", metadata: [
+                    "node": "\(me.name)", "findings": "\(Self.describe(diagnosis.findings))",
+                    "action": "check this node's NICs and cables; the servers start again once the peer is heard",
+                ])
+                self.actions.selfFence()
+            }
+        }
+    }
+
+    private func decided(_ verdict: DiagnosisVerdict) {
+        let now = MonitorRunner.now()
+        shared.withLockedValue { $0.lastVerdict = (verdict, now, diagnosis.findings) }
+        let metadata: Logger.Metadata = ["peer": "\(peer.name)", "verdict": "\(Self.describe(verdict))",
+                                         "findings": "\(Self.describe(diagnosis.findings))"]
+        switch verdict {
+        case .peerDeadOrIsolated, .peerAgentDown:
+            shared.withLockedValue { $0.peerGone = true }
+            logger.error("peer gone: exports served here go on without their standby; those it served are taken over",
+                         metadata: metadata.merging(["action": "bring \(peer.name) back; it rejoins as standby"]) { $1 })
+            actions.peerGone(verdict)
+        case .selfIsolated:
+            break  // `.selfFence` comes with it and says it all.
+        case .allHealthy:
+            logger.info("peer reachable again", metadata: metadata)
+        case .peerNICDown, .switchDown, .pathDown:
+            logger.warning("a network path is down; no failover", metadata: metadata.merging(
+                ["action": "repair it: heartbeats use the other path meanwhile"]) { $1 })
+        }
+    }
+
+    private func probe(_ target: DiagnosisTarget) {
+        let host: String
+        switch target {
+        case .peerAgent(let path):
+            let nonce = UInt64.random(in: 0...UInt64.max)
+            agentProbes[nonce] = path
+            send(.probe(node: me.name, nonce: nonce), on: path)
+            return
+        case .peerOperatingSystem: host = peer.agent.host
+        case .peerNIC(let path): host = peerPaths[path]
+        case .networkSwitch(let path):
+            guard let address = switches[path] else {
+                // No switch listed (one machine, loopback): nothing to be cut off from.
+                perform(diagnosis.handle(.probeAnswered(target), at: MonitorRunner.now()))
+                return
+            }
+            host = address
+        }
+        let deadline = Int32(timings.roundDeadline.nanoseconds / 1_000_000)
+        let loop = self.loop
+        Thread.detachNewThread { [self] in
+            let reached = KernelProbe.reaches(host, deadlineMilliseconds: deadline)
+            loop.execute { [self] in
+                perform(diagnosis.handle(reached ? .probeAnswered(target) : .probeFailed(target), at: MonitorRunner.now()))
+            }
+        }
+    }
+
+    // MARK: Words for logs and status
+
+    static func describe(_ verdict: DiagnosisVerdict) -> String {
+        switch verdict {
+        case .allHealthy: "peer reachable"
+        case .peerNICDown(let path): "peer NIC on path \(path.rawValue) down"
+        case .switchDown(let path): "switch \(path.rawValue) down (or this node's NIC on it)"
+        case .pathDown(let path): "path \(path.rawValue) down (switch and peer NIC answer, its agent not)"
+        case .peerAgentDown: "peer agent down, peer OS up"
+        case .peerDeadOrIsolated: "peer dead or isolated"
+        case .selfIsolated: "this node isolated"
+        }
+    }
+
+    static func describe(_ findings: DiagnosisFindings) -> [String: String] {
+        func word(_ reach: Reach) -> String {
+            switch reach {
+            case .unknown: "not probed"
+            case .reached: "reached"
+            case .unreached: "unreached"
+            }
+        }
+        var words: [String: String] = ["peer_os": word(findings.peerOperatingSystem)]
+        for path in NetworkPath.allCases {
+            words["peer_agent_\(path.rawValue)"] = word(findings.peerAgent[path])
+            words["peer_nic_\(path.rawValue)"] = word(findings.peerNIC[path])
+            words["switch_\(path.rawValue)"] = word(findings.networkSwitch[path])
+        }
+        return words
+    }
+}
+
+/// Hands each datagram to the watch, with the address it arrived at (its path).
+private final class DatagramHandler: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = AddressedEnvelope<ByteBuffer>
+    private let watch: PeerWatch
+    private let localAddress: String
+
+    init(watch: PeerWatch, localAddress: String) {
+        self.watch = watch
+        self.localAddress = localAddress
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let envelope = unwrapInboundIn(data)
+        guard envelope.data.readableBytes <= AgentDatagram.maxBytes else { return }
+        watch.received(Array(envelope.data.readableBytesView), from: envelope.remoteAddress, localAddress: localAddress)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        // A send to an unreachable path reports here (ICMP errors); its silence is what counts.
+    }
+}

@@ -1,0 +1,122 @@
+/// What agents send each other over every network path (DESIGN.md §6): UDP
+/// datagrams, each carrying an HMAC under the cluster's shared secret so that
+/// nothing but a peer holding it can make a node believe its peer is alive.
+public enum AgentDatagram: Hashable, Sendable {
+    /// "I am alive", sent every `agent_heartbeat_interval_ms` on each path.
+    /// `incarnation` is new at each agent start; `sequence` grows within one.
+    case heartbeat(node: String, incarnation: UInt64, sequence: UInt64)
+    /// Rung 1 of the ladder: does the peer's agent answer on this path? An
+    /// answer needs the agent to run: a stalled agent's kernel does not echo it.
+    case probe(node: String, nonce: UInt64)
+    case probeAnswer(node: String, nonce: UInt64)
+
+    private enum Tag: UInt8 { case heartbeat = 1, probe, probeAnswer }
+
+    /// The sender's node name.
+    public var node: String {
+        switch self {
+        case .heartbeat(let node, _, _), .probe(let node, _), .probeAnswer(let node, _): node
+        }
+    }
+
+    /// Far below any path MTU: one datagram, never fragmented.
+    public static let maxBytes = 512
+
+    public func encode(secret: [UInt8]) -> [UInt8] {
+        var w = ByteWriter(capacity: 96)
+        switch self {
+        case .heartbeat(let node, let incarnation, let sequence):
+            w.write(Tag.heartbeat.rawValue); w.write(node); w.write(incarnation); w.write(sequence)
+        case .probe(let node, let nonce): w.write(Tag.probe.rawValue); w.write(node); w.write(nonce)
+        case .probeAnswer(let node, let nonce): w.write(Tag.probeAnswer.rawValue); w.write(node); w.write(nonce)
+        }
+        return w.bytes + HMACSHA256.authenticationCode(secret: secret, message: w.bytes)
+    }
+
+    public enum Refusal: Error, Hashable, Sendable {
+        /// Too short, too long, or not a datagram of this version.
+        case malformed(String)
+        /// The code does not match: not sent by a holder of the shared secret, or altered.
+        case unauthenticated
+    }
+
+    public static func decode(_ bytes: [UInt8], secret: [UInt8]) throws(Refusal) -> AgentDatagram {
+        guard bytes.count > SHA256.digestBytes, bytes.count <= maxBytes else {
+            throw .malformed("\(bytes.count) bytes, expected \(SHA256.digestBytes + 1) to \(maxBytes)")
+        }
+        let body = Array(bytes.dropLast(SHA256.digestBytes))
+        let expected = HMACSHA256.authenticationCode(secret: secret, message: body)
+        // Compared in full whatever differs first: the time says nothing of the code.
+        guard zip(expected, bytes.suffix(SHA256.digestBytes)).reduce(UInt8(0), { $0 | ($1.0 ^ $1.1) }) == 0 else {
+            throw .unauthenticated
+        }
+        do {
+            return try ByteReader.decode(body) { r throws(DecodeError) -> AgentDatagram in
+                let raw = try r.readUInt8()
+                let node = try r.readString(limit: 255, kind: "node name")
+                let datagram: AgentDatagram
+                switch Tag(rawValue: raw) {
+                case .heartbeat: datagram = .heartbeat(node: node, incarnation: try r.readUInt64(), sequence: try r.readUInt64())
+                case .probe: datagram = .probe(node: node, nonce: try r.readUInt64())
+                case .probeAnswer: datagram = .probeAnswer(node: node, nonce: try r.readUInt64())
+                case nil: throw .unknownTag(kind: "agent datagram", tag: UInt32(raw))
+                }
+                try r.expectEnd()
+                return datagram
+            }
+        } catch {
+            throw .malformed("\(error)")
+        }
+    }
+}
+
+/// When the peer was last heard on each network path, and so when the
+/// diagnostic ladder must start (DESIGN.md §6: "When heartbeats from a peer
+/// stop on a path, the agent finds out why before it acts").
+public struct PeerLiveness: Sendable {
+    public let grace: TimeSpan
+    /// Per path; the agent's start counts as heard, so that a peer that never
+    /// answers is diagnosed after one grace too.
+    public private(set) var lastHeard: PerPath<Instant>
+    private var incarnation: UInt64?
+    /// Per path: a heartbeat goes out on every path with one sequence.
+    private var lastSequence = PerPath<UInt64>(0, 0)
+    /// The silent paths when the ladder last started: the same silence is diagnosed once.
+    private var diagnosedSilence: [NetworkPath] = []
+
+    public init(grace: TimeSpan, startedAt: Instant) {
+        self.grace = grace
+        lastHeard = PerPath(startedAt, startedAt)
+    }
+
+    /// When the peer was last heard on any path.
+    public var lastHeardOnAnyPath: Instant { max(lastHeard.first, lastHeard.second) }
+
+    /// A heartbeat arrived on `path`. Returns false for a replayed or
+    /// reordered one (not newer than the last on that path from the same agent run).
+    public mutating func heard(_ path: NetworkPath, incarnation: UInt64, sequence: UInt64, at now: Instant) -> Bool {
+        if incarnation != self.incarnation {
+            self.incarnation = incarnation
+            lastSequence = PerPath(0, 0)
+        }
+        guard sequence > lastSequence[path] else { return false }
+        lastSequence[path] = sequence
+        lastHeard[path] = max(lastHeard[path], now)
+        return true
+    }
+
+    /// The paths silent for longer than the grace.
+    public func silentPaths(at now: Instant) -> [NetworkPath] {
+        NetworkPath.allCases.filter { now - min(now, lastHeard[$0]) > grace }
+    }
+
+    /// Whether the ladder should start now: some path has been silent for
+    /// the grace, and the silence changed since the ladder last ran. Returns
+    /// when the peer was last heard on any path (the delays count from there).
+    public mutating func silenceToDiagnose(at now: Instant) -> Instant? {
+        let silent = silentPaths(at: now)
+        defer { diagnosedSilence = silent }
+        guard !silent.isEmpty, silent != diagnosedSilence else { return nil }
+        return lastHeardOnAnyPath
+    }
+}
