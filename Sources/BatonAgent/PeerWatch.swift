@@ -231,8 +231,9 @@ final class PeerWatch: @unchecked Sendable {
             defer { state.peerGone = false; state.selfFenced = false }
             return (state.peerGone, state.selfFenced)
         }
-        logger.info("peer heard again", metadata: ["peer": "\(peer.name)", "wasGone": "\(wasGone)", "selfFenced": "\(wasFenced)"])
-        if wasGone || wasFenced { actions.peerBack() }
+        guard wasGone || wasFenced else { return }
+        logger.warning("peer heard again", metadata: ["peer": "\(peer.name)", "wasGone": "\(wasGone)", "selfFenced": "\(wasFenced)"])
+        actions.peerBack()
     }
 
     private func perform(_ actions: [Diagnosis.Action]) {
@@ -242,13 +243,13 @@ final class PeerWatch: @unchecked Sendable {
             case .awaitingTakeover(let at):
                 let inMilliseconds = (at - min(at, MonitorRunner.now())).nanoseconds / 1_000_000
                 logger.error("peer unreachable on every path: taking its exports over unless it is heard first", metadata: [
-                    "peer": "\(peer.name)", "takeoverInMs": "\(inMilliseconds)", "findings": "\(Self.describe(diagnosis.findings))",
+                    "peer": "\(peer.name)", "takeoverInMs": "\(inMilliseconds)", "findings": "\(Self.summary(diagnosis.findings))",
                 ])
             case .decided(let verdict): decided(verdict)
             case .selfFence:
                 shared.withLockedValue { $0.selfFenced = true }
                 logger.critical("this node reaches no switch: it is the isolated one and stops its export servers", metadata: [
-                    "node": "\(me.name)", "findings": "\(Self.describe(diagnosis.findings))",
+                    "node": "\(me.name)", "findings": "\(Self.summary(diagnosis.findings))",
                     "action": "check this node's NICs and cables; the servers start again once the peer is heard",
                 ])
                 self.actions.selfFence()
@@ -260,7 +261,7 @@ final class PeerWatch: @unchecked Sendable {
         let now = MonitorRunner.now()
         shared.withLockedValue { $0.lastVerdict = (verdict, now, diagnosis.findings) }
         let metadata: Logger.Metadata = ["peer": "\(peer.name)", "verdict": "\(Self.describe(verdict))",
-                                         "findings": "\(Self.describe(diagnosis.findings))"]
+                                         "findings": "\(Self.summary(diagnosis.findings))"]
         switch verdict {
         case .peerDeadOrIsolated, .peerAgentDown:
             shared.withLockedValue { $0.peerGone = true }
@@ -317,6 +318,12 @@ final class PeerWatch: @unchecked Sendable {
         case .peerDeadOrIsolated: "peer dead or isolated"
         case .selfIsolated: "this node isolated"
         }
+    }
+
+    /// The probed rungs, for a log line: "peer_agent_1=unreached, peer_os=reached".
+    static func summary(_ findings: DiagnosisFindings) -> String {
+        describe(findings).filter { $0.value != "not probed" }.sorted { $0.key < $1.key }.map { "\($0.key)=\($0.value)" }
+            .joined(separator: ", ")
     }
 
     static func describe(_ findings: DiagnosisFindings) -> [String: String] {
