@@ -1,0 +1,87 @@
+// Goal: what agents send each other is accepted only from a holder of the
+// shared secret and unaltered; the silence of a path starts the diagnostic
+// ladder once per silence, after the grace, with the instant the peer was
+// last heard on any path (DESIGN.md §6, §8).
+// Method: the pure codec on round trips, a wrong secret, flipped bits and
+// cut datagrams; `PeerLiveness` with a hand-advanced clock.
+@testable import BatonCore
+import XCTest
+
+final class AgentHeartbeatTests: XCTestCase {
+    private let secret = Array("thirty-two bytes of shared secret!".utf8)
+
+    func testDatagramsRoundTrip() throws {
+        let datagrams: [AgentDatagram] = [
+            .heartbeat(node: "a", incarnation: 7, sequence: 1 << 40), .probe(node: "node-b", nonce: .max),
+            .probeAnswer(node: "b", nonce: 0),
+        ]
+        for datagram in datagrams {
+            XCTAssertEqual(try AgentDatagram.decode(datagram.encode(secret: secret), secret: secret), datagram)
+        }
+    }
+
+    func testAnotherSecretOrAnyChangedBitIsRefused() {
+        let bytes = AgentDatagram.heartbeat(node: "a", incarnation: 7, sequence: 9).encode(secret: secret)
+        XCTAssertThrowsError(try AgentDatagram.decode(bytes, secret: Array("another secret, also long enough..".utf8))) {
+            XCTAssertEqual($0 as? AgentDatagram.Refusal, .unauthenticated)
+        }
+        for index in bytes.indices {
+            var changed = bytes
+            changed[index] ^= 0x10
+            XCTAssertThrowsError(try AgentDatagram.decode(changed, secret: secret), "bit flipped at byte \(index) accepted")
+        }
+    }
+
+    func testCutOrOversizedDatagramsAreRefused() {
+        let bytes = AgentDatagram.probe(node: "a", nonce: 3).encode(secret: secret)
+        for count in 0..<bytes.count {
+            XCTAssertThrowsError(try AgentDatagram.decode(Array(bytes.prefix(count)), secret: secret))
+        }
+        XCTAssertThrowsError(try AgentDatagram.decode([UInt8](repeating: 1, count: AgentDatagram.maxBytes + 1), secret: secret))
+        // A valid code over a body that does not decode (a future version) is malformed, not a crash.
+        let body: [UInt8] = [99, 0, 0, 0, 0]
+        let unknown = body + HMACSHA256.authenticationCode(secret: secret, message: body)
+        XCTAssertThrowsError(try AgentDatagram.decode(unknown, secret: secret)) {
+            guard case .malformed = $0 as? AgentDatagram.Refusal else { return XCTFail("\($0)") }
+        }
+    }
+
+    private func at(_ milliseconds: UInt64) -> Instant { Instant(nanoseconds: 1_000_000_000 + milliseconds * 1_000_000) }
+
+    func testASilentPeerIsDiagnosedOnceAfterTheGraceFromWhenItWasLastHeard() {
+        var liveness = PeerLiveness(grace: .milliseconds(1000), startedAt: at(0))
+        XCTAssertTrue(liveness.heard(.first, incarnation: 1, sequence: 1, at: at(200)))
+        XCTAssertTrue(liveness.heard(.second, incarnation: 1, sequence: 1, at: at(210)))
+        XCTAssertNil(liveness.silenceToDiagnose(at: at(1200)), "diagnosed within the grace")
+        XCTAssertEqual(liveness.silentPaths(at: at(1205)), [.first])
+        XCTAssertEqual(liveness.silenceToDiagnose(at: at(1205)), at(210), "path 1 silent past the grace")
+        XCTAssertNil(liveness.silenceToDiagnose(at: at(1208)), "the same silence diagnosed twice")
+        // Path 2 goes silent too: a new silence, diagnosed from the last time anything was heard.
+        XCTAssertEqual(liveness.silenceToDiagnose(at: at(1215)), at(210))
+        XCTAssertNil(liveness.silenceToDiagnose(at: at(5000)))
+        // Heard again, then silent again: diagnosed again.
+        XCTAssertTrue(liveness.heard(.first, incarnation: 1, sequence: 30, at: at(6000)))
+        XCTAssertTrue(liveness.heard(.second, incarnation: 1, sequence: 30, at: at(6000)))
+        XCTAssertNil(liveness.silenceToDiagnose(at: at(6500)))
+        XCTAssertEqual(liveness.silenceToDiagnose(at: at(7001)), at(6000))
+    }
+
+    func testAPeerNeverHeardIsDiagnosedOneGraceAfterTheStart() {
+        var liveness = PeerLiveness(grace: .milliseconds(1000), startedAt: at(0))
+        XCTAssertNil(liveness.silenceToDiagnose(at: at(1000)))
+        XCTAssertEqual(liveness.silenceToDiagnose(at: at(1001)), at(0))
+    }
+
+    func testReplayedHeartbeatsDoNotCountAndARestartedPeerDoes() {
+        var liveness = PeerLiveness(grace: .milliseconds(1000), startedAt: at(0))
+        XCTAssertTrue(liveness.heard(.first, incarnation: 1, sequence: 5, at: at(100)))
+        XCTAssertFalse(liveness.heard(.first, incarnation: 1, sequence: 5, at: at(1500)), "a replay counted")
+        XCTAssertFalse(liveness.heard(.first, incarnation: 1, sequence: 4, at: at(1500)), "an old heartbeat counted")
+        XCTAssertEqual(liveness.lastHeard.first, at(100))
+        // The same sequence on the other path is that path's own heartbeat.
+        XCTAssertTrue(liveness.heard(.second, incarnation: 1, sequence: 5, at: at(110)))
+        // The peer's agent restarted: its sequence starts again.
+        XCTAssertTrue(liveness.heard(.first, incarnation: 2, sequence: 1, at: at(1600)))
+        XCTAssertEqual(liveness.lastHeard.first, at(1600))
+    }
+}
