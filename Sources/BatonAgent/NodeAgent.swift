@@ -117,9 +117,10 @@ public final class NodeAgent: @unchecked Sendable {
 
     /// Asks the peer's agent at each of its addresses in turn (a path may be
     /// down). Fencing waits for a process to exit, so its answer may take
-    /// longer than a status.
+    /// longer than a status; a stalled agent, whose kernel accepts the
+    /// connection, is then left to the diagnostic ladder.
     func askPeer(_ request: AgentRequest) throws -> (ok: Bool, text: String) {
-        let timeout: Int32 = if case .fence = request { 5000 } else { 1000 }
+        let timeout: Int32 = if case .fence = request { 2000 } else { 1000 }
         var failures: [String] = []
         for address in Self.agentAddresses(of: peer) {
             do {

@@ -6,9 +6,13 @@ import Foundation
 /// by the admin CLI and by agents asking each other (fence, status). Short
 /// and rare, so a connection per request is fine.
 public enum PeerClient {
+    /// An agent on a working path accepts at once (its kernel does, even when it is stalled).
+    public static let connectTimeoutMilliseconds: Int32 = 500
+
     public static func request(_ request: AgentRequest, to address: NodeAddress, node: String, secret: [UInt8],
                                timeoutMilliseconds: Int32 = 2000) throws -> (ok: Bool, text: String) {
-        let connection = try BlockingConnection(address, timeoutMilliseconds: timeoutMilliseconds)
+        let connection = try BlockingConnection(address, timeoutMilliseconds: timeoutMilliseconds,
+                                                connectTimeoutMilliseconds: connectTimeoutMilliseconds)
         guard case .challenge(let nonce) = try connection.receive() else {
             throw ProbeError("\(address) did not challenge: it is not a Baton agent")
         }

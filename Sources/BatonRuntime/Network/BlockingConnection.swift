@@ -11,7 +11,9 @@ public final class BlockingConnection {
     private let fd: Int32
     public let address: NodeAddress
 
-    public init(_ address: NodeAddress, timeoutMilliseconds: Int32) throws {
+    /// `connectTimeoutMilliseconds` (at most the whole timeout) bounds the
+    /// connect alone: an address on a path that is down should fail fast.
+    public init(_ address: NodeAddress, timeoutMilliseconds: Int32, connectTimeoutMilliseconds: Int32? = nil) throws {
         self.address = address
         var hints = addrinfo()
         hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
@@ -23,14 +25,19 @@ public final class BlockingConnection {
         defer { freeaddrinfo(list) }
         fd = socket(first.pointee.ai_family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw ProbeError("socket: errno \(errno)") }
-        var timeout = timeval(tv_sec: Int(timeoutMilliseconds / 1000), tv_usec: Int(timeoutMilliseconds % 1000) * 1000)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        func setTimeout(_ option: Int32, _ milliseconds: Int32) {
+            var timeout = timeval(tv_sec: Int(milliseconds / 1000), tv_usec: Int(milliseconds % 1000) * 1000)
+            setsockopt(fd, SOL_SOCKET, option, &timeout, socklen_t(MemoryLayout<timeval>.size))
+        }
+        setTimeout(SO_RCVTIMEO, timeoutMilliseconds)
+        // connect() honours the send timeout on Linux.
+        setTimeout(SO_SNDTIMEO, min(connectTimeoutMilliseconds ?? timeoutMilliseconds, timeoutMilliseconds))
         guard connect(fd, first.pointee.ai_addr, first.pointee.ai_addrlen) == 0 else {
             let reason = String(cString: strerror(errno))
             close(fd)
             throw ProbeError("connect to \(address): \(reason)")
         }
+        setTimeout(SO_SNDTIMEO, timeoutMilliseconds)
     }
 
     deinit { close(fd) }
