@@ -27,6 +27,8 @@ final class ExportController: @unchecked Sendable {
     /// The last record the replica shares with the server, from the
     /// server's catch-up question: the replica's records after it are dropped.
     private var sharedUpTo: UInt64?
+    /// When this node's server last exited on its own and was started again.
+    private var restarts: [Date] = []
     /// The server's replies wait for this replica, and it answered nothing
     /// past this record without it: once applied, the monitor may watch.
     private var watchOnceApplied: UInt64?
@@ -94,7 +96,8 @@ final class ExportController: @unchecked Sendable {
         lock.withLock { role = .serving(process) }
         if aloneFromStart, agent.peerWatch.takeoverVerdict == .peerGone {
             // The peer is known to be gone: no standby to wait for. (Otherwise
-            // the diagnosis of its silence says so, through `peerGone`.)
+            // the diagnosis of its silence says so, through `peerGone`, and a
+            // standby that answers is caught up and waited for.)
             process.continueWithoutStandby()
         }
     }
@@ -119,12 +122,45 @@ final class ExportController: @unchecked Sendable {
         ])
     }
 
+    /// A server that exits on its own is started again here after
+    /// `restartDelay`, unless the peer's monitor has begun a swap by then
+    /// (its fence changes the role first). Without this, a server that
+    /// crashes while no monitor watches it (the peer gone, or catching up
+    /// after a swap) would leave the export unserved. A crash loop stops:
+    /// at most `maxRestarts` within `restartWindow`.
+    static let restartDelay: TimeInterval = 1
+    static let maxRestarts = 3
+    static let restartWindow: TimeInterval = 60
+
     private func serverExited(_ status: Int32) {
-        lock.withLock {
-            if case .serving(let process) = role, !process.isRunning {
-                logger.error("export server exited", metadata: [
-                    "export": "\(export.name)", "status": "\(status)",
-                    "action": "the monitor on \(agent.peer.name) takes the export over",
+        let now = Date()
+        let (exited, restart) = lock.withLock { () -> (ExportProcess?, Bool) in
+            guard case .serving(let process) = role, !process.isRunning else { return (nil, false) }
+            restarts = restarts.filter { now.timeIntervalSince($0) < Self.restartWindow }
+            guard restarts.count < Self.maxRestarts else { return (process, false) }
+            restarts.append(now)
+            return (process, true)
+        }
+        guard let exited else { return }
+        logger.error("export server exited", metadata: [
+            "export": "\(export.name)", "status": "\(status)",
+            "action": restart
+                ? "starting it again here in \(Self.restartDelay) s, unless the monitor on \(agent.peer.name) takes the export over first"
+                : "it exited \(Self.maxRestarts) times within \(Int(Self.restartWindow)) s: not started again; see its log above, then restart this agent",
+        ])
+        guard restart else { return }
+        DispatchQueue.global().asyncAfter(deadline: .now() + Self.restartDelay) { [self] in
+            let stillDown = lock.withLock { () -> Bool in
+                guard case .serving(let current) = role, current === exited else { return false }
+                role = .starting
+                return true
+            }
+            guard stillDown else { return }
+            do {
+                try startServing(aloneFromStart: true)
+            } catch {
+                logger.critical("the export server did not start again", metadata: [
+                    "export": "\(export.name)", "error": "\(error)", "action": "see the log above, then restart this agent",
                 ])
             }
         }

@@ -120,6 +120,26 @@ final class ClusterTests: XCTestCase {
         try cluster.assertSameFiles("demo")
     }
 
+    /// A server that crashes while no monitor watches it (here: the
+    /// standby's node is gone) is started again in place by its agent.
+    func testACrashedServerThatNoMonitorWatchesIsStartedAgainInPlace() throws {
+        let cluster = try TwoNodeCluster(self)
+        let mount = try cluster.mount(self, "demo")
+        try cluster.waitUntilReplicated("demo")
+        let standby = try XCTUnwrap(cluster.agents["b"])
+        kill(standby.processIdentifier, SIGKILL)
+        standby.waitUntilExit()
+        let server = try XCTUnwrap(try cluster.server("demo"))
+        _ = try fioAcross(cluster, mount: mount, sizeMiB: 96) {
+            kill(server.pid, SIGKILL)
+        }
+        let again = try XCTUnwrap(try cluster.server("demo"))
+        XCTAssertEqual(again.node, "a")
+        XCTAssertNotEqual(again.pid, server.pid)
+        XCTAssertEqual(again.epoch, server.epoch, "a restart in place is no swap")
+        XCTAssertTrue(cluster.logs.contains("starting it again here"), cluster.logs)
+    }
+
     func testPlannedMigrationMovesTheExport() throws {
         let cluster = try TwoNodeCluster(self)
         let mount = try cluster.mount(self, "demo")
