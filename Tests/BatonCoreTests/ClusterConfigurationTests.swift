@@ -50,10 +50,15 @@ private func failure(_ text: String) -> String {
     }
 }
 
-private func failure(building nodes: [NodeConfiguration], _ exports: [ExportConfiguration] = [demo],
+/// `base` with a switches line after secret_file: line 2, its list at column 12, the first element at column 13.
+private func withSwitches(_ list: String) -> String {
+    edited("secret_file = \"/etc/baton/secret\"\n", "secret_file = \"/etc/baton/secret\"\nswitches = \(list)\n")
+}
+
+private func failure(building nodes: [NodeConfiguration], _ exports: [ExportConfiguration] = [demo], switches: [String] = [],
                      timings: ClusterTimings = .defaults, secretFile: String = "/etc/baton/secret") -> String {
     do {
-        _ = try ClusterConfiguration(secretFile: secretFile, timings: timings, nodes: nodes, exports: exports)
+        _ = try ClusterConfiguration(secretFile: secretFile, switches: switches, timings: timings, nodes: nodes, exports: exports)
         return "no error"
     } catch {
         return error.description
@@ -69,7 +74,9 @@ final class ClusterConfigurationTests: XCTestCase {
         XCTAssertEqual(configuration.timings, ClusterTimings(
             probeIntervalMilliseconds: 100, probeDeadlineMilliseconds: 200, probeMisses: 3,
             heartbeatIntervalMilliseconds: 100, heartbeatGraceMilliseconds: 500,
-            agentHeartbeatIntervalMilliseconds: 200, agentHeartbeatGraceMilliseconds: 1000))
+            agentHeartbeatIntervalMilliseconds: 200, agentHeartbeatGraceMilliseconds: 1000,
+            selffenceDelayMilliseconds: 1800, takeoverDelayMilliseconds: 2500))
+        XCTAssertEqual(configuration.switches, [])
         XCTAssertEqual(configuration.nodes.map(\.site), ["default", "default"])
         XCTAssertEqual(configuration.nodes.map(\.paths), [[], []])
         XCTAssertEqual(configuration.exports.map(\.replication), [.sync])
@@ -78,6 +85,7 @@ final class ClusterConfigurationTests: XCTestCase {
     func testEveryKeyIsRead() throws {
         let text = """
             secret_file = "/etc/baton/secret"
+            switches = ["198.18.1.254", "fd00::fe"]
             [timings]
             probe_interval_ms = 50
             probe_deadline_ms = 150
@@ -86,6 +94,8 @@ final class ClusterConfigurationTests: XCTestCase {
             heartbeat_grace_ms = 300
             agent_heartbeat_interval_ms = 250
             agent_heartbeat_grace_ms = 1_500
+            selffence_delay_ms = 2_200
+            takeover_delay_ms = 3_000
             [[nodes]]
             name = "a"
             site = "lan1"
@@ -110,10 +120,12 @@ final class ClusterConfigurationTests: XCTestCase {
             """
         let configuration = try ClusterConfiguration.parse(text)
         XCTAssertEqual(configuration.secretFile, "/etc/baton/secret")
+        XCTAssertEqual(configuration.switches, ["198.18.1.254", "fd00::fe"])
         XCTAssertEqual(configuration.timings, ClusterTimings(
             probeIntervalMilliseconds: 50, probeDeadlineMilliseconds: 150, probeMisses: 4,
             heartbeatIntervalMilliseconds: 60, heartbeatGraceMilliseconds: 300,
-            agentHeartbeatIntervalMilliseconds: 250, agentHeartbeatGraceMilliseconds: 1500))
+            agentHeartbeatIntervalMilliseconds: 250, agentHeartbeatGraceMilliseconds: 1500,
+            selffenceDelayMilliseconds: 2200, takeoverDelayMilliseconds: 3000))
         XCTAssertEqual(configuration.nodes, [
             NodeConfiguration(name: "a", site: "lan1", agent: HostAndPort(host: "198.18.1.1", port: 7100),
                               paths: ["198.18.2.1", "fd00::1"], dataDirectory: "/var/lib/baton"),
@@ -146,16 +158,16 @@ final class ClusterConfigurationTests: XCTestCase {
         XCTAssertEqual(failure(edited("port = 7000", "port = 7000\nreplicaton = \"sync\"")),
                        "cluster file line 17, column 1: export \"demo\": unknown key 'replicaton' (did you mean 'replication'?); a [[exports]] table takes name, preferred, port and replication")
         XCTAssertEqual(failure(base + "[timings]\nprobe_interval = 100\n"),
-                       "cluster file line 18, column 1: [timings]: unknown key 'probe_interval' (did you mean 'probe_interval_ms'?); [timings] takes probe_interval_ms, probe_deadline_ms, probe_misses, heartbeat_interval_ms, heartbeat_grace_ms, agent_heartbeat_interval_ms and agent_heartbeat_grace_ms")
+                       "cluster file line 18, column 1: [timings]: unknown key 'probe_interval' (did you mean 'probe_interval_ms'?); [timings] takes probe_interval_ms, probe_deadline_ms, probe_misses, heartbeat_interval_ms, heartbeat_grace_ms, agent_heartbeat_interval_ms, agent_heartbeat_grace_ms, selffence_delay_ms and takeover_delay_ms")
         XCTAssertEqual(failure("debug = true\n" + base),
-                       "cluster file line 1, column 1: unknown key 'debug'; the top level takes secret_file, [timings], [[nodes]] and [[exports]]")
+                       "cluster file line 1, column 1: unknown key 'debug'; the top level takes secret_file, switches, [timings], [[nodes]] and [[exports]]")
         XCTAssertEqual(failure(base + "[export]\n"),
-                       "cluster file line 17, column 1: unknown key 'export' (did you mean 'exports'?); the top level takes secret_file, [timings], [[nodes]] and [[exports]]")
+                       "cluster file line 17, column 1: unknown key 'export' (did you mean 'exports'?); the top level takes secret_file, switches, [timings], [[nodes]] and [[exports]]")
     }
 
     func testAnUnknownKeyIsReportedBeforeTheKeyItMisspells() {
         XCTAssertEqual(failure(edited("secret_file", "secret_flie")),
-                       "cluster file line 1, column 1: unknown key 'secret_flie' (did you mean 'secret_file'?); the top level takes secret_file, [timings], [[nodes]] and [[exports]]")
+                       "cluster file line 1, column 1: unknown key 'secret_flie' (did you mean 'secret_file'?); the top level takes secret_file, switches, [timings], [[nodes]] and [[exports]]")
         XCTAssertEqual(failure(edited("name = \"b\"", "nane = \"b\"")),
                        "cluster file line 9, column 1: the [[nodes]] table on line 8: unknown key 'nane' (did you mean 'name'?); a [[nodes]] table takes name, site, agent, paths and data_dir")
     }
@@ -202,7 +214,7 @@ final class ClusterConfigurationTests: XCTestCase {
         XCTAssertEqual(failure(edited("[[exports]]", "[exports]")),
                        "cluster file line 13, column 1: exports must be a [[exports]] header (two pairs of brackets) before each entry; found a [table]")
         XCTAssertEqual(failure(edited("[[nodes]]", "[[nodez]]")),
-                       "cluster file line 3, column 1: unknown key 'nodez' (did you mean 'nodes'?); the top level takes secret_file, [timings], [[nodes]] and [[exports]]")
+                       "cluster file line 3, column 1: unknown key 'nodez' (did you mean 'nodes'?); the top level takes secret_file, switches, [timings], [[nodes]] and [[exports]]")
         XCTAssertEqual(failure("secret_file = \"/s\"\n" + #"nodes = ["a", "b"]"# + "\n"),
                        "cluster file line 2, column 1: nodes must be a [[nodes]] header (two pairs of brackets) before each entry; found a list")
     }
@@ -333,6 +345,56 @@ final class ClusterConfigurationTests: XCTestCase {
                        "cluster file line 1, column 15: secret_file \"/etc/\\n\" contains the control character U+000A; give the full path, from '/', of a file of at least 32 random bytes, the same on every node")
     }
 
+    // MARK: Switches
+
+    func testSwitchesAreOptionalAndKeptInPathOrder() throws {
+        XCTAssertEqual(try ClusterConfiguration.parse(base).switches, [])
+        XCTAssertEqual(try ClusterConfiguration.parse(withSwitches("[]")).switches, [])
+        XCTAssertEqual(try ClusterConfiguration.parse(withSwitches(#"["198.18.1.254"]"#)).switches, ["198.18.1.254"])
+        XCTAssertEqual(try ClusterConfiguration.parse(withSwitches(#"["198.18.2.254", "198.18.1.254"]"#)).switches,
+                       ["198.18.2.254", "198.18.1.254"])
+        XCTAssertEqual(try ClusterConfiguration.parse(withSwitches(#"["fd00::fe", "switch-2.example"]"#)).switches,
+                       ["fd00::fe", "switch-2.example"])
+    }
+
+    func testAtMostTwoSwitches() {
+        XCTAssertEqual(failure(withSwitches(#"["198.18.1.254", "198.18.2.254", "198.18.3.254"]"#)),
+                       "cluster file line 2, column 12: switches lists 3 addresses, over the limit of 2; the diagnostic ladder knows two network paths, so list the management address of each path's switch, path 1's first, like [\"198.18.1.254\", \"198.18.2.254\"]")
+    }
+
+    func testSwitchesAreAddressesWithoutPortsListedOnce() {
+        XCTAssertEqual(failure(withSwitches(#"["198.18.1.254:22"]"#)),
+                       "cluster file line 2, column 13: switch \"198.18.1.254:22\" has a port; write the switch's management address alone, like \"198.18.1.254\"")
+        XCTAssertEqual(failure(withSwitches(#"["198.18.1.254", "198.18.1.254"]"#)),
+                       "cluster file line 2, column 29: switch \"198.18.1.254\" is listed twice; each network path has its own switch, so list each once, path 1's first")
+        XCTAssertEqual(failure(withSwitches(#"["198.18.1.254", ""]"#)),
+                       "cluster file line 2, column 29: switch \"\" is empty; list the management address of each network path's switch, path 1's first, like [\"198.18.1.254\", \"198.18.2.254\"]")
+        XCTAssertEqual(failure(withSwitches(#"["switch 1"]"#)),
+                       "cluster file line 2, column 13: switch \"switch 1\" contains white space; list the management address of each network path's switch, path 1's first, like [\"198.18.1.254\", \"198.18.2.254\"]")
+        XCTAssertEqual(failure(withSwitches(#"["[fd00::fe]"]"#)),
+                       "cluster file line 2, column 13: switch \"[fd00::fe]\" contains '['; list the management address of each network path's switch, path 1's first, like [\"198.18.1.254\", \"198.18.2.254\"]")
+    }
+
+    func testSwitchesAreAListOfStrings() {
+        XCTAssertEqual(failure(withSwitches(#""198.18.1.254""#)),
+                       "cluster file line 2, column 12: switches must be a list of \"strings\"; found a string; write it in brackets, like [\"198.18.1.254\", \"198.18.2.254\"]")
+        XCTAssertEqual(failure(withSwitches("[1]")),
+                       "cluster file line 2, column 13: switches must be a list of \"strings\"; found a number; write each element in double quotes")
+        XCTAssertEqual(failure(edited("secret_file = \"/etc/baton/secret\"\n", "secret_file = \"/etc/baton/secret\"\nswitch = [\"198.18.1.254\"]\n")),
+                       "cluster file line 2, column 1: unknown key 'switch' (did you mean 'switches'?); the top level takes secret_file, switches, [timings], [[nodes]] and [[exports]]")
+    }
+
+    func testSwitchesBuiltInCodeFollowTheSameRules() throws {
+        XCTAssertEqual(failure(building: [nodeA, nodeB], switches: ["198.18.1.254", "198.18.2.254", "198.18.3.254"]),
+                       "cluster configuration: switches lists 3 addresses, over the limit of 2; the diagnostic ladder knows two network paths, so list the management address of each path's switch, path 1's first, like [\"198.18.1.254\", \"198.18.2.254\"]")
+        XCTAssertEqual(failure(building: [nodeA, nodeB], switches: ["198.18.1.254", "198.18.1.254:22"]),
+                       "cluster configuration: switch \"198.18.1.254:22\" has a port; write the switch's management address alone, like \"198.18.1.254\"")
+        let built = try ClusterConfiguration(secretFile: "/etc/baton/secret", switches: ["198.18.1.254", "198.18.2.254"],
+                                             nodes: [nodeA, nodeB], exports: [demo])
+        XCTAssertEqual(built.switches, ["198.18.1.254", "198.18.2.254"])
+        XCTAssertEqual(built, try ClusterConfiguration.parse(withSwitches(#"["198.18.1.254", "198.18.2.254"]"#)))
+    }
+
     // MARK: Rules on exports
 
     func testExportNamesFollowTheNameRule() {
@@ -419,6 +481,79 @@ final class ClusterConfigurationTests: XCTestCase {
         // The grace is left at its default 500 and the interval raised past it: the interval is the line to change.
         XCTAssertEqual(failure(base + "[timings]\nheartbeat_interval_ms = 600\n"),
                        "cluster file line 18, column 25: [timings]: heartbeat_grace_ms (500) must be longer than heartbeat_interval_ms (600), or one late heartbeat declares the server failed; the defaults are 500 and 100")
+    }
+
+    // MARK: Rules on the diagnosis delays
+
+    func testDefaultTimingsAreTheDiagnosisDefaults() throws {
+        XCTAssertEqual(ClusterTimings.defaults.diagnosisTimings, DiagnosisTimings.defaults)
+        XCTAssertEqual(try ClusterConfiguration.parse(base).timings.diagnosisTimings, DiagnosisTimings.defaults)
+    }
+
+    func testDiagnosisTimingsTakeTheFilesValuesUpToEachRulesLimit() throws {
+        // 1400 + 600 (the longest ladder) = 2000 = selffence; 2000 + 300 (one heartbeat interval) < 2301 = takeover.
+        let text = base + "[timings]\nagent_heartbeat_interval_ms = 300\nagent_heartbeat_grace_ms = 1400\nselffence_delay_ms = 2000\ntakeover_delay_ms = 2301\n"
+        XCTAssertEqual(try ClusterConfiguration.parse(text).timings.diagnosisTimings, try DiagnosisTimings(
+            roundDeadline: .milliseconds(100), agentHeartbeatInterval: .milliseconds(300), agentHeartbeatGrace: .milliseconds(1400),
+            selffenceDelay: .milliseconds(2000), takeoverDelay: .milliseconds(2301)))
+    }
+
+    func testSelffenceDelayIsShorterThanTakeoverDelay() {
+        XCTAssertEqual(failure(base + "[timings]\nselffence_delay_ms = 3000\n"),
+                       "cluster file line 18, column 22: [timings]: selffence_delay_ms (3000) must be shorter than takeover_delay_ms (2500), so that an isolated node has stopped its servers before its peer takes over, or both nodes may serve an export at once; shorten selffence_delay_ms or lengthen takeover_delay_ms; the defaults are 1800 and 2500")
+        // Equal is not shorter; the takeover delay, written alone, is the line pointed at.
+        XCTAssertEqual(failure(base + "[timings]\ntakeover_delay_ms = 1800\n"),
+                       "cluster file line 18, column 21: [timings]: selffence_delay_ms (1800) must be shorter than takeover_delay_ms (1800), so that an isolated node has stopped its servers before its peer takes over, or both nodes may serve an export at once; shorten selffence_delay_ms or lengthen takeover_delay_ms; the defaults are 1800 and 2500")
+    }
+
+    func testSelffenceDelayLeavesRoomForTheLongestLadder() throws {
+        XCTAssertEqual(failure(base + "[timings]\nselffence_delay_ms = 1599\n"),
+                       "cluster file line 18, column 22: [timings]: selffence_delay_ms (1599) must be at least agent_heartbeat_grace_ms (1000) plus 600, the longest diagnostic ladder (6 rounds of 100 ms), or an isolated node finds out too late to stop its servers in time; lengthen selffence_delay_ms (and takeover_delay_ms with it) or shorten agent_heartbeat_grace_ms; the defaults are 1800 and 1000")
+        XCTAssertEqual(failure(base + "[timings]\nagent_heartbeat_grace_ms = 1201\n"),
+                       "cluster file line 18, column 28: [timings]: selffence_delay_ms (1800) must be at least agent_heartbeat_grace_ms (1201) plus 600, the longest diagnostic ladder (6 rounds of 100 ms), or an isolated node finds out too late to stop its servers in time; lengthen selffence_delay_ms (and takeover_delay_ms with it) or shorten agent_heartbeat_grace_ms; the defaults are 1800 and 1000")
+        XCTAssertEqual(try ClusterConfiguration.parse(base + "[timings]\nagent_heartbeat_grace_ms = 1200\n").timings.agentHeartbeatGraceMilliseconds, 1200)
+    }
+
+    func testTakeoverDelayExceedsSelffenceDelayByMoreThanAHeartbeatInterval() throws {
+        XCTAssertEqual(failure(base + "[timings]\ntakeover_delay_ms = 2000\n"),
+                       "cluster file line 18, column 21: [timings]: takeover_delay_ms (2000) must be longer than selffence_delay_ms (1800) plus agent_heartbeat_interval_ms (200), since the two nodes last heard each other up to one heartbeat interval apart, or both nodes may serve an export at once; lengthen takeover_delay_ms or shorten the other two; the defaults are 2500, 1800 and 200")
+        XCTAssertEqual(failure(base + "[timings]\nagent_heartbeat_interval_ms = 700\n"),
+                       "cluster file line 18, column 31: [timings]: takeover_delay_ms (2500) must be longer than selffence_delay_ms (1800) plus agent_heartbeat_interval_ms (700), since the two nodes last heard each other up to one heartbeat interval apart, or both nodes may serve an export at once; lengthen takeover_delay_ms or shorten the other two; the defaults are 2500, 1800 and 200")
+        XCTAssertEqual(try ClusterConfiguration.parse(base + "[timings]\ntakeover_delay_ms = 2001\n").timings.takeoverDelayMilliseconds, 2001)
+    }
+
+    func testBuiltConfigurationsWithBrokenDelaysAreRefused() {
+        XCTAssertEqual(failure(building: [nodeA, nodeB], timings: ClusterTimings(selffenceDelayMilliseconds: 3000)),
+                       "cluster configuration: [timings]: selffence_delay_ms (3000) must be shorter than takeover_delay_ms (2500), so that an isolated node has stopped its servers before its peer takes over, or both nodes may serve an export at once; shorten selffence_delay_ms or lengthen takeover_delay_ms; the defaults are 1800 and 2500")
+        XCTAssertEqual(failure(building: [nodeA, nodeB], timings: ClusterTimings(agentHeartbeatGraceMilliseconds: 1300)),
+                       "cluster configuration: [timings]: selffence_delay_ms (1800) must be at least agent_heartbeat_grace_ms (1300) plus 600, the longest diagnostic ladder (6 rounds of 100 ms), or an isolated node finds out too late to stop its servers in time; lengthen selffence_delay_ms (and takeover_delay_ms with it) or shorten agent_heartbeat_grace_ms; the defaults are 1800 and 1000")
+        XCTAssertEqual(failure(building: [nodeA, nodeB], timings: ClusterTimings(takeoverDelayMilliseconds: 1900)),
+                       "cluster configuration: [timings]: takeover_delay_ms (1900) must be longer than selffence_delay_ms (1800) plus agent_heartbeat_interval_ms (200), since the two nodes last heard each other up to one heartbeat interval apart, or both nodes may serve an export at once; lengthen takeover_delay_ms or shorten the other two; the defaults are 2500, 1800 and 200")
+    }
+
+    func testDelayRulesAreExactlyThoseOfDiagnosisTimings() {
+        // Around each rule's limit: a configuration is accepted exactly when DiagnosisTimings accepts its values, and then gives them.
+        var accepted = 0
+        var refused = 0
+        for interval in [200, 700] {
+            for grace in [800, 1000, 1200, 1201] {
+                for selffence in [1500, 1800, 1801, 2300, 2500] {
+                    for takeover in [1800, 2000, 2001, 2500, 3000] {
+                        let timings = ClusterTimings(agentHeartbeatIntervalMilliseconds: interval, agentHeartbeatGraceMilliseconds: grace,
+                                                     selffenceDelayMilliseconds: selffence, takeoverDelayMilliseconds: takeover)
+                        let expected = try? DiagnosisTimings(
+                            roundDeadline: .milliseconds(100), agentHeartbeatInterval: .milliseconds(UInt64(interval)),
+                            agentHeartbeatGrace: .milliseconds(UInt64(grace)), selffenceDelay: .milliseconds(UInt64(selffence)),
+                            takeoverDelay: .milliseconds(UInt64(takeover)))
+                        let built = try? ClusterConfiguration(secretFile: "/s", timings: timings, nodes: [nodeA, nodeB], exports: [demo])
+                        XCTAssertEqual(built?.timings.diagnosisTimings, expected, "\(timings)")
+                        if built == nil { refused += 1 } else { accepted += 1 }
+                    }
+                }
+            }
+        }
+        XCTAssertGreaterThan(accepted, 10)
+        XCTAssertGreaterThan(refused, 10)
     }
 
     // MARK: Configurations built in code

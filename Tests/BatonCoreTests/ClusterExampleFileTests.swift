@@ -1,7 +1,9 @@
 // Goal: the example cluster file shipped in mountscripts/ stays valid and says
-// what it claims: two nodes on loopback, the DESIGN.md §8 timings, one export
-// "demo" on port 7000 preferred on "a"; and its commented second export is
-// valid when an admin uncomments it.
+// what it claims: two nodes on loopback without switches, the DESIGN.md §8
+// timings and the diagnosis defaults, one export "demo" on port 7000
+// preferred on "a"; and its commented settings (switches, the ladder's delays,
+// paths, a second export) are valid and say the same when an admin
+// uncomments them.
 // Method: read the file from the repository (found from this test's #filePath;
 // Foundation is fine in a test, the core itself does no IO), parse it, and
 // compare the whole configuration.
@@ -28,6 +30,8 @@ final class ClusterExampleFileTests: XCTestCase {
             exports: [ExportConfiguration(name: "demo", preferredNode: "a", port: 7000, replication: .sync)])
         XCTAssertEqual(configuration, expected)
         XCTAssertEqual(configuration.timings, ClusterTimings.defaults)
+        XCTAssertEqual(configuration.timings.diagnosisTimings, DiagnosisTimings.defaults)
+        XCTAssertEqual(configuration.switches, [])
         XCTAssertEqual(configuration.peer(of: "a")?.name, "b")
         let demo = try XCTUnwrap(configuration.export(named: "demo"))
         XCTAssertEqual(configuration.clientAddresses(of: demo).map(\.description), ["127.0.0.1:7000", "127.0.0.2:7000"])
@@ -47,5 +51,10 @@ final class ClusterExampleFileTests: XCTestCase {
         XCTAssertEqual(configuration.export(named: "projects"),
                        ExportConfiguration(name: "projects", preferredNode: "b", port: 7001, replication: .async))
         XCTAssertEqual(configuration.node(named: "a")?.paths, ["198.18.1.1", "198.18.2.1"])
+        // The test bed's switches (DESIGN.md §9), and the delays' defaults as the comments say.
+        XCTAssertEqual(configuration.switches, ["198.18.1.254", "198.18.2.254"])
+        XCTAssertEqual(configuration.timings, ClusterTimings.defaults)
+        XCTAssertTrue(lines.contains { $0.hasPrefix("selffence_delay_ms = 1800 ") })
+        XCTAssertTrue(lines.contains { $0.hasPrefix("takeover_delay_ms = 2500 ") })
     }
 }

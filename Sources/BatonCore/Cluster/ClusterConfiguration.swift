@@ -37,8 +37,8 @@ public enum ReplicationMode: String, Hashable, Sendable, CaseIterable {
     case async
 }
 
-/// The failure detection timings of DESIGN.md §8, in whole milliseconds as
-/// the cluster file writes them.
+/// The failure detection timings of DESIGN.md §8 and the delays of the
+/// diagnostic ladder (§6), in whole milliseconds as the cluster file writes them.
 public struct ClusterTimings: Hashable, Sendable {
     /// A monitor sends a challenge to its server this often.
     public var probeIntervalMilliseconds: Int
@@ -54,6 +54,13 @@ public struct ClusterTimings: Hashable, Sendable {
     public var agentHeartbeatIntervalMilliseconds: Int
     /// No heartbeat from a peer agent for longer than this starts the diagnostic ladder (DESIGN.md §6).
     public var agentHeartbeatGraceMilliseconds: Int
+    /// A node that finds itself isolated (it reaches no switch) has stopped its
+    /// servers this long after it last heard its peer.
+    public var selffenceDelayMilliseconds: Int
+    /// A node takes over the exports of a dead or isolated peer this long after
+    /// it last heard it; longer than the self-fence delay, so that an isolated
+    /// node has stopped serving first.
+    public var takeoverDelayMilliseconds: Int
 
     /// DESIGN.md §8.
     public static let defaults = ClusterTimings()
@@ -64,7 +71,8 @@ public struct ClusterTimings: Hashable, Sendable {
 
     public init(probeIntervalMilliseconds: Int = 100, probeDeadlineMilliseconds: Int = 200, probeMisses: Int = 3,
                 heartbeatIntervalMilliseconds: Int = 100, heartbeatGraceMilliseconds: Int = 500,
-                agentHeartbeatIntervalMilliseconds: Int = 200, agentHeartbeatGraceMilliseconds: Int = 1000) {
+                agentHeartbeatIntervalMilliseconds: Int = 200, agentHeartbeatGraceMilliseconds: Int = 1000,
+                selffenceDelayMilliseconds: Int = 1800, takeoverDelayMilliseconds: Int = 2500) {
         self.probeIntervalMilliseconds = probeIntervalMilliseconds
         self.probeDeadlineMilliseconds = probeDeadlineMilliseconds
         self.probeMisses = probeMisses
@@ -72,6 +80,31 @@ public struct ClusterTimings: Hashable, Sendable {
         self.heartbeatGraceMilliseconds = heartbeatGraceMilliseconds
         self.agentHeartbeatIntervalMilliseconds = agentHeartbeatIntervalMilliseconds
         self.agentHeartbeatGraceMilliseconds = agentHeartbeatGraceMilliseconds
+        self.selffenceDelayMilliseconds = selffenceDelayMilliseconds
+        self.takeoverDelayMilliseconds = takeoverDelayMilliseconds
+    }
+
+    /// How long one round of the ladder's probes waits for answers; not in the
+    /// file, since the ladder's rounds are what the delays must leave room for.
+    static let diagnosisRoundDeadline = TimeSpan.milliseconds(100)
+
+    /// The ladder's timings. The validator of `ClusterConfiguration` checks
+    /// the same rules as `DiagnosisTimings.init` (it calls it), so for the
+    /// timings of any `ClusterConfiguration`, parsed or built in code, this
+    /// cannot fail and the `try!` never traps. On a `ClusterTimings` that no
+    /// configuration checked, a broken rule (or a negative value) traps.
+    public var diagnosisTimings: DiagnosisTimings {
+        try! checkedDiagnosisTimings()
+    }
+
+    /// `DiagnosisTimings` from these values; every value must be at least 0.
+    func checkedDiagnosisTimings() throws(DiagnosisTimings.Invalid) -> DiagnosisTimings {
+        try DiagnosisTimings(
+            roundDeadline: Self.diagnosisRoundDeadline,
+            agentHeartbeatInterval: .milliseconds(UInt64(agentHeartbeatIntervalMilliseconds)),
+            agentHeartbeatGrace: .milliseconds(UInt64(agentHeartbeatGraceMilliseconds)),
+            selffenceDelay: .milliseconds(UInt64(selffenceDelayMilliseconds)),
+            takeoverDelay: .milliseconds(UInt64(takeoverDelayMilliseconds)))
     }
 }
 
@@ -132,13 +165,22 @@ public struct ExportConfiguration: Hashable, Sendable {
 /// - an export's preferred node is one of the nodes;
 /// - an export's port is no agent's port: an export may come to be served on any node;
 /// - ports are 1 to 65535; paths are absolute; timings are positive, bounded, and a
-///   grace is longer than its heartbeat interval.
+///   grace is longer than its heartbeat interval;
+/// - the self-fence and takeover delays follow the rules of `DiagnosisTimings`, so
+///   `timings.diagnosisTimings` is valid;
+/// - at most `maxSwitches` switches, like a node's paths: hosts without a port, each listed once.
 ///
 /// The secret file's contents (at least `minSecretBytes`) are checked by the
 /// caller that reads it: the core does no IO.
 public struct ClusterConfiguration: Hashable, Sendable {
     /// The path of the shared secret that keys challenges and agent messages; the same file on every node.
     public private(set) var secretFile: String
+    /// The management addresses of the switches, one per network path in path
+    /// order (path 1's switch first), which the diagnostic ladder probes last
+    /// (DESIGN.md §6); a node that reaches none of them is the isolated one.
+    /// Empty when not given (loopback clusters): then a node cannot tell that
+    /// it is isolated.
+    public private(set) var switches: [String]
     public private(set) var timings: ClusterTimings
     /// In file order.
     public private(set) var nodes: [NodeConfiguration]
@@ -148,20 +190,25 @@ public struct ClusterConfiguration: Hashable, Sendable {
     public static let minSecretBytes = 32
     public static let maxNodes = 256
     public static let maxPathsPerNode = 8
+    /// One switch per network path; the ladder knows two paths.
+    public static let maxSwitches = NetworkPath.allCases.count
     public static let maxExports = 10_000
     /// A limit on names, sites and hosts, as for a file name.
     public static let maxNameBytes = 255
 
     /// Checks the rules listed on the type; errors carry no line.
-    public init(secretFile: String, timings: ClusterTimings = .defaults, nodes: [NodeConfiguration],
+    public init(secretFile: String, switches: [String] = [], timings: ClusterTimings = .defaults, nodes: [NodeConfiguration],
                 exports: [ExportConfiguration]) throws(ClusterConfigurationError) {
-        try self.init(secretFile: secretFile, timings: timings, nodes: nodes, exports: exports, positions: ClusterSourcePositions())
+        try self.init(secretFile: secretFile, switches: switches, timings: timings, nodes: nodes, exports: exports,
+                      positions: ClusterSourcePositions())
     }
 
-    init(secretFile: String, timings: ClusterTimings, nodes: [NodeConfiguration], exports: [ExportConfiguration],
+    init(secretFile: String, switches: [String], timings: ClusterTimings, nodes: [NodeConfiguration], exports: [ExportConfiguration],
          positions: ClusterSourcePositions) throws(ClusterConfigurationError) {
-        try ClusterValidator(positions: positions).check(secretFile: secretFile, timings: timings, nodes: nodes, exports: exports)
+        try ClusterValidator(positions: positions).check(secretFile: secretFile, switches: switches, timings: timings,
+                                                         nodes: nodes, exports: exports)
         self.secretFile = secretFile
+        self.switches = switches
         self.timings = timings
         self.nodes = nodes
         self.exports = exports

@@ -6,11 +6,16 @@ enum ClusterFileReader {
     static func read(_ root: TOMLTable) throws(ClusterConfigurationError) -> ClusterConfiguration {
         var positions = ClusterSourcePositions()
         let top = TableReader(table: root, subject: "", headerLine: nil, name: "the top level")
-        try top.checkKeys(["secret_file", "timings", "nodes", "exports"], described: "secret_file, [timings], [[nodes]] and [[exports]]")
+        try top.checkKeys(["secret_file", "switches", "timings", "nodes", "exports"],
+                          described: "secret_file, switches, [timings], [[nodes]] and [[exports]]")
 
         let secretFile = try top.string(
             "secret_file", required: "secret_file = \"/etc/baton/secret\", the path of a file of at least \(ClusterConfiguration.minSecretBytes) random bytes, the same on every node")
         positions[.secretFile] = root["secret_file"]?.value.position
+
+        let switches = try top.strings("switches", like: "[\"198.18.1.254\", \"198.18.2.254\"]") ?? []
+        positions[.switches] = root["switches"]?.value.position
+        for (index, place) in elementPositions(root, "switches").enumerated() { positions[.networkSwitch(index)] = place }
 
         var timings = ClusterTimings.defaults
         if let entry = root["timings"] {
@@ -38,7 +43,8 @@ enum ClusterFileReader {
         for (index, table) in exportTables.enumerated() {
             exports.append(try readExport(table, index: index, positions: &positions))
         }
-        return try ClusterConfiguration(secretFile: secretFile, timings: timings, nodes: nodes, exports: exports, positions: positions)
+        return try ClusterConfiguration(secretFile: secretFile, switches: switches, timings: timings, nodes: nodes, exports: exports,
+                                        positions: positions)
     }
 
     /// The tables of `[[key]]` headers; none when the key is absent (the validator counts them).
@@ -59,15 +65,13 @@ enum ClusterFileReader {
         let name = try reader.string("name", required: "name = \"...\" with a name unique among the nodes")
         let site = try reader.string("site") ?? NodeConfiguration.defaultSite
         let agentText = try reader.string("agent", required: "agent = \"HOST:PORT\" with the address of the node's agent, like \"127.0.0.1:7100\"")
-        let paths = try reader.strings("paths") ?? []
+        let paths = try reader.strings("paths", like: "[\"198.18.1.1\", \"198.18.2.1\"]") ?? []
         let dataDirectory = try reader.string(
             "data_dir", required: "data_dir = \"...\" with the directory where the node keeps export data, like \"/var/lib/baton/\(name)\"")
         for key in ["name", "site", "agent", "paths", "data_dir"] {
             positions[.node(index, key)] = table[key]?.value.position
         }
-        if case .array(let elements)? = table["paths"]?.value.kind {
-            for (pathIndex, element) in elements.enumerated() { positions[.nodePath(index, pathIndex)] = element.position }
-        }
+        for (pathIndex, place) in elementPositions(table, "paths").enumerated() { positions[.nodePath(index, pathIndex)] = place }
         let agent = try hostAndPort(agentText, subject: reader.subject, at: table["agent"]!.value.position)
         return NodeConfiguration(name: name, site: site, agent: agent, paths: paths, dataDirectory: dataDirectory)
     }
@@ -94,6 +98,12 @@ enum ClusterFileReader {
             positions[.export(index, key)] = table[key]?.value.position
         }
         return ExportConfiguration(name: name, preferredNode: preferred, port: port, replication: replication)
+    }
+
+    /// Where each element of the list at `key` was written; none when the key is absent or not a list.
+    private static func elementPositions(_ table: TOMLTable, _ key: String) -> [TOMLPosition] {
+        guard case .array(let elements)? = table[key]?.value.kind else { return [] }
+        return elements.map(\.position)
     }
 
     /// `HOST:PORT`, or `[IPV6]:PORT`. The host's and port's ranges are the validator's.
@@ -197,10 +207,11 @@ private struct TableReader {
         return number
     }
 
-    func strings(_ key: String) throws(ClusterConfigurationError) -> [String]? {
+    /// `example` is a list as the key would write it, for the message when the value is not a list.
+    func strings(_ key: String, like example: String) throws(ClusterConfigurationError) -> [String]? {
         guard let value = table[key]?.value else { return nil }
         guard case .array(let elements) = value.kind else {
-            throw wrongType(key, value, expected: "a list of \"strings\"", hint: "; write it in brackets, like [\"198.18.1.1\", \"198.18.2.1\"]")
+            throw wrongType(key, value, expected: "a list of \"strings\"", hint: "; write it in brackets, like \(example)")
         }
         var texts: [String] = []
         for element in elements {

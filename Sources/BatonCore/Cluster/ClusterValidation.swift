@@ -4,6 +4,10 @@
 struct ClusterSourcePositions: Hashable, Sendable {
     enum Field: Hashable, Sendable {
         case secretFile
+        /// The `switches` list.
+        case switches
+        /// A switch by index.
+        case networkSwitch(Int)
         /// By TOML key, e.g. "probe_interval_ms".
         case timing(String)
         /// Node by index, TOML key.
@@ -29,15 +33,39 @@ struct ClusterValidator {
 
     init(positions: ClusterSourcePositions) { self.positions = positions }
 
-    func check(secretFile: String, timings: ClusterTimings, nodes: [NodeConfiguration],
+    func check(secretFile: String, switches: [String], timings: ClusterTimings, nodes: [NodeConfiguration],
                exports: [ExportConfiguration]) throws(ClusterConfigurationError) {
         if let problem = Self.pathProblem(secretFile) {
             throw fail("secret_file \(problem); give the full path, from '/', of a file of at least \(ClusterConfiguration.minSecretBytes) random bytes, the same on every node",
                        at: .secretFile)
         }
+        try check(switches: switches)
         try check(timings)
         try check(nodes)
         try check(exports, nodes: nodes)
+    }
+
+    // MARK: Switches
+
+    private func check(switches: [String]) throws(ClusterConfigurationError) {
+        let example = "like [\"198.18.1.254\", \"198.18.2.254\"]"
+        guard switches.count <= ClusterConfiguration.maxSwitches else {
+            throw fail("switches lists \(switches.count) addresses, over the limit of \(ClusterConfiguration.maxSwitches); the diagnostic ladder knows two network paths, so list the management address of each path's switch, path 1's first, \(example)",
+                       at: .switches)
+        }
+        guard let (index, problem) = Self.firstAddressProblem(in: switches) else { return }
+        let written = Self.quoted(switches[index])
+        switch problem {
+        case .host(let problem):
+            throw fail("switch \(written) \(problem); list the management address of each network path's switch, path 1's first, \(example)",
+                       at: .networkSwitch(index))
+        case .hasPort:
+            throw fail("switch \(written) has a port; write the switch's management address alone, like \"198.18.1.254\"",
+                       at: .networkSwitch(index))
+        case .listedTwice:
+            throw fail("switch \(written) is listed twice; each network path has its own switch, so list each once, path 1's first",
+                       at: .networkSwitch(index))
+        }
     }
 
     // MARK: Timings
@@ -65,6 +93,37 @@ struct ClusterValidator {
         guard timings.agentHeartbeatGraceMilliseconds > timings.agentHeartbeatIntervalMilliseconds else {
             throw fail("[timings]: agent_heartbeat_grace_ms (\(timings.agentHeartbeatGraceMilliseconds)) must be longer than agent_heartbeat_interval_ms (\(timings.agentHeartbeatIntervalMilliseconds)), or one late heartbeat starts the diagnostic ladder; the defaults are 1000 and 200",
                        at: .timing("agent_heartbeat_grace_ms"), .timing("agent_heartbeat_interval_ms"))
+        }
+        try checkDelays(timings)
+    }
+
+    /// The rules of `DiagnosisTimings.init`, by calling it, so that they cannot
+    /// drift apart and `ClusterTimings.diagnosisTimings` never fails for a checked configuration.
+    private func checkDelays(_ timings: ClusterTimings) throws(ClusterConfigurationError) {
+        let selffence = timings.selffenceDelayMilliseconds
+        let takeover = timings.takeoverDelayMilliseconds
+        let grace = timings.agentHeartbeatGraceMilliseconds
+        let interval = timings.agentHeartbeatIntervalMilliseconds
+        let defaults = ClusterTimings.defaults
+        do throws(DiagnosisTimings.Invalid) {
+            _ = try timings.checkedDiagnosisTimings()
+        } catch {
+            switch error {
+            case .selffenceNotBeforeTakeover:
+                throw fail("[timings]: selffence_delay_ms (\(selffence)) must be shorter than takeover_delay_ms (\(takeover)), so that an isolated node has stopped its servers before its peer takes over, or both nodes may serve an export at once; shorten selffence_delay_ms or lengthen takeover_delay_ms; the defaults are \(defaults.selffenceDelayMilliseconds) and \(defaults.takeoverDelayMilliseconds)",
+                           at: .timing("selffence_delay_ms"), .timing("takeover_delay_ms"))
+            case .ladderLongerThanSelffenceDelay:
+                let rounds = DiagnosisLadder.maxRounds
+                let round = ClusterTimings.diagnosisRoundDeadline.nanoseconds / 1_000_000
+                throw fail("[timings]: selffence_delay_ms (\(selffence)) must be at least agent_heartbeat_grace_ms (\(grace)) plus \(round * UInt64(rounds)), the longest diagnostic ladder (\(rounds) rounds of \(round) ms), or an isolated node finds out too late to stop its servers in time; lengthen selffence_delay_ms (and takeover_delay_ms with it) or shorten agent_heartbeat_grace_ms; the defaults are \(defaults.selffenceDelayMilliseconds) and \(defaults.agentHeartbeatGraceMilliseconds)",
+                           at: .timing("selffence_delay_ms"), .timing("agent_heartbeat_grace_ms"))
+            case .delaysCloserThanHeartbeatInterval:
+                throw fail("[timings]: takeover_delay_ms (\(takeover)) must be longer than selffence_delay_ms (\(selffence)) plus agent_heartbeat_interval_ms (\(interval)), since the two nodes last heard each other up to one heartbeat interval apart, or both nodes may serve an export at once; lengthen takeover_delay_ms or shorten the other two; the defaults are \(defaults.takeoverDelayMilliseconds), \(defaults.selffenceDelayMilliseconds) and \(defaults.agentHeartbeatIntervalMilliseconds)",
+                           at: .timing("takeover_delay_ms"), .timing("selffence_delay_ms"), .timing("agent_heartbeat_interval_ms"))
+            case .zeroDeadline:
+                // The round deadline is a positive constant and the range check above makes the interval at least 1 ms.
+                preconditionFailure("the diagnosis timings have a zero deadline after the range check")
+            }
         }
     }
 
@@ -133,22 +192,40 @@ struct ClusterValidator {
             throw fail("\(subject): \(paths.count) paths, over the limit of \(ClusterConfiguration.maxPathsPerNode); list one address per NIC",
                        at: .node(node, "paths"))
         }
-        var seen: Set<String> = []
-        for (index, path) in paths.enumerated() {
-            if let problem = Self.hostProblem(path) {
-                throw fail("\(subject): path \(Self.quoted(path)) \(problem); list the node's extra addresses, one per NIC",
-                           at: .nodePath(node, index))
-            }
-            // One colon is HOST:PORT; an IPv6 address has at least two.
-            guard path.utf8.count(where: { $0 == UInt8(ascii: ":") }) != 1 else {
-                throw fail("\(subject): path \(Self.quoted(path)) has a port; write the address alone, heartbeats go to the agent's port",
-                           at: .nodePath(node, index))
-            }
-            if !seen.insert(path).inserted {
-                throw fail("\(subject): path \(Self.quoted(path)) is listed twice; list each address once",
-                           at: .nodePath(node, index))
-            }
+        guard let (index, problem) = Self.firstAddressProblem(in: paths) else { return }
+        let written = Self.quoted(paths[index])
+        switch problem {
+        case .host(let problem):
+            throw fail("\(subject): path \(written) \(problem); list the node's extra addresses, one per NIC",
+                       at: .nodePath(node, index))
+        case .hasPort:
+            throw fail("\(subject): path \(written) has a port; write the address alone, heartbeats go to the agent's port",
+                       at: .nodePath(node, index))
+        case .listedTwice:
+            throw fail("\(subject): path \(written) is listed twice; list each address once",
+                       at: .nodePath(node, index))
         }
+    }
+
+    /// What can be wrong with one entry of a list of addresses written without a port (a node's paths, the switches).
+    enum AddressProblem: Hashable {
+        /// `hostProblem`'s answer.
+        case host(String)
+        case hasPort
+        /// An earlier entry is the same.
+        case listedTwice
+    }
+
+    /// The first entry of `addresses` that is not a host or address, has a port, or repeats an earlier one.
+    static func firstAddressProblem(in addresses: [String]) -> (index: Int, problem: AddressProblem)? {
+        var seen: Set<String> = []
+        for (index, address) in addresses.enumerated() {
+            if let problem = hostProblem(address) { return (index, .host(problem)) }
+            // One colon is HOST:PORT; an IPv6 address has at least two.
+            if address.utf8.count(where: { $0 == UInt8(ascii: ":") }) == 1 { return (index, .hasPort) }
+            if !seen.insert(address).inserted { return (index, .listedTwice) }
+        }
+        return nil
     }
 
     // MARK: Exports
@@ -300,6 +377,8 @@ extension ClusterTimings {
          ("heartbeat_interval_ms", \.heartbeatIntervalMilliseconds),
          ("heartbeat_grace_ms", \.heartbeatGraceMilliseconds),
          ("agent_heartbeat_interval_ms", \.agentHeartbeatIntervalMilliseconds),
-         ("agent_heartbeat_grace_ms", \.agentHeartbeatGraceMilliseconds)]
+         ("agent_heartbeat_grace_ms", \.agentHeartbeatGraceMilliseconds),
+         ("selffence_delay_ms", \.selffenceDelayMilliseconds),
+         ("takeover_delay_ms", \.takeoverDelayMilliseconds)]
     }
 }
