@@ -54,6 +54,7 @@ final class PeerWatch: @unchecked Sendable {
     private var lastHeartbeatSent = Instant.zero
     private var agentProbes: [UInt64: NetworkPath] = [:]
     private var ticker: RepeatedTask?
+    private var stopping = false
 
     /// What other threads read: swaps and `baton status`.
     private struct Shared {
@@ -92,15 +93,8 @@ final class PeerWatch: @unchecked Sendable {
     /// Binds a UDP socket at each of this node's path addresses (the agent's port) and starts the heartbeats.
     func start() throws {
         for address in Set([myPaths.first, myPaths.second]).sorted() {
-            let channel = try DatagramBootstrap(group: group)
-                .channelOption(.socketOption(.so_reuseaddr), value: 1)
-                .channelInitializer { [self] channel in
-                    channel.eventLoop.makeCompletedFuture {
-                        try channel.pipeline.syncOperations.addHandler(DatagramHandler(watch: self, localAddress: address))
-                    }
-                }
-                .bind(host: address, port: me.agent.port).wait()
-            channels.append((address, channel))
+            let channel = try bind(address).wait()
+            try loop.submit { self.channels.append((address, channel)) }.wait()
         }
         for path in NetworkPath.allCases {
             // Resolved once (a name would block the loop at each heartbeat).
@@ -114,9 +108,49 @@ final class PeerWatch: @unchecked Sendable {
         ticker = loop.scheduleRepeatedTask(initialDelay: .zero, delay: Self.tickInterval) { [self] _ in tick() }
     }
 
+    /// NIO closes a datagram socket on a "network unreachable" or "host
+    /// unreachable" error (a send on a path that is down): it is bound
+    /// again, so that the path is heard once it is back.
+    private func bind(_ address: String) -> EventLoopFuture<Channel> {
+        DatagramBootstrap(group: group)
+            .channelOption(.socketOption(.so_reuseaddr), value: 1)
+            .channelInitializer { [self] channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(DatagramHandler(watch: self, localAddress: address))
+                }
+            }
+            .bind(host: address, port: me.agent.port)
+            .map { [self] channel in
+                channel.closeFuture.whenComplete { [self] _ in rebind(address) }
+                return channel
+            }
+    }
+
+    private func rebind(_ address: String) {
+        guard !stopping else { return }
+        loop.scheduleTask(in: .milliseconds(100)) { [self] in
+            guard !stopping else { return }
+            bind(address).whenComplete { [self] result in
+                switch result {
+                case .success(let channel):
+                    channels.removeAll { $0.address == address }
+                    channels.append((address, channel))
+                    // At each heartbeat while the path is down: not worth more than a debug line.
+                    logger.debug("heartbeat socket bound again", metadata: ["address": "\(address)"])
+                case .failure(let error):
+                    logger.warning("heartbeat socket cannot be bound again; retrying", metadata: [
+                        "address": "\(address)", "error": "\(error)",
+                    ])
+                    rebind(address)
+                }
+            }
+        }
+    }
+
     func stop() {
+        try? loop.submit { self.stopping = true }.wait()
         ticker?.cancel()
-        for (_, channel) in channels { try? channel.close().wait() }
+        for (_, channel) in (try? loop.submit { self.channels }.wait()) ?? [] { try? channel.close().wait() }
         try? group.syncShutdownGracefully()
     }
 

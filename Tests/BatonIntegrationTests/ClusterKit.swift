@@ -7,22 +7,34 @@ import XCTest
 /// Two node agents on this machine (127.0.0.1 and 127.0.0.2, both
 /// loopback), their export servers, and a mount of their exports. Every
 /// process is ended by PID at teardown, the agents' servers included.
+/// On a network test bed (DESIGN.md §9) the agents run in the nodes'
+/// namespaces with both NICs as paths and the switches listed, and mounts
+/// and admin commands run in the client's.
 final class TwoNodeCluster {
     let directory: String
     let configPath: String
     let exports: [(name: String, port: Int)]
     private(set) var agents: [String: Process] = [:]
     let agentAddresses: [String: NodeAddress]
+    let bed: TestBed?
 
-    init(_ test: XCTestCase, exports names: [String] = ["demo"], replication: String = "sync", name: String = #function) throws {
+    init(_ test: XCTestCase, exports names: [String] = ["demo"], replication: String = "sync", bed: TestBed? = nil,
+         name: String = #function) throws {
         directory = try temporaryDirectory(test, name)
+        self.bed = bed
         let ports = try freePorts(2 + names.count)
         exports = names.enumerated().map { ($0.element, ports[2 + $0.offset]) }
-        agentAddresses = ["a": NodeAddress(host: "127.0.0.1", port: ports[0]), "b": NodeAddress(host: "127.0.0.2", port: ports[1])]
+        let hosts = bed == nil ? ["a": "127.0.0.1", "b": "127.0.0.2"]
+            : ["a": TestBed.Node.a.address(nic: 1), "b": TestBed.Node.b.address(nic: 1)]
+        agentAddresses = ["a": NodeAddress(host: hosts["a"]!, port: ports[0]), "b": NodeAddress(host: hosts["b"]!, port: ports[1])]
         _ = FileManager.default.createFile(atPath: directory + "/secret", contents: Data((0..<64).map { _ in UInt8.random(in: 0...255) }))
         var text = "secret_file = \"\(directory)/secret\"\n"
+        if bed != nil { text += "switches = [\"\(TestBed.switchAddress(1))\", \"\(TestBed.switchAddress(2))\"]\n" }
         for node in ["a", "b"] {
             text += "[[nodes]]\nname = \"\(node)\"\nagent = \"\(agentAddresses[node]!)\"\ndata_dir = \"\(directory)/\(node)\"\n"
+            if bed != nil, let machine = TestBed.Node(rawValue: node) {
+                text += "paths = [\"\(machine.address(nic: 1))\", \"\(machine.address(nic: 2))\"]\n"
+            }
         }
         for export in exports {
             text += "[[exports]]\nname = \"\(export.name)\"\npreferred = \"a\"\nport = \(export.port)\nreplication = \"\(replication)\"\n"
@@ -35,10 +47,24 @@ final class TwoNodeCluster {
         for export in exports { try waitUntilReplicated(export.name) }
     }
 
+    /// `baton ARGUMENTS` as run on `node` (loopback: here; test bed: in its namespace).
+    private func batonCommand(on namespace: TestBed.Namespace, _ arguments: [String]) -> (String, [String]) {
+        guard let bed, let ip = TestBed.ip else { return (BatonBinary.path, arguments) }
+        return (ip, ["netns", "exec", bed.name(namespace), BatonBinary.path] + arguments)
+    }
+
+    /// Runs an admin command (`status`, `migrate`, ...) where it reaches both nodes.
+    func admin(_ arguments: [String]) throws -> CommandResult {
+        let (executable, arguments) = batonCommand(on: .client, arguments + ["--config", configPath])
+        return try runCommand(executable, arguments)
+    }
+
     func startAgent(_ node: String) throws {
         let process = Process()
-        process.executableURL = URL(fileURLWithPath: BatonBinary.path)
-        process.arguments = ["agent", "--config", configPath, "--node", node]
+        let (executable, arguments) = batonCommand(on: TestBed.Node(rawValue: node)!.namespace,
+                                                   ["agent", "--config", configPath, "--node", node])
+        process.executableURL = URL(fileURLWithPath: executable)
+        process.arguments = arguments
         let log = directory + "/\(node).log"
         if !FileManager.default.fileExists(atPath: log) { _ = FileManager.default.createFile(atPath: log, contents: nil) }
         let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))
@@ -51,7 +77,7 @@ final class TwoNodeCluster {
 
     /// The agents' status, merged, as `baton status --json` prints it.
     func status() throws -> [String: [String: Any]] {
-        let result = try runCommand(BatonBinary.path, ["status", "--config", configPath, "--json"])
+        let result = try admin(["status", "--json"])
         guard result.status == 0, let json = try JSONSerialization.jsonObject(with: Data(result.output.utf8)) as? [String: Any] else {
             throw TestError("baton status failed: \(result.output)")
         }
@@ -70,16 +96,25 @@ final class TwoNodeCluster {
     @discardableResult
     func waitUntilReplicated(_ export: String, epoch: Int? = nil, timeout: TimeInterval = 30,
                              poll: TimeInterval = 0.1) throws -> (node: String, pid: Int32, epoch: Int) {
+        try waitUntilServed(export, epoch: epoch, watched: true, timeout: timeout, poll: poll)
+    }
+
+    /// Waits until the export is served (on `node`, at `epoch`, watched by a monitor, when given).
+    @discardableResult
+    func waitUntilServed(_ export: String, on node: String? = nil, epoch: Int? = nil, watched: Bool = false,
+                         timeout: TimeInterval = 30, poll: TimeInterval = 0.1) throws -> (node: String, pid: Int32, epoch: Int) {
         let deadline = Date().addingTimeInterval(timeout)
         while Date() < deadline {
             if let entry = try? status()[export], let server = entry["server"] as? [String: Any],
-               let node = server["node"] as? String, let pid = server["pid"] as? Int, let current = entry["epoch"] as? Int,
-               (entry["monitor"] as? [String: Any])?["watching"] as? Bool == true, epoch.map({ $0 == current }) ?? true {
-                return (node, Int32(pid), current)
+               let serving = server["node"] as? String, let pid = server["pid"] as? Int, let current = entry["epoch"] as? Int,
+               !watched || (entry["monitor"] as? [String: Any])?["watching"] as? Bool == true,
+               node.map({ $0 == serving }) ?? true, epoch.map({ $0 == current }) ?? true {
+                return (serving, Int32(pid), current)
             }
             usleep(useconds_t(poll * 1e6))
         }
-        throw TestError("export \(export) not served and watched within \(timeout) s; logs: \(logs)")
+        throw TestError("export \(export) not served\(node.map { " on \($0)" } ?? "")\(epoch.map { " at epoch \($0)" } ?? "")"
+                        + "\(watched ? " and watched" : "") within \(timeout) s; logs: \(logs)")
     }
 
     var logs: String {
@@ -89,8 +124,10 @@ final class TwoNodeCluster {
 
     func mount(_ test: XCTestCase, _ export: String, options: [String] = []) throws -> MountProcess {
         let port = exports.first { $0.name == export }!.port
-        return try MountProcess(test, source: "\(export)@127.0.0.1:\(port),127.0.0.2:\(port)",
-                                mountpoint: directory + "/mnt-\(export)", options: options)
+        let hosts = ["a", "b"].map { agentAddresses[$0]!.host }
+        return try MountProcess(test, source: "\(export)@\(hosts[0]):\(port),\(hosts[1]):\(port)",
+                                mountpoint: directory + "/mnt-\(export)", options: options,
+                                networkNamespace: bed?.name(.client))
     }
 
     /// Stops the agents cleanly (they stop their servers), then ends

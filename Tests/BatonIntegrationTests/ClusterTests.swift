@@ -140,6 +140,52 @@ final class ClusterTests: XCTestCase {
         XCTAssertTrue(cluster.logs.contains("starting it again here"), cluster.logs)
     }
 
+    // MARK: On the network test bed (DESIGN.md §6, §9)
+
+    /// The last two rows of DESIGN.md §6: the serving node loses both NICs.
+    /// It reaches no switch, so it stops its server itself; its peer reaches
+    /// a switch but nothing of the node, so it takes the export over after
+    /// the takeover delay. fio on the client rides through; the node comes
+    /// back as the standby.
+    func testAnIsolatedServingNodeStopsItsServerAndItsPeerTakesOver() throws {
+        let bed = try TestBed(self)
+        let cluster = try TwoNodeCluster(self, bed: bed)
+        let mount = try cluster.mount(self, "demo")
+        let before = try XCTUnwrap(try cluster.server("demo"))
+        XCTAssertEqual(before.node, "a")
+        _ = try fioAcross(cluster, mount: mount, sizeMiB: 128) {
+            try bed.isolate(.a)
+            try cluster.waitUntilServed("demo", on: "b", epoch: before.epoch + 1)
+        }
+        let logs = cluster.logs
+        XCTAssertTrue(logs.contains("this node reaches no switch"), logs)
+        XCTAssertTrue(logs.contains("export server stopped: this node is isolated"), logs)
+        XCTAssertTrue(logs.contains("verdict=peer dead or isolated"), logs)
+        XCTAssertTrue(logs.contains("taking the export over without its fence"), logs)
+        try bed.rejoin(.a)
+        try cluster.waitUntilReplicated("demo", epoch: before.epoch + 1)
+        XCTAssertEqual(try cluster.server("demo")?.node, "b")
+        try cluster.stopAllInStep("demo", unmounting: mount)
+        try cluster.assertSameFiles("demo")
+    }
+
+    /// A NIC cut on the path that carries only heartbeats: the peer's
+    /// ladder names it, and nothing fails over.
+    func testACutNICIsDiagnosedAndNothingFailsOver() throws {
+        let bed = try TestBed(self)
+        let cluster = try TwoNodeCluster(self, bed: bed)
+        let before = try XCTUnwrap(try cluster.server("demo"))
+        try bed.cut(nic: 2, node: .a)
+        let deadline = Date().addingTimeInterval(10)
+        while !cluster.logs.contains("peer NIC on path 2 down"), Date() < deadline { usleep(100_000) }
+        XCTAssertTrue(cluster.logs.contains("verdict=peer NIC on path 2 down"), cluster.logs)
+        XCTAssertTrue(cluster.logs.contains("verdict=switch 2 down"), "node a cannot reach switch 2: \(cluster.logs)")
+        let after = try XCTUnwrap(try cluster.server("demo"))
+        XCTAssertEqual(after.pid, before.pid, cluster.logs)
+        XCTAssertEqual(after.epoch, before.epoch, cluster.logs)
+        XCTAssertFalse(cluster.logs.contains("swap begins"), cluster.logs)
+    }
+
     func testPlannedMigrationMovesTheExport() throws {
         let cluster = try TwoNodeCluster(self)
         let mount = try cluster.mount(self, "demo")

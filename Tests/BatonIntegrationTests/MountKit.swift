@@ -13,12 +13,21 @@ final class MountProcess {
     let mountpoint: String
     let logPath: String
 
-    init(_ test: XCTestCase, source: String, mountpoint: String, options: [String] = []) throws {
+    /// `networkNamespace`: a namespace of `ip netns` whose network the mount
+    /// uses; only the network is entered (nsenter), so the mount is seen here.
+    init(_ test: XCTestCase, source: String, mountpoint: String, options: [String] = [], networkNamespace: String? = nil) throws {
         self.mountpoint = mountpoint
         self.logPath = mountpoint + ".log"
         try FileManager.default.createDirectory(atPath: mountpoint, withIntermediateDirectories: true)
-        process.executableURL = URL(fileURLWithPath: BatonBinary.path)
-        process.arguments = ["mount", source, mountpoint, "-f"] + (options.isEmpty ? [] : ["-o", options.joined(separator: ",")])
+        let arguments = ["mount", source, mountpoint, "-f"] + (options.isEmpty ? [] : ["-o", options.joined(separator: ",")])
+        if let networkNamespace {
+            // nsenter replaces itself with baton: the PID is the mount's.
+            process.executableURL = URL(fileURLWithPath: "/usr/bin/nsenter")
+            process.arguments = ["--net=/run/netns/\(networkNamespace)", BatonBinary.path] + arguments
+        } else {
+            process.executableURL = URL(fileURLWithPath: BatonBinary.path)
+            process.arguments = arguments
+        }
         _ = FileManager.default.createFile(atPath: logPath, contents: nil)
         let log = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
         process.standardError = log
