@@ -246,3 +246,15 @@ public struct Monitor: Sendable {
         return [.declareFailed(reason)]
     }
 }
+
+extension Monitor.FailureReason: CustomStringConvertible {
+    /// For logs and `baton status`: what the monitor saw, in words.
+    public var description: String {
+        switch self {
+        case .probesMissed(let count): "\(count) challenges in a row unanswered"
+        case .wrongResponses(let count, let wrong): "\(count) challenges in a row unanswered, \(wrong) with a wrong response"
+        case .heartbeatGap(let silence): "no heartbeat for \(silence.nanoseconds / 1_000_000) ms"
+        case .olderEpochSeen(let epoch): "a server of the older epoch \(epoch) answered"
+        }
+    }
+}
