@@ -75,6 +75,14 @@ final class TwoNodeCluster {
         agents[node] = process
     }
 
+    /// Ends a node's agent with SIGKILL, as a crash would (the servers it
+    /// started exit at the end of their stdin).
+    func killAgent(_ node: String) {
+        guard let process = agents[node] else { return }
+        kill(process.processIdentifier, SIGKILL)
+        process.waitUntilExit()
+    }
+
     /// The agents' status, merged, as `baton status --json` prints it.
     func status() throws -> [String: [String: Any]] {
         let result = try admin(["status", "--json"])

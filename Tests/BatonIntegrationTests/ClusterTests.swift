@@ -106,11 +106,7 @@ final class ClusterTests: XCTestCase {
         let cluster = try TwoNodeCluster(self)
         let mount = try cluster.mount(self, "demo")
         try cluster.waitUntilReplicated("demo")
-        let standby = try XCTUnwrap(cluster.agents["b"])
-        _ = try fioAcross(cluster, mount: mount) {
-            kill(standby.processIdentifier, SIGKILL)
-            standby.waitUntilExit()
-        }
+        _ = try fioAcross(cluster, mount: mount) { cluster.killAgent("b") }
         XCTAssertTrue(cluster.logs.contains("peer gone"), cluster.logs)
         XCTAssertTrue(cluster.logs.contains("answering without a standby"), cluster.logs)
         try cluster.startAgent("b")
@@ -126,9 +122,7 @@ final class ClusterTests: XCTestCase {
         let cluster = try TwoNodeCluster(self)
         let mount = try cluster.mount(self, "demo")
         try cluster.waitUntilReplicated("demo")
-        let standby = try XCTUnwrap(cluster.agents["b"])
-        kill(standby.processIdentifier, SIGKILL)
-        standby.waitUntilExit()
+        cluster.killAgent("b")
         let server = try XCTUnwrap(try cluster.server("demo"))
         _ = try fioAcross(cluster, mount: mount, sizeMiB: 96) {
             kill(server.pid, SIGKILL)
