@@ -668,7 +668,7 @@ final class ExportController: @unchecked Sendable {
             guard case .standby(let store, nil) = role else { return }
             let monitor = MonitorRunner(
                 exportName: export.name, server: peerClientAddress, epoch: store.epoch, secret: agent.secret,
-                timings: agent.monitorTimings, group: agent.group, logger: logger,
+                timings: agent.monitorTimings, group: agent.monitorGroup, logger: logger,
                 onFailure: { [self] reason in
                     // The swap waits on the peer and on processes: a thread of its own.
                     Thread.detachNewThread { self.failover(.failed(reason)) }

@@ -17,6 +17,13 @@ public final class NodeAgent: @unchecked Sendable {
     let executable: String
     let logger: Logger
     let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+    /// Monitors read the server's heartbeats and answers on a thread of
+    /// their own: a replica's disk writes and fsyncs (on `group`) can take
+    /// hundreds of milliseconds under load, and must not look like a silent
+    /// server (a benchmark run failed a healthy server over while the
+    /// standby replica checkpointed).
+    /// Their tick runs on the same thread, so their own stalls are seen as such.
+    let monitorGroup = MultiThreadedEventLoopGroup(numberOfThreads: 1)
     let monitorTimings: MonitorTimings
     private var controllers: [String: ExportController] = [:]
     private var listeners: [Channel] = []
