@@ -174,7 +174,7 @@ final class ReplicationLink: @unchecked Sendable {
     static let maxQueueBatches = 16
 
     fileprivate func acknowledged(_ sequence: UInt64, durable: Bool) {
-        let (ready, drained) = state.withLockedValue { state -> ([@Sendable () -> Void], UInt64?) in
+        let (ready, drained, channel) = state.withLockedValue { state -> ([@Sendable () -> Void], UInt64?, Channel?) in
             if durable { state.synced = max(state.synced, sequence) } else { state.acknowledged = max(state.acknowledged, sequence) }
             var drained: UInt64?
             if let until = state.aloneUntil, state.inStep, state.acknowledged >= until {
@@ -192,21 +192,21 @@ final class ReplicationLink: @unchecked Sendable {
             let (acked, synced) = (state.acknowledged, state.synced)
             let ready = state.waiters.filter { $0.sequence <= ($0.durable ? synced : acked) }
             state.waiters.removeAll { $0.sequence <= ($0.durable ? synced : acked) }
-            return (ready.map(\.run), drained)
+            return (ready.map(\.run), drained, state.channel)
         }
         for run in ready { run() }
-        if let drained {
-            tellRepliesWait(through: drained)
+        if let drained, let channel {
+            tell(channel, repliesWaitThrough: drained)
             logger.info("standby has every record again: replies wait for it", metadata: [
                 "export": "\(store.exportName)", "standby": "\(configuration.agent)", "sequence": "\(drained)",
             ])
         }
     }
 
-    /// Tells the standby that replies wait for it from now on (it may watch
-    /// this server once it has applied `through`).
-    private func tellRepliesWait(through sequence: UInt64) {
-        guard let channel = state.withLockedValue({ $0.inStep ? $0.channel : nil }) else { return }
+    /// Tells the standby on `channel` (the session that stopped answering
+    /// alone, not a later one) that replies wait for it from now on: it may
+    /// watch this server once it has applied `sequence`.
+    private func tell(_ channel: Channel, repliesWaitThrough sequence: UInt64) {
         channel.writeAndFlush(Message.repliesWait(through: sequence).frame(allocator: channel.allocator), promise: nil)
     }
 
@@ -414,7 +414,7 @@ final class ReplicationLink: @unchecked Sendable {
                 return state.stopAnsweringAlone()
             }
             if let late {
-                tellRepliesWait(through: late)
+                tell(channel, repliesWaitThrough: late)
                 logger.warning("standby still behind after the catch-up: replies wait for it from now on", metadata: [
                     "export": "\(store.exportName)", "standby": "\(configuration.agent)",
                 ])
