@@ -662,6 +662,16 @@ final class ExportController: @unchecked Sendable {
         if inStep { startMonitor() }
     }
 
+    /// The monitor stopped itself: this replica waits for the server's next `repliesWait`.
+    private func monitorStoodDown() {
+        lock.withLock {
+            // Not a monitor started since, by a `repliesWait`.
+            guard case .standby(let store, let monitor?) = role, monitor.isStopped else { return }
+            role = .standby(store, nil)
+            watchOnceApplied = nil
+        }
+    }
+
     /// Watches the peer's server (its replies wait for this replica).
     private func startMonitor() {
         lock.withLock {
@@ -673,7 +683,8 @@ final class ExportController: @unchecked Sendable {
                     // The swap waits on the peer and on processes: a thread of its own.
                     Thread.detachNewThread { self.failover(.failed(reason)) }
                 },
-                onStandDown: { _ in })
+                onStandDown: { _ in },
+                onServerAnswersAlone: { [self] in monitorStoodDown() })
             role = .standby(store, monitor)
         }
     }

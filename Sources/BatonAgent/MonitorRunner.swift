@@ -15,6 +15,7 @@ final class MonitorRunner: @unchecked Sendable {
     private let logger: Logger
     private let onFailure: @Sendable (Monitor.FailureReason) -> Void
     private let onStandDown: @Sendable (UInt64) -> Void
+    private let onServerAnswersAlone: @Sendable () -> Void
     private let state: NIOLockedValueBox<State>
     private var ticker: RepeatedTask?
     static let tickInterval = TimeAmount.milliseconds(10)
@@ -32,13 +33,15 @@ final class MonitorRunner: @unchecked Sendable {
     init(exportName: String, server: NodeAddress, epoch: UInt64, secret: [UInt8], timings: MonitorTimings,
          group: EventLoopGroup, logger: Logger,
          onFailure: @escaping @Sendable (Monitor.FailureReason) -> Void,
-         onStandDown: @escaping @Sendable (UInt64) -> Void) {
+         onStandDown: @escaping @Sendable (UInt64) -> Void,
+         onServerAnswersAlone: @escaping @Sendable () -> Void) {
         self.exportName = exportName
         self.server = server
         self.group = group
         self.logger = logger
         self.onFailure = onFailure
         self.onStandDown = onStandDown
+        self.onServerAnswersAlone = onServerAnswersAlone
         var monitor = Monitor(secret: secret, timings: timings)
         _ = monitor.handle(.started(epoch: epoch), at: Self.now())
         state = NIOLockedValueBox(State(monitor: monitor))
@@ -51,6 +54,7 @@ final class MonitorRunner: @unchecked Sendable {
     }
 
     var lastRoundTrip: TimeSpan? { state.withLockedValue { $0.lastRoundTrip } }
+    var isStopped: Bool { state.withLockedValue(\.stopped) }
     var serverSequence: UInt64? { state.withLockedValue { $0.serverSequence } }
 
     func stop() {
@@ -129,6 +133,19 @@ final class MonitorRunner: @unchecked Sendable {
             }
     }
 
+    /// The server answers without waiting for this replica: a failover now
+    /// could lose what it answered. Stand down; the standby watches again
+    /// once the server says its replies wait for it (`repliesWait`).
+    fileprivate func serverAnswersAlone() {
+        guard !isStopped else { return }
+        logger.warning("monitor stands down: the server answers without waiting for this standby", metadata: [
+            "export": "\(exportName)", "server": "\(server)",
+            "action": "none: it watches again once the standby is in step",
+        ])
+        stop()
+        onServerAnswersAlone()
+    }
+
     fileprivate func lost(_ channel: Channel) {
         state.withLockedValue { state in
             if state.channel === channel { state.channel = nil }
@@ -146,7 +163,8 @@ private final class MonitorHandler: ChannelInboundHandler, @unchecked Sendable {
         switch unwrapInboundIn(data) {
         case .probeAnswer(let key, let epoch, let sequence, let response):
             runner.handle(.probeAnswered(key: key, epoch: epoch, journalSequence: sequence, response: response))
-        case .heartbeat(let epoch, let sequence):
+        case .heartbeat(let epoch, let sequence, let alone):
+            if alone { return runner.serverAnswersAlone() }
             runner.handle(.heartbeatReceived(epoch: epoch, journalSequence: sequence))
         case .welcome:
             break

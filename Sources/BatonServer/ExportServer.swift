@@ -226,8 +226,9 @@ public final class ExportServer: @unchecked Sendable {
         channel.writeAndFlush(Message.probeAnswer(key: key, epoch: epoch, sequence: position, response: response)
             .frame(allocator: channel.allocator), promise: nil)
         guard startHeartbeats else { return }
-        let task = channel.eventLoop.scheduleRepeatedTask(initialDelay: .zero, delay: Self.heartbeatInterval) { [store] _ in
-            channel.writeAndFlush(Message.heartbeat(epoch: store.epoch, sequence: store.appliedSequence)
+        let task = channel.eventLoop.scheduleRepeatedTask(initialDelay: .zero, delay: Self.heartbeatInterval) { [store, replication] _ in
+            let alone = replication?.status.alone ?? false
+            channel.writeAndFlush(Message.heartbeat(epoch: store.epoch, sequence: store.appliedSequence, alone: alone)
                 .frame(allocator: channel.allocator), promise: nil)
         }
         channel.closeFuture.whenComplete { _ in task.cancel() }

@@ -42,7 +42,7 @@ final class CodecTests: XCTestCase {
     func testEveryMessageRoundTrips() throws {
         var messages: [Message] = [
             .hello(export: "projects", session: 42, version: Message.protocolVersion), .welcome(epoch: 3),
-            .refused(.notActive, detail: "standby"),
+            .refused(.notActive, detail: "standby"), .heartbeat(epoch: 3, sequence: 9), .heartbeat(epoch: 3, sequence: 9, alone: true),
         ]
         messages += Self.operations.enumerated().map { .request(sequence: UInt64($0.offset), oldestUnanswered: 1, $0.element) }
         messages += Self.replies.map { .reply(sequence: 9, epoch: 2, $0) }
@@ -52,6 +52,15 @@ final class CodecTests: XCTestCase {
             let decoded = try Array(frame.dropFirst(4)).withUnsafeBytes { try Message.decode($0) }
             XCTAssertEqual(decoded, message)
         }
+    }
+
+    /// A heartbeat of a server from before `alone` (no byte for it) is not alone;
+    /// anything after that byte is still an error.
+    func testAHeartbeatWithoutTheAloneByteIsNotAlone() throws {
+        let alone = Array(Message.heartbeat(epoch: 3, sequence: 9, alone: true).frame().dropFirst(4))
+        let old = Array(alone.dropLast())
+        XCTAssertEqual(try old.withUnsafeBytes { try Message.decode($0) }, .heartbeat(epoch: 3, sequence: 9, alone: false))
+        XCTAssertThrowsError(try (alone + [0]).withUnsafeBytes { try Message.decode($0) })
     }
 
     func testTruncatedMessagesAreErrorsNotCrashes() {

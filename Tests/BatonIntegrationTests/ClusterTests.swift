@@ -116,6 +116,34 @@ final class ClusterTests: XCTestCase {
         try cluster.assertSameFiles("demo")
     }
 
+    /// A standby whose agent was stalled while the server went on alone
+    /// (the diagnosis found its agent down) must not fail the server over
+    /// when it wakes: its replica lacks what the server answered alone. The
+    /// server's heartbeats say it answers alone, and the monitor stands
+    /// down; the server, killed right after the agent wakes, is started
+    /// again in place instead.
+    func testAStandbyWakingUpAfterTheServerWentOnAloneDoesNotFailItOver() throws {
+        let cluster = try TwoNodeCluster(self)
+        let mount = try cluster.mount(self, "demo")
+        let server = try cluster.waitUntilReplicated("demo")
+        let standby = try XCTUnwrap(cluster.agents["b"])
+        _ = try fioAcross(cluster, mount: mount, sizeMiB: 192) {
+            kill(standby.processIdentifier, SIGSTOP)
+            let deadline = Date().addingTimeInterval(10)
+            while !cluster.logs.contains("answering without a standby"), Date() < deadline { usleep(10_000) }
+            kill(standby.processIdentifier, SIGCONT)
+            usleep(150_000)
+            kill(server.pid, SIGKILL)
+            try cluster.waitUntilReplicated("demo")
+        }
+        let after = try cluster.waitUntilReplicated("demo")
+        XCTAssertEqual(after.node, "a", "failed over to a replica without what was answered alone: \(cluster.logs)")
+        XCTAssertEqual(after.epoch, server.epoch, cluster.logs)
+        XCTAssertTrue(cluster.logs.contains("monitor stands down: the server answers without waiting"), cluster.logs)
+        try cluster.stopAllInStep("demo", unmounting: mount)
+        try cluster.assertSameFiles("demo")
+    }
+
     /// A server that crashes while no monitor watches it (here: the
     /// standby's node is gone) is started again in place by its agent.
     func testACrashedServerThatNoMonitorWatchesIsStartedAgainInPlace() throws {

@@ -17,8 +17,13 @@ public enum Message: Hashable, Sendable {
     case probe(key: [UInt8])
     /// Server → monitor: HMAC(secret, key ‖ epoch ‖ journal position).
     case probeAnswer(key: [UInt8], epoch: UInt64, sequence: UInt64, response: [UInt8])
-    /// Server → monitor, at a fixed rate once probed.
-    case heartbeat(epoch: UInt64, sequence: UInt64)
+    /// Server → monitor, at a fixed rate once probed. `alone`: the server
+    /// answers without waiting for its standby (after a swap, or with the
+    /// peer found gone), so a failover to the standby could lose what it
+    /// answered: the monitor stands down until the server's replies wait
+    /// for the standby again (`repliesWait`). Sent last, and optional on
+    /// the wire: an older server's heartbeat decodes as not alone.
+    case heartbeat(epoch: UInt64, sequence: UInt64, alone: Bool = false)
 
     // Between nodes: every connection to an agent is authenticated first.
     /// Agent → connecting peer: prove you hold the shared secret.
@@ -116,7 +121,9 @@ extension Message {
         case .probe(let key): w.write(Tag.probe.rawValue); w.write(bytes: key)
         case .probeAnswer(let key, let epoch, let sequence, let response):
             w.write(Tag.probeAnswer.rawValue); w.write(bytes: key); w.write(epoch); w.write(sequence); w.write(bytes: response)
-        case .heartbeat(let epoch, let sequence): w.write(Tag.heartbeat.rawValue); w.write(epoch); w.write(sequence)
+        case .heartbeat(let epoch, let sequence, let alone):
+            w.write(Tag.heartbeat.rawValue); w.write(epoch); w.write(sequence)
+            if alone { w.write(true) }
         case .challenge(let nonce): w.write(Tag.challenge.rawValue); w.write(bytes: nonce)
         case .authenticate(let node, let proof): w.write(Tag.authenticate.rawValue); w.write(node); w.write(bytes: proof)
         case .replicaHello(let export, let epoch): w.write(Tag.replicaHello.rawValue); w.write(export); w.write(epoch)
@@ -182,7 +189,8 @@ extension Message {
         case .probeAnswer:
             message = .probeAnswer(key: try r.readBytes(limit: 64, kind: "probe key"), epoch: try r.readUInt64(),
                                    sequence: try r.readUInt64(), response: try r.readBytes(limit: 64, kind: "probe response"))
-        case .heartbeat: message = .heartbeat(epoch: try r.readUInt64(), sequence: try r.readUInt64())
+        case .heartbeat:
+            message = .heartbeat(epoch: try r.readUInt64(), sequence: try r.readUInt64(), alone: r.remaining > 0 ? try r.readBool() : false)
         case .challenge: message = .challenge(nonce: try r.readBytes(limit: 64, kind: "nonce"))
         case .authenticate:
             message = .authenticate(node: try r.readString(limit: 255, kind: "node name"), proof: try r.readBytes(limit: 64, kind: "proof"))
