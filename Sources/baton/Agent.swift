@@ -118,7 +118,11 @@ enum StatusMerge {
             merged["server"] = entry["server"]
             merged["server_epoch"] = entryEpoch
         }
-        if entry["last_failover"] != nil { merged["last_failover"] = entry["last_failover"] }
+        // Each node knows the swaps it ran: the later one (ISO 8601 times sort as text).
+        if let failover = entry["last_failover"] as? [String: Any],
+           failover["at"] as? String ?? "" >= (merged["last_failover"] as? [String: Any])?["at"] as? String ?? "" {
+            merged["last_failover"] = failover
+        }
         merged["epoch"] = max(entryEpoch, merged["epoch"] as? Int ?? 0)
         if entry["role"] as? String == "standby" {
             merged["monitor"] = entry["monitor"]
