@@ -47,6 +47,9 @@ final class ExportController: @unchecked Sendable {
         /// This node keeps the standby replica; the monitor watches the
         /// peer's server once its replies wait for this replica (`repliesWait`).
         case standby(ExportStore, MonitorRunner?)
+        /// A planned swap waits for the old server to hand over: its last
+        /// records are still applied here; the monitor is retired.
+        case handingOver(ExportStore)
         /// The swap is under way: records from the old server are refused.
         case swapping
         /// This node found itself isolated and stopped the export's server;
@@ -230,7 +233,9 @@ final class ExportController: @unchecked Sendable {
 
     /// Kills this node's server of the export if its epoch is `epoch` or
     /// older, waits for its exit, and becomes the standby.
-    func fence(epoch: UInt64) -> (Bool, String) {
+    /// `handOver`: a planned swap; the server first drains (no more
+    /// mutations, the standby acknowledges every record), then exits.
+    func fence(epoch: UInt64, handOver: Bool = false) -> (Bool, String) {
         let ownEpoch = currentEpoch
         let process: ExportProcess? = lock.withLock {
             guard case .serving(let process) = role, ownEpoch <= epoch else { return nil }
@@ -241,8 +246,8 @@ final class ExportController: @unchecked Sendable {
             if ownEpoch > epoch { return (false, "\(agent.me.name) serves \(export.name) at epoch \(ownEpoch), newer than \(epoch)") }
             return (true, "no server of \(export.name) runs on \(agent.me.name)")
         }
-        process.kill()
-        logger.warning("export server fenced at the peer's request", metadata: [
+        if handOver { process.handOver() } else { process.kill() }
+        logger.warning(handOver ? "export server handed over at the peer's request" : "export server fenced at the peer's request", metadata: [
             "export": "\(export.name)", "pid": "\(process.pid)", "epoch": "\(ownEpoch)",
         ])
         // The peer waits for this answer to promote: open the replica after it.
@@ -313,18 +318,29 @@ final class ExportController: @unchecked Sendable {
         var description: String { steps.map { "\($0.0) \(Self.milliseconds($0.1))" }.joined(separator: ", ") }
     }
 
-    private func failover(_ reason: SwapReason) {
-        // Waits for a record being applied: the warm checkpoint below sees the journal at rest.
-        let store: ExportStore? = applyLock.withLock { lock.withLock {
-            guard case .standby(let store, let monitor) = role else { return nil }
-            // A planned swap retires the monitor itself; after a failure it has stopped already.
-            monitor?.stop()
+    /// From now on, records from the old server are refused. Under
+    /// `applyLock`: a record being applied finishes first, so the warm
+    /// checkpoint of the swap sees the journal at rest.
+    private func stopTakingRecords() {
+        applyLock.withLock { lock.withLock {
             role = .swapping
             replicaChannel?.close(promise: nil)
             replicaChannel = nil
-            return store
         } }
+    }
+
+    private func failover(_ reason: SwapReason) {
+        let planned = if case .planned = reason { true } else { false }
+        let store: ExportStore? = lock.withLock {
+            guard case .standby(let store, let monitor) = role else { return nil }
+            // A planned swap retires the monitor itself; after a failure it has stopped already.
+            monitor?.stop()
+            // A planned swap takes the old server's last records while it hands over.
+            role = .handingOver(store)
+            return store
+        }
         guard let store else { return }
+        if !planned { stopTakingRecords() }
         let epoch = store.epoch
         let started = ContinuousClock.now
         var times = SwapTimes()
@@ -347,7 +363,8 @@ final class ExportController: @unchecked Sendable {
         }
         let pauseBegins = ContinuousClock.now
         // 1. Fence the old server through its node's agent.
-        let fence = fenceOldServer(epoch: epoch)
+        let fence = fenceOldServer(epoch: epoch, handOver: planned)
+        if planned { stopTakingRecords() }
         guard fence == .fenced else {
             (try? next.get())?.abandon()
             lock.withLock { role = .standby(store, nil) }
@@ -401,12 +418,16 @@ final class ExportController: @unchecked Sendable {
     /// isolated one (no swap), or the peer is heard (ask again).
     private enum FenceOutcome { case fenced, refused, thisNodeIsolated }
 
-    private func fenceOldServer(epoch: UInt64) -> FenceOutcome {
+    private func fenceOldServer(epoch: UInt64, handOver: Bool) -> FenceOutcome {
         var attempt = 0
         while true {
             attempt += 1
             do {
-                let (ok, text) = try agent.askPeer(.fence(export: export.name, epoch: epoch))
+                // A planned swap asks the old server to hand over first: in
+                // async mode too, the standby gets every record it answered.
+                let request: AgentRequest = handOver ? .handOver(export: export.name, epoch: epoch)
+                    : .fence(export: export.name, epoch: epoch)
+                let (ok, text) = try agent.askPeer(request)
                 if !ok { logger.error("fence refused; no swap", metadata: ["export": "\(export.name)", "answer": "\(text)"]) }
                 return ok ? .fenced : .refused
             } catch {
@@ -464,7 +485,7 @@ final class ExportController: @unchecked Sendable {
             } catch {
                 return (false, "the peer \(agent.peer.name) does not answer: \(error)")
             }
-        case .starting, .swapping:
+        case .starting, .swapping, .handingOver:
             return (false, "\(export.name) is between roles on \(agent.me.name); try again")
         case .selfFenced:
             return (false, "\(agent.me.name) is isolated and has stopped serving \(export.name); repair its network first")
@@ -533,8 +554,11 @@ final class ExportController: @unchecked Sendable {
     /// The replica's store for a session of `channel`, if it is still the current one.
     private func replicaStore(_ channel: Channel) -> ExportStore? {
         lock.withLock {
-            guard replicaChannel === channel, case .standby(let store, _) = role else { return nil }
-            return store
+            guard replicaChannel === channel else { return nil }
+            switch role {
+            case .standby(let store, _), .handingOver(let store): return store
+            case .starting, .serving, .swapping, .selfFenced: return nil
+            }
         }
     }
 
@@ -698,6 +722,7 @@ final class ExportController: @unchecked Sendable {
             case .starting: entry["role"] = "starting"
             case .selfFenced: entry["role"] = "self-fenced"
             case .swapping: entry["role"] = "swapping"
+            case .handingOver: entry["role"] = "taking over"
             case .serving(let process):
                 entry["role"] = "server"
                 entry["server"] = ["node": agent.me.name, "address": clientAddress.description, "pid": Int(process.pid)] as [String: Any]

@@ -116,6 +116,15 @@ final class ExportProcess: @unchecked Sendable {
         exited.signal()
     }
 
+    /// A planned swap: SIGUSR2 asks the server to take no more mutations,
+    /// wait until its standby has every record and exit; SIGKILL after `grace`.
+    func handOver(grace: TimeInterval = 3) {
+        guard process.isRunning else { return }
+        Glibc.kill(process.processIdentifier, SIGUSR2)
+        if exited.wait(timeout: .now() + grace) == .timedOut { return kill() }
+        exited.signal()
+    }
+
     /// A clean stop: SIGTERM (the server syncs its journal), SIGCONT in case
     /// it was stopped, and SIGKILL if it has not exited after `grace`.
     func terminate(grace: TimeInterval = 5) {

@@ -127,7 +127,11 @@ public final class NodeAgent: @unchecked Sendable {
     /// longer than a status; a stalled agent, whose kernel accepts the
     /// connection, is then left to the diagnostic ladder.
     func askPeer(_ request: AgentRequest) throws -> (ok: Bool, text: String) {
-        let timeout: Int32 = if case .fence = request { 2000 } else { 1000 }
+        let timeout: Int32 = switch request {
+        case .fence: 2000
+        case .handOver: 5000  // the server's drain (2 s at most), then the fence
+        default: 1000
+        }
         var failures: [String] = []
         for address in Self.agentAddresses(of: peer) {
             do {
@@ -151,6 +155,9 @@ public final class NodeAgent: @unchecked Sendable {
         case .fence(let export, let epoch):
             guard let controller = controllers[export] else { return (false, "unknown export '\(export)'") }
             return controller.fence(epoch: epoch)
+        case .handOver(let export, let epoch):
+            guard let controller = controllers[export] else { return (false, "unknown export '\(export)'") }
+            return controller.fence(epoch: epoch, handOver: true)
         case .migrate(let export):
             guard let controller = controllers[export] else { return (false, "unknown export '\(export)'") }
             return controller.migrate()

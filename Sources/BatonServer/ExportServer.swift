@@ -53,6 +53,15 @@ public final class ExportServer: @unchecked Sendable {
     /// The agent declared the peer node gone: stop waiting for the standby.
     public func continueWithoutStandby() { replication?.goAlone() }
 
+    /// A planned swap (DESIGN.md §5): take no more mutations, and return
+    /// once the standby has acknowledged every record, or after `timeout`
+    /// (false). The mutation lock stays held: the agent ends the process next.
+    public func drainForHandOver(timeout: Duration) -> Bool {
+        mutationLock.lock()
+        guard let replication else { return true }
+        return replication.waitUntilAcknowledged(replication.lastSent, timeout: timeout)
+    }
+
     /// Starts listening; returns the bound address (useful with port 0).
     public func start(listen address: NodeAddress) throws -> NodeAddress {
         try stampNewExportRoot()

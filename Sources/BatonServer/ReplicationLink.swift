@@ -117,6 +117,20 @@ final class ReplicationLink: @unchecked Sendable {
         for run in waiters { run() }
     }
 
+    /// The last record given to `send`.
+    var lastSent: UInt64 { state.withLockedValue(\.lastSent) }
+
+    /// Waits until the standby has `sequence` (in either mode; its
+    /// acknowledgements come in async mode too), polling: a hand-over waits once.
+    func waitUntilAcknowledged(_ sequence: UInt64, timeout: Duration) -> Bool {
+        let deadline = ContinuousClock.now + timeout
+        while state.withLockedValue({ $0.acknowledged < sequence }) {
+            guard ContinuousClock.now < deadline else { return false }
+            Thread.sleep(forTimeInterval: 0.001)
+        }
+        return true
+    }
+
     var status: (inStep: Bool, acknowledged: UInt64, alone: Bool) {
         state.withLockedValue { ($0.inStep, $0.acknowledged, $0.alone) }
     }

@@ -87,6 +87,22 @@ struct Serve: ParsableCommand {
         let alone = DispatchSource.makeSignalSource(signal: SIGUSR1, queue: .global())
         alone.setEventHandler { server.continueWithoutStandby() }
         alone.resume()
+        // SIGUSR2 from the agent: a planned swap. Take no more mutations, wait
+        // until the standby has every record, and exit; the agent then promotes it.
+        signal(SIGUSR2, SIG_IGN)
+        let handOver = DispatchSource.makeSignalSource(signal: SIGUSR2, queue: .global())
+        handOver.setEventHandler {
+            let drained = server.drainForHandOver(timeout: .seconds(2))
+            if drained {
+                logger.info("handed over: the standby has every record", metadata: ["export": "\(export)"])
+            } else {
+                logger.error("hand-over: the standby did not acknowledge every record within 2 s", metadata: [
+                    "export": "\(export)", "action": "none: what it lacks was answered in async mode only",
+                ])
+            }
+            Glibc.exit(drained ? 0 : 3)
+        }
+        handOver.resume()
         if awaitPromotion {
             // The agent hears when the first connection is welcomed (it logs when clients came back).
             server.onFirstWelcome = { FileHandle.standardOutput.write(Data("welcomed\n".utf8)) }
@@ -104,6 +120,6 @@ struct Serve: ParsableCommand {
             server.stop()
         }
         try server.wait()
-        withExtendedLifetime((signals, alone)) {}
+        withExtendedLifetime((signals, alone, handOver)) {}
     }
 }

@@ -229,6 +229,25 @@ final class ClusterTests: XCTestCase {
         try cluster.assertSameFiles("demo")
     }
 
+    /// DESIGN.md §5: a planned migration is the swap without the failure:
+    /// the server takes no more mutations and its last records reach the
+    /// standby before it promotes. So in async mode too, where replies do
+    /// not wait for the standby, a migration loses nothing acknowledged.
+    func testAPlannedMigrationInAsyncModeLosesNothing() throws {
+        let cluster = try TwoNodeCluster(self, replication: "async")
+        let mount = try cluster.mount(self, "demo")
+        let before = try cluster.waitUntilReplicated("demo")
+        _ = try fioAcross(cluster, mount: mount) {
+            let result = try cluster.admin(["migrate", "demo"])
+            XCTAssertEqual(result.status, 0, result.output)
+            try cluster.waitUntilReplicated("demo", epoch: before.epoch + 1)
+        }
+        XCTAssertEqual(try cluster.server("demo")?.node, "b", cluster.logs)
+        XCTAssertTrue(cluster.logs.contains("handed over: the standby has every record"), cluster.logs)
+        try cluster.stopAllInStep("demo", unmounting: mount)
+        try cluster.assertSameFiles("demo")
+    }
+
     /// DESIGN.md §4.5: failing over one export terminates only that export's server.
     func testOnlyTheFailedExportMoves() throws {
         let cluster = try TwoNodeCluster(self, exports: ["demo", "other"])

@@ -93,6 +93,9 @@ public enum AgentRequest: Hashable, Sendable {
     case status
     /// Kill this node's server of `export` if its epoch is `epoch` or older, and wait for its exit.
     case fence(export: String, epoch: UInt64)
+    /// A planned swap: the server of `epoch` takes no more mutations, waits
+    /// until its standby has every record, and exits (fenced if it does not).
+    case handOver(export: String, epoch: UInt64)
     /// A planned swap of `export` to the other node.
     case migrate(export: String)
 }
@@ -154,6 +157,7 @@ extension Message {
             case .status: w.write(UInt8(1))
             case .fence(let export, let epoch): w.write(UInt8(2)); w.write(export); w.write(epoch)
             case .migrate(let export): w.write(UInt8(3)); w.write(export)
+            case .handOver(let export, let epoch): w.write(UInt8(4)); w.write(export); w.write(epoch)
             }
         case .agentReply(let ok, let text): w.write(Tag.agentReply.rawValue); w.write(ok); w.write(text)
         }
@@ -234,6 +238,7 @@ extension Message {
             case 1: message = .agentRequest(.status)
             case 2: message = .agentRequest(.fence(export: try r.readString(limit: 255, kind: "export name"), epoch: try r.readUInt64()))
             case 3: message = .agentRequest(.migrate(export: try r.readString(limit: 255, kind: "export name")))
+            case 4: message = .agentRequest(.handOver(export: try r.readString(limit: 255, kind: "export name"), epoch: try r.readUInt64()))
             case let other: throw .unknownTag(kind: "agent request", tag: UInt32(other))
             }
         case .agentReply: message = .agentReply(ok: try r.readBool(), text: try r.readString(limit: 1 << 20, kind: "agent reply"))
