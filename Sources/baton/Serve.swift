@@ -52,6 +52,9 @@ struct Serve: ParsableCommand {
 
     func run() throws {
         let logger = logging.bootstrap(label: "baton.serve")
+        // A file size limit (ulimit -f) must refuse a client's write or truncate
+        // with EFBIG, not kill the process that owns the journal.
+        signal(SIGXFSZ, SIG_IGN)
         let secret = try secretFile.map { try SecretFile.read($0) }
         var boundSocket: CInt?
         var goAlone = false

@@ -59,6 +59,27 @@ final class MountTests: XCTestCase {
         XCTAssertTrue(export.mount.log.contains("reconnecting"), "the mount never saw the server go: \(export.mount.log)")
     }
 
+    /// Issue 13: `truncate -s 900T` (past ext4's largest file) failed the
+    /// server's own ftruncate after the record was journaled: the server
+    /// stopped and the journal never replayed again. The size change is now
+    /// refused with EFBIG before it is journaled; the server goes on, and
+    /// the export opens again after a restart.
+    func testATruncatePastTheNodesLargestFileIsRefusedAndTheExportGoesOn() throws {
+        let export = try MountedExport(self)
+        let file = export.path + "/f"
+        XCTAssertTrue(FileManager.default.createFile(atPath: file, contents: Data("kept".utf8)))
+        let truncate = try runCommand("/usr/bin/truncate", ["-s", "900T", file])
+        XCTAssertNotEqual(truncate.status, 0, "the node's file system took a 900 TiB file: this test tests nothing here")
+        XCTAssertTrue(truncate.output.contains("File too large"), truncate.output)
+        XCTAssertEqual(try String(contentsOfFile: file, encoding: .utf8), "kept")
+        XCTAssertTrue(FileManager.default.createFile(atPath: export.path + "/after", contents: Data("more".utf8)))
+        XCTAssertTrue(export.server.process.isRunning, "the server stopped")
+        XCTAssertEqual(export.server.terminate(), 0)
+        export.server = try ServerProcess(self, export: export.exportName, data: export.directory + "/data",
+                                          listen: export.server.address)
+        XCTAssertEqual(try String(contentsOfFile: export.path + "/after", encoding: .utf8), "more")
+    }
+
     /// Inode numbers come from the export, so they survive a server restart.
     func testInodeNumbersSurviveServerRestart() throws {
         let export = try MountedExport(self, options: ["attr_timeout=0", "entry_timeout=0"])

@@ -109,6 +109,25 @@ final class ServerProcessTests: XCTestCase {
         XCTAssertEqual(root.inode, rootInode)
     }
 
+    /// Issue 13: a probe needs only a hello, no secret; one whose key is not
+    /// 16 bytes reached a precondition in the challenge's MAC and killed the
+    /// server. The decoder refuses it now: that connection ends, nothing else.
+    func testAProbeWithAKeyOfTheWrongLengthEndsOnlyItsConnection() throws {
+        let data = try temporaryDirectory(self)
+        let secretFile = data + ".secret"
+        try Data("a secret of the cluster, 32 bytes or more".utf8).write(to: URL(fileURLWithPath: secretFile))
+        addTeardownBlock { try? FileManager.default.removeItem(atPath: secretFile) }
+        let server = try ServerProcess(self, export: "data", data: data, extraArguments: ["--secret-file", secretFile])
+        let hello = Message.hello(export: "data", session: 7, version: Message.protocolVersion).frame()
+        for length in [0, 1, 15, 17, 64] {
+            try sendRaw(hello + Message.probe(key: [UInt8](repeating: 0x5A, count: length)).frame(), to: server.address)
+        }
+        let connection = try connect(server)
+        guard case .attributes(let root) = connection.call(.getattr(rootInode)) else { return XCTFail("getattr after bad probes") }
+        XCTAssertEqual(root.inode, rootInode)
+        XCTAssertTrue(server.process.isRunning)
+    }
+
     func testCorruptJournalStopsTheServerNamingFileAndOffset() throws {
         let data = try temporaryDirectory(self)
         let server = try ServerProcess(self, export: "data", data: data)

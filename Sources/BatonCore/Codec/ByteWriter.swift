@@ -94,6 +94,15 @@ public struct ByteReader {
         return try readRaw(count: count)
     }
 
+    /// A length-prefixed byte string that must be exactly `count` long (a
+    /// key or a MAC): any other length is refused here, at decoding, so no
+    /// code past the decoder sees a length it cannot use.
+    public mutating func readBytes(exactly count: Int, kind: String) throws(DecodeError) -> [UInt8] {
+        let length = Int(try readUInt32())
+        guard length == count else { throw .invalid("\(kind) of \(length) bytes, expected \(count)") }
+        return try readRaw(count: count)
+    }
+
     public mutating func readRaw(count: Int) throws(DecodeError) -> [UInt8] {
         try need(count)
         let result = Array(UnsafeRawBufferPointer(rebasing: bytes[offset..<offset + count]))

@@ -189,9 +189,9 @@ extension Message {
             message = .request(sequence: try r.readUInt64(), oldestUnanswered: try r.readUInt64(), try Operation.decode(from: &r))
         case .reply:
             message = .reply(sequence: try r.readUInt64(), epoch: try r.readUInt64(), try Reply.decode(from: &r))
-        case .probe: message = .probe(key: try r.readBytes(limit: 64, kind: "probe key"))
+        case .probe: message = .probe(key: try r.readBytes(exactly: ChallengeMAC.keyBytes, kind: "probe key"))
         case .probeAnswer:
-            message = .probeAnswer(key: try r.readBytes(limit: 64, kind: "probe key"), epoch: try r.readUInt64(),
+            message = .probeAnswer(key: try r.readBytes(exactly: ChallengeMAC.keyBytes, kind: "probe key"), epoch: try r.readUInt64(),
                                    sequence: try r.readUInt64(), response: try r.readBytes(limit: 64, kind: "probe response"))
         case .heartbeat:
             message = .heartbeat(epoch: try r.readUInt64(), sequence: try r.readUInt64(), alone: r.remaining > 0 ? try r.readBool() : false)

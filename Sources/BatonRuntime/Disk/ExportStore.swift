@@ -431,9 +431,47 @@ public final class ExportStore: @unchecked Sendable {
         // Most forgets are of inodes that still have names: nothing to record.
         if case .forget(let ino) = operation, !withNamespace({ $0.isOrphan(ino) }) { return Applied(reply: .done, record: nil) }
         if let refusal = reserveJournalSpace() { return Applied(reply: refusal, record: nil) }
-        return try commit { [epoch] sequence in
+        let grown: GrownDataFile?
+        switch growDataFileFirst(operation) {
+        case .success(let result): grown = result
+        case .failure(let errno): return Applied(reply: .error(errno), record: nil)
+        }
+        let applied = try commit { [epoch] sequence in
             JournalRecord(sequence: sequence, epoch: epoch, time: .now(), session: session, requestSequence: requestSequence,
                           operation: operation)
+        }
+        if let grown, case .error = applied.reply { try? files.truncate(grown.inode, to: grown.sizeBefore) }
+        return applied
+    }
+
+    private struct GrownDataFile {
+        var inode: InodeNumber
+        var sizeBefore: UInt64
+    }
+
+    /// A size change the node's own file system cannot carry out (past its
+    /// largest file: EFBIG, or EIO) must be refused before its record is
+    /// journaled: a record no replay can apply would keep the export from
+    /// opening again, here and on the standby. So a growing truncate grows
+    /// the data file first and is refused with that errno if it cannot. A
+    /// shrink cannot fail that way and stays after the record, so that a
+    /// failed journal write never cuts data. No mutation runs meanwhile (the
+    /// server's mutation lock is held), and a growth the namespace then
+    /// refuses is undone.
+    private func growDataFileFirst(_ operation: Operation) -> Result<GrownDataFile?, Errno> {
+        guard case .setattr(let ino, let changes, _) = operation, let size = changes.size,
+              let attributes = withNamespace({ $0.attributes(of: ino) }), Mode.isRegular(attributes.mode),
+              size > attributes.size, size <= Namespace.maxFileSizeBytes else { return .success(nil) }
+        do {
+            try files.truncate(ino, to: size)
+            return .success(GrownDataFile(inode: ino, sizeBefore: attributes.size))
+        } catch {
+            let errno = (error as? SystemCallError).map { Errno($0.errno) } ?? .EIO
+            logger.warning("size change refused: the node's file system cannot carry it out", metadata: [
+                "export": "\(exportName)", "inode": "\(ino)", "size": "\(size)", "error": "\(error)",
+                "action": "none: the client got \(errno); nothing was journaled",
+            ])
+            return .failure(errno)
         }
     }
 
@@ -465,6 +503,9 @@ public final class ExportStore: @unchecked Sendable {
         guard record.epoch >= epoch else { throw ReplicationError.staleEpoch(record: record.epoch, replica: epoch) }
         if record.epoch > epoch { try persistEpoch(record.epoch) }
         if let refusal = reserveJournalSpace() { throw ReplicationError.refused("\(refusal)") }
+        if case .failure(let errno) = growDataFileFirst(record.operation) {
+            throw ReplicationError.refused("record \(record.sequence): this node's file system cannot carry out its size change (\(errno))")
+        }
         var operation = record.operation
         if case .write(let ino, let handle, let offset, let data) = record.operation {
             let written = try data.withUnsafeBytes { try writeData(ino, handle: handle, offset: offset, data: $0) }
@@ -777,15 +818,19 @@ final class DataFiles: @unchecked Sendable {
         }
     }
 
+    func truncate(_ ino: InodeNumber, to size: UInt64) throws {
+        try file(ino, create: true)!.truncate(to: size)
+        dirtyLock.withLock {
+            written.insert(ino)
+            unsynced.insert(ino)
+        }
+    }
+
     func carryOut(_ effects: [DataEffect]) throws {
         for effect in effects {
             switch effect {
             case .truncate(let ino, let size):
-                try file(ino, create: true)!.truncate(to: size)
-                dirtyLock.withLock {
-                    written.insert(ino)
-                    unsynced.insert(ino)
-                }
+                try truncate(ino, to: size)
             case .remove(let ino):
                 table.remove(ino)
                 dirtyLock.withLock {
