@@ -10,31 +10,41 @@ import NIOPosix
 /// queries and reads under the namespace's read lock, mutations one at a time
 /// under the mutation lock (its order is the journal's order), each journaled
 /// before it is answered. Answering in place saves two thread hops per
-/// mutation, which on a small machine cost more than the disk writes.
+/// mutation, which on a small machine cost more than the disk writes; but a
+/// network thread never waits for the lock (see `MutationPath`).
 public final class ExportServer: @unchecked Sendable {
     public let exportName: String
     private let store: ExportStore
     private let logger: Logger
     private let network: MultiThreadedEventLoopGroup
     private var listener: Channel?
-    /// Held while a mutation (or a sync) runs; guards `failed` too.
-    private let mutationLock: NIOLock
+    /// Held while a mutation, a sync or a checkpoint runs; guards `failed` too.
+    private let mutations: MutationPath
     private var failed = false
+    /// How long the mutation lock may be held by one mutation, sync or
+    /// checkpoint while the challenge is still answered: the server is
+    /// making progress, only its disk is slow. Past it the server counts as
+    /// wedged and the challenge goes unanswered (DESIGN.md §2 "Monitor").
+    private let stallLimit: TimeAmount
     /// The monitor's challenges are answered with this secret (nil: no monitor).
     private let secret: [UInt8]?
     private let replication: ReplicationLink?
     static let heartbeatInterval = TimeAmount.milliseconds(100)
 
+    public static let defaultStallLimit = TimeAmount.seconds(10)
+
     public init(exportName: String, store: ExportStore, secret: [UInt8]? = nil, standby: StandbyConfiguration? = nil,
-                logger: Logger) {
+                stallLimit: TimeAmount = defaultStallLimit, logger: Logger) {
         self.exportName = exportName
         self.store = store
         self.logger = logger
         self.secret = secret
+        self.stallLimit = stallLimit
         self.network = MultiThreadedEventLoopGroup(numberOfThreads: 2)
-        let lock = NIOLock()
-        self.mutationLock = lock
-        self.replication = standby.map { ReplicationLink(configuration: $0, store: store, mutationLock: lock, logger: logger) }
+        let mutations = MutationPath()
+        self.mutations = mutations
+        self.replication = standby.map { ReplicationLink(configuration: $0, store: store, mutationLock: mutations, logger: logger) }
+        store.checkpointRunner = { checkpoint in mutations.runOnMutationThread(checkpoint) }
     }
 
     /// Runs once, when the first connection is welcomed (after a swap: the
@@ -57,7 +67,7 @@ public final class ExportServer: @unchecked Sendable {
     /// once the standby has acknowledged every record, or after `timeout`
     /// (false). The mutation lock stays held: the agent ends the process next.
     public func drainForHandOver(timeout: Duration) -> Bool {
-        mutationLock.lock()
+        mutations.lock()
         guard let replication else { return true }
         return replication.waitUntilAcknowledged(replication.lastSent, timeout: timeout)
     }
@@ -116,7 +126,7 @@ public final class ExportServer: @unchecked Sendable {
         replication?.stop()
         try? listener?.close().wait()
         try? network.syncShutdownGracefully()
-        mutationLock.withLock {
+        mutations.withLock {
             do {
                 try store.sync()
             } catch {
@@ -130,7 +140,7 @@ public final class ExportServer: @unchecked Sendable {
 
     /// Answers one request, on the calling network thread.
     func handle(_ operation: Operation, session: UInt64, sequence: UInt64, oldestUnanswered: UInt64,
-                channel: Channel) {
+                channel: Channel, order: MutationPath.Order) {
         switch operation {
         case .read(let ino, _, let offset, let size):
             channel.writeAndFlush(read(ino, offset: offset, size: size, sequence: sequence, allocator: channel.allocator), promise: nil)
@@ -144,25 +154,29 @@ public final class ExportServer: @unchecked Sendable {
             }
             respond(channel, sequence, reply)
         case .fsync:
-            let (reply, position) = mutationLock.withLock { () -> (Reply, UInt64) in
+            mutations.run(order, waitsForDisk: true, { [self] () -> (Reply, UInt64) in
                 do {
                     try store.sync()
                     return (.done, store.appliedSequence)
                 } catch {
+                    // After a failed fsync the kernel may have dropped the
+                    // pages it could not write: a later fsync could pass
+                    // without them. Stop; the standby has every record.
                     fail(error)
                     return (.error(.EIO), 0)
                 }
-            }
-            // Durable on both disks before the answer (DESIGN.md §4.1).
-            if let replication, reply == .done {
-                replication.whenDurable(position) { self.respond(channel, sequence, reply) }
-            } else {
-                respond(channel, sequence, reply)
-            }
+            }, then: { [self] reply, position in
+                // Durable on both disks before the answer (DESIGN.md §4.1).
+                if let replication, reply == .done {
+                    replication.whenDurable(position) { self.respond(channel, sequence, reply) }
+                } else {
+                    respond(channel, sequence, reply)
+                }
+            })
         case _ where !operation.isMutation:
             respond(channel, sequence, store.withAllocatedBlocks(store.withNamespace { $0.query(operation) }))
         default:
-            let (reply, position) = mutationLock.withLock { () -> (Reply, UInt64) in
+            mutations.run(order, { [self] () -> (Reply, UInt64) in
                 if failed { return (.error(.EIO), 0) }
                 store.forgetReplies(session: session, below: oldestUnanswered)
                 // A re-sent request: its first reply, once the standby has everything so far.
@@ -181,15 +195,16 @@ public final class ExportServer: @unchecked Sendable {
                     fail(error)
                     return (.error(.EIO), 0)
                 }
-            }
-            answerAfterReplication(channel, sequence, store.withAllocatedBlocks(reply), position: position)
+            }, then: { [self] reply, position in
+                answerAfterReplication(channel, sequence, store.withAllocatedBlocks(reply), position: position)
+            })
         }
     }
 
     /// A write whose data is still in the receive buffer.
     func handleWrite(_ ino: InodeNumber, handle: UInt64, offset: UInt64, data: ByteBuffer, session: UInt64, sequence: UInt64,
-                     oldestUnanswered: UInt64, channel: Channel) {
-        let (reply, position) = mutationLock.withLock { () -> (Reply, UInt64) in
+                     oldestUnanswered: UInt64, channel: Channel, order: MutationPath.Order) {
+        mutations.run(order, { [self] () -> (Reply, UInt64) in
             if failed { return (.error(.EIO), 0) }
             store.forgetReplies(session: session, below: oldestUnanswered)
             if let cached = store.cachedReply(session: session, request: sequence) { return (cached, store.appliedSequence) }
@@ -205,8 +220,9 @@ public final class ExportServer: @unchecked Sendable {
                 fail(error)
                 return (.error(.EIO), 0)
             }
-        }
-        answerAfterReplication(channel, sequence, reply, position: position)
+        }, then: { [self] reply, position in
+            answerAfterReplication(channel, sequence, reply, position: position)
+        })
     }
 
     /// Answers a mutation once the standby has it (sync mode), at once otherwise.
@@ -222,18 +238,20 @@ public final class ExportServer: @unchecked Sendable {
         channel.writeAndFlush(frame(sequence: sequence, reply, allocator: channel.allocator), promise: nil)
     }
 
-    /// A monitor's challenge, answered through the request path (under the
-    /// mutation lock, so a wedged server cannot answer), then heartbeats on
-    /// that connection at a fixed rate.
+    /// A monitor's challenge, answered through the request path, then
+    /// heartbeats on that connection at a fixed rate. The answer proves that
+    /// the process runs, that its network threads serve requests, that it
+    /// holds the secret and the epoch, and that its mutation path makes
+    /// progress: the mutation lock is free, or its holder has held it for
+    /// less than `stallLimit` (a slow disk is not a failure). A server wedged
+    /// on its lock longer than that answers when the lock comes free, too
+    /// late for the monitor's deadline.
     func probe(key: [UInt8], channel: Channel, startHeartbeats: Bool) {
         guard let secret else {
             channel.close(promise: nil)
             return
         }
-        let (epoch, position) = mutationLock.withLock { (store.epoch, store.appliedSequence) }
-        let response = ChallengeMAC.response(secret: secret, key: key, epoch: epoch, journalSequence: position)
-        channel.writeAndFlush(Message.probeAnswer(key: key, epoch: epoch, sequence: position, response: response)
-            .frame(allocator: channel.allocator), promise: nil)
+        answerChallenge(key: key, secret: secret, channel: channel, checksLeft: Self.maxChallengeChecks)
         guard startHeartbeats else { return }
         let task = channel.eventLoop.scheduleRepeatedTask(initialDelay: .zero, delay: Self.heartbeatInterval) { [store, replication] _ in
             let alone = replication?.status.alone ?? false
@@ -241,6 +259,34 @@ public final class ExportServer: @unchecked Sendable {
                 .frame(allocator: channel.allocator), promise: nil)
         }
         channel.closeFuture.whenComplete { _ in task.cancel() }
+    }
+
+    /// How often a challenge that found the mutation path wedged looks again
+    /// (every 10 ms, for up to 2 s; the monitor has given up on it by then).
+    static let challengeCheckInterval = TimeAmount.milliseconds(10)
+    static let maxChallengeChecks = 200
+
+    private func answerChallenge(key: [UInt8], secret: [UInt8], channel: Channel, checksLeft: Int) {
+        let progressing: Bool
+        if mutations.tryLock() {
+            mutations.unlock()
+            progressing = true
+        } else {
+            progressing = (mutations.heldFor ?? .zero) < stallLimit
+        }
+        guard progressing else {
+            guard checksLeft > 0 else { return }
+            channel.eventLoop.scheduleTask(in: Self.challengeCheckInterval) { [self] in
+                answerChallenge(key: key, secret: secret, channel: channel, checksLeft: checksLeft - 1)
+            }
+            return
+        }
+        // The journal position as of the last committed record: a mutation
+        // in flight changes it under the namespace's lock, never half-way.
+        let (epoch, position) = (store.epoch, store.appliedSequence)
+        let response = ChallengeMAC.response(secret: secret, key: key, epoch: epoch, journalSequence: position)
+        channel.writeAndFlush(Message.probeAnswer(key: key, epoch: epoch, sequence: position, response: response)
+            .frame(allocator: channel.allocator), promise: nil)
     }
 
     /// A read reply framed with the data read straight into the frame.
@@ -303,6 +349,8 @@ final class ClientConnectionHandler: ChannelInboundHandler, @unchecked Sendable 
     private let server: ExportServer
     private var session: UInt64?
     private var heartbeating = false
+    /// This connection's mutations keep their order (see `MutationPath`).
+    private let order = MutationPath.Order()
 
     init(server: ExportServer) { self.server = server }
 
@@ -314,7 +362,7 @@ final class ClientConnectionHandler: ChannelInboundHandler, @unchecked Sendable 
         case .write(let sequence, let oldest, let ino, let handle, let offset, let bytes):
             guard let session else { return refuse(context, .malformed, "request before hello") }
             server.handleWrite(ino, handle: handle, offset: offset, data: bytes, session: session, sequence: sequence,
-                               oldestUnanswered: oldest, channel: context.channel)
+                               oldestUnanswered: oldest, channel: context.channel, order: order)
             return
         }
         switch message {
@@ -335,7 +383,8 @@ final class ClientConnectionHandler: ChannelInboundHandler, @unchecked Sendable 
                 refuse(context, .malformed, "request before hello")
                 return
             }
-            server.handle(operation, session: session, sequence: sequence, oldestUnanswered: oldest, channel: context.channel)
+            server.handle(operation, session: session, sequence: sequence, oldestUnanswered: oldest, channel: context.channel,
+                          order: order)
         case .probe(let key):
             guard session != nil else { return refuse(context, .malformed, "probe before hello") }
             server.probe(key: key, channel: context.channel, startHeartbeats: !heartbeating)

@@ -33,7 +33,7 @@ public struct StandbyConfiguration: Sendable {
 final class ReplicationLink: @unchecked Sendable {
     private let configuration: StandbyConfiguration
     private let store: ExportStore
-    private let mutationLock: NIOLock
+    private let mutationLock: MutationPath
     private let logger: Logger
     private let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
 
@@ -72,7 +72,7 @@ final class ReplicationLink: @unchecked Sendable {
 
     private let state = NIOLockedValueBox(State())
 
-    init(configuration: StandbyConfiguration, store: ExportStore, mutationLock: NIOLock, logger: Logger) {
+    init(configuration: StandbyConfiguration, store: ExportStore, mutationLock: MutationPath, logger: Logger) {
         self.configuration = configuration
         self.store = store
         self.mutationLock = mutationLock

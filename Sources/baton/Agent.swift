@@ -19,9 +19,7 @@ struct Agent: ParsableCommand {
 
     func run() throws {
         let logger = logging.bootstrap(label: "baton.agent")
-        // A file size limit (ulimit -f) must refuse a client's write or truncate
-        // with EFBIG, not kill the process that owns the journal.
-        signal(SIGXFSZ, SIG_IGN)
+        try prepareDiskOwner(logger: logger)
         let cluster = try ClusterFile.load(config)
         let secret = try SecretFile.read(cluster.secretFile)
         let executable = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]

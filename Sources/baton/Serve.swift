@@ -32,6 +32,12 @@ struct Serve: ParsableCommand {
     @Option(help: "sync: answer mutations once the standby has them; async: at once (may lose the last ones on failover).")
     var replication: String = "sync"
 
+    @Option(help: ArgumentHelp(
+        "How long one mutation, sync or checkpoint may hold the journal while the monitor's challenge is still answered.",
+        discussion: "A slow disk is not a failure: the server answers while it makes progress. Past this limit it counts "
+            + "as wedged, the challenge goes unanswered, and the monitor fails it over."))
+    var stallLimitMs: Int = Int(ExportServer.defaultStallLimit.nanoseconds / 1_000_000)
+
     @Flag(help: ArgumentHelp(
         "Start ahead of a swap: bind the listening socket, print 'waiting HOST:PORT', then wait for a line on stdin.",
         discussion: "'go' opens the export and serves (connections that arrived meanwhile are answered at once); "
@@ -45,6 +51,7 @@ struct Serve: ParsableCommand {
         guard !export.isEmpty, export.utf8.count <= 255, !export.contains("@"), !export.contains("/") else {
             throw ValidationError("export name must be 1-255 bytes without '@' or '/': '\(export)'")
         }
+        guard stallLimitMs >= 100 else { throw ValidationError("--stall-limit-ms must be at least 100") }
         guard checkpointBytes >= 1 << 20 else { throw ValidationError("--checkpoint-bytes must be at least 1 MiB") }
         guard ["sync", "async"].contains(replication) else { throw ValidationError("--replication is sync or async, not '\(replication)'") }
         if standby != nil && secretFile == nil { throw ValidationError("--standby needs --secret-file") }
@@ -52,9 +59,7 @@ struct Serve: ParsableCommand {
 
     func run() throws {
         let logger = logging.bootstrap(label: "baton.serve")
-        // A file size limit (ulimit -f) must refuse a client's write or truncate
-        // with EFBIG, not kill the process that owns the journal.
-        signal(SIGXFSZ, SIG_IGN)
+        try prepareDiskOwner(logger: logger)
         let secret = try secretFile.map { try SecretFile.read($0) }
         var boundSocket: CInt?
         var goAlone = false
@@ -83,7 +88,8 @@ struct Serve: ParsableCommand {
         let standbyConfiguration = standby.map {
             StandbyConfiguration(agent: $0, node: node, secret: secret!, synchronous: replication == "sync")
         }
-        let server = ExportServer(exportName: export, store: store, secret: secret, standby: standbyConfiguration, logger: logger)
+        let server = ExportServer(exportName: export, store: store, secret: secret, standby: standbyConfiguration,
+                                  stallLimit: .milliseconds(Int64(stallLimitMs)), logger: logger)
         // SIGUSR1 from the agent: go on without a standby. Handled before the
         // server says it listens, since the agent may send it right after.
         signal(SIGUSR1, SIG_IGN)

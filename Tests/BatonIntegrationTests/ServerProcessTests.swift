@@ -128,6 +128,84 @@ final class ServerProcessTests: XCTestCase {
         XCTAssertTrue(server.process.isRunning)
     }
 
+    /// A server whose monitor challenges it: a secret, and a slow disk
+    /// (every sync of the journal takes `syncDelayMilliseconds` more).
+    private func challengedServer(syncDelayMilliseconds: Int, extraArguments: [String] = []) throws -> (ServerProcess, [UInt8]) {
+        let data = try temporaryDirectory(self, "challenged")
+        let secret = Array("a secret of the cluster, 32 bytes or more".utf8)
+        let secretFile = data + ".secret"
+        try Data(secret).write(to: URL(fileURLWithPath: secretFile))
+        addTeardownBlock { try? FileManager.default.removeItem(atPath: secretFile) }
+        let server = try ServerProcess(self, export: "data", data: data, extraArguments: ["--secret-file", secretFile] + extraArguments,
+                                       environment: [DiskFaults.environmentVariable: "sync-delay-ms=\(syncDelayMilliseconds),sync-delay-path=/journal/"])
+        return (server, secret)
+    }
+
+    /// Challenges `server` one after the other while one fsync waits for its
+    /// slow disk; returns how many were answered (with the right MAC) before
+    /// the fsync's reply, whether one went unanswered for `patience` (while
+    /// heartbeats went on), and how many heartbeats came during the fsync.
+    private func challengesDuringOneFsync(_ server: ServerProcess, secret: [UInt8], patience: Duration) throws
+        -> (answered: Int, oneWentUnanswered: Bool, heartbeats: Int) {
+        let client = try connect(server)
+        guard case .created(let file, _) = client.call(
+            .create(parent: rootInode, name: FileName("f"), mode: 0o644, flags: OpenFlags.readWrite, .root)) else {
+            throw TestError("create failed")
+        }
+        let monitor = try BlockingConnection(server.address, timeoutMilliseconds: 5000)
+        try monitor.send(.hello(export: "data", session: 99, version: Message.protocolVersion))
+        guard case .welcome = try monitor.receive() else { throw TestError("no welcome") }
+        let fsyncDone = ManagedAtomicCounter()
+        DispatchQueue.global().async {
+            _ = client.call(.fsync(file.inode))
+            fsyncDone.increment()
+        }
+        var answered = 0
+        var heartbeats = 0
+        challenges: while fsyncDone.value == 0 {
+            let key = (0..<ChallengeMAC.keyBytes).map { _ in UInt8.random(in: 0...255) }
+            try monitor.send(.probe(key: key))
+            let sent = ContinuousClock.now
+            // Heartbeats come every 100 ms once probed: the wait is read on the clock.
+            while ContinuousClock.now - sent < patience {
+                switch try monitor.receive() {
+                case .probeAnswer(let got, let epoch, let sequence, let response) where got == key:
+                    XCTAssertTrue(ChallengeMAC.matches(response, ChallengeMAC.response(secret: secret, key: key, epoch: epoch,
+                                                                                     journalSequence: sequence)))
+                    if fsyncDone.value == 0 { answered += 1 }
+                    continue challenges
+                case .heartbeat:
+                    if fsyncDone.value == 0 { heartbeats += 1 }
+                default:
+                    break
+                }
+            }
+            return (answered, true, heartbeats)
+        }
+        return (answered, false, heartbeats)
+    }
+
+    /// Issue 13: an fsync held the mutation lock on a network thread, and
+    /// the challenge waited for that lock: a slow disk (or a checkpoint under
+    /// heavy IO) silenced a healthy server and its monitor failed it over.
+    /// Challenges are answered while the server makes progress.
+    func testChallengesAreAnsweredWhileAnFsyncWaitsForASlowDisk() throws {
+        let (server, secret) = try challengedServer(syncDelayMilliseconds: 2000)
+        let (answered, unanswered, heartbeats) = try challengesDuringOneFsync(server, secret: secret, patience: .milliseconds(1500))
+        XCTAssertFalse(unanswered, "a challenge waited 1.5 s for the slow fsync")
+        XCTAssertGreaterThanOrEqual(answered, 10, "challenges answered while the 2 s fsync ran")
+        XCTAssertGreaterThanOrEqual(heartbeats, 5, "heartbeats while the 2 s fsync ran")
+    }
+
+    /// The other side: a mutation path that holds the journal past the stall
+    /// limit counts as wedged, and the challenge goes unanswered.
+    func testChallengesGoUnansweredWhenTheMutationPathIsStuckPastTheStallLimit() throws {
+        let (server, secret) = try challengedServer(syncDelayMilliseconds: 4000, extraArguments: ["--stall-limit-ms", "200"])
+        let (_, unanswered, heartbeats) = try challengesDuringOneFsync(server, secret: secret, patience: .milliseconds(1000))
+        XCTAssertTrue(unanswered, "every challenge was answered while the fsync held the journal for 4 s")
+        XCTAssertGreaterThan(heartbeats, 0, "the process itself still runs: its heartbeats go on")
+    }
+
     func testCorruptJournalStopsTheServerNamingFileAndOffset() throws {
         let data = try temporaryDirectory(self)
         let server = try ServerProcess(self, export: "data", data: data)

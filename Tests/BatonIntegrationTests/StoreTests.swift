@@ -150,6 +150,46 @@ final class StoreTests: XCTestCase {
                            "block \(block)")
         }
     }
+
+    /// Issue 13: a checkpoint that failed on a full disk stopped the server,
+    /// and each restart failed the same way (a crash loop). It stops nothing
+    /// now: the journal keeps every record, and a later checkpoint succeeds
+    /// once there is room.
+    func testACheckpointOnAFullDiskStopsNothingAndIsTriedAgain() throws {
+        guard getuid() == 0 else { throw XCTSkip("needs root to mount a small tmpfs") }
+        let directory = try temporaryDirectory(self)
+        let mountpoint = try smallDisk(self, in: directory, size: "8m")
+        let limits = ExportStore.Limits(checkpointAfterBytes: 1 << 20, segmentBytes: 3 << 20)
+        let value = [UInt8](repeating: 0x7E, count: 60 * 1024)
+        var names: [FileName] = []
+        func setxattr(_ store: ExportStore) throws {
+            let name = FileName("user.x\(names.count)")
+            XCTAssertEqual(try store.apply(.setxattr(rootInode, name: name, value: value, flags: 0), session: 1,
+                                           requestSequence: UInt64(names.count + 1)).reply, .done)
+            names.append(name)
+        }
+        func segments() throws -> [String] { try FileManager.default.contentsOfDirectory(atPath: mountpoint + "/data/journal") }
+        do {
+            let store = try ExportStore(directory: mountpoint + "/data", exportName: "x", limits: limits, logger: logger)
+            let firstSegments = try segments()
+            // Fills what the preallocated journal segment leaves free.
+            let filler = mountpoint + "/filler"
+            let fill = try runCommand("/bin/dd", ["if=/dev/zero", "of=\(filler)", "bs=64k"])
+            XCTAssertTrue(fill.output.contains("No space left"), fill.output)
+            // Past the checkpoint limit: the checkpoint cannot be written, the records can.
+            for _ in 0..<20 { try setxattr(store) }
+            XCTAssertEqual(try segments(), firstSegments, "a checkpoint was written on a full disk: this test tests nothing")
+            try FileManager.default.removeItem(atPath: filler)
+            for _ in 0..<4 { try setxattr(store) }
+            XCTAssertNotEqual(try segments(), firstSegments, "no checkpoint was written once the disk had room again")
+            try store.sync()
+        }
+        let store = try ExportStore(directory: mountpoint + "/data", exportName: "x", limits: limits, logger: logger)
+        for name in names {
+            XCTAssertEqual(store.withNamespace { $0.query(.getxattr(rootInode, name: name, size: UInt32(value.count))) },
+                           .bytes(value), "\(name)")
+        }
+    }
 }
 
 extension StoreTests {

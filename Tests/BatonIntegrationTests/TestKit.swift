@@ -37,9 +37,10 @@ final class ServerProcess {
     private let stderrPipe = Pipe()
 
     init(_ test: XCTestCase, export: String, data: String, listen: NodeAddress = NodeAddress(host: "127.0.0.1", port: 0),
-         extraArguments: [String] = []) throws {
+         extraArguments: [String] = [], environment: [String: String] = [:]) throws {
         process.executableURL = URL(fileURLWithPath: BatonBinary.path)
         process.arguments = ["serve", "--export", export, "--data", data, "--listen", listen.description] + extraArguments
+        if !environment.isEmpty { process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
         let stdout = Pipe()
         process.standardOutput = stdout
         process.standardError = stderrPipe

@@ -730,10 +730,49 @@ public final class ExportStore: @unchecked Sendable {
         } catch {
             throw StoreError.journalWriteFailed((error as? SystemCallError) ?? SystemCallError("journal append", path: segment.path, errno: EIO))
         }
-        if journalBytesSinceCheckpoint >= limits.checkpointAfterBytes || immediateRangeCount >= Self.maxImmediateRanges {
-            try checkpoint()
+        if checkpointDue && !checkpointScheduled {
+            if let checkpointRunner {
+                checkpointScheduled = true
+                checkpointRunner { [self] in checkpointIfDue() }
+            } else {
+                checkpointIfDue()
+            }
         }
         return Applied(reply: outcome.reply, record: record)
+    }
+
+    /// Runs a checkpoint that has come due, with the mutation lock taken;
+    /// nil: at once, inside the mutation that made it due. A server hands it
+    /// to a thread of its own, so that no network thread waits for its syncs
+    /// (heartbeats and the monitor's challenges are answered on them).
+    public var checkpointRunner: (@Sendable (_ checkpoint: @escaping @Sendable () -> Void) -> Void)?
+    private var checkpointScheduled = false
+    /// After a failed checkpoint, the next waits until the journal has grown this far.
+    private var checkpointNotBefore = 0
+
+    private var checkpointDue: Bool {
+        journalBytesSinceCheckpoint >= checkpointNotBefore
+            && (journalBytesSinceCheckpoint >= limits.checkpointAfterBytes || immediateRangeCount >= Self.maxImmediateRanges)
+    }
+
+    /// Writes the checkpoint that has come due. One that fails (a full or a
+    /// failing disk) stops nothing: the journal still holds every record,
+    /// so the server goes on and tries again once the journal has grown by
+    /// an eighth of a checkpoint. A server that stopped instead would fail
+    /// the same way after each restart (a crash loop).
+    public func checkpointIfDue() {
+        checkpointScheduled = false
+        guard checkpointDue else { return }
+        do {
+            try checkpoint()
+        } catch {
+            checkpointNotBefore = journalBytesSinceCheckpoint + max(1, limits.checkpointAfterBytes / 8)
+            logger.error("checkpoint failed: the journal keeps every record and grows until a checkpoint succeeds", metadata: [
+                "export": "\(exportName)", "directory": "\(directory)", "error": "\(error)",
+                "journalBytes": "\(journalBytesSinceCheckpoint)",
+                "action": "free space or fix the disk under the data directory; nothing was lost",
+            ])
+        }
     }
 
     /// Makes every acknowledged mutation durable: the data files of indirect
@@ -761,6 +800,7 @@ public final class ExportStore: @unchecked Sendable {
             try startSegment()
             for name in old { try Disk.remove(journalDirectory + "/" + name) }
             journalBytesSinceCheckpoint = 0
+            checkpointNotBefore = 0
             immediateRanges = [:]
             immediateRangeCount = 0
             lock.writing {
@@ -897,7 +937,23 @@ final class DataFiles: @unchecked Sendable {
             defer { unsynced.removeAll() }
             return unsynced
         }
-        for ino in inodes.sorted() { try file(ino, create: false)?.sync() }
+        try sync(inodes) { unsynced.formUnion($0) }
+    }
+
+    /// Syncs `inodes`. On a failure the files not known to be on disk are
+    /// remembered again (`restore`, under the lock), so that the next fsync
+    /// or checkpoint syncs them instead of calling them durable.
+    private func sync(_ inodes: Set<InodeNumber>, restore: (Set<InodeNumber>) -> Void) throws {
+        var left = inodes
+        do {
+            for ino in inodes.sorted() {
+                try file(ino, create: false)?.sync()
+                left.remove(ino)
+            }
+        } catch {
+            dirtyLock.withLock { restore(left) }
+            throw error
+        }
     }
 
     /// Starts writing back every file written since the last checkpoint,
@@ -917,9 +973,12 @@ final class DataFiles: @unchecked Sendable {
                 written.removeAll()
                 unsynced.removeAll()
             }
-            return written
+            return written.union(unsynced)
         }
-        for ino in inodes.sorted() { try file(ino, create: false)?.sync() }
+        try sync(inodes) { left in
+            written.formUnion(left)
+            unsynced.formUnion(left)
+        }
     }
 }
 

@@ -80,6 +80,9 @@ public final class OpenFile: @unchecked Sendable {
     }
 
     public func sync(dataOnly: Bool = true) throws {
+        if let injected = DiskFaults.beforeSync(path) {
+            throw SystemCallError(dataOnly ? "fdatasync" : "fsync", path: path, errno: injected)
+        }
         let result = dataOnly ? fdatasync(descriptor) : fsync(descriptor)
         guard result == 0 else { throw SystemCallError(dataOnly ? "fdatasync" : "fsync", path: path) }
     }
