@@ -55,6 +55,10 @@ final class ExportController: @unchecked Sendable {
         /// This node found itself isolated and stopped the export's server;
         /// it serves again, or becomes the standby, once the peer is heard.
         case selfFenced
+        /// This node started without hearing its peer and cannot show that
+        /// its copy is the newest: it waits for the peer (or an admin's
+        /// `baton force-serve`). `why` is for the log and `baton status`.
+        case waitingForPeer(why: String)
     }
 
     init(export: ExportConfiguration, agent: NodeAgent, logger: Logger) {
@@ -65,6 +69,7 @@ final class ExportController: @unchecked Sendable {
     }
 
     private var servingMarker: String { directory + "/serving" }
+    private var standbyOutdatedMarker: String { ExportStore.standbyOutdatedMarker(in: directory) }
 
     /// The epoch in this node's data directory of the export.
     private var currentEpoch: UInt64 {
@@ -77,10 +82,22 @@ final class ExportController: @unchecked Sendable {
 
     /// Decides the role at agent start: serve if this node served last (or is
     /// the preferred node of a new export) and the peer does not serve it.
+    /// `peerServes` nil: the peer's agent did not answer. Then this node
+    /// serves only when it can show that it holds the newest copy (DESIGN.md
+    /// §4.7, as corosync's wait_for_all and DRBD's Outdated state): it
+    /// served last, and its server answered without the standby since, so
+    /// the peer cannot have taken over. Otherwise it waits for the peer: a
+    /// node isolated and then rebooted while its peer was down, or with a
+    /// new, empty disk, would serve an old or an empty copy.
     func start(peerServes: Bool?) {
         let isNew = !Disk.exists(directory)
         let servedHere = Disk.exists(servingMarker)
         let serve = peerServes != true && (servedHere || (isNew && export.preferredNode == agent.me.name))
+        if serve, peerServes == nil, !(servedHere && Disk.exists(standbyOutdatedMarker)) {
+            return waitForPeer(why: isNew
+                ? "this node has no copy of the export yet, and the peer may hold one"
+                : "the peer may have served the export since this node last did (this node was not serving without it when it stopped)")
+        }
         do {
             try Disk.makeDirectory(agent.me.dataDirectory)
             if serve { try startServing(aloneFromStart: peerServes == nil) } else { try startStandby() }
@@ -123,6 +140,66 @@ final class ExportController: @unchecked Sendable {
         logger.info("standby replica ready", metadata: [
             "export": "\(export.name)", "epoch": "\(store.epoch)", "sequence": "\(store.appliedSequence)",
         ])
+    }
+
+    /// Waits until the peer's agent answers, then decides as at start.
+    private func waitForPeer(why: String) {
+        lock.withLock { role = .waitingForPeer(why: why) }
+        logger.error("not serving the export: waiting for the peer", metadata: [
+            "export": "\(export.name)", "node": "\(agent.me.name)", "peer": "\(agent.peer.name)", "why": "\(why)",
+            "action": "start the agent of \(agent.peer.name); or, if it is lost for good, 'baton force-serve \(export.name) --node \(agent.me.name)' (writes made on \(agent.peer.name) since this node last served are then lost)",
+        ])
+        askPeerUntilItAnswers()
+    }
+
+    /// How often a node waiting for its peer asks it (each ask waits 1 s at most).
+    static let peerAskInterval: TimeInterval = 0.5
+
+    private func askPeerUntilItAnswers() {
+        DispatchQueue.global().asyncAfter(deadline: .now() + Self.peerAskInterval) { [self] in
+            guard case .waitingForPeer = lock.withLock({ role }) else { return }
+            guard let peerExports = agent.peerServedExports() else { return askPeerUntilItAnswers() }
+            decideAfterWaiting(peerServes: peerExports.contains(export.name))
+        }
+    }
+
+    /// The peer answered: the start's decision, with what it said.
+    private func decideAfterWaiting(peerServes: Bool) {
+        let waited = lock.withLock { () -> Bool in
+            guard case .waitingForPeer = role else { return false }
+            role = .starting
+            return true
+        }
+        guard waited else { return }
+        logger.notice("the peer answers: deciding where the export is served", metadata: [
+            "export": "\(export.name)", "peer": "\(agent.peer.name)", "peerServes": "\(peerServes)",
+        ])
+        start(peerServes: peerServes)
+    }
+
+    /// An admin's `baton force-serve`: a node waiting for its peer serves
+    /// its own copy without it.
+    func forceServe() -> (Bool, String) {
+        let why = lock.withLock { () -> String? in
+            guard case .waitingForPeer(let why) = role else { return nil }
+            role = .starting
+            return why
+        }
+        guard let why else {
+            return (false, "\(export.name) on \(agent.me.name) is not waiting for its peer: nothing to force (see baton status)")
+        }
+        logger.critical("serving the export without the peer, forced by an admin", metadata: [
+            "export": "\(export.name)", "node": "\(agent.me.name)", "peer": "\(agent.peer.name)", "why it waited": "\(why)",
+            "lost": "any write made on \(agent.peer.name) after this node last served \(export.name)",
+        ])
+        do {
+            try startServing(aloneFromStart: true)
+            // Its copy is the one that counts from now on, even across a restart without the peer.
+            try Disk.writeAtomically(Array("\(currentEpoch)\n".utf8), to: standbyOutdatedMarker, directory: directory)
+            return (true, "\(export.name) is served on \(agent.me.name) without \(agent.peer.name); writes made on \(agent.peer.name) after this node last served it are lost")
+        } catch {
+            return (false, "\(export.name) did not start on \(agent.me.name): \(error)")
+        }
     }
 
     /// A server that exits on its own is started again here after
@@ -200,6 +277,11 @@ final class ExportController: @unchecked Sendable {
         }
         guard let process else { return }
         process.kill()
+        // The peer takes the export over: this node's copy is no longer the
+        // one to serve at a start that does not hear the peer.
+        try? Disk.remove(standbyOutdatedMarker)
+        try? Disk.remove(servingMarker)
+        try? Disk.syncDirectory(directory)
         logger.critical("export server stopped: this node is isolated", metadata: [
             "export": "\(export.name)", "pid": "\(process.pid)", "epoch": "\(currentEpoch)",
         ])
@@ -209,6 +291,7 @@ final class ExportController: @unchecked Sendable {
     /// served where the peer says (it took over: this node becomes the
     /// standby), or here again if the peer does not serve it.
     func peerBack(peerServes: Bool?) {
+        if case .waitingForPeer = lock.withLock({ role }), let peerServes { return decideAfterWaiting(peerServes: peerServes) }
         let wasFenced = lock.withLock { () -> Bool in
             guard case .selfFenced = role else { return false }
             role = .starting
@@ -489,6 +572,8 @@ final class ExportController: @unchecked Sendable {
             return (false, "\(export.name) is between roles on \(agent.me.name); try again")
         case .selfFenced:
             return (false, "\(agent.me.name) is isolated and has stopped serving \(export.name); repair its network first")
+        case .waitingForPeer(let why):
+            return (false, "\(agent.me.name) waits for \(agent.peer.name) before it serves \(export.name): \(why)")
         }
     }
 
@@ -557,7 +642,7 @@ final class ExportController: @unchecked Sendable {
             guard replicaChannel === channel else { return nil }
             switch role {
             case .standby(let store, _), .handingOver(let store): return store
-            case .starting, .serving, .swapping, .selfFenced: return nil
+            case .starting, .serving, .swapping, .selfFenced, .waitingForPeer: return nil
             }
         }
     }
@@ -721,6 +806,9 @@ final class ExportController: @unchecked Sendable {
             switch role {
             case .starting: entry["role"] = "starting"
             case .selfFenced: entry["role"] = "self-fenced"
+            case .waitingForPeer(let why):
+                entry["role"] = "waiting for the peer"
+                entry["waiting"] = ["node": agent.me.name, "why": why, "force": "baton force-serve \(export.name) --node \(agent.me.name)"]
             case .swapping: entry["role"] = "swapping"
             case .handingOver: entry["role"] = "taking over"
             case .serving(let process):

@@ -115,7 +115,7 @@ public final class NodeAgent: @unchecked Sendable {
     }
 
     /// The exports the peer serves, or nil when its agent does not answer.
-    private func peerServedExports() -> Set<String>? {
+    func peerServedExports() -> Set<String>? {
         guard let (ok, text) = try? askPeer(.status), ok,
               let json = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any],
               let exports = json["exports"] as? [[String: Any]] else { return nil }
@@ -161,6 +161,9 @@ public final class NodeAgent: @unchecked Sendable {
         case .migrate(let export):
             guard let controller = controllers[export] else { return (false, "unknown export '\(export)'") }
             return controller.migrate()
+        case .forceServe(let export):
+            guard let controller = controllers[export] else { return (false, "unknown export '\(export)'") }
+            return controller.forceServe()
         }
     }
 }

@@ -60,6 +60,9 @@ final class ReplicationLink: @unchecked Sendable {
         var connecting = false
         /// Waits for the standby to say which of its files changed.
         var filesQuery: EventLoopPromise<[InodeNumber]?>?
+        /// Stopped answering alone: once the standby acknowledges this
+        /// record, it is no longer outdated and is told `repliesWait`.
+        var caughtUp: (sequence: UInt64, channel: Channel)?
 
         /// Replies wait for the standby from now on; returns the last record
         /// that may have been answered without it.
@@ -102,9 +105,13 @@ final class ReplicationLink: @unchecked Sendable {
     /// should not wait for it). Until then acknowledged writes are on this
     /// node only.
     func goAlone() {
+        // Before the first reply answered alone: a restart of this node
+        // while its peer is down must know that its copy is the newest.
+        store.markStandbyOutdated(true)
         let (waiters, channel) = state.withLockedValue { state -> ([@Sendable () -> Void], Channel?) in
             state.alone = true
             state.aloneUntil = nil
+            state.caughtUp = nil
             defer { state.waiters = [] }
             return (state.waiters.map(\.run), state.channel)
         }
@@ -203,18 +210,36 @@ final class ReplicationLink: @unchecked Sendable {
                     state.drainRounds += 1
                 }
             }
+            if let drained, let channel = state.channel { state.caughtUp = (drained, channel) }
             let (acked, synced) = (state.acknowledged, state.synced)
             let ready = state.waiters.filter { $0.sequence <= ($0.durable ? synced : acked) }
             state.waiters.removeAll { $0.sequence <= ($0.durable ? synced : acked) }
             return (ready.map(\.run), drained, state.channel)
         }
         for run in ready { run() }
-        if let drained, let channel {
-            tell(channel, repliesWaitThrough: drained)
+        if let drained {
             logger.info("standby has every record again: replies wait for it", metadata: [
                 "export": "\(store.exportName)", "standby": "\(configuration.agent)", "sequence": "\(drained)",
             ])
         }
+        tellIfCaughtUp()
+    }
+
+    /// Once the standby has acknowledged every record answered alone: the
+    /// data directory stops calling it outdated, and only then is it told
+    /// `repliesWait`, after which its monitor may watch (and take over) this
+    /// server. In the other order, a crash in between could leave both
+    /// nodes' directories claiming the newest copy.
+    private func tellIfCaughtUp() {
+        let due = state.withLockedValue { state -> (sequence: UInt64, channel: Channel)? in
+            guard let caughtUp = state.caughtUp, !state.alone, state.acknowledged >= caughtUp.sequence,
+                  state.channel === caughtUp.channel else { return nil }
+            state.caughtUp = nil
+            return caughtUp
+        }
+        guard let due else { return }
+        store.markStandbyOutdated(false)
+        tell(due.channel, repliesWaitThrough: due.sequence)
     }
 
     /// Tells the standby on `channel` (the session that stopped answering
@@ -416,7 +441,12 @@ final class ReplicationLink: @unchecked Sendable {
             guard let queued else { return false }
             if !endSent { channel.write(Message.snapshotEnd(sequence: position).frame(allocator: channel.allocator), promise: nil) }
             for record in queued { channel.write(Message.replicate(record).frame(allocator: channel.allocator), promise: nil) }
-            if let repliesWait { channel.write(Message.repliesWait(through: repliesWait).frame(allocator: channel.allocator), promise: nil) }
+            if let repliesWait {
+                // Its monitor may watch once it has applied `repliesWait`: a
+                // marker left from answering alone before must go first.
+                store.markStandbyOutdated(false)
+                channel.write(Message.repliesWait(through: repliesWait).frame(allocator: channel.allocator), promise: nil)
+            }
             channel.flush()
             return true
         }
@@ -425,10 +455,12 @@ final class ReplicationLink: @unchecked Sendable {
         group.next().scheduleTask(in: Self.maxDrainTime) { [self] in
             let late = state.withLockedValue { state -> UInt64? in
                 guard state.channel === channel, state.aloneUntil != nil else { return nil }
-                return state.stopAnsweringAlone()
+                let late = state.stopAnsweringAlone()
+                state.caughtUp = (late, channel)
+                return late
             }
             if let late {
-                tell(channel, repliesWaitThrough: late)
+                tellIfCaughtUp()
                 logger.warning("standby still behind after the catch-up: replies wait for it from now on", metadata: [
                     "export": "\(store.exportName)", "standby": "\(configuration.agent)",
                 ])

@@ -105,6 +105,11 @@ struct Status: ParsableCommand {
             print("\(entry["name"]!)".padding(16) + "\(entry["epoch"] ?? "?")".padding(7) + serverText.padding(28)
                   + monitor.padding(10) + positions.padding(24) + rtt.padding(11) + failover)
         }
+        for entry in ordered {
+            guard let waiting = entry["waiting"] as? [String: Any] else { continue }
+            print("\(entry["name"]!): \(waiting["node"] ?? "?") waits for its peer before serving: \(waiting["why"] ?? "")"
+                  + " (to serve without it: \(waiting["force"] ?? ""))")
+        }
         for problem in unreachable { print("agent unreachable: \(problem)") }
     }
 }
@@ -136,7 +141,40 @@ enum StatusMerge {
             if let copy = entry["catching_up"] { merged["catching_up"] = copy }
             if let last = entry["last_catch_up"] { merged["last_catch_up"] = last }
         }
+        if let waiting = entry["waiting"] { merged["waiting"] = waiting }
         return merged
+    }
+}
+
+struct ForceServe: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Serve an export on a node that waits for its peer, without the peer.",
+        discussion: "A node that starts without hearing its peer serves an export only when it can show that its copy is the "
+            + "newest; otherwise it waits (baton status says why). Use this only when the peer is lost for good: "
+            + "writes acknowledged by the peer after this node last served the export are lost.")
+
+    @Argument(help: "The export to serve.")
+    var export: String
+
+    @Option(help: "The node that waits for its peer.")
+    var node: String
+
+    @Option(help: "The cluster file.")
+    var config: String
+
+    @Option(help: "The shared secret file (default: the cluster file's secret_file).")
+    var secretFile: String?
+
+    func run() throws {
+        let cluster = try ClusterFile.load(config)
+        guard let target = cluster.node(named: node) else {
+            throw ValidationError("no node '\(node)' in \(config) (nodes: \(cluster.nodes.map(\.name).joined(separator: ", ")))")
+        }
+        let secret = try SecretFile.read(secretFile ?? cluster.secretFile)
+        let (ok, text) = try PeerClient.request(.forceServe(export: export), to: NodeAddress(host: target.agent.host, port: target.agent.port),
+                                                node: "admin", secret: secret, timeoutMilliseconds: 10_000)
+        guard ok else { throw ValidationError(text) }
+        print("warning: \(text)")
     }
 }
 

@@ -6,7 +6,7 @@ struct Baton: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "baton",
         abstract: "Baton, a failover file system: export servers, mounts and node agents.",
-        subcommands: [Serve.self, Mount.self, Agent.self, Status.self, Migrate.self, Diagnose.self])
+        subcommands: [Serve.self, Mount.self, Agent.self, Status.self, Migrate.self, ForceServe.self, Diagnose.self])
 
     static func main() {
         MemoryTuning.keepLargeBuffersWarm()

@@ -43,6 +43,9 @@ final class CodecTests: XCTestCase {
         var messages: [Message] = [
             .hello(export: "projects", session: 42, version: Message.protocolVersion), .welcome(epoch: 3),
             .refused(.notActive, detail: "standby"), .heartbeat(epoch: 3, sequence: 9), .heartbeat(epoch: 3, sequence: 9, alone: true),
+            .probe(key: [UInt8](repeating: 7, count: ChallengeMAC.keyBytes)),
+            .agentRequest(.status), .agentRequest(.fence(export: "projects", epoch: 4)), .agentRequest(.migrate(export: "projects")),
+            .agentRequest(.handOver(export: "projects", epoch: 4)), .agentRequest(.forceServe(export: "projects")),
         ]
         messages += Self.operations.enumerated().map { .request(sequence: UInt64($0.offset), oldestUnanswered: 1, $0.element) }
         messages += Self.replies.map { .reply(sequence: 9, epoch: 2, $0) }
@@ -80,6 +83,15 @@ final class CodecTests: XCTestCase {
             var bytes = (0..<count).map { _ in UInt8(truncatingIfNeeded: generator.next()) }
             if !bytes.isEmpty { bytes[0] = UInt8(generator.next() % 6) }
             _ = try? bytes.withUnsafeBytes { try Message.decode($0) }
+        }
+    }
+
+    /// Issue 13: a probe key of another length reached a precondition in
+    /// the challenge's MAC and stopped the server; the decoder refuses it.
+    func testAProbeKeyOfAnotherLengthIsRefusedByTheDecoder() {
+        for length in [0, 1, ChallengeMAC.keyBytes - 1, ChallengeMAC.keyBytes + 1, 64] {
+            let body = Array(Message.probe(key: [UInt8](repeating: 1, count: length)).frame().dropFirst(4))
+            XCTAssertThrowsError(try body.withUnsafeBytes { try Message.decode($0) }, "a \(length)-byte probe key was accepted")
         }
     }
 

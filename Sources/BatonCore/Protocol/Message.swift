@@ -98,6 +98,8 @@ public enum AgentRequest: Hashable, Sendable {
     case handOver(export: String, epoch: UInt64)
     /// A planned swap of `export` to the other node.
     case migrate(export: String)
+    /// An admin's word: the node waiting for its peer serves `export` without it.
+    case forceServe(export: String)
 }
 
 extension Message {
@@ -158,6 +160,7 @@ extension Message {
             case .fence(let export, let epoch): w.write(UInt8(2)); w.write(export); w.write(epoch)
             case .migrate(let export): w.write(UInt8(3)); w.write(export)
             case .handOver(let export, let epoch): w.write(UInt8(4)); w.write(export); w.write(epoch)
+            case .forceServe(let export): w.write(UInt8(5)); w.write(export)
             }
         case .agentReply(let ok, let text): w.write(Tag.agentReply.rawValue); w.write(ok); w.write(text)
         }
@@ -239,6 +242,7 @@ extension Message {
             case 2: message = .agentRequest(.fence(export: try r.readString(limit: 255, kind: "export name"), epoch: try r.readUInt64()))
             case 3: message = .agentRequest(.migrate(export: try r.readString(limit: 255, kind: "export name")))
             case 4: message = .agentRequest(.handOver(export: try r.readString(limit: 255, kind: "export name"), epoch: try r.readUInt64()))
+            case 5: message = .agentRequest(.forceServe(export: try r.readString(limit: 255, kind: "export name")))
             case let other: throw .unknownTag(kind: "agent request", tag: UInt32(other))
             }
         case .agentReply: message = .agentReply(ok: try r.readBool(), text: try r.readString(limit: 1 << 20, kind: "agent reply"))

@@ -676,6 +676,34 @@ public final class ExportStore: @unchecked Sendable {
         try files.carryOut(effects)
     }
 
+    /// The marker a server leaves while it answers without its standby
+    /// (DRBD's "peer outdated"): this node's copy is then the newest, and a
+    /// node that starts without hearing its peer may serve the export only
+    /// with it (DESIGN.md §4.7).
+    public static func standbyOutdatedMarker(in directory: String) -> String { directory + "/standby-outdated" }
+
+    /// Says durably whether the standby lacks records answered here: set
+    /// before the first reply answered alone, cleared once the standby has
+    /// every one of them and before it may watch (and take over) this server.
+    public func markStandbyOutdated(_ outdated: Bool) {
+        let path = Self.standbyOutdatedMarker(in: directory)
+        do {
+            if outdated {
+                try Disk.writeAtomically(Array("\(epoch)\n".utf8), to: path, directory: directory)
+            } else if Disk.exists(path) {
+                try Disk.remove(path)
+                try Disk.syncDirectory(directory)
+            }
+        } catch {
+            logger.error("cannot record whether the standby is outdated", metadata: [
+                "export": "\(exportName)", "directory": "\(directory)", "outdated": "\(outdated)", "error": "\(error)",
+                "action": outdated
+                    ? "none now; if this node restarts while its peer is down, it waits for the peer instead of serving"
+                    : "check the disk: a start without the peer could serve this node's copy",
+            ])
+        }
+    }
+
     /// Persists a new epoch before anything of it is announced (DESIGN.md §5 step 3).
     public func persistEpoch(_ newEpoch: UInt64) throws {
         precondition(newEpoch >= epoch, "epochs only grow")
