@@ -39,7 +39,7 @@ let package = Package(
         .target(
             name: "BatonAgent",
             dependencies: [
-                "BatonCore", "BatonRuntime",
+                "BatonCore", "BatonRuntime", "CLinuxExtras",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOConcurrencyHelpers", package: "swift-nio"),

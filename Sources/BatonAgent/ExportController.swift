@@ -467,6 +467,8 @@ final class ExportController: @unchecked Sendable {
             times.step("epoch")
             process = try next.get()
             if case .failed = reason { times.step("start") }
+            // One owner (DESIGN.md §4.7): the replica gives the directory up to the new server.
+            store.close()
             // The old server is fenced (or its node gone): the new one answers
             // at once, without waiting for the old node's replica to catch up.
             try process.promote(alone: true)
@@ -736,6 +738,8 @@ final class ExportController: @unchecked Sendable {
             try Disk.rename(incoming + "/checkpoint", to: directory + "/checkpoint")
             try Disk.writeAtomically(Array("\(epoch)\n".utf8), to: directory + "/epoch", directory: directory)
             try? fileManager.removeItem(atPath: incoming)
+            // One owner (DESIGN.md §4.7), this process included: the old replica lets go first.
+            old.close()
             let store = try ExportStore(directory: directory, exportName: export.name, logger: logger)
             let (received, dropped) = lock.withLock { () -> (Int, UInt64?) in
                 role = .standby(store, nil)

@@ -14,8 +14,12 @@ final class ExportProcess: @unchecked Sendable {
 
     private let listen: NodeAddress
     private let output = Pipe()
-    /// The go-ahead of a server started ahead of a swap (nil: it serves from the start).
-    private let goAhead: Pipe?
+    /// The server's stdin. Never closed while the server is to run: when
+    /// this agent ends, however it ends, the kernel closes it and the server
+    /// exits (DESIGN.md §4.7: a server does not outlive its agent). A server
+    /// started ahead of a swap also reads its go-ahead from it.
+    private let agentPipe = Pipe()
+    private let awaitsPromotion: Bool
     /// Signalled once the process has exited (fencing waits on it).
     private let exited = DispatchSemaphore(value: 0)
 
@@ -34,9 +38,9 @@ final class ExportProcess: @unchecked Sendable {
             "serve", "--export", exportName, "--data", dataDirectory, "--listen", listen.description,
             "--secret-file", secretFile, "--standby", standby.description, "--node", node,
             "--replication", replication.rawValue,
-        ] + (awaitPromotion ? ["--await-promotion"] : [])
-        goAhead = awaitPromotion ? Pipe() : nil
-        if let goAhead { process.standardInput = goAhead }
+        ] + (awaitPromotion ? ["--await-promotion"] : ["--until-stdin-ends"])
+        awaitsPromotion = awaitPromotion
+        process.standardInput = agentPipe
         process.standardOutput = output
         process.terminationHandler = { [exited] in
             exited.signal()
@@ -62,9 +66,9 @@ final class ExportProcess: @unchecked Sendable {
     /// answers the clients queued on its socket; returns once it serves.
     /// `alone`: without waiting for the standby (the old server is fenced).
     func promote(alone: Bool) throws {
-        guard let goAhead else { return }
+        guard awaitsPromotion else { return }
         do {
-            try goAhead.fileHandleForWriting.write(contentsOf: Data((alone ? "go alone\n" : "go\n").utf8))
+            try agentPipe.fileHandleForWriting.write(contentsOf: Data((alone ? "go alone\n" : "go\n").utf8))
         } catch {
             throw ProbeError("export server for '\(exportName)' exited before its promotion; see the agent's log")
         }
@@ -98,7 +102,7 @@ final class ExportProcess: @unchecked Sendable {
     /// A server started ahead of a swap that does not happen: it exits
     /// without opening the export (the end of its input says so).
     func abandon() {
-        try? goAhead?.fileHandleForWriting.close()
+        try? agentPipe.fileHandleForWriting.close()
         if exited.wait(timeout: .now() + 2) == .timedOut { return kill() }
         exited.signal()
     }

@@ -99,6 +99,10 @@ public final class NodeAgent: @unchecked Sendable {
         for export in configuration.exports {
             controllers[export.name] = ExportController(export: export, agent: self, logger: logger)
         }
+        // One owner (DESIGN.md §4.7): no server of this node's exports runs unknown to this agent.
+        for controller in controllers.values {
+            LeftoverServer.fence(export: controller.export.name, directory: controller.directory, node: me.name, logger: logger)
+        }
         for controller in controllers.values {
             controller.start(peerServes: peerExports.map { $0.contains(controller.export.name) })
         }

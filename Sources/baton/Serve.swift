@@ -3,6 +3,7 @@ import BatonRuntime
 import BatonServer
 import Dispatch
 import Foundation
+import Logging
 
 struct Serve: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -45,6 +46,13 @@ struct Serve: ParsableCommand {
             + "next server of a swap this way before it fences the old one, so the pause holds no process start."))
     var awaitPromotion = false
 
+    @Flag(help: ArgumentHelp(
+        "Exit when stdin ends (implied by --await-promotion, after the go-ahead).",
+        discussion: "The agent that starts a server keeps a pipe to its stdin open for as long as it lives and never "
+            + "closes it while the server is to run: when the agent dies, even by SIGKILL, the server exits at once "
+            + "instead of serving on beside the servers the cluster knows."))
+    var untilStdinEnds = false
+
     @OptionGroup var logging: LoggingOptions
 
     func validate() throws {
@@ -63,6 +71,7 @@ struct Serve: ParsableCommand {
         let secret = try secretFile.map { try SecretFile.read($0) }
         var boundSocket: CInt?
         var goAlone = false
+        if untilStdinEnds { exitWhenStdinEnds(logger) }
         if awaitPromotion {
             let (socket, port) = try ListeningSocket.open(listen)
             boundSocket = socket
@@ -74,6 +83,7 @@ struct Serve: ParsableCommand {
                 throw ExitCode(0)
             }
             goAlone = line == "go alone"
+            exitWhenStdinEnds(logger)
         }
         let promoted = ContinuousClock.now
         let store: ExportStore
@@ -130,5 +140,34 @@ struct Serve: ParsableCommand {
         }
         try server.wait()
         withExtendedLifetime((signals, alone, handOver)) {}
+    }
+
+    /// DESIGN.md §4.7: an export server does not outlive its agent. The
+    /// agent holds the other end of stdin and never writes to it again (nor
+    /// closes it) while this server is to run, so its end means the agent is
+    /// gone: the server exits at once, as a kill -9 would end it (the journal
+    /// is written ahead: nothing acknowledged is lost). Its agent, started
+    /// again, serves the export or takes the standby role, and a server
+    /// left here would serve on at the old epoch beside the cluster's.
+    ///
+    /// Why not prctl(PR_SET_PDEATHSIG): the signal fires when the *thread*
+    /// that started the child ends, not its process, and the agent starts
+    /// servers from short-lived threads (a swap's, a restart's); and it is
+    /// set between fork and exec, which Foundation's Process gives no hook
+    /// for. The end of a pipe comes with the last process holding it,
+    /// whatever ends it.
+    private func exitWhenStdinEnds(_ logger: Logger) {
+        Thread.detachNewThread { [export] in
+            var buffer = [UInt8](repeating: 0, count: 64)
+            while true {
+                let count = buffer.withUnsafeMutableBytes { Glibc.read(STDIN_FILENO, $0.baseAddress, $0.count) }
+                if count > 0 || (count < 0 && errno == EINTR) { continue }
+                logger.warning("the agent that started this server is gone (the end of stdin): exiting", metadata: [
+                    "export": "\(export)", "pid": "\(getpid())",
+                    "action": "none: the node's agent, when it starts, serves the export or keeps its standby replica",
+                ])
+                Glibc._exit(4)
+            }
+        }
     }
 }

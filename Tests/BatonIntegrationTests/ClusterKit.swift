@@ -83,6 +83,16 @@ final class TwoNodeCluster {
         process.waitUntilExit()
     }
 
+    /// An export server of this cluster that may outlive its agent (no
+    /// longer its child, so `stopAll` does not find it): ended at teardown
+    /// if that PID is still a `baton serve` of this cluster's directories.
+    func endServerAtTeardown(_ test: XCTestCase, pid: Int32) {
+        test.addTeardownBlock { [directory] in
+            let command = (try? String(contentsOfFile: "/proc/\(pid)/cmdline", encoding: .utf8)) ?? ""
+            if command.contains("serve"), command.contains(directory) { kill(pid, SIGKILL) }
+        }
+    }
+
     /// The agents' status, merged, as `baton status --json` prints it.
     func status() throws -> [String: [String: Any]] {
         let result = try admin(["status", "--json"])
@@ -245,4 +255,15 @@ func freePorts(_ count: Int) throws -> [Int] {
         guard bound else { throw TestError("no free port") }
         return Int(UInt16(bigEndian: address.sin_port))
     }
+}
+
+/// Waits until process `pid` has ended (gone, or a zombie nobody reaped yet).
+func waitUntilEnded(_ pid: Int32, timeout: TimeInterval, _ what: @autoclosure () -> String) throws {
+    let deadline = Date().addingTimeInterval(timeout)
+    while Date() < deadline {
+        guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8), let close = stat.lastIndex(of: ")") else { return }
+        if stat[stat.index(after: close)...].split(separator: " ").first == "Z" { return }
+        usleep(10_000)
+    }
+    throw TestError("process \(pid) still runs after \(timeout) s: \(what())")
 }

@@ -169,6 +169,60 @@ final class ClusterTests: XCTestCase {
         XCTAssertTrue(cluster.logs.contains("starting it again here"), cluster.logs)
     }
 
+    // MARK: One owner per data directory (DESIGN.md §4.7)
+
+    /// The serving node's agent is killed (SIGKILL): its server ends with it
+    /// instead of serving on, unknown to the agent started again, beside the
+    /// cluster's next server. The export is served and watched again and
+    /// the mount goes on with what it wrote before.
+    func testAKilledAgentsServerEndsWithItAndTheExportIsServedAgain() throws {
+        let cluster = try TwoNodeCluster(self)
+        let mount = try cluster.mount(self, "demo")
+        let server = try cluster.waitUntilReplicated("demo")
+        XCTAssertEqual(server.node, "a")
+        cluster.endServerAtTeardown(self, pid: server.pid)
+        let before = Data((0..<(1 << 20)).map { UInt8(truncatingIfNeeded: $0 &* 7) })
+        try before.write(to: URL(fileURLWithPath: mount.mountpoint + "/before"))
+        cluster.killAgent("a")
+        try waitUntilEnded(server.pid, timeout: 10, "the server outlived its agent; logs: \(cluster.logs)")
+        try cluster.startAgent("a")
+        let again = try cluster.waitUntilReplicated("demo")
+        XCTAssertNotEqual(again.pid, server.pid)
+        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: mount.mountpoint + "/before")), before)
+        let after = Data("written after the agent came back\n".utf8)
+        try after.write(to: URL(fileURLWithPath: mount.mountpoint + "/after"))
+        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: mount.mountpoint + "/after")), after)
+        try cluster.stopAllInStep("demo", unmounting: mount)
+        try cluster.assertSameFiles("demo")
+    }
+
+    /// A `baton serve` on a node's data directory that its agent did not
+    /// start (here by hand, standing in for one that outlived its agent) is
+    /// found by the agent when it starts, fenced, and the export served by
+    /// the agent's own server.
+    func testAnAgentThatStartsFencesAServerOfItsExportLeftRunning() throws {
+        let cluster = try TwoNodeCluster(self)
+        XCTAssertEqual(try cluster.waitUntilReplicated("demo").node, "a")
+        cluster.stopAll()
+        let port = try XCTUnwrap(cluster.exports.first { $0.name == "demo" }).port
+        let leftover = try ServerProcess(self, export: "demo", data: cluster.directory + "/a/demo",
+                                         listen: NodeAddress(host: cluster.agentAddresses["a"]!.host, port: port))
+        let pid = leftover.process.processIdentifier
+        try cluster.startAgent("a")
+        try cluster.startAgent("b")
+        let served = try cluster.waitUntilReplicated("demo")
+        XCTAssertEqual(served.node, "a", cluster.logs)
+        XCTAssertNotEqual(served.pid, pid)
+        try waitUntilEnded(pid, timeout: 10, "the leftover server was not fenced; logs: \(cluster.logs)")
+        leftover.process.waitUntilExit()
+        XCTAssertEqual(leftover.process.terminationReason, .uncaughtSignal)
+        XCTAssertEqual(leftover.process.terminationStatus, SIGKILL)
+        let fenced = cluster.logs.split(separator: "\n").filter { $0.contains("fenced an export server left running") }
+        XCTAssertEqual(fenced.count, 1, cluster.logs)
+        XCTAssertTrue(fenced.first?.contains("pid=\(pid)") == true && fenced.first?.contains("export=demo") == true
+                      && fenced.first?.contains("node=a") == true, cluster.logs)
+    }
+
     // MARK: On the network test bed (DESIGN.md §6, §9)
 
     /// The last two rows of DESIGN.md §6: the serving node loses both NICs.

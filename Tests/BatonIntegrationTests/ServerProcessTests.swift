@@ -249,3 +249,66 @@ final class ManagedAtomicCounter: @unchecked Sendable {
     var value: Int { lock.withLock { count } }
     func increment() { lock.withLock { count += 1 } }
 }
+
+// DESIGN.md §4.7, one owner: a data directory is open in one process at a
+// time, and a server an agent starts does not outlive the agent's pipe.
+extension ServerProcessTests {
+    /// A store refuses the directory of a running server, naming the
+    /// server's PID; the kernel frees it when the server is killed; a server
+    /// then refuses the directory this process holds, naming this PID.
+    func testADataDirectoryOpenInAnotherProcessIsRefusedNamingThatProcess() throws {
+        let data = try temporaryDirectory(self)
+        let server = try ServerProcess(self, export: "data", data: data)
+        XCTAssertThrowsError(try ExportStore(directory: data, exportName: "data", logger: testLogger)) { error in
+            guard case StoreError.inUse(_, let pid) = error else { return XCTFail("not refused as in use: \(error)") }
+            XCTAssertEqual(pid, server.process.processIdentifier)
+        }
+        server.kill9()
+        let store = try ExportStore(directory: data, exportName: "data", logger: testLogger)
+        XCTAssertThrowsError(try ServerProcess(self, export: "data", data: data)) { error in
+            let text = "\(error)"
+            XCTAssertTrue(text.contains("exit 2") && text.contains("\(data) is open in process \(getpid())"), text)
+        }
+        withExtendedLifetime(store) {}
+    }
+
+    /// The agent's pipe on the server's stdin: its end stops the server,
+    /// from the start (`--until-stdin-ends`) or once promoted
+    /// (`--await-promotion`, then 'go'), as when the agent is killed.
+    func testAServerEndsWhenItsAgentsPipeEnds() throws {
+        for mode in ["--until-stdin-ends", "--await-promotion"] {
+            let data = try temporaryDirectory(self)
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: BatonBinary.path)
+            process.arguments = ["serve", "--export", "data", "--data", data, "--listen", "127.0.0.1:0", mode]
+            let agentPipe = Pipe(), output = Pipe()
+            process.standardInput = agentPipe
+            process.standardOutput = output
+            let exited = DispatchSemaphore(value: 0)
+            process.terminationHandler = { _ in exited.signal() }
+            try process.run()
+            addTeardownBlock {
+                if process.isRunning {
+                    kill(process.processIdentifier, SIGKILL)
+                    process.waitUntilExit()
+                }
+            }
+            if mode == "--await-promotion" {
+                XCTAssertEqual(output.fileHandleForReading.readLine()?.hasPrefix("waiting "), true, mode)
+                try agentPipe.fileHandleForWriting.write(contentsOf: Data("go\n".utf8))
+            }
+            let line = output.fileHandleForReading.readLine()
+            guard let line, line.hasPrefix("listening "), let address = NodeAddress(String(line.dropFirst("listening ".count))) else {
+                return XCTFail("\(mode): the server did not start: \(line ?? "no output")")
+            }
+            // It serves while the pipe is open.
+            let connection = ServerConnection(configuration: .init(exportName: "data", addresses: [address]), logger: testLogger)
+            addTeardownBlock { connection.close() }
+            try connection.waitUntilConnected(timeout: .seconds(5))
+            guard case .attributes = connection.call(.getattr(rootInode)) else { return XCTFail("\(mode): getattr") }
+            try agentPipe.fileHandleForWriting.close()
+            XCTAssertEqual(exited.wait(timeout: .now() + 10), .success, "\(mode): the server outlived the end of its agent's pipe")
+            XCTAssertEqual(DataDirectoryLock.holder(of: data), .free, mode)
+        }
+    }
+}

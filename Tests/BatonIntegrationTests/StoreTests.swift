@@ -1,7 +1,8 @@
 // Goal: the data directory keeps acknowledged writes through what the disk
 // can do to it: a reboot that loses the page cache (immediate writes are
 // written again from the journal, and never over newer data), and a full
-// disk (a write is refused with ENOSPC and nothing else changes).
+// disk (a write is refused with ENOSPC and nothing else changes); and one
+// process at a time has it open (DESIGN.md §4.7).
 // Method: an ExportStore in this process on a scratch directory (or a small
 // tmpfs for the full disk); the page cache loss is simulated by zeroing the
 // data file and recording another boot.
@@ -88,6 +89,7 @@ final class StoreTests: XCTestCase {
         let reopened = try ExportStore(directory: directory, exportName: "x", logger: logger)
         XCTAssertEqual(reopened.journalHistory, JournalHistory(checkpoint: 6, epoch: 1))
         XCTAssertNotNil(reopened.filesChanged(after: 6))
+        reopened.close()
         try Data("another boot".utf8).write(to: URL(fileURLWithPath: directory + "/boot"))
         XCTAssertNil(try ExportStore(directory: directory, exportName: "x", logger: logger).filesChanged(after: 6),
                      "after a reboot the data files may lack writes the page cache held")
@@ -220,11 +222,12 @@ extension StoreTests {
         XCTAssertEqual(warm.filesTouched(after: 1), touched)
         _ = try warm.apply(.mkdir(parent: rootInode, name: FileName("later"), mode: 0o755, .root), session: 1, requestSequence: 100)
         let later = warm.withNamespace { $0 }
+        // Appends landed at increasing offsets: the journal says where, without replaying.
+        XCTAssertEqual(warm.withNamespace { $0.attributes(of: 2)?.size }, 20_000)
+        warm.close()
         let replayed = try ExportStore(directory: directory, exportName: "x", logger: logger)
         XCTAssertEqual(replayed.withNamespace { $0 }, later, "the journal goes on where the warm checkpoint said it ends")
         XCTAssertFalse(FileManager.default.fileExists(atPath: directory + "/checkpoint.warm"), "a warm checkpoint is used once")
-        // Appends landed at increasing offsets: the journal says where, without replaying.
-        XCTAssertEqual(warm.withNamespace { $0.attributes(of: 2)?.size }, 20_000)
     }
 }
 
@@ -245,5 +248,35 @@ extension StoreTests {
         }
         let reopened = try ExportStore(directory: directory, exportName: "x", logger: logger)
         XCTAssertEqual(reopened.withNamespace { $0 }, expected)
+    }
+}
+
+extension StoreTests {
+    /// DESIGN.md §4.7: a data directory is open in one process at a time. A
+    /// second open is refused naming the holder's PID (this process's own:
+    /// the lock belongs to the open, so a process cannot open it twice
+    /// either); once the first store closes, the directory opens again and
+    /// the closed store writes nothing more.
+    func testADataDirectoryHasOneOwnerAtATime() throws {
+        let directory = try temporaryDirectory(self)
+        let first = try ExportStore(directory: directory, exportName: "x", logger: logger)
+        _ = try first.apply(.mkdir(parent: rootInode, name: FileName("a"), mode: 0o755, .root), session: 1, requestSequence: 1)
+        XCTAssertEqual(try String(contentsOfFile: directory + "/lock", encoding: .utf8), "\(getpid())\n")
+        XCTAssertThrowsError(try ExportStore(directory: directory, exportName: "x", logger: logger)) { error in
+            guard case StoreError.inUse(let held, let pid) = error else { return XCTFail("not refused as in use: \(error)") }
+            XCTAssertEqual(held, directory)
+            XCTAssertEqual(pid, getpid())
+            XCTAssertTrue("\(error)".contains("\(directory) is open in process \(getpid())"), "\(error)")
+        }
+        XCTAssertEqual(DataDirectoryLock.holder(of: directory), .held(pid: getpid()))
+        first.close()
+        XCTAssertEqual(DataDirectoryLock.holder(of: directory), .free)
+        XCTAssertThrowsError(try first.apply(.mkdir(parent: rootInode, name: FileName("b"), mode: 0o755, .root),
+                                             session: 1, requestSequence: 2)) { error in
+            guard case StoreError.closed = error else { return XCTFail("a closed store wrote: \(error)") }
+        }
+        let second = try ExportStore(directory: directory, exportName: "x", logger: logger)
+        XCTAssertEqual(second.appliedSequence, first.appliedSequence)
+        XCTAssertEqual(DataDirectoryLock.holder(of: directory), .held(pid: getpid()))
     }
 }

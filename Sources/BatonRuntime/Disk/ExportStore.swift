@@ -15,6 +15,10 @@ public enum StoreError: Error, CustomStringConvertible, Sendable {
     /// A journal write failed after the mutation was applied in memory: the
     /// server must stop so that a restart replays the journal as it is on disk.
     case journalWriteFailed(SystemCallError)
+    /// Another process has the data directory open (DESIGN.md §4.7: one owner).
+    case inUse(directory: String, pid: Int32?)
+    /// The store gave its directory up (`close`) and takes no more mutations.
+    case closed(directory: String)
 
     /// Wraps what the disk threw; a StoreError passes through.
     init(_ error: any Error) {
@@ -36,6 +40,12 @@ public enum StoreError: Error, CustomStringConvertible, Sendable {
             "data directory \(directory) holds export '\(holds)', not '\(asked)'; use a directory of its own for each export"
         case .journalWriteFailed(let error):
             "journal write failed (\(error)); the server stops so that a restart replays what is on disk"
+        case .inUse(let directory, let pid):
+            "data directory \(directory) is open in process \(pid.map(String.init) ?? "(PID not yet written to \(DataDirectoryLock.path(in: directory)))"); "
+                + "one process at a time may open it. A 'baton serve' left running by an agent that died is fenced by this node's agent "
+                + "when it starts; any other process: see /proc/PID/cmdline, stop it, then retry"
+        case .closed(let directory):
+            "data directory \(directory) was given up to another process; this store takes no more mutations"
         }
     }
 }
@@ -50,6 +60,8 @@ public enum StoreError: Error, CustomStringConvertible, Sendable {
 ///     DIR/files/INO       the contents of regular file INO
 ///     DIR/files-unverified  after a reboot: the data files may lack writes
 ///                         the page cache held; as a standby, a full copy
+///     DIR/lock            held (flock) by the one process that has it open;
+///                         its PID as text (see `DataDirectoryLock`)
 ///
 /// Mutations come one at a time (the server serializes them); queries and reads may
 /// come from any thread and see the namespace under a read lock.
@@ -98,6 +110,9 @@ public final class ExportStore: @unchecked Sendable {
     private var history = JournalHistory(checkpoint: 0, epoch: 0)
     private var lastTouched: [InodeNumber: UInt64] = [:]
     private var touchesKnownFrom: UInt64 = 0
+    /// Held from the open until `close` or the end of the process.
+    private let ownership: DataDirectoryLock
+    private var closed = false
 
     private var journalDirectory: String { directory + "/journal" }
     private var checkpointPath: String { directory + "/checkpoint" }
@@ -113,6 +128,8 @@ public final class ExportStore: @unchecked Sendable {
         openStarted = ContinuousClock.now
         do {
             try Disk.makeDirectory(directory)
+            // Before anything is read: a second owner would replay a journal the first still writes.
+            ownership = try DataDirectoryLock(directory: directory)
             try Disk.makeDirectory(directory + "/journal")
             try Disk.makeDirectory(directory + "/files")
             let namePath = directory + "/export"
@@ -423,6 +440,7 @@ public final class ExportStore: @unchecked Sendable {
     /// A failure after the namespace changed throws
     /// `StoreError.journalWriteFailed`: the server must stop.
     public func apply(_ operation: Operation, session: UInt64, requestSequence: UInt64) throws -> Applied {
+        try ensureOpen()
         if case .write(let ino, let handle, let offset, let data) = operation {
             return try data.withUnsafeBytes {
                 try applyWrite(ino, handle: handle, offset: offset, data: $0, session: session, requestSequence: requestSequence)
@@ -480,6 +498,7 @@ public final class ExportStore: @unchecked Sendable {
     /// record: with the data (immediate) or with its byte count only (indirect).
     public func applyWrite(_ ino: InodeNumber, handle: UInt64, offset: UInt64, data: UnsafeRawBufferPointer,
                            session: UInt64, requestSequence: UInt64) throws -> Applied {
+        try ensureOpen()
         if let refusal = reserveJournalSpace() { return Applied(reply: refusal, record: nil) }
         let written: (target: UInt64, journaled: [UInt8])
         do {
@@ -500,6 +519,7 @@ public final class ExportStore: @unchecked Sendable {
     /// Applies a record from the active server, on the standby replica: the
     /// same steps as the server took, so both nodes compute the same namespace.
     public func applyReplicated(_ record: JournalRecord) throws -> Applied {
+        try ensureOpen()
         guard record.epoch >= epoch else { throw ReplicationError.staleEpoch(record: record.epoch, replica: epoch) }
         if record.epoch > epoch { try persistEpoch(record.epoch) }
         if let refusal = reserveJournalSpace() { throw ReplicationError.refused("\(refusal)") }
@@ -709,6 +729,23 @@ public final class ExportStore: @unchecked Sendable {
         precondition(newEpoch >= epoch, "epochs only grow")
         try Disk.writeAtomically(Array("\(newEpoch)\n".utf8), to: directory + "/epoch", directory: directory)
         epoch = newEpoch
+    }
+
+    /// Gives the data directory up: its lock is released at once, so that
+    /// another process may open it (the agent's replica, when it is promoted,
+    /// hands the directory to the new server). Explicit rather than left to
+    /// deinit, since a reference may linger on another thread; such a
+    /// reference can no longer write (`StoreError.closed`) beside the new owner.
+    public func close() {
+        lock.writing {
+            closed = true
+            ownership.release()
+        }
+    }
+
+    /// Before any data is written: a closed store is not the directory's owner any more.
+    private func ensureOpen() throws(StoreError) {
+        if lock.reading({ closed }) { throw .closed(directory: directory) }
     }
 
     /// Makes sure the current journal segment has room for a record; the
