@@ -430,7 +430,7 @@ public final class ExportStore: @unchecked Sendable {
         }
         // Most forgets are of inodes that still have names: nothing to record.
         if case .forget(let ino) = operation, !withNamespace({ $0.isOrphan(ino) }) { return Applied(reply: .done, record: nil) }
-        if let refusal = reserveJournalSpace() { return Applied(reply: refusal, record: nil) }
+        if let refusal = try reserveJournalSpace() { return Applied(reply: refusal, record: nil) }
         return try commit { [epoch] sequence in
             JournalRecord(sequence: sequence, epoch: epoch, time: .now(), session: session, requestSequence: requestSequence,
                           operation: operation)
@@ -442,7 +442,7 @@ public final class ExportStore: @unchecked Sendable {
     /// record: with the data (immediate) or with its byte count only (indirect).
     public func applyWrite(_ ino: InodeNumber, handle: UInt64, offset: UInt64, data: UnsafeRawBufferPointer,
                            session: UInt64, requestSequence: UInt64) throws -> Applied {
-        if let refusal = reserveJournalSpace() { return Applied(reply: refusal, record: nil) }
+        if let refusal = try reserveJournalSpace() { return Applied(reply: refusal, record: nil) }
         let written: (target: UInt64, journaled: [UInt8])
         do {
             written = try writeData(ino, handle: handle, offset: offset, data: data)
@@ -464,7 +464,7 @@ public final class ExportStore: @unchecked Sendable {
     public func applyReplicated(_ record: JournalRecord) throws -> Applied {
         guard record.epoch >= epoch else { throw ReplicationError.staleEpoch(record: record.epoch, replica: epoch) }
         if record.epoch > epoch { try persistEpoch(record.epoch) }
-        if let refusal = reserveJournalSpace() { throw ReplicationError.refused("\(refusal)") }
+        if let refusal = try reserveJournalSpace() { throw ReplicationError.refused("\(refusal)") }
         var operation = record.operation
         if case .write(let ino, let handle, let offset, let data) = record.operation {
             let written = try data.withUnsafeBytes { try writeData(ino, handle: handle, offset: offset, data: $0) }
@@ -643,9 +643,19 @@ public final class ExportStore: @unchecked Sendable {
     }
 
     /// Makes sure the current journal segment has room for a record; the
-    /// refusal to send when no new segment can be preallocated.
-    private func reserveJournalSpace() -> Reply? {
+    /// refusal to send when no new segment can be preallocated. Runs under
+    /// the caller's mutation lock, as the appends do.
+    private func reserveJournalSpace() throws -> Reply? {
         guard segmentOffset + Self.maxRecordBytes > limits.segmentBytes else { return nil }
+        // A later sync() flushes only the new segment: the records of this one
+        // (acknowledged, maybe answered to an fsync) go to disk first, or a power
+        // cut could leave a hole before records that are on disk, and replay
+        // would refuse the export. A failed flush may have lost them: stop.
+        do {
+            try segment.sync()
+        } catch {
+            throw StoreError.journalWriteFailed((error as? SystemCallError) ?? SystemCallError("fdatasync", path: segment.path, errno: EIO))
+        }
         do {
             try startSegment()
             return nil
@@ -763,6 +773,9 @@ final class DataFiles: @unchecked Sendable {
     private var unsynced: Set<InodeNumber> = []
     /// Written at all since the last checkpoint: a checkpoint flushes them.
     private var written: Set<InodeNumber> = []
+    /// A data file was created since the last sync: its name is durable only
+    /// once the directory is synced, and without it its synced data is lost too.
+    private var entriesUnsynced = false
 
     init(directory: String) { self.directory = directory }
 
@@ -826,8 +839,10 @@ final class DataFiles: @unchecked Sendable {
     private func file(_ ino: InodeNumber, create: Bool) throws -> OpenFile? {
         if let open = table.get(ino) { return open }
         let path = path(ino)
-        if !create && !Disk.exists(path) { return nil }
+        let exists = Disk.exists(path)
+        if !create && !exists { return nil }
         let open = try OpenFile(path: path, flags: O_RDWR | (create ? O_CREAT : 0))
+        if !exists { dirtyLock.withLock { entriesUnsynced = true } }
         table.put(ino, open)
         return open
     }
@@ -853,6 +868,18 @@ final class DataFiles: @unchecked Sendable {
             return unsynced
         }
         for ino in inodes.sorted() { try file(ino, create: false)?.sync() }
+        try syncEntries()
+    }
+
+    /// After the files' data: the names of the files created since the last sync.
+    private func syncEntries() throws {
+        guard dirtyLock.withLock({ () -> Bool in defer { entriesUnsynced = false }; return entriesUnsynced }) else { return }
+        do {
+            try Disk.syncDirectory(directory)
+        } catch {
+            dirtyLock.withLock { entriesUnsynced = true }
+            throw error
+        }
     }
 
     /// Starts writing back every file written since the last checkpoint,
@@ -875,6 +902,7 @@ final class DataFiles: @unchecked Sendable {
             return written
         }
         for ino in inodes.sorted() { try file(ino, create: false)?.sync() }
+        try syncEntries()
     }
 }
 

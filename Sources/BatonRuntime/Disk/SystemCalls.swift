@@ -36,6 +36,7 @@ public enum DiskOperation: Sendable {
     case rename(from: String, to: String)
     case remove(path: String)
     case makeDirectory(path: String)
+    case removeDirectory(path: String)
 }
 
 /// Sees every change to the data directory, in order, after it succeeded.
@@ -169,6 +170,19 @@ public enum Disk {
         } else if errno != ENOENT {
             throw SystemCallError("unlink", path: path)
         }
+    }
+
+    /// Removes a directory and everything in it (nothing is left open in it).
+    public static func removeTree(_ path: String) throws {
+        var st = stat()
+        guard lstat(path, &st) == 0 else {
+            if errno == ENOENT { return }
+            throw SystemCallError("lstat", path: path)
+        }
+        guard st.st_mode & S_IFMT == S_IFDIR else { return try remove(path) }
+        for name in try list(path) { try removeTree(path + "/" + name) }
+        guard rmdir(path) == 0 else { throw SystemCallError("rmdir", path: path) }
+        recorder?.record(.removeDirectory(path: path))
     }
 
     public static func rename(_ from: String, to: String) throws {
