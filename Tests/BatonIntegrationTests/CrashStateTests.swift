@@ -349,4 +349,68 @@ final class CrashStateTests: XCTestCase {
         }
         print("crash states: \(checked) checked in \(ContinuousClock.now - started) (seed \(seed))")
     }
+
+    /// A standby acknowledges a catch-up copy once it is installed: a power
+    /// cut right after must leave the copy, not the old replica or half of each.
+    func testAnInstalledCatchUpCopyIsDurable() throws {
+        for partial in [false, true] {
+            let root = try temporaryDirectory(self, "copy\(partial)")
+            // The server's export: a large (indirect) and a small write.
+            let server = try ExportStore(directory: root + "/server", exportName: "crash", logger: logger)
+            let file = try createFile(server, "a")
+            try write(server, file, [UInt8](repeating: 0xA5, count: 200 * 1024), at: 0)
+            try write(server, file, [UInt8](repeating: 0x5A, count: 100), at: 300 * 1024)
+            // The data directory exists before the run (the store does not sync its parent: README, Power loss).
+            let node = root + "/node/data"
+            try FileManager.default.createDirectory(atPath: node, withIntermediateDirectories: true)
+            let log = DiskLog(root: node)
+            try log.recording {
+                // The standby's replica, one record behind and with other data.
+                let replica = try ExportStore(directory: node, exportName: "crash", logger: logger)
+                try write(replica, try createFile(replica, "a"), [UInt8](repeating: 1, count: 4096), at: 0)
+                try replica.sync()
+                // The copy arrives as the agent writes it (NodeAgent, snapshotData).
+                let incoming = node + "/incoming"
+                try Disk.makeDirectory(incoming)
+                try Disk.makeDirectory(incoming + "/files")
+                var contents = [UInt8](repeating: 0, count: 300 * 1024 + 100)
+                _ = try contents.withUnsafeMutableBytes { try server.read(file, offset: 0, into: $0) }
+                try OpenFile(path: incoming + "/files/" + String(file, radix: 16), flags: O_WRONLY | O_CREAT).write(contents, at: 0)
+                try OpenFile(path: incoming + "/checkpoint", flags: O_WRONLY | O_CREAT).write(server.withNamespace { $0.checkpoint() }, at: 0)
+                try CatchUpCopy.install(from: incoming, into: node, partial: partial, epoch: 2)
+            }
+            // The power cut right after: only what was synced is there.
+            var disk = CrashDisk(root: node)
+            for operation in log.operations { disk.apply(operation) }
+            var random = SeededRandom(seed: 1)
+            let target = root + "/state"
+            try FileManager.default.createDirectory(atPath: target, withIntermediateDirectories: false)
+            let choice = disk.choose(.syncedOnly, using: &random)
+            try disk.materialise(choice, into: target)
+            try Data("the boot after the power cut".utf8).write(to: URL(fileURLWithPath: target + "/boot"))
+            let store = try ExportStore(directory: target, exportName: "crash", logger: logger)
+            let kind = partial ? "partial" : "full"
+            XCTAssertEqual(store.epoch, 2, "\(kind) copy: the epoch it was installed at")
+            XCTAssertEqual(store.appliedSequence, server.appliedSequence, "\(kind) copy: the copy's checkpoint\n\(disk.describe(choice))")
+            var found = [UInt8](repeating: 0xEE, count: 300 * 1024 + 100)
+            var expected = found
+            _ = try found.withUnsafeMutableBytes { try store.read(file, offset: 0, into: $0) }
+            _ = try expected.withUnsafeMutableBytes { try server.read(file, offset: 0, into: $0) }
+            XCTAssertTrue(found == expected, "\(kind) copy: the file's data\n\(disk.describe(choice))")
+        }
+    }
+
+    private func createFile(_ store: ExportStore, _ name: String) throws -> InodeNumber {
+        guard case .created(let attributes, _) = try store.apply(
+            .create(parent: rootInode, name: FileName(name), mode: 0o644, flags: OpenFlags.readWrite, .root),
+            session: 1, requestSequence: 1).reply else { throw TestError("create \(name)") }
+        return attributes.inode
+    }
+
+    private func write(_ store: ExportStore, _ ino: InodeNumber, _ bytes: [UInt8], at offset: UInt64) throws {
+        let reply = try bytes.withUnsafeBytes {
+            try store.applyWrite(ino, handle: 1, offset: offset, data: $0, session: 1, requestSequence: UInt64.random(in: 2...UInt64.max))
+        }.reply
+        guard reply == .written(count: UInt32(bytes.count)) else { throw TestError("write: \(reply)") }
+    }
 }
