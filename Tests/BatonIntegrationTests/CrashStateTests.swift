@@ -24,10 +24,12 @@
 // adds where POSIX says nothing:
 // - fdatasync/fsync of a file makes its data and size durable (writes into
 //   a preallocated region too); nothing else does.
-// - Until then the kernel may have written back any subset of the file's
-//   dirty 4 KiB pages, each as it was at some moment since the sync (a page
-//   is written whole; pages independently), and its size (ftruncate,
-//   fallocate, appends) as it was at any such moment.
+// - Until then the kernel may have written back the file's dirty 4 KiB
+//   pages as they were at some moment since the sync, the next write torn
+//   at a page boundary, and its size (ftruncate, fallocate, appends) as it
+//   was at any such moment. BATON_CRASH_PAGE_ORDER=any lets each page be
+//   from any moment, independently (pages reaching the disk out of order):
+//   the journal does not survive that yet (README, Power loss).
 // - fsync of a directory makes its entries durable. Until then each
 //   creation, unlink, mkdir and rename in it may or may not have happened; a
 //   rename moves its file atomically (old name or new, never neither) and
