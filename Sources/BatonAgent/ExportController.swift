@@ -678,7 +678,8 @@ final class ExportController: @unchecked Sendable {
     func replicaSync(_ sequence: UInt64, channel: Channel) -> Message {
         guard let store = replicaStore(channel) else { return .refused(.notActive, detail: "not the standby") }
         do {
-            try store.sync()
+            // Under `applyLock`: a record being applied may switch the journal to a new segment.
+            try applyLock.withLock { try store.sync() }
             return .replicaSynced(sequence: sequence)
         } catch {
             return .refused(.notActive, detail: "\(error)")
@@ -722,22 +723,8 @@ final class ExportController: @unchecked Sendable {
         }
         let kind = partial ? "partial" : "full"
         do {
-            let fileManager = FileManager.default
-            if partial {
-                let files = try fileManager.contentsOfDirectory(atPath: incoming + "/files")
-                for name in files { try Disk.rename(incoming + "/files/" + name, to: directory + "/files/" + name) }
-                // The journal before the checkpoint: a crash before the new checkpoint is in place
-                // leaves the old checkpoint alone, from which the next catch-up starts.
-                for name in ["journal", "checkpoint.warm"] { _ = try? fileManager.removeItem(atPath: directory + "/" + name) }
-            } else {
-                for name in ["checkpoint", "journal", "files", "epoch", "checkpoint.warm", "files-unverified"] {
-                    _ = try? fileManager.removeItem(atPath: directory + "/" + name)
-                }
-                try fileManager.moveItem(atPath: incoming + "/files", toPath: directory + "/files")
-            }
-            try Disk.rename(incoming + "/checkpoint", to: directory + "/checkpoint")
-            try Disk.writeAtomically(Array("\(epoch)\n".utf8), to: directory + "/epoch", directory: directory)
-            try? fileManager.removeItem(atPath: incoming)
+            try CatchUpCopy.install(from: incoming, into: directory, partial: partial, epoch: epoch)
+            try? FileManager.default.removeItem(atPath: incoming)
             // One owner (DESIGN.md §4.7), this process included: the old replica lets go first.
             old.close()
             let store = try ExportStore(directory: directory, exportName: export.name, logger: logger)

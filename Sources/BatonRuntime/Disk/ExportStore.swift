@@ -448,7 +448,7 @@ public final class ExportStore: @unchecked Sendable {
         }
         // Most forgets are of inodes that still have names: nothing to record.
         if case .forget(let ino) = operation, !withNamespace({ $0.isOrphan(ino) }) { return Applied(reply: .done, record: nil) }
-        if let refusal = reserveJournalSpace() { return Applied(reply: refusal, record: nil) }
+        if let refusal = try reserveJournalSpace() { return Applied(reply: refusal, record: nil) }
         let grown: GrownDataFile?
         switch growDataFileFirst(operation) {
         case .success(let result): grown = result
@@ -499,7 +499,7 @@ public final class ExportStore: @unchecked Sendable {
     public func applyWrite(_ ino: InodeNumber, handle: UInt64, offset: UInt64, data: UnsafeRawBufferPointer,
                            session: UInt64, requestSequence: UInt64) throws -> Applied {
         try ensureOpen()
-        if let refusal = reserveJournalSpace() { return Applied(reply: refusal, record: nil) }
+        if let refusal = try reserveJournalSpace() { return Applied(reply: refusal, record: nil) }
         let written: (target: UInt64, journaled: [UInt8])
         do {
             written = try writeData(ino, handle: handle, offset: offset, data: data)
@@ -522,7 +522,7 @@ public final class ExportStore: @unchecked Sendable {
         try ensureOpen()
         guard record.epoch >= epoch else { throw ReplicationError.staleEpoch(record: record.epoch, replica: epoch) }
         if record.epoch > epoch { try persistEpoch(record.epoch) }
-        if let refusal = reserveJournalSpace() { throw ReplicationError.refused("\(refusal)") }
+        if let refusal = try reserveJournalSpace() { throw ReplicationError.refused("\(refusal)") }
         if case .failure(let errno) = growDataFileFirst(record.operation) {
             throw ReplicationError.refused("record \(record.sequence): this node's file system cannot carry out its size change (\(errno))")
         }
@@ -749,9 +749,19 @@ public final class ExportStore: @unchecked Sendable {
     }
 
     /// Makes sure the current journal segment has room for a record; the
-    /// refusal to send when no new segment can be preallocated.
-    private func reserveJournalSpace() -> Reply? {
+    /// refusal to send when no new segment can be preallocated. Runs under
+    /// the caller's mutation lock, as the appends do.
+    private func reserveJournalSpace() throws -> Reply? {
         guard segmentOffset + Self.maxRecordBytes > limits.segmentBytes else { return nil }
+        // A later sync() flushes only the new segment: the records of this one
+        // (acknowledged, maybe answered to an fsync) go to disk first, or a power
+        // cut could leave a hole before records that are on disk, and replay
+        // would refuse the export. A failed flush may have lost them: stop.
+        do {
+            try segment.sync()
+        } catch {
+            throw StoreError.journalWriteFailed((error as? SystemCallError) ?? SystemCallError("fdatasync", path: segment.path, errno: EIO))
+        }
         do {
             try startSegment()
             return nil
@@ -909,6 +919,9 @@ final class DataFiles: @unchecked Sendable {
     private var unsynced: Set<InodeNumber> = []
     /// Written at all since the last checkpoint: a checkpoint flushes them.
     private var written: Set<InodeNumber> = []
+    /// A data file was created since the last sync: its name is durable only
+    /// once the directory is synced, and without it its synced data is lost too.
+    private var entriesUnsynced = false
 
     init(directory: String) { self.directory = directory }
 
@@ -976,8 +989,10 @@ final class DataFiles: @unchecked Sendable {
     private func file(_ ino: InodeNumber, create: Bool) throws -> OpenFile? {
         if let open = table.get(ino) { return open }
         let path = path(ino)
-        if !create && !Disk.exists(path) { return nil }
+        let exists = Disk.exists(path)
+        if !create && !exists { return nil }
         let open = try OpenFile(path: path, flags: O_RDWR | (create ? O_CREAT : 0))
+        if !exists { dirtyLock.withLock { entriesUnsynced = true } }
         table.put(ino, open)
         return open
     }
@@ -1003,6 +1018,18 @@ final class DataFiles: @unchecked Sendable {
             return unsynced
         }
         try sync(inodes) { unsynced.formUnion($0) }
+        try syncEntries()
+    }
+
+    /// After the files' data: the names of the files created since the last sync.
+    private func syncEntries() throws {
+        guard dirtyLock.withLock({ () -> Bool in defer { entriesUnsynced = false }; return entriesUnsynced }) else { return }
+        do {
+            try Disk.syncDirectory(directory)
+        } catch {
+            dirtyLock.withLock { entriesUnsynced = true }
+            throw error
+        }
     }
 
     /// Syncs `inodes`. On a failure the files not known to be on disk are
@@ -1044,6 +1071,7 @@ final class DataFiles: @unchecked Sendable {
             written.formUnion(left)
             unsynced.formUnion(left)
         }
+        try syncEntries()
     }
 }
 

@@ -19,6 +19,33 @@ public struct SystemCallError: Error, CustomStringConvertible, Sendable {
     public var description: String { "\(operation) \(path): \(String(cString: strerror(errno))) (errno \(errno))" }
 }
 
+/// A change to the data directory as it passes the system call seam, for a
+/// crash-consistency test that rebuilds the states a power cut could leave
+/// (the test kit in Tests/BatonIntegrationTests/CrashKit.swift). Paths are
+/// as the store names them; an operation on an open file names the path it
+/// was opened at.
+public enum DiskOperation: Sendable {
+    /// An open that may create the file (O_CREAT), and whether it truncated it (O_TRUNC).
+    case open(path: String, created: Bool, truncated: Bool)
+    case write(path: String, offset: UInt64, bytes: [UInt8])
+    case truncate(path: String, size: UInt64)
+    /// posix_fallocate from 0: the file is at least this long.
+    case preallocate(path: String, bytes: UInt64)
+    /// fdatasync or fsync of a file, or fsync of a directory (its entries).
+    case sync(path: String)
+    case rename(from: String, to: String)
+    case remove(path: String)
+    case makeDirectory(path: String)
+    case removeDirectory(path: String)
+}
+
+/// Sees every change to the data directory, in order, after it succeeded.
+/// Set only by tests (`Disk.recorder`); production never sets it, and each
+/// call then costs one load of a nil reference.
+public protocol DiskRecorder: AnyObject, Sendable {
+    func record(_ operation: DiskOperation)
+}
+
 /// An open file descriptor that closes itself when the last user lets go of
 /// it, so a read running on another thread never finds its descriptor closed
 /// or reused under it.
@@ -27,16 +54,25 @@ public final class OpenFile: @unchecked Sendable {
     public let path: String
 
     public init(path: String, flags: Int32, mode: mode_t = 0o600) throws {
+        let recorder = Disk.recorder
+        let existed = recorder != nil && Disk.exists(path)
         let fd = Glibc.open(path, flags | O_CLOEXEC, mode)
         guard fd >= 0 else { throw SystemCallError("open", path: path) }
         self.descriptor = fd
         self.path = path
+        let created = flags & O_CREAT != 0 && !existed
+        if let recorder, created || flags & O_TRUNC != 0 {
+            recorder.record(.open(path: path, created: created, truncated: flags & O_TRUNC != 0))
+        }
     }
 
     deinit { Glibc.close(descriptor) }
 
     /// Writes all of `bytes` at `offset` (pwrite) or at the end (write) when offset is nil.
     public func write(_ bytes: UnsafeRawBufferPointer, at offset: UInt64? = nil) throws {
+        // The recorder needs where an append lands.
+        let recorder = Disk.recorder
+        let start = recorder == nil ? 0 : offset ?? UInt64(max(0, lseek(descriptor, 0, SEEK_CUR)))
         var done = 0
         while done < bytes.count {
             let base = bytes.baseAddress! + done
@@ -48,6 +84,7 @@ public final class OpenFile: @unchecked Sendable {
             }
             done += result
         }
+        recorder?.record(.write(path: path, offset: start, bytes: Array(bytes)))
     }
 
     public func write(_ bytes: [UInt8], at offset: UInt64? = nil) throws {
@@ -71,12 +108,14 @@ public final class OpenFile: @unchecked Sendable {
 
     public func truncate(to size: UInt64) throws {
         guard ftruncate(descriptor, off_t(size)) == 0 else { throw SystemCallError("ftruncate", path: path) }
+        Disk.recorder?.record(.truncate(path: path, size: size))
     }
 
     /// Reserves disk space so that later writes inside it cannot fail for lack of space.
     public func preallocate(bytes: Int) throws {
         let result = posix_fallocate(descriptor, 0, off_t(bytes))
         guard result == 0 else { throw SystemCallError("fallocate", path: path, errno: result) }
+        Disk.recorder?.record(.preallocate(path: path, bytes: UInt64(bytes)))
     }
 
     public func sync(dataOnly: Bool = true) throws {
@@ -85,6 +124,7 @@ public final class OpenFile: @unchecked Sendable {
         }
         let result = dataOnly ? fdatasync(descriptor) : fsync(descriptor)
         guard result == 0 else { throw SystemCallError(dataOnly ? "fdatasync" : "fsync", path: path) }
+        Disk.recorder?.record(.sync(path: path))
     }
 
     public func size() throws -> UInt64 {
@@ -113,18 +153,44 @@ public final class OpenFile: @unchecked Sendable {
 
 /// Directory helpers for the data directory.
 public enum Disk {
+    /// Tests only (see `DiskRecorder`). Set before the store under test
+    /// opens and cleared after, while no other store in the process runs.
+    nonisolated(unsafe) public static var recorder: (any DiskRecorder)?
+
     public static func makeDirectory(_ path: String) throws {
-        if mkdir(path, 0o700) != 0 && errno != EEXIST { throw SystemCallError("mkdir", path: path) }
+        if mkdir(path, 0o700) == 0 {
+            recorder?.record(.makeDirectory(path: path))
+        } else if errno != EEXIST {
+            throw SystemCallError("mkdir", path: path)
+        }
     }
 
     public static func exists(_ path: String) -> Bool { access(path, F_OK) == 0 }
 
     public static func remove(_ path: String) throws {
-        if unlink(path) != 0 && errno != ENOENT { throw SystemCallError("unlink", path: path) }
+        if unlink(path) == 0 {
+            recorder?.record(.remove(path: path))
+        } else if errno != ENOENT {
+            throw SystemCallError("unlink", path: path)
+        }
+    }
+
+    /// Removes a directory and everything in it (nothing is left open in it).
+    public static func removeTree(_ path: String) throws {
+        var st = stat()
+        guard lstat(path, &st) == 0 else {
+            if errno == ENOENT { return }
+            throw SystemCallError("lstat", path: path)
+        }
+        guard st.st_mode & S_IFMT == S_IFDIR else { return try remove(path) }
+        for name in try list(path) { try removeTree(path + "/" + name) }
+        guard rmdir(path) == 0 else { throw SystemCallError("rmdir", path: path) }
+        recorder?.record(.removeDirectory(path: path))
     }
 
     public static func rename(_ from: String, to: String) throws {
         guard Glibc.rename(from, to) == 0 else { throw SystemCallError("rename to \(to)", path: from) }
+        recorder?.record(.rename(from: from, to: to))
     }
 
     /// Makes a directory's entries (creations, renames) durable.
