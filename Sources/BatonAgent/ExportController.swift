@@ -658,9 +658,16 @@ final class ExportController: @unchecked Sendable {
             do {
                 _ = try store.applyReplicated(record)
                 return .replicated(sequence: record.sequence)
-            } catch {
+            } catch let error as ReplicationError {
                 logger.warning("replicated record refused", metadata: ["export": "\(export.name)", "error": "\(error)"])
-                return .refused(.staleEpoch, detail: "\(error)")
+                if case .staleEpoch = error { return .refused(.staleEpoch, detail: "\(error)") }
+                return .refused(.replicaFailed, detail: "\(error)")
+            } catch {
+                logger.critical("the standby replica cannot keep records: the server goes on without it", metadata: [
+                    "export": "\(export.name)", "node": "\(agent.me.name)", "error": "\(error)",
+                    "action": "fix the disk under \(directory); the replica catches up once it can",
+                ])
+                return .refused(.replicaFailed, detail: "\(agent.me.name): \(error)")
             }
         }
         if case .replicated = answer, lock.withLock({ watchOnceApplied != nil }) { startMonitorIfInStep() }
@@ -682,7 +689,11 @@ final class ExportController: @unchecked Sendable {
             try applyLock.withLock { try store.sync() }
             return .replicaSynced(sequence: sequence)
         } catch {
-            return .refused(.notActive, detail: "\(error)")
+            logger.critical("the standby replica cannot make records durable: the server goes on without it", metadata: [
+                "export": "\(export.name)", "node": "\(agent.me.name)", "error": "\(error)",
+                "action": "fix the disk under \(directory); the replica catches up once it can",
+            ])
+            return .refused(.replicaFailed, detail: "\(agent.me.name): \(error)")
         }
     }
 

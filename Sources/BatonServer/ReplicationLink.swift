@@ -507,6 +507,21 @@ final class ReplicationLink: @unchecked Sendable {
         ])
     }
 
+    /// The standby says it cannot keep records (its disk failed): replies do
+    /// not wait for it any more, so a failed standby costs writes one round
+    /// trip, not a freeze. It is reachable and knows it is behind: it cannot
+    /// take over meanwhile (the session ends, and it watches again only after
+    /// `repliesWait`). Its next session catches it up.
+    fileprivate func standbyFailed(_ channel: Channel, detail: String) {
+        lost(channel, reason: "the standby cannot keep records: \(detail)")
+        guard !state.withLockedValue(\.alone) else { return }
+        logger.critical("the standby failed: answering without it", metadata: [
+            "export": "\(store.exportName)", "standby": "\(configuration.agent)", "detail": "\(detail)",
+            "action": "fix the standby's disk; until it catches up, acknowledged writes are on this node only",
+        ])
+        goAlone()
+    }
+
     fileprivate func lost(_ channel: Channel, reason: String) {
         // Called for a refusal and again when the channel closes: retry once.
         let wasCurrent = state.withLockedValue { state -> Bool in
@@ -537,6 +552,9 @@ private final class StandbyHandler: ChannelInboundHandler, @unchecked Sendable {
         case .filesChanged(let inodes): link.filesChanged(inodes)
         case .replicated(let sequence): link.acknowledged(sequence, durable: false)
         case .replicaSynced(let sequence): link.acknowledged(sequence, durable: true)
+        case .refused(.replicaFailed, let detail):
+            link.standbyFailed(context.channel, detail: detail)
+            context.close(promise: nil)
         case .refused(let refusal, let detail):
             link.lost(context.channel, reason: "refused (\(refusal)): \(detail)")
             context.close(promise: nil)

@@ -18,9 +18,13 @@ final class TwoNodeCluster {
     let agentAddresses: [String: NodeAddress]
     let bed: TestBed?
 
+    /// Extra environment of each node's agent (and so of its servers), e.g. disk faults.
+    let agentEnvironment: [String: [String: String]]
+
     init(_ test: XCTestCase, exports names: [String] = ["demo"], replication: String = "sync", bed: TestBed? = nil,
-         name: String = #function) throws {
+         agentEnvironment: [String: [String: String]] = [:], name: String = #function) throws {
         directory = try temporaryDirectory(test, name)
+        self.agentEnvironment = agentEnvironment
         self.bed = bed
         let ports = try freePorts(2 + names.count)
         exports = names.enumerated().map { ($0.element, ports[2 + $0.offset]) }
@@ -65,6 +69,9 @@ final class TwoNodeCluster {
                                                    ["agent", "--config", configPath, "--node", node])
         process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = arguments
+        if let extra = agentEnvironment[node] {
+            process.environment = ProcessInfo.processInfo.environment.merging(extra) { $1 }
+        }
         let log = directory + "/\(node).log"
         if !FileManager.default.fileExists(atPath: log) { _ = FileManager.default.createFile(atPath: log, contents: nil) }
         let handle = try FileHandle(forWritingTo: URL(fileURLWithPath: log))

@@ -45,6 +45,88 @@ final class ClusterTests: XCTestCase {
         try cluster.assertSameFiles("demo")
     }
 
+    /// Ends both nodes as a power cut of the site would, with b's agent
+    /// frozen first so that neither sees the other go: a served with b in step.
+    private func stopBothAtOnce(_ cluster: TwoNodeCluster) {
+        guard let b = cluster.agents["b"] else { return }
+        kill(b.processIdentifier, SIGSTOP)
+        cluster.killAgent("a")
+        cluster.killAgent("b")
+    }
+
+    /// Waits until `baton status` says a node waits for its peer before it serves `export`.
+    private func waitUntilWaitingForThePeer(_ cluster: TwoNodeCluster, _ export: String, timeout: TimeInterval = 20) throws -> [String: Any] {
+        let deadline = Date().addingTimeInterval(timeout)
+        while Date() < deadline {
+            if let waiting = try? cluster.status()[export]?["waiting"] as? [String: Any] { return waiting }
+            usleep(100_000)
+        }
+        throw TestError("no node waits for its peer before serving \(export) within \(timeout) s: \(cluster.logs)")
+    }
+
+    /// Issue 13 (DESIGN.md §4.7): a node that starts without hearing its
+    /// peer served its last copy, though the peer may have taken over since.
+    /// It serves only when it can show that its copy is the newest: here a
+    /// served last with b in step, so a waits and says why, and serves once
+    /// b answers. Then a answers without b (b's agent is gone): its copy is
+    /// the newest, and a start of a alone serves at once.
+    func testANodeThatStartsWithoutItsPeerServesOnlyWhenItHoldsTheNewestCopy() throws {
+        let cluster = try TwoNodeCluster(self)
+        try cluster.waitUntilReplicated("demo")
+        stopBothAtOnce(cluster)
+        try cluster.startAgent("a")
+        let waiting = try waitUntilWaitingForThePeer(cluster, "demo")
+        XCTAssertEqual(waiting["node"] as? String, "a")
+        XCTAssertNil(try cluster.server("demo"), "a serves while it waits for its peer")
+        let table = try cluster.admin(["status"]).output
+        XCTAssertTrue(table.contains("a waits for its peer before serving") && table.contains("baton force-serve demo --node a"), table)
+        XCTAssertTrue(cluster.logs.contains("waiting for the peer"), cluster.logs)
+        try cluster.startAgent("b")
+        try cluster.waitUntilReplicated("demo")
+        XCTAssertEqual(try cluster.server("demo")?.node, "a")
+
+        cluster.killAgent("b")
+        let deadline = Date().addingTimeInterval(20)
+        while !cluster.logs.contains("answering without a standby"), Date() < deadline { usleep(50_000) }
+        XCTAssertTrue(cluster.logs.contains("answering without a standby"), cluster.logs)
+        cluster.killAgent("a")
+        try cluster.startAgent("a")
+        try cluster.waitUntilServed("demo", on: "a")
+    }
+
+    /// An admin can make a waiting node serve its copy without the peer,
+    /// told what is lost.
+    func testForceServeServesTheCopyOfANodeThatWaitsForItsPeer() throws {
+        let cluster = try TwoNodeCluster(self)
+        try cluster.waitUntilReplicated("demo")
+        stopBothAtOnce(cluster)
+        try cluster.startAgent("a")
+        _ = try waitUntilWaitingForThePeer(cluster, "demo")
+        let forced = try cluster.admin(["force-serve", "demo", "--node", "a"])
+        XCTAssertEqual(forced.status, 0, forced.output)
+        XCTAssertTrue(forced.output.contains("writes made on b after this node last served it are lost"), forced.output)
+        try cluster.waitUntilServed("demo", on: "a")
+        XCTAssertTrue(cluster.logs.contains("forced by an admin"), cluster.logs)
+        let again = try cluster.admin(["force-serve", "demo", "--node", "a"])
+        XCTAssertNotEqual(again.status, 0, "a second force-serve of a served export succeeded")
+    }
+
+    /// Issue 13: a standby whose disk failed froze every fsync in sync mode
+    /// (the server waited for it for good). The standby says it cannot keep
+    /// records, and the server goes on without it, loudly; nothing fails over.
+    func testAStandbyWhoseDiskFailsDoesNotFreezeTheServersWrites() throws {
+        let cluster = try TwoNodeCluster(self, agentEnvironment: ["b": [DiskFaults.environmentVariable: "sync-eio=/journal/"]])
+        let mount = try cluster.mount(self, "demo")
+        let before = try XCTUnwrap(try cluster.server("demo"))
+        let dd = try runCommand("/bin/dd", ["if=/dev/urandom", "of=\(mount.mountpoint)/f", "bs=64k", "count=16", "conv=fsync"])
+        XCTAssertEqual(dd.status, 0, dd.output)
+        XCTAssertTrue(cluster.logs.contains("the standby failed: answering without it"), cluster.logs)
+        XCTAssertTrue(cluster.logs.contains("the standby replica cannot make records durable"), cluster.logs)
+        let after = try XCTUnwrap(try cluster.server("demo"))
+        XCTAssertEqual(after.node, before.node)
+        XCTAssertEqual(after.epoch, before.epoch, "a failed standby disk failed the server over")
+    }
+
     func testStalledServerFailsOverAndFioVerifies() throws {
         let cluster = try TwoNodeCluster(self)
         let mount = try cluster.mount(self, "demo")

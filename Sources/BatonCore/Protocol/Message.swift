@@ -85,6 +85,9 @@ public enum Refusal: UInt8, Hashable, Sendable {
     case unauthenticated
     /// A replica refuses records of an epoch older than its own (DESIGN.md §4.2).
     case staleEpoch
+    /// A replica cannot keep records (its disk failed): the server goes on
+    /// without it rather than wait for it (DESIGN.md §4.6).
+    case replicaFailed
 }
 
 /// What an agent is asked to do.
