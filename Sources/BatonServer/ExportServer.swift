@@ -5,6 +5,10 @@ import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// The export server (`baton serve`): owns one export's namespace while
 /// active. Requests are answered on the network thread that read them:
 /// queries and reads under the namespace's read lock, mutations one at a time
@@ -29,17 +33,20 @@ public final class ExportServer: @unchecked Sendable {
     /// The monitor's challenges are answered with this secret (nil: no monitor).
     private let secret: [UInt8]?
     private let replication: ReplicationLink?
+    let admission: ConnectionAdmission
     static let heartbeatInterval = TimeAmount.milliseconds(100)
 
     public static let defaultStallLimit = TimeAmount.seconds(10)
 
     public init(exportName: String, store: ExportStore, secret: [UInt8]? = nil, standby: StandbyConfiguration? = nil,
-                stallLimit: TimeAmount = defaultStallLimit, logger: Logger) {
+                stallLimit: TimeAmount = defaultStallLimit, connectionLimits: ConnectionAdmission.Limits = .init(),
+                logger: Logger) {
         self.exportName = exportName
         self.store = store
         self.logger = logger
         self.secret = secret
         self.stallLimit = stallLimit
+        self.admission = ConnectionAdmission(limits: connectionLimits, exportName: exportName, logger: logger)
         self.network = MultiThreadedEventLoopGroup(numberOfThreads: 2)
         let mutations = MutationPath()
         self.mutations = mutations
@@ -109,6 +116,13 @@ public final class ExportServer: @unchecked Sendable {
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 4096, initial: 65536, maximum: 1 << 20))
+            .childChannelOption(.writeBufferWaterMark, value: .init(low: admission.limits.resumeBelowBytes,
+                                                                     high: admission.limits.maxUnsentBytes))
+            // A client machine that vanished is found within about two minutes.
+            .childChannelOption(.socketOption(.so_keepalive), value: 1)
+            .childChannelOption(ChannelOptions.Types.SocketOption(level: .tcp, name: .init(rawValue: TCP_KEEPIDLE)), value: 60)
+            .childChannelOption(ChannelOptions.Types.SocketOption(level: .tcp, name: .init(rawValue: TCP_KEEPINTVL)), value: 10)
+            .childChannelOption(ChannelOptions.Types.SocketOption(level: .tcp, name: .init(rawValue: TCP_KEEPCNT)), value: 6)
             .childChannelInitializer { [self] channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(RequestDecoder()))
@@ -348,15 +362,58 @@ final class ClientConnectionHandler: ChannelInboundHandler, @unchecked Sendable 
 
     private let server: ExportServer
     private var session: UInt64?
+    private var welcomed = false
     private var heartbeating = false
     /// This connection's mutations keep their order (see `MutationPath`).
     private let order = MutationPath.Order()
+    /// Requests read while the client did not read its answers: handled once
+    /// it does. Reading stops meanwhile, so these are at most one read's worth.
+    private var held: [InboundRequest] = []
+    private var helloDeadline: Scheduled<Void>?
 
     init(server: ExportServer) { self.server = server }
 
+    func channelActive(context: ChannelHandlerContext) {
+        let channel = context.channel
+        server.admission.accepted(channel)
+        helloDeadline = context.eventLoop.scheduleTask(in: server.admission.limits.helloTimeout) { [server] in
+            server.admission.logHit("hello", "a connection said no hello in time: closing it", [
+                "timeout": "\(server.admission.limits.helloTimeout)", "peer": "\(channel.remoteAddress.map { "\($0)" } ?? "?")",
+            ])
+            channel.close(promise: nil)
+        }
+        context.fireChannelActive()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        helloDeadline?.cancel()
+        server.admission.closed(context.channel, welcomed: welcomed)
+        context.fireChannelInactive()
+    }
+
+    /// Backpressure: a client that does not read its answers is not read
+    /// from until they drain, so its unanswered bytes stay bounded.
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        let writable = context.channel.isWritable
+        context.channel.setOption(.autoRead, value: writable).whenComplete { _ in }
+        if !writable {
+            server.admission.logHit("unread", "a client does not read its answers: not reading its requests until it does", [
+                "peer": "\(context.remoteAddress.map { "\($0)" } ?? "?")", "queuedBytesLimit": "\(server.admission.limits.maxUnsentBytes)",
+            ])
+        }
+        while context.channel.isWritable, !held.isEmpty { handle(context, held.removeFirst()) }
+        context.fireChannelWritabilityChanged()
+    }
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let request = unwrapInboundIn(data)
+        guard context.channel.isWritable, held.isEmpty else { return held.append(request) }
+        handle(context, request)
+    }
+
+    private func handle(_ context: ChannelHandlerContext, _ request: InboundRequest) {
         let message: Message
-        switch unwrapInboundIn(data) {
+        switch request {
         case .message(let decoded):
             message = decoded
         case .write(let sequence, let oldest, let ino, let handle, let offset, let bytes):
@@ -375,6 +432,12 @@ final class ClientConnectionHandler: ChannelInboundHandler, @unchecked Sendable 
                 refuse(context, .unknownExport, "this server serves export '\(server.exportName)', not '\(export)'")
                 return
             }
+            helloDeadline?.cancel()
+            guard welcomed || server.admission.welcome(context.channel) else {
+                context.close(promise: nil)
+                return
+            }
+            welcomed = true
             self.session = session
             context.writeAndFlush(wrapOutboundOut(Message.welcome(epoch: server.epoch).frame(allocator: context.channel.allocator)), promise: nil)
             server.welcomed()

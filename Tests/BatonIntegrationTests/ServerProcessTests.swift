@@ -206,6 +206,92 @@ final class ServerProcessTests: XCTestCase {
         XCTAssertGreaterThan(heartbeats, 0, "the process itself still runs: its heartbeats go on")
     }
 
+    /// A connected TCP socket to `address`, or nil when the connect failed.
+    private func rawSocket(to address: NodeAddress, receiveBufferBytes: Int32? = nil) -> Int32? {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        if var bytes = receiveBufferBytes { setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &bytes, socklen_t(MemoryLayout<Int32>.size)) }
+        var sin = sockaddr_in()
+        sin.sin_family = sa_family_t(AF_INET)
+        sin.sin_port = in_port_t(UInt16(address.port).bigEndian)
+        sin.sin_addr.s_addr = inet_addr(address.host)
+        let connected = withUnsafePointer(to: &sin) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard connected == 0 else {
+            close(fd)
+            return nil
+        }
+        return fd
+    }
+
+    /// Issue 13: connections that never say hello are limited (64 at a time,
+    /// the oldest closed to make room), so a flood of them cannot keep a
+    /// client out; the client that says hello is served.
+    func testAFloodOfConnectionsWithoutAHelloIsCutDownAndAClientIsStillServed() throws {
+        let server = try ServerProcess(self, export: "data", data: try temporaryDirectory(self))
+        let flood = (0..<300).compactMap { _ in rawSocket(to: server.address) }
+        defer { flood.forEach { close($0) } }
+        XCTAssertEqual(flood.count, 300)
+        let client = try connect(server)
+        guard case .attributes = client.call(.getattr(rootInode)) else { return XCTFail("getattr during the flood") }
+        // The server closed the oldest: they read the end of the stream (well
+        // before the 10 s in which any connection must say hello).
+        let deadline = Date().addingTimeInterval(5)
+        var closedByServer = Set<Int32>()
+        while closedByServer.count < 300 - 64, Date() < deadline {
+            for fd in flood where !closedByServer.contains(fd) {
+                var byte: UInt8 = 0
+                if recv(fd, &byte, 1, Int32(MSG_DONTWAIT)) == 0 { closedByServer.insert(fd) }
+            }
+            usleep(10_000)
+        }
+        XCTAssertGreaterThanOrEqual(closedByServer.count, 300 - 64, "half-open connections the server left open")
+        XCTAssertTrue(server.process.isRunning)
+    }
+
+    /// Issue 13: a client that asks and never reads its answers made the
+    /// server queue every answer in memory (1 GiB of reads here). It is no
+    /// longer read from while 8 MiB of its answers wait, and others are served.
+    func testAClientThatNeverReadsItsAnswersIsNotReadFrom() throws {
+        let server = try ServerProcess(self, export: "data", data: try temporaryDirectory(self))
+        let client = try connect(server)
+        guard case .created(let file, let handle) = client.call(
+            .create(parent: rootInode, name: FileName("big"), mode: 0o644, flags: OpenFlags.readWrite, .root)) else {
+            return XCTFail("create")
+        }
+        let size = WireLimits.maxDataBytes
+        XCTAssertEqual(client.call(.write(file.inode, handle: handle, offset: 0, data: [UInt8](repeating: 9, count: size))),
+                       .written(count: UInt32(size)))
+        let greedy = try XCTUnwrap(rawSocket(to: server.address, receiveBufferBytes: 4096))
+        defer { close(greedy) }
+        var requests = Message.hello(export: "data", session: 77, version: Message.protocolVersion).frame()
+        for sequence in 1...1024 {
+            requests += Message.request(sequence: UInt64(sequence), oldestUnanswered: 1,
+                                        .read(file.inode, handle: handle, offset: 0, size: UInt32(size))).frame()
+        }
+        var sent = 0
+        while sent < requests.count {
+            let got = requests.withUnsafeBytes { send(greedy, $0.baseAddress! + sent, $0.count - sent, Int32(MSG_DONTWAIT | MSG_NOSIGNAL)) }
+            if got <= 0 { break }
+            sent += got
+        }
+        // Waits for the memory to grow past 256 MiB, for 5 s at most.
+        var peakKiB = 0
+        let deadline = Date().addingTimeInterval(5)
+        while Date() < deadline, peakKiB < 256 << 10 {
+            peakKiB = max(peakKiB, residentKiB(server.process.processIdentifier))
+            usleep(50_000)
+        }
+        XCTAssertLessThan(peakKiB, 256 << 10, "the server holds \(peakKiB >> 10) MiB for a client that reads nothing")
+        guard case .attributes = client.call(.getattr(rootInode)) else { return XCTFail("getattr beside the greedy client") }
+    }
+
+    private func residentKiB(_ pid: Int32) -> Int {
+        let status = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
+        let line = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
+        return Int(line.split(separator: " ").dropFirst().first ?? "") ?? 0
+    }
+
     func testCorruptJournalStopsTheServerNamingFileAndOffset() throws {
         let data = try temporaryDirectory(self)
         let server = try ServerProcess(self, export: "data", data: data)

@@ -1,0 +1,104 @@
+import Logging
+import NIOConcurrencyHelpers
+import NIOCore
+
+/// Limits on an export server's client connections, so that no client,
+/// however it behaves, stops the server or starves the others (DESIGN.md
+/// §4.6): welcomed connections at most `maxClients`; connections that have
+/// not said hello (half-open) at most `maxHalfOpen`, the oldest closed to make
+/// room (a flood of them cannot keep a real client out, which says hello at
+/// once), and each closed after `helloTimeout`. A client that does not read
+/// its answers is stopped being read from (see `ClientConnectionHandler`).
+/// Each limit hit is a log line, at most one per limit every 10 s.
+public final class ConnectionAdmission: @unchecked Sendable {
+    public struct Limits: Sendable {
+        public var maxClients = 1024
+        public var maxHalfOpen = 64
+        public var helloTimeout = TimeAmount.seconds(10)
+        /// Answers queued to a client past this stop reading its requests
+        /// until they drain below `resumeBelowBytes`.
+        public var maxUnsentBytes = 8 << 20
+        public var resumeBelowBytes = 1 << 20
+
+        public init() {}
+    }
+
+    let limits: Limits
+    private let logger: Logger
+    private let exportName: String
+    private struct State {
+        var halfOpen: [ObjectIdentifier: Channel] = [:]
+        var halfOpenOrder: [ObjectIdentifier] = []
+        var clients = 0
+        var lastLogged: [String: NIODeadline] = [:]
+    }
+    private let state = NIOLockedValueBox(State())
+
+    init(limits: Limits = Limits(), exportName: String, logger: Logger) {
+        self.limits = limits
+        self.exportName = exportName
+        self.logger = logger
+    }
+
+    /// A new connection: half-open until its hello.
+    func accepted(_ channel: Channel) {
+        let id = ObjectIdentifier(channel)
+        let evicted = state.withLockedValue { state -> Channel? in
+            state.halfOpen[id] = channel
+            state.halfOpenOrder.append(id)
+            guard state.halfOpen.count > limits.maxHalfOpen else { return nil }
+            while let oldest = state.halfOpenOrder.first {
+                state.halfOpenOrder.removeFirst()
+                if let channel = state.halfOpen.removeValue(forKey: oldest) { return channel }
+            }
+            return nil
+        }
+        if let evicted {
+            logHit("half-open", "connections without a hello over the limit: closing the oldest", [
+                "limit": "\(limits.maxHalfOpen)", "closed": "\(evicted.remoteAddress.map { "\($0)" } ?? "?")",
+            ])
+            evicted.close(promise: nil)
+        }
+    }
+
+    /// Its hello came: a client, if there is room for one.
+    func welcome(_ channel: Channel) -> Bool {
+        let admitted = state.withLockedValue { state -> Bool in
+            let id = ObjectIdentifier(channel)
+            state.halfOpen.removeValue(forKey: id)
+            state.halfOpenOrder.removeAll { $0 == id }
+            guard state.clients < limits.maxClients else { return false }
+            state.clients += 1
+            return true
+        }
+        if !admitted {
+            logHit("clients", "client connections over the limit: refusing one", [
+                "limit": "\(limits.maxClients)", "peer": "\(channel.remoteAddress.map { "\($0)" } ?? "?")",
+            ])
+        }
+        return admitted
+    }
+
+    /// The connection closed; `welcomed`: it was counted as a client.
+    func closed(_ channel: Channel, welcomed: Bool) {
+        state.withLockedValue { state in
+            let id = ObjectIdentifier(channel)
+            if state.halfOpen.removeValue(forKey: id) != nil { state.halfOpenOrder.removeAll { $0 == id } }
+            if welcomed { state.clients -= 1 }
+        }
+    }
+
+    func logHit(_ limit: String, _ message: String, _ metadata: Logger.Metadata) {
+        let now = NIODeadline.now()
+        let due = state.withLockedValue { state -> Bool in
+            if let last = state.lastLogged[limit], now - last < .seconds(10) { return false }
+            state.lastLogged[limit] = now
+            return true
+        }
+        guard due else { return }
+        var metadata = metadata
+        metadata["export"] = "\(exportName)"
+        metadata["action"] = "none: the server goes on; check the clients named if this repeats"
+        logger.warning("\(message)", metadata: metadata)
+    }
+}
