@@ -817,6 +817,8 @@ final class ExportController: @unchecked Sendable {
                 entry["role"] = "server"
                 entry["server"] = ["node": agent.me.name, "address": clientAddress.description, "pid": Int(process.pid)] as [String: Any]
                 entry["monitor"] = ["node": agent.peer.name]
+                // The server answers without its standby (the peer gone, its disk failed, just after a swap).
+                if Disk.exists(standbyOutdatedMarker) { entry["answering_alone"] = true }
             case .standby(let store, let monitor):
                 entry["role"] = "standby"
                 entry["epoch"] = Int(store.epoch)

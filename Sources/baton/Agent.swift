@@ -105,6 +105,9 @@ struct Status: ParsableCommand {
             print("\(entry["name"]!)".padding(16) + "\(entry["epoch"] ?? "?")".padding(7) + serverText.padding(28)
                   + monitor.padding(10) + positions.padding(24) + rtt.padding(11) + failover)
         }
+        for entry in ordered where entry["answering_alone"] as? Bool == true {
+            print("\(entry["name"]!): the server answers without its standby: acknowledged writes are on one node until it is in step")
+        }
         for entry in ordered {
             guard let waiting = entry["waiting"] as? [String: Any] else { continue }
             print("\(entry["name"]!): \(waiting["node"] ?? "?") waits for its peer before serving: \(waiting["why"] ?? "")"
@@ -123,6 +126,7 @@ enum StatusMerge {
         if entry["server"] != nil, entryEpoch >= merged["server_epoch"] as? Int ?? 0 {
             merged["server"] = entry["server"]
             merged["server_epoch"] = entryEpoch
+            merged["answering_alone"] = entry["answering_alone"]
         }
         // Each node knows the swaps it ran: the later one (ISO 8601 times sort as text).
         if let failover = entry["last_failover"] as? [String: Any],

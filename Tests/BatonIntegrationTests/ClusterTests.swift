@@ -122,6 +122,14 @@ final class ClusterTests: XCTestCase {
         XCTAssertEqual(dd.status, 0, dd.output)
         XCTAssertTrue(cluster.logs.contains("the standby failed: answering without it"), cluster.logs)
         XCTAssertTrue(cluster.logs.contains("the standby replica cannot make records durable"), cluster.logs)
+        // Each fsync fails the standby again, and the server answers alone
+        // until it is in step once more: `baton status` says so meanwhile.
+        var table = try cluster.admin(["status"]).output
+        for round in 0..<5 where !table.contains("demo: the server answers without its standby") {
+            _ = try runCommand("/bin/dd", ["if=/dev/urandom", "of=\(mount.mountpoint)/g\(round)", "bs=64k", "count=4", "conv=fsync"])
+            table = try cluster.admin(["status"]).output
+        }
+        XCTAssertTrue(table.contains("demo: the server answers without its standby"), table)
         let after = try XCTUnwrap(try cluster.server("demo"))
         XCTAssertEqual(after.node, before.node)
         XCTAssertEqual(after.epoch, before.epoch, "a failed standby disk failed the server over")
