@@ -135,11 +135,34 @@ final class ExportController: @unchecked Sendable {
     private func startStandby() throws {
         try Disk.makeDirectory(directory)
         try? Disk.remove(servingMarker)
-        let store = try ExportStore(directory: directory, exportName: export.name, logger: logger)
+        let store: ExportStore
+        do {
+            store = try ExportStore(directory: directory, exportName: export.name, logger: logger)
+        } catch {
+            guard error.isDamage else { throw error }
+            store = try replaceDamagedReplica()
+        }
         lock.withLock { role = .standby(store, nil) }
         logger.info("standby replica ready", metadata: [
             "export": "\(export.name)", "epoch": "\(store.epoch)", "sequence": "\(store.appliedSequence)",
         ])
+    }
+
+    /// A standby whose copy does not open (a journal damaged by a power cut
+    /// with pages written out of order, a bad disk sector) would keep the
+    /// export without a standby for good. The export's copy that counts is
+    /// the server's: the damaged one is set aside, kept for the admin, and an
+    /// empty replica takes a full copy from the server.
+    private func replaceDamagedReplica() throws -> ExportStore {
+        let aside = directory + ".damaged-\(Int(Date().timeIntervalSince1970))"
+        try Disk.rename(directory, to: aside)
+        try Disk.syncDirectory(agent.me.dataDirectory)
+        logger.critical("the standby replica does not open: set aside, a full copy from the server replaces it", metadata: [
+            "export": "\(export.name)", "node": "\(agent.me.name)", "setAside": "\(aside)",
+            "action": "none for the export; look at \(aside) for the cause (its log line above), then remove it",
+        ])
+        try Disk.makeDirectory(directory)
+        return try ExportStore(directory: directory, exportName: export.name, logger: logger)
     }
 
     /// Waits until the peer's agent answers, then decides as at start.

@@ -40,4 +40,33 @@ final class ByteRangesTests: XCTestCase {
             }
         }
     }
+
+    func testGapsAndCutsOfARangeSet() {
+        var ranges = ByteRanges()
+        ranges.insert(10..<20)
+        ranges.insert(30..<40)
+        XCTAssertEqual(ranges.gaps(in: 0..<50), [0..<10, 20..<30, 40..<50])
+        XCTAssertEqual(ranges.gaps(in: 15..<35), [20..<30])
+        XCTAssertEqual(ranges.gaps(in: 12..<18), [])
+        ranges.removeAll(from: 15)
+        XCTAssertEqual(ranges.ranges, [10..<15])
+    }
+
+    /// Replay's truncations (see `ReplayCuts`): what the lowest cut cut and
+    /// no later write put back reads as zeros; a later cut forgets the
+    /// writes past it; a removed file has nothing left to zero.
+    func testReplayZerosOnlyWhatACutCutAndNoLaterWriteRewrote() {
+        var cuts = ReplayCuts()
+        cuts.wrote(7, 0..<100)  // before any cut: the data file holds it, the cut decides
+        cuts.truncated(7, to: 10)
+        cuts.truncated(7, to: 150)
+        cuts.wrote(7, 20..<120)
+        XCTAssertEqual(cuts.zeroRanges(7, fileEnd: 300), [10..<20, 120..<300])
+        cuts.truncated(7, to: 50)
+        XCTAssertEqual(cuts.zeroRanges(7, fileEnd: 300), [10..<20, 50..<300])
+        XCTAssertEqual(cuts.zeroRanges(7, fileEnd: 5), [])
+        XCTAssertEqual(cuts.zeroRanges(8, fileEnd: 300), [], "a file never cut")
+        cuts.removed(7)
+        XCTAssertEqual(cuts.zeroRanges(7, fileEnd: 300), [])
+    }
 }

@@ -153,6 +153,39 @@ final class StoreTests: XCTestCase {
         }
     }
 
+    /// Found by the crash-state check (seed 439386644, state 174): replay
+    /// carried out each journaled truncate again, so a file truncated and
+    /// then written by a large (indirect) write, whose data only the data
+    /// file holds, lost that data at every restart before a checkpoint: an
+    /// fsync'd write gone after a kill -9. Replay now leaves what later
+    /// records wrote, and zeros only what the truncate cut and nothing
+    /// rewrote since.
+    func testARestartKeepsALargeWriteMadeAfterATruncate() throws {
+        let directory = try temporaryDirectory(self)
+        let big = 100 * 1024
+        var ino: InodeNumber = 0
+        do {
+            let store = try ExportStore(directory: directory, exportName: "x", logger: logger)
+            guard case .created(let file, let handle) = try store.apply(
+                .create(parent: rootInode, name: FileName("f"), mode: 0o644, flags: OpenFlags.readWrite, .root),
+                session: 1, requestSequence: 1).reply else { return XCTFail("create") }
+            ino = file.inode
+            XCTAssertEqual(try write(store, ino, handle, 0x11, count: 300 * 1024, at: 0), .written(count: 300 * 1024))
+            _ = try store.apply(.setattr(ino, AttributeChanges(size: 10), .root), session: 1, requestSequence: 3)
+            _ = try store.apply(.setattr(ino, AttributeChanges(size: 150 * 1024), .root), session: 1, requestSequence: 4)
+            XCTAssertEqual(try write(store, ino, handle, 0xAB, count: big, at: 20 * 1024), .written(count: UInt32(big)))
+            try store.sync()
+            store.close()
+        }
+        let store = try ExportStore(directory: directory, exportName: "x", logger: logger)
+        XCTAssertEqual(try read(store, ino, at: 0, count: 10), [UInt8](repeating: 0x11, count: 10))
+        XCTAssertEqual(try read(store, ino, at: 10, count: 20 * 1024 - 10), [UInt8](repeating: 0, count: 20 * 1024 - 10),
+                       "bytes the truncate cut came back")
+        XCTAssertEqual(try read(store, ino, at: 20 * 1024, count: big), [UInt8](repeating: 0xAB, count: big),
+                       "the fsync'd large write after the truncate was lost")
+        XCTAssertEqual(try read(store, ino, at: UInt64(20 * 1024 + big), count: 30 * 1024), [UInt8](repeating: 0, count: 30 * 1024))
+    }
+
     /// Issue 13: a checkpoint that failed on a full disk stopped the server,
     /// and each restart failed the same way (a crash loop). It stops nothing
     /// now: the journal keeps every record, and a later checkpoint succeeds

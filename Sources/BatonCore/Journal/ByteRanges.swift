@@ -32,6 +32,23 @@ public struct ByteRanges: Hashable, Sendable {
         ranges.replaceSubrange(start..<end, with: [merged])
     }
 
+    /// Forgets everything at or past `offset` (a truncation to it).
+    public mutating func removeAll(from offset: UInt64) {
+        ranges = ranges.compactMap { $0.lowerBound >= offset ? nil : $0.lowerBound..<Swift.min($0.upperBound, offset) }
+    }
+
+    /// The parts of `range` that no range of the set covers.
+    public func gaps(in range: Range<UInt64>) -> [Range<UInt64>] {
+        var gaps: [Range<UInt64>] = []
+        var next = range.lowerBound
+        for covered in ranges where covered.upperBound > next && covered.lowerBound < range.upperBound {
+            if covered.lowerBound > next { gaps.append(next..<covered.lowerBound) }
+            next = Swift.max(next, covered.upperBound)
+        }
+        if next < range.upperBound { gaps.append(next..<range.upperBound) }
+        return gaps
+    }
+
     /// The first range whose end lies after `offset`.
     private func firstIndex(endingAfter offset: UInt64) -> Int {
         ranges.partitioningIndex { $0.upperBound > offset }

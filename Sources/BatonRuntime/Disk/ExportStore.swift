@@ -29,6 +29,14 @@ public enum StoreError: Error, CustomStringConvertible, Sendable {
         }
     }
 
+    /// The journal or checkpoint is damaged (the copy cannot be opened as it is).
+    public var isDamage: Bool {
+        switch self {
+        case .corruptJournal, .corruptCheckpoint: true
+        default: false
+        }
+    }
+
     public var description: String {
         switch self {
         case .system(let error): "\(error)"
@@ -245,6 +253,7 @@ public final class ExportStore: @unchecked Sendable {
             }
         }
         let warmSequence = warm?.0.appliedSequence ?? 0
+        var cuts = ReplayCuts()
         for (index, name) in segments.enumerated() where index >= resume?.index ?? 0 {
             let path = journalDirectory + "/" + name
             let file = try OpenFile(path: path, flags: O_RDWR)
@@ -270,16 +279,25 @@ public final class ExportStore: @unchecked Sendable {
                     throw StoreError.corruptJournal(file: path, offset: 0,
                         reason: "record \(record.sequence) follows \(namespace.appliedSequence): records are missing")
                 }
-                if case .write(let ino, let handle, let offset, let data) = record.operation, !data.isEmpty,
+                if case .write(let ino, let handle, let offset, let data) = record.operation, record.writeCount > 0,
                    let target = try? namespace.writeOffset(ino, handle: handle, offset: offset, count: record.writeCount) {
-                    // An immediate write: after a reboot its data may not have
-                    // reached the data file. In the same boot the page cache has it.
-                    if !sameBoot { try data.withUnsafeBytes { try files.write(ino, $0, at: target, indirect: false) } }
-                    rememberImmediate(ino, target..<target + UInt64(data.count))
+                    if !data.isEmpty {
+                        // An immediate write: after a reboot its data may not have
+                        // reached the data file. In the same boot the page cache has it.
+                        if !sameBoot { try data.withUnsafeBytes { try files.write(ino, $0, at: target, indirect: false) } }
+                        rememberImmediate(ino, target..<target + UInt64(data.count))
+                    }
+                    cuts.wrote(ino, target..<target + UInt64(record.writeCount))
                 }
                 let outcome = namespace.apply(record)
                 noteTouched(record, outcome.effects)
-                try carryOut(outcome.effects)
+                for effect in outcome.effects {
+                    switch effect {
+                    case .truncate(let ino, let size): cuts.truncated(ino, to: size)
+                    case .remove(let ino): cuts.removed(ino)
+                    }
+                }
+                try carryOut(outcome.effects.filter { if case .remove = $0 { true } else { false } })
             }
             let isLast = index == segments.count - 1
             switch scan.ending {
@@ -302,6 +320,7 @@ public final class ExportStore: @unchecked Sendable {
             }
         }
         if segments.isEmpty { try startSegment() }
+        for ino in cuts.inodes { try files.zero(ino, cuts) }
         if !sameBoot {
             // Indirect writes of the last boot may not have reached the data
             // files: this node's files can differ from the peer's anywhere.
@@ -933,6 +952,19 @@ final class DataFiles: @unchecked Sendable {
         dirtyLock.withLock {
             written.insert(ino)
             if indirect { unsynced.insert(ino) }
+        }
+    }
+
+    /// After a replay: zeros what the journal's truncations cut and no later
+    /// write put back (see `ReplayCuts`), as holes where the file system can.
+    func zero(_ ino: InodeNumber, _ cuts: ReplayCuts) throws {
+        guard let file = try file(ino, create: false) else { return }
+        let ranges = cuts.zeroRanges(ino, fileEnd: try file.size())
+        guard !ranges.isEmpty else { return }
+        for range in ranges { try file.zero(range) }
+        dirtyLock.withLock {
+            written.insert(ino)
+            unsynced.insert(ino)
         }
     }
 

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import BatonCore
+import CLinuxExtras
 
 /// A failed system call, with what it was doing and on which path, so an
 /// admin can act on the message.
@@ -109,6 +110,26 @@ public final class OpenFile: @unchecked Sendable {
     public func truncate(to size: UInt64) throws {
         guard ftruncate(descriptor, off_t(size)) == 0 else { throw SystemCallError("ftruncate", path: path) }
         Disk.recorder?.record(.truncate(path: path, size: size))
+    }
+
+    /// Makes `range` read as zeros: a hole where the file system can punch
+    /// one, zeros written where it cannot.
+    public func zero(_ range: Range<UInt64>) throws {
+        guard !range.isEmpty else { return }
+        if fallocate(descriptor, BATON_FALLOC_FL_KEEP_SIZE | BATON_FALLOC_FL_PUNCH_HOLE,
+                     Int(range.lowerBound), Int(range.count)) == 0 {
+            // For the crash-state check, a hole reads as zeros written there.
+            Disk.recorder?.record(.write(path: path, offset: range.lowerBound, bytes: [UInt8](repeating: 0, count: range.count)))
+            return
+        }
+        guard errno == EOPNOTSUPP else { throw SystemCallError("fallocate (punch hole)", path: path) }
+        let chunk = [UInt8](repeating: 0, count: 1 << 20)
+        var offset = range.lowerBound
+        while offset < range.upperBound {
+            let count = Int(min(UInt64(chunk.count), range.upperBound - offset))
+            try chunk.withUnsafeBytes { try write(UnsafeRawBufferPointer(rebasing: $0[0..<count]), at: offset) }
+            offset += UInt64(count)
+        }
     }
 
     /// Reserves disk space so that later writes inside it cannot fail for lack of space.
