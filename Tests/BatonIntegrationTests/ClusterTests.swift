@@ -135,6 +135,30 @@ final class ClusterTests: XCTestCase {
         XCTAssertEqual(after.epoch, before.epoch, "a failed standby disk failed the server over")
     }
 
+    /// Issue 13: a standby whose copy did not open (its journal damaged)
+    /// left the export without a standby for good. The copy is set aside and
+    /// a full copy from the server replaces it.
+    func testADamagedStandbyCopyIsSetAsideAndReplacedByAFullCopy() throws {
+        let cluster = try TwoNodeCluster(self)
+        let mount = try cluster.mount(self, "demo")
+        for i in 0..<8 { XCTAssertTrue(FileManager.default.createFile(atPath: mount.mountpoint + "/f\(i)", contents: Data("\(i)".utf8))) }
+        try cluster.stopAllInStep("demo", unmounting: mount)
+        let journal = cluster.directory + "/b/demo/journal"
+        let segment = journal + "/" + (try FileManager.default.contentsOfDirectory(atPath: journal).sorted().first!)
+        var bytes = [UInt8](try Data(contentsOf: URL(fileURLWithPath: segment)))
+        bytes[40] ^= 0xFF // inside the first record, with more after it
+        try Data(bytes).write(to: URL(fileURLWithPath: segment))
+        try cluster.startAgent("a")
+        try cluster.startAgent("b")
+        try cluster.waitUntilReplicated("demo")
+        XCTAssertTrue(cluster.logs.contains("the standby replica does not open: set aside"), cluster.logs)
+        let aside = try FileManager.default.contentsOfDirectory(atPath: cluster.directory + "/b").filter { $0.hasPrefix("demo.damaged-") }
+        XCTAssertEqual(aside.count, 1)
+        try cluster.waitUntilStandbyHasEverything("demo")
+        cluster.stopAll()
+        try cluster.assertSameFiles("demo")
+    }
+
     func testStalledServerFailsOverAndFioVerifies() throws {
         let cluster = try TwoNodeCluster(self)
         let mount = try cluster.mount(self, "demo")
