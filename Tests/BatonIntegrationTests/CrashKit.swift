@@ -2,6 +2,7 @@
 // the system call seam (`Disk.recorder`), replays it into a model of a disk
 // that knows what each fsync made durable, and builds the directories a
 // power cut could leave. The model is in CrashStateTests.swift's header.
+import BatonCore
 @testable import BatonRuntime
 import Foundation
 import XCTest
@@ -434,15 +435,5 @@ struct CrashDisk {
     }
 }
 
-/// A small seeded generator (SplitMix64): a state's choices follow from the seed and its number alone.
-struct SeededRandom: RandomNumberGenerator {
-    private var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
+/// A state's choices follow from the seed and its number alone.
+typealias SeededRandom = SplitMix64

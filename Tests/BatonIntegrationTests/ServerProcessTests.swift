@@ -310,16 +310,8 @@ final class ServerProcessTests: XCTestCase {
     }
 
     private func sendRaw(_ bytes: [UInt8], to address: NodeAddress) throws {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard let fd = rawSocket(to: address) else { throw TestError("connect failed") }
         defer { close(fd) }
-        var sin = sockaddr_in()
-        sin.sin_family = sa_family_t(AF_INET)
-        sin.sin_port = in_port_t(UInt16(address.port).bigEndian)
-        sin.sin_addr.s_addr = inet_addr(address.host)
-        let connected = withUnsafePointer(to: &sin) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        guard connected == 0 else { throw TestError("connect failed") }
         _ = bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
         var buffer = [UInt8](repeating: 0, count: 4096)
         var timeout = timeval(tv_sec: 2, tv_usec: 0)

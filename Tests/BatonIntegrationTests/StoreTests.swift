@@ -26,6 +26,14 @@ final class StoreTests: XCTestCase {
         }.reply
     }
 
+    /// A new file "f" in the root, open for reading and writing.
+    private func create(_ store: ExportStore) throws -> (InodeNumber, UInt64) {
+        guard case .created(let file, let handle) = try store.apply(
+            .create(parent: rootInode, name: FileName("f"), mode: 0o644, flags: OpenFlags.readWrite, .root),
+            session: 1, requestSequence: 1).reply else { throw TestError("create of f failed") }
+        return (file.inode, handle)
+    }
+
     private func read(_ store: ExportStore, _ ino: InodeNumber, at offset: UInt64, count: Int) throws -> [UInt8] {
         var buffer = [UInt8](repeating: 0xEE, count: count)
         _ = try buffer.withUnsafeMutableBytes { try store.read(ino, offset: offset, into: $0) }
@@ -37,10 +45,8 @@ final class StoreTests: XCTestCase {
         var ino: InodeNumber = 0
         do {
             let store = try ExportStore(directory: directory, exportName: "x", logger: logger)
-            guard case .created(let file, let handle) = try store.apply(
-                .create(parent: rootInode, name: FileName("f"), mode: 0o644, flags: OpenFlags.readWrite, .root),
-                session: 1, requestSequence: 1).reply else { return XCTFail("create") }
-            ino = file.inode
+            let (file, handle) = try create(store)
+            ino = file
             XCTAssertEqual(try write(store, ino, handle, 0xA1, count: 4096, at: 0), .written(count: 4096))
             // Overlaps the immediate write above, so it must be immediate too,
             // or replay would put 0xA1 back over it.
@@ -166,10 +172,8 @@ final class StoreTests: XCTestCase {
         var ino: InodeNumber = 0
         do {
             let store = try ExportStore(directory: directory, exportName: "x", logger: logger)
-            guard case .created(let file, let handle) = try store.apply(
-                .create(parent: rootInode, name: FileName("f"), mode: 0o644, flags: OpenFlags.readWrite, .root),
-                session: 1, requestSequence: 1).reply else { return XCTFail("create") }
-            ino = file.inode
+            let (file, handle) = try create(store)
+            ino = file
             XCTAssertEqual(try write(store, ino, handle, 0x11, count: 300 * 1024, at: 0), .written(count: 300 * 1024))
             _ = try store.apply(.setattr(ino, AttributeChanges(size: 10), .root), session: 1, requestSequence: 3)
             _ = try store.apply(.setattr(ino, AttributeChanges(size: 150 * 1024), .root), session: 1, requestSequence: 4)
