@@ -123,8 +123,14 @@ public final class NodeAgent: @unchecked Sendable {
         guard let (ok, text) = try? askPeer(.status), ok,
               let json = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any],
               let exports = json["exports"] as? [[String: Any]] else { return nil }
-        return Set(exports.compactMap { $0["role"] as? String == "server" ? $0["name"] as? String : nil })
+        return Set(exports.compactMap { Self.peerRolesThatServe.contains($0["role"] as? String ?? "") ? $0["name"] as? String : nil })
     }
+
+    /// A peer in the middle of a swap (or a planned migration) serves the
+    /// export in a moment, at a newer epoch: an agent that starts then and
+    /// served the export last must not serve it too (a soak saw two servers
+    /// for an instant after an agent was killed and started again).
+    static let peerRolesThatServe: Set<String> = ["server", "swapping", "taking over"]
 
     /// Asks the peer's agent at each of its addresses in turn (a path may be
     /// down). Fencing waits for a process to exit, so its answer may take

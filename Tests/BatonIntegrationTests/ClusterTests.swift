@@ -159,6 +159,27 @@ final class ClusterTests: XCTestCase {
         try cluster.assertSameFiles("demo")
     }
 
+    /// Found by the soak (seed 42): the serving node's agent was killed, the
+    /// peer began a swap, and the agent started again while the swap waited
+    /// for the diagnosis: it served the export at the old epoch beside the
+    /// peer's new server. A peer in the middle of a swap now counts as
+    /// serving: the restarted agent becomes the standby.
+    func testAnAgentRestartedDuringItsPeersSwapDoesNotServeToo() throws {
+        let cluster = try TwoNodeCluster(self)
+        let before = try cluster.waitUntilReplicated("demo")
+        XCTAssertEqual(before.node, "a")
+        cluster.killAgent("a")
+        let deadline = Date().addingTimeInterval(20)
+        while !cluster.logs.contains("does not answer the fence: waiting for the diagnosis"), Date() < deadline { usleep(20_000) }
+        XCTAssertTrue(cluster.logs.contains("waiting for the diagnosis"), cluster.logs)
+        let startsBefore = cluster.logs.components(separatedBy: "export server started").count
+        try cluster.startAgent("a")
+        let after = try cluster.waitUntilReplicated("demo", epoch: before.epoch + 1)
+        XCTAssertEqual(after.node, "b")
+        XCTAssertEqual(cluster.logs.components(separatedBy: "export server started").count - startsBefore, 1,
+                       "a server started besides b's new one: \(cluster.logs)")
+    }
+
     func testStalledServerFailsOverAndFioVerifies() throws {
         let cluster = try TwoNodeCluster(self)
         let mount = try cluster.mount(self, "demo")
