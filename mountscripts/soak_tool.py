@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -358,10 +359,11 @@ def report(work, results):
             continue
         for line in lines:
             if "swap begins" in line:
+                # logfmt, keys in order, the message last: ... reason=TEXT [BatonAgent] swap begins
                 reason = "?"
                 if "reason=" in line:
-                    reason = line.split("reason=", 1)[1]
-                    reason = reason.split(" epoch=")[0].split(" export=")[0].strip().strip('"')
+                    reason = line.split("reason=", 1)[1].split(" [Baton")[0].strip().strip('"')
+                    reason = re.sub(r"[0-9]+", "N", reason)
                 swaps.append((node, line))
                 key = "planned" if reason.startswith("planned") else reason.split(":")[0][:60]
                 causes[key] = causes.get(key, 0) + 1
