@@ -15,6 +15,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 stopping = False
@@ -299,6 +300,17 @@ def watch(work, export, out_path):
              "agent_claims": [], "longest_gap_ms": 0}
     log = open(out_path + ".log", "a", buffering=1)
     last_agents = 0.0
+    agent_thread = None
+
+    def ask_agents():
+        roles = agent_roles(baton, work, export, addrs)
+        with lock:
+            stats["agent_samples"] += 1
+            if all(r and r[0] == "server" for r in roles.values()):
+                stats["agents_both_claim"] += 1
+                stats["agent_claims"].append({"at": time.strftime("%T"), "roles": roles})
+                log.write(f"{time.strftime('%T')} both agents answer role=server: {roles}\n")
+    lock = threading.Lock()
     last = now()
     in_split = False
     while not stopping:
@@ -319,15 +331,12 @@ def watch(work, export, out_path):
                       f"a {desc['a']} b {desc['b']} (pid, epoch)\n")
         else:
             in_split = False
-        if t - last_agents >= 1.0:
+        if t - last_agents >= 1.0 and not (agent_thread and agent_thread.is_alive()):
+            # In a thread: an unreachable agent (a cut NIC) must not delay the 200 ms samples.
             last_agents = t
-            roles = agent_roles(baton, work, export, addrs)
-            stats["agent_samples"] += 1
-            if all(r and r[0] == "server" for r in roles.values()):
-                stats["agents_both_claim"] += 1
-                stats["agent_claims"].append({"at": time.strftime("%T"), "roles": roles})
-                log.write(f"{time.strftime('%T')} both agents answer role=server: {roles}\n")
-        with open(out_path + ".tmp", "w") as f:
+            agent_thread = threading.Thread(target=ask_agents, daemon=True)
+            agent_thread.start()
+        with lock, open(out_path + ".tmp", "w") as f:
             json.dump(stats, f)
         os.replace(out_path + ".tmp", out_path)
         time.sleep(max(0.0, 0.2 - (now() - t)))
@@ -371,6 +380,8 @@ def report(work, results):
                if "swap done" in l) if os.path.exists(f"{results}/logs/agent-a.log") else 0
     takeovers = sum(1 for node in ("a", "b") for l in open(f"{results}/logs/agent-{node}.log", errors="replace")
                     if "taking the export over without its fence" in l) if os.path.exists(f"{results}/logs/agent-a.log") else 0
+    isolated_no_swap = sum(1 for node in ("a", "b") for l in open(f"{results}/logs/agent-{node}.log", errors="replace")
+                           if "this node is the isolated one: no swap" in l) if os.path.exists(f"{results}/logs/agent-a.log") else 0
     restarts = sum(1 for node in ("a", "b") for l in open(f"{results}/logs/agent-{node}.log", errors="replace")
                    if "export server started" in l) if os.path.exists(f"{results}/logs/agent-a.log") else 0
     # fio rounds
@@ -392,7 +403,7 @@ def report(work, results):
         ("duration", f"{env.get('duration_s', '?')} s (seed {env.get('seed')}, a fault every ~{env.get('fault_every')} s)"),
         ("faults", f"{len(faults)}: " + ", ".join(f"{k} {v}" for k, v in sorted(kinds.items()))),
         ("failovers (epoch changes)", f"{env.get('epoch_start', '?')} -> {epochs}: {int(epochs) - int(env.get('epoch_start', 1)) if epochs.isdigit() else '?'}"),
-        ("  swaps begun / done", f"{len(swaps)} / {done}; takeovers without fence {takeovers}"),
+        ("  swaps begun / done", f"{len(swaps)} / {done} (not done: 'this node is the isolated one: no swap' {isolated_no_swap}); takeovers without fence {takeovers}"),
         ("  swaps by cause", ", ".join(f"{k} {v}" for k, v in sorted(causes.items())) or "-"),
         ("  server (re)starts", f"{restarts} 'export server started' lines"),
         ("longest IO stall", f"fio max latency {lat:.2f} s (round {lat_at}); metadata longest op "
