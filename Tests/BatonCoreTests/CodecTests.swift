@@ -95,6 +95,16 @@ final class CodecTests: XCTestCase {
         }
     }
 
+    /// Found by the message fuzzer: a hello whose export name was not UTF-8
+    /// decoded to another name (bad bytes replaced); it is refused now.
+    func testAStringThatIsNotUTF8IsRefused() {
+        var w = ByteWriter()
+        w.write(Message.Tag.hello.rawValue)
+        w.write(bytes: [0x64, 0xE2, 0x28, 0xA1])
+        w.write(UInt64(1)); w.write(Message.protocolVersion)
+        XCTAssertThrowsError(try w.bytes.withUnsafeBytes { try Message.decode($0) })
+    }
+
     func testOversizedFieldsAreRefused() {
         var w = ByteWriter()
         w.write(UInt8(4)) // request

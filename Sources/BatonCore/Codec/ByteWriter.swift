@@ -112,7 +112,10 @@ public struct ByteReader {
 
     public mutating func readString(limit: Int, kind: String = "string") throws(DecodeError) -> String {
         let raw = try readBytes(limit: limit, kind: kind)
-        return String(decoding: raw, as: UTF8.self)
+        // Refused, not repaired: a name with its bad bytes replaced would be
+        // another name than the one sent (the fuzzer's round trip found it).
+        guard let text = String(validating: raw, as: UTF8.self) else { throw .invalid("\(kind) is not valid UTF-8") }
+        return text
     }
 
     public func expectEnd() throws(DecodeError) {
