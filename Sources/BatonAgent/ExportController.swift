@@ -128,7 +128,9 @@ final class ExportController: @unchecked Sendable {
         try ExportProcess(
             executable: agent.executable, exportName: export.name, dataDirectory: directory, listen: clientAddress,
             secretFile: agent.configuration.secretFile, standby: agent.peerAgentAddress, node: agent.me.name,
-            replication: export.replication, awaitPromotion: awaitPromotion, logger: logger
+            replication: export.replication,
+            standbyWaitLimitMilliseconds: agent.configuration.timings.standbyWaitLimitMilliseconds,
+            awaitPromotion: awaitPromotion, logger: logger
         ) { [weak self] status in self?.serverExited(status) }
     }
 

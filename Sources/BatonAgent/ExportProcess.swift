@@ -28,7 +28,8 @@ final class ExportProcess: @unchecked Sendable {
     /// and waits for `promote` (ahead of a swap: the process start is then
     /// out of the pause).
     init(executable: String, exportName: String, dataDirectory: String, listen: NodeAddress, secretFile: String,
-         standby: NodeAddress, node: String, replication: ReplicationMode, awaitPromotion: Bool = false, logger: Logger,
+         standby: NodeAddress, node: String, replication: ReplicationMode, standbyWaitLimitMilliseconds: Int,
+         awaitPromotion: Bool = false, logger: Logger,
          onExit: @escaping @Sendable (Int32) -> Void) throws {
         self.exportName = exportName
         self.logger = logger
@@ -37,7 +38,7 @@ final class ExportProcess: @unchecked Sendable {
         process.arguments = [
             "serve", "--export", exportName, "--data", dataDirectory, "--listen", listen.description,
             "--secret-file", secretFile, "--standby", standby.description, "--node", node,
-            "--replication", replication.rawValue,
+            "--replication", replication.rawValue, "--standby-wait-limit-ms", String(standbyWaitLimitMilliseconds),
         ] + (awaitPromotion ? ["--await-promotion"] : ["--until-stdin-ends"])
         awaitsPromotion = awaitPromotion
         process.standardInput = agentPipe

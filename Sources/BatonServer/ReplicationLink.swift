@@ -15,12 +15,19 @@ public struct StandbyConfiguration: Sendable {
     public var secret: [UInt8]
     /// sync: a mutation is answered only after the standby has it (DESIGN.md §4.1).
     public var synchronous: Bool
+    /// A reply waits this long for the standby at most; then the server
+    /// answers without it (a standby whose disk or agent hangs, yet whose
+    /// node still answers heartbeats, so that no diagnosis calls it gone).
+    public var waitLimit: TimeAmount
 
-    public init(agent: NodeAddress, node: String, secret: [UInt8], synchronous: Bool) {
+    public static let defaultWaitLimit: TimeAmount = .milliseconds(Int64(ClusterTimings.defaults.standbyWaitLimitMilliseconds))
+
+    public init(agent: NodeAddress, node: String, secret: [UInt8], synchronous: Bool, waitLimit: TimeAmount = Self.defaultWaitLimit) {
         self.agent = agent
         self.node = node
         self.secret = secret
         self.synchronous = synchronous
+        self.waitLimit = waitLimit
     }
 }
 
@@ -48,7 +55,8 @@ final class ReplicationLink: @unchecked Sendable {
         var queuedBytes = 0
         var acknowledged: UInt64 = 0
         var synced: UInt64 = 0
-        var waiters: [(sequence: UInt64, durable: Bool, run: @Sendable () -> Void)] = []
+        /// Replies waiting for the standby, oldest first.
+        var waiters: [(sequence: UInt64, durable: Bool, since: NIODeadline, run: @Sendable () -> Void)] = []
         var alone = false
         /// Alone, with a standby in step again: alone until it has
         /// acknowledged this record (see `finish`).
@@ -85,9 +93,37 @@ final class ReplicationLink: @unchecked Sendable {
     func start() {
         connect()
         watchdog = group.next().scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { [self] _ in connect() }
+        let limit = configuration.waitLimit
+        let every = TimeAmount.nanoseconds(min(limit.nanoseconds / 5, TimeAmount.milliseconds(250).nanoseconds))
+        waitCheck = group.next().scheduleRepeatedTask(initialDelay: every, delay: every) { [self] _ in
+            goAloneIfWaitedLongerThan(limit)
+        }
     }
 
     private var watchdog: RepeatedTask?
+    private var waitCheck: RepeatedTask?
+
+    /// DESIGN.md §4.1's bound on a standby that stops acknowledging while
+    /// its node is heard (a hung disk, a stopped replica): past the limit,
+    /// replies stop waiting for it, as when its node is gone.
+    private func goAloneIfWaitedLongerThan(_ limit: TimeAmount) {
+        let now = NIODeadline.now()
+        let oldest = state.withLockedValue { state -> (sequence: UInt64, since: NIODeadline, acknowledged: UInt64, synced: UInt64)? in
+            guard !state.alone, let first = state.waiters.first, now - first.since > limit else { return nil }
+            return (first.sequence, first.since, state.acknowledged, state.synced)
+        }
+        guard let oldest else { return }
+        let waited = Duration.nanoseconds((now - oldest.since).nanoseconds)
+        let limitText = Duration.nanoseconds(configuration.waitLimit.nanoseconds)
+        logger.critical("the standby has not acknowledged a record for longer than its limit: answering without it", metadata: [
+            "export": "\(store.exportName)", "standby": "\(configuration.agent)", "waited": "\(waited)",
+            "limit": "\(limitText)", "sequence": "\(oldest.sequence)",
+            "standbyHas": "\(oldest.acknowledged)", "standbySynced": "\(oldest.synced)",
+            "action": .string("check the standby node's disk and agent ('baton status', its log); it catches up by itself "
+                + "once it answers; until then acknowledged writes are on this node only"),
+        ])
+        goAlone()
+    }
 
     func stop() {
         let channel = state.withLockedValue { state -> Channel? in
@@ -95,6 +131,7 @@ final class ReplicationLink: @unchecked Sendable {
             return state.channel
         }
         watchdog?.cancel()
+        waitCheck?.cancel()
         try? channel?.close().wait()
         try? group.syncShutdownGracefully()
     }
@@ -178,7 +215,7 @@ final class ReplicationLink: @unchecked Sendable {
         let now = state.withLockedValue { state -> Bool in
             if state.alone || (!durable && !configuration.synchronous) { return true }
             if (durable ? state.synced : state.acknowledged) >= sequence { return true }
-            state.waiters.append((sequence, durable, reply))
+            state.waiters.append((sequence, durable, .now(), reply))
             return false
         }
         if now { reply() }

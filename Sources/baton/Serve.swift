@@ -39,6 +39,12 @@ struct Serve: ParsableCommand {
             + "as wedged, the challenge goes unanswered, and the monitor fails it over."))
     var stallLimitMs: Int = Int(ExportServer.defaultStallLimit.nanoseconds / 1_000_000)
 
+    @Option(help: ArgumentHelp(
+        "How long a reply waits for the standby at most (sync mode) before the server answers without it.",
+        discussion: "For a standby that stops acknowledging while its node still answers (a hung disk): past this "
+            + "limit the server goes on alone, loudly, until the standby is in step again."))
+    var standbyWaitLimitMs: Int = Int(StandbyConfiguration.defaultWaitLimit.nanoseconds / 1_000_000)
+
     @Flag(help: ArgumentHelp(
         "Start ahead of a swap: bind the listening socket, print 'waiting HOST:PORT', then wait for a line on stdin.",
         discussion: "'go' opens the export and serves (connections that arrived meanwhile are answered at once); "
@@ -60,6 +66,9 @@ struct Serve: ParsableCommand {
             throw ValidationError("export name must be 1-255 bytes without '@' or '/': '\(export)'")
         }
         guard stallLimitMs >= 100 else { throw ValidationError("--stall-limit-ms must be at least 100") }
+        guard (100...600_000).contains(standbyWaitLimitMs) else {
+            throw ValidationError("--standby-wait-limit-ms must be from 100 to 600000 (ten minutes)")
+        }
         guard checkpointBytes >= 1 << 20 else { throw ValidationError("--checkpoint-bytes must be at least 1 MiB") }
         guard ["sync", "async"].contains(replication) else { throw ValidationError("--replication is sync or async, not '\(replication)'") }
         if standby != nil && secretFile == nil { throw ValidationError("--standby needs --secret-file") }
@@ -96,7 +105,8 @@ struct Serve: ParsableCommand {
         }
         let opened = ContinuousClock.now
         let standbyConfiguration = standby.map {
-            StandbyConfiguration(agent: $0, node: node, secret: secret!, synchronous: replication == "sync")
+            StandbyConfiguration(agent: $0, node: node, secret: secret!, synchronous: replication == "sync",
+                                 waitLimit: .milliseconds(Int64(standbyWaitLimitMs)))
         }
         let server = ExportServer(exportName: export, store: store, secret: secret, standby: standbyConfiguration,
                                   stallLimit: .milliseconds(Int64(stallLimitMs)), logger: logger)

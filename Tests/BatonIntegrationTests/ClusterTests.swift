@@ -135,6 +135,33 @@ final class ClusterTests: XCTestCase {
         XCTAssertEqual(after.epoch, before.epoch, "a failed standby disk failed the server over")
     }
 
+    /// Issue 13: a standby whose disk hangs (its fsyncs never return) while
+    /// its node answers heartbeats held every fsync of the server for as
+    /// long as it hung: nothing called the standby gone. Past the wait limit
+    /// the server answers alone, loudly; nothing fails over, and the standby
+    /// catches up once its disk is back.
+    func testAStandbyWhoseDiskHangsHoldsWritesNoLongerThanTheWaitLimit() throws {
+        let hold = try temporaryDirectory(self, #function) + "/standby-disk-hangs"
+        let cluster = try TwoNodeCluster(self, agentEnvironment: [
+            "b": [DiskFaults.environmentVariable: "sync-delay-path=/journal/,sync-hold=\(hold)"],
+        ])
+        let mount = try cluster.mount(self, "demo")
+        let before = try XCTUnwrap(try cluster.server("demo"))
+        XCTAssertTrue(FileManager.default.createFile(atPath: hold, contents: nil))
+        // A deadline, not a measurement: far past the 5 s limit, far short of a hang.
+        let dd = try runCommand("/usr/bin/timeout", ["60", "/bin/dd", "if=/dev/urandom", "of=\(mount.mountpoint)/f",
+                                                     "bs=64k", "count=16", "conv=fsync"])
+        XCTAssertEqual(dd.status, 0, "an fsync waited for a hung standby: \(dd.output)")
+        XCTAssertTrue(cluster.logs.contains("the standby has not acknowledged a record for longer than its limit"), cluster.logs)
+        let table = try cluster.admin(["status"]).output
+        XCTAssertTrue(table.contains("demo: the server answers without its standby"), table)
+        try FileManager.default.removeItem(atPath: hold)
+        try cluster.waitUntilStandbyHasEverything("demo")
+        let after = try XCTUnwrap(try cluster.server("demo"))
+        XCTAssertEqual(after.node, before.node)
+        XCTAssertEqual(after.epoch, before.epoch, "a hung standby disk failed the server over")
+    }
+
     /// Issue 13: a standby whose copy did not open (its journal damaged)
     /// left the export without a standby for good. The copy is set aside and
     /// a full copy from the server replaces it.

@@ -61,6 +61,10 @@ public struct ClusterTimings: Hashable, Sendable {
     /// it last heard it; longer than the self-fence delay, so that an isolated
     /// node has stopped serving first.
     public var takeoverDelayMilliseconds: Int
+    /// A reply of a server in sync mode waits this long for its standby at
+    /// most, then the server answers alone (a standby that hangs while its
+    /// node is heard; a node that is gone is found by the ladder first).
+    public var standbyWaitLimitMilliseconds: Int
 
     /// DESIGN.md §8.
     public static let defaults = ClusterTimings()
@@ -72,7 +76,8 @@ public struct ClusterTimings: Hashable, Sendable {
     public init(probeIntervalMilliseconds: Int = 100, probeDeadlineMilliseconds: Int = 200, probeMisses: Int = 3,
                 heartbeatIntervalMilliseconds: Int = 100, heartbeatGraceMilliseconds: Int = 500,
                 agentHeartbeatIntervalMilliseconds: Int = 200, agentHeartbeatGraceMilliseconds: Int = 1000,
-                selffenceDelayMilliseconds: Int = 1800, takeoverDelayMilliseconds: Int = 2500) {
+                selffenceDelayMilliseconds: Int = 1800, takeoverDelayMilliseconds: Int = 2500,
+                standbyWaitLimitMilliseconds: Int = 5000) {
         self.probeIntervalMilliseconds = probeIntervalMilliseconds
         self.probeDeadlineMilliseconds = probeDeadlineMilliseconds
         self.probeMisses = probeMisses
@@ -82,6 +87,7 @@ public struct ClusterTimings: Hashable, Sendable {
         self.agentHeartbeatGraceMilliseconds = agentHeartbeatGraceMilliseconds
         self.selffenceDelayMilliseconds = selffenceDelayMilliseconds
         self.takeoverDelayMilliseconds = takeoverDelayMilliseconds
+        self.standbyWaitLimitMilliseconds = standbyWaitLimitMilliseconds
     }
 
     /// How long one round of the ladder's probes waits for answers; not in the

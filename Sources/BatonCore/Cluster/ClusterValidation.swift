@@ -379,6 +379,7 @@ extension ClusterTimings {
          ("agent_heartbeat_interval_ms", \.agentHeartbeatIntervalMilliseconds),
          ("agent_heartbeat_grace_ms", \.agentHeartbeatGraceMilliseconds),
          ("selffence_delay_ms", \.selffenceDelayMilliseconds),
-         ("takeover_delay_ms", \.takeoverDelayMilliseconds)]
+         ("takeover_delay_ms", \.takeoverDelayMilliseconds),
+         ("standby_wait_limit_ms", \.standbyWaitLimitMilliseconds)]
     }
 }

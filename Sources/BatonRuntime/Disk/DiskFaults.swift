@@ -12,12 +12,15 @@ import Glibc
 ///     sync-delay-ms=2000        every fsync/fdatasync takes 2 s more
 ///     sync-delay-path=/journal/ ... of the paths containing this only (default: all)
 ///     sync-eio=/journal/        fsync/fdatasync of paths containing it fail with EIO
+///     sync-hold=/tmp/hang       ... of the sync-delay-path paths wait while this file exists
+///                               (a disk that hangs, then recovers, on cue)
 ///
 /// e.g. BATON_DISK_FAULTS="sync-delay-ms=2000,sync-delay-path=/journal/".
 public enum DiskFaults {
     nonisolated(unsafe) public private(set) static var syncDelayMilliseconds = 0
     nonisolated(unsafe) public private(set) static var syncDelayPathPart: String?
     nonisolated(unsafe) public private(set) static var syncErrorPathPart: String?
+    nonisolated(unsafe) public private(set) static var syncHoldFile: String?
 
     public static let environmentVariable = "BATON_DISK_FAULTS"
 
@@ -37,18 +40,24 @@ public enum DiskFaults {
                 syncDelayPathPart = parts[1]
             case "sync-eio":
                 syncErrorPathPart = parts[1]
+            case "sync-hold":
+                syncHoldFile = parts[1]
             default:
-                throw SystemCallError("\(environmentVariable): unknown fault '\(parts[0])' (sync-delay-ms, sync-delay-path, sync-eio)", path: text, errno: EINVAL)
+                throw SystemCallError("\(environmentVariable): unknown fault '\(parts[0])' (sync-delay-ms, sync-delay-path, sync-eio, sync-hold)", path: text, errno: EINVAL)
             }
         }
         return "sync-delay-ms=\(syncDelayMilliseconds) sync-delay-path=\(syncDelayPathPart ?? "all")"
-            + " sync-eio=\(syncErrorPathPart ?? "none")"
+            + " sync-eio=\(syncErrorPathPart ?? "none") sync-hold=\(syncHoldFile ?? "none")"
     }
 
     /// Before a sync of `path`: waits, or fails, as configured.
     static func beforeSync(_ path: String) -> Int32? {
-        if syncDelayMilliseconds > 0, syncDelayPathPart.map({ path.contains($0) }) ?? true {
+        let delayed = syncDelayPathPart.map { path.contains($0) } ?? true
+        if syncDelayMilliseconds > 0, delayed {
             usleep(UInt32(syncDelayMilliseconds) * 1000)
+        }
+        if let hold = syncHoldFile, delayed {
+            while access(hold, F_OK) == 0 { usleep(10_000) }
         }
         if let part = syncErrorPathPart, path.contains(part) { return EIO }
         return nil
