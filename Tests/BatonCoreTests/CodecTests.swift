@@ -130,7 +130,10 @@ final class CodecTests: XCTestCase {
             JournalRecord(sequence: UInt64($0), epoch: 1, time: Timestamp(seconds: Int64($0), nanoseconds: 0), session: 3,
                           requestSequence: UInt64($0), operation: Self.operations[$0 % Self.operations.count])
         }
-        return (records, records.flatMap { JournalCodec.encode($0) })
+        // As a segment holds them: each record says the ones before it were made durable.
+        var bytes: [UInt8] = []
+        for record in records { bytes += JournalCodec.encode(record, durableThrough: UInt64(bytes.count)) }
+        return (records, bytes)
     }
 
     func testJournalScanReadsEveryRecord() {
@@ -144,7 +147,7 @@ final class CodecTests: XCTestCase {
     /// A record cut short at any byte is a torn tail: dropped, never an error.
     func testTornTailIsDetectedAtEveryCut() {
         let (records, bytes) = segment(3)
-        let lastStart = bytes.count - JournalCodec.encode(records[2]).count
+        let lastStart = bytes.count - JournalCodec.encode(records[2], durableThrough: 0).count
         for cut in lastStart..<bytes.count {
             let scan = JournalCodec.scan(Array(bytes.prefix(cut)))
             XCTAssertEqual(scan.records, Array(records.prefix(2)))
@@ -166,10 +169,10 @@ final class CodecTests: XCTestCase {
         XCTAssertEqual(scan.validBytes, bytes.count)
     }
 
-    /// A damaged record with records after it is corruption: reported with its offset.
+    /// A damaged record that a later record says was durable is corruption: reported with its offset.
     func testCorruptRecordInTheMiddleIsReported() {
         let (records, bytes) = segment(5)
-        let secondStart = JournalCodec.encode(records[0]).count
+        let secondStart = JournalCodec.encode(records[0], durableThrough: 0).count
         var damaged = bytes
         damaged[secondStart + JournalCodec.headerBytes + 3] ^= 0x40
         let scan = JournalCodec.scan(damaged)
@@ -177,5 +180,48 @@ final class CodecTests: XCTestCase {
         guard case .corrupt(let offset, _) = scan.ending else { return XCTFail("\(scan.ending)") }
         XCTAssertEqual(offset, secondStart)
     }
-}
 
+    /// Pages written after the last sync may reach the disk in any order
+    /// (a power cut): a bad record with valid records after it that claim
+    /// no durability past it is the journal's unsynced end, dropped. A scan
+    /// that began later in the segment counts claims from the segment's start.
+    func testRecordsAfterTheLastSyncInAnyOrderAreATornTail() {
+        let records = segment(5).0
+        var bytes: [UInt8] = []
+        let third = starts(records)[2]
+        for (index, record) in records.enumerated() {
+            // Synced once, after the second record.
+            bytes += JournalCodec.encode(record, durableThrough: index < 2 ? 0 : UInt64(third))
+        }
+        var lost = bytes
+        // The third record's page never reached the disk; the fourth and fifth did.
+        for index in third..<third + 20 { lost[index] = 0 }
+        let scan = JournalCodec.scan(lost, afterPowerCut: true)
+        XCTAssertEqual(scan.records, Array(records.prefix(2)))
+        XCTAssertEqual(scan.ending, .tornTail(offset: third))
+        // In the same boot every page is there: the same bytes are damage.
+        guard case .corrupt = JournalCodec.scan(lost).ending else { return XCTFail("damage in the same boot not reported") }
+        // The second record damaged, after the sync that covered it: the third says so.
+        var damaged = bytes
+        damaged[starts(records)[1] + JournalCodec.headerBytes + 3] ^= 0x40
+        guard case .corrupt(let offset, _) = JournalCodec.scan(damaged, afterPowerCut: true).ending else {
+            return XCTFail("damage after a sync not reported")
+        }
+        XCTAssertEqual(offset, starts(records)[1])
+        // Read from the second record on, as a warm start does: the same verdict.
+        let fromSecond = Array(damaged[starts(records)[1]...])
+        guard case .corrupt = JournalCodec.scan(fromSecond, segmentOffset: starts(records)[1], afterPowerCut: true).ending else {
+            return XCTFail("a scan from within the segment missed the claim")
+        }
+    }
+
+    private func starts(_ records: [JournalRecord]) -> [Int] {
+        var offsets: [Int] = []
+        var end = 0
+        for record in records {
+            offsets.append(end)
+            end += JournalCodec.encode(record, durableThrough: 0).count
+        }
+        return offsets
+    }
+}

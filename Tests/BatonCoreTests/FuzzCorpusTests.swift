@@ -25,7 +25,10 @@ final class FuzzCorpusTests: XCTestCase {
             JournalRecord(sequence: UInt64($0.offset + 1), epoch: 1, time: Timestamp(seconds: 5, nanoseconds: 6), session: 1,
                           requestSequence: UInt64($0.offset + 1), operation: $0.element)
         }
-        seeds["journal"] = ["all": records.flatMap(JournalCodec.encode)]
+        // As a segment holds them: each record says the ones before it were made durable.
+        var segment: [UInt8] = []
+        for record in records { segment += JournalCodec.encode(record, durableThrough: UInt64(segment.count)) }
+        seeds["journal"] = ["all": segment]
         // A small tree, as a server builds it, for the checkpoint and request streams.
         let tree: [Operation] = [
             .mkdir(parent: rootInode, name: FileName("d"), mode: 0o755, CodecTests.caller),

@@ -297,8 +297,8 @@ final class CrashStateTests: XCTestCase {
         let only = Self.environment("BATON_CRASH_STATE").map(Int.init)
         let budget = Int(Self.environment("BATON_CRASH_STATES") ?? 3000)
         let seconds = Self.environment("BATON_CRASH_SECONDS") ?? (ProcessInfo.processInfo.environment["BATON_CRASH_STATES"] == nil ? 60 : 0)
-        // Pages of a file reaching the disk out of order make the journal's
-        // last unsynced records look damaged: a known defect (README, Power loss).
+        // Random states alternate between pages in write order and in any
+        // order; BATON_CRASH_PAGE_ORDER=any makes them all any order.
         let anyPageOrder = ProcessInfo.processInfo.environment["BATON_CRASH_PAGE_ORDER"] == "any"
         let root = try temporaryDirectory(self)
         let data = root + "/data"
@@ -317,11 +317,24 @@ final class CrashStateTests: XCTestCase {
         var disk = CrashDisk(root: data)
         var applied = 0
         var checked = 0
+        // First each point three times (synced only, everything, a random
+        // subset), the points in `strides` ascending passes (0, 7, 14, …, then
+        // 1, 8, …) so that a run cut short by its time budget still covers the
+        // whole workload; then more random subsets, point by point.
+        let strides = 7
+        let firstRound = (0..<strides).flatMap { stride(from: $0, to: points, by: strides) }
+        func crashPoint(_ state: Int) -> (point: Int, style: CrashStyle) {
+            let random: (Int) -> CrashStyle = { anyPageOrder || $0 % 2 == 1 ? .random : .randomInWriteOrder }
+            guard state >= 3 * points else {
+                let (visit, kind) = state.quotientAndRemainder(dividingBy: 3)
+                return (firstRound[visit], kind == 0 ? .syncedOnly : kind == 1 ? .everything : random(visit))
+            }
+            let (pass, point) = (state - 3 * points).quotientAndRemainder(dividingBy: points)
+            return (point, random(pass))
+        }
         for state in only.map({ [$0] }) ?? Array(0..<budget) {
             if seconds > 0, ContinuousClock.now - started > .seconds(seconds) { break }
-            // Pass 0 keeps only what was synced, pass 1 everything, later passes a random subset.
-            let (pass, point) = state.quotientAndRemainder(dividingBy: points)
-            let style: CrashStyle = pass == 0 ? .syncedOnly : pass == 1 ? .everything : anyPageOrder ? .random : .randomInWriteOrder
+            let (point, style) = crashPoint(state)
             if point < applied {
                 disk = CrashDisk(root: data)
                 applied = 0

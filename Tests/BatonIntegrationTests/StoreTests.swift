@@ -117,7 +117,7 @@ final class StoreTests: XCTestCase {
         let forStandby = [UInt8](repeating: 7, count: 1 << 20).withUnsafeBytes { applied.record?.withWriteData($0) }
         XCTAssertEqual(forStandby?.operation.dataCount, 1 << 20)
         let segment = try FileManager.default.contentsOfDirectory(atPath: directory + "/journal").first!
-        let (_, scan) = try ExportStore.readUsedPart(of: OpenFile(path: directory + "/journal/" + segment, flags: O_RDONLY))
+        let (_, scan) = try ExportStore.readUsedPart(of: OpenFile(path: directory + "/journal/" + segment, flags: O_RDONLY), afterPowerCut: false)
         XCTAssertLessThan(scan.validBytes, 4096, "1 MiB of write data went into the journal")
         XCTAssertEqual(scan.records.last?.writeCount, 1 << 20)
     }

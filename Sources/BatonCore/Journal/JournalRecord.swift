@@ -31,19 +31,33 @@ public struct JournalRecord: Hashable, Sendable {
     }
 }
 
-/// The on-disk framing of records: magic, payload length, CRC-32C of the
-/// payload, payload. A reader can tell a torn tail (the write never finished)
-/// from corruption in the middle (something damaged acknowledged data).
+/// The on-disk framing of records: magic, payload length, CRC-32C,
+/// payload. A reader can tell a torn tail (the write never finished) from
+/// corruption (something damaged acknowledged data).
+///
+/// A journal record (`magic`) also says how far its segment was durable
+/// (fdatasync'd) when it was written, under the CRC. Pages written after the
+/// last sync may reach the disk in any order before a power cut, so a bad
+/// record with valid ones after it is not by itself damage: it is only if a
+/// later record says the bad one had been made durable. Frames on the wire
+/// (`wireMagic`) carry no such claim.
 public enum JournalCodec {
-    public static let magic: UInt32 = 0x5254_4E42 // "BNTR"
+    public static let magic: UInt32 = 0x3254_4E42 // "BNT2"
+    public static let wireMagic: UInt32 = 0x5254_4E42 // "BNTR"
     public static let headerBytes = 12
+    /// The durability claim of a journal record, after the header.
+    static let claimBytes = 8
     public static let maxPayloadBytes = WireLimits.maxFrameBytes
 
-    public static func encode(_ record: JournalRecord) -> [UInt8] {
-        var w = ByteWriter(capacity: 96 + (record.operation.dataCount))
-        w.write(magic)
+    /// A frame for the wire, or for the journal with `durableThrough`: the
+    /// offset of the segment up to which every byte had been made durable
+    /// before this record was written.
+    public static func encode(_ record: JournalRecord, durableThrough: UInt64? = nil) -> [UInt8] {
+        var w = ByteWriter(capacity: 104 + (record.operation.dataCount))
+        w.write(durableThrough == nil ? wireMagic : magic)
         w.write(UInt32(0))
         w.write(UInt32(0))
+        if let durableThrough { w.write(durableThrough) }
         w.write(record.sequence)
         w.write(record.epoch)
         w.write(record.time)
@@ -70,16 +84,24 @@ public enum JournalCodec {
         /// The records end exactly at the end of the data, or are followed by
         /// zeros only (the unwritten part of a preallocated segment).
         case clean
-        /// The last record was never completely written (a crash during the
-        /// write): zeros follow where its end should be. It was never
-        /// acknowledged and is dropped.
+        /// The journal's unsynced end did not reach the disk whole: a record
+        /// never completely written (zeros follow where it should end), or,
+        /// after a power cut, pages of the last records written back out of
+        /// order, and no later record says any of it had been made durable.
+        /// Nothing fsync'd is in it: it is dropped from `offset` on.
         case tornTail(offset: Int)
-        /// A damaged record with data after it: acknowledged data may be
-        /// damaged, so the export must not be served from this journal.
+        /// A damaged record with data after it (in the same boot), or that a
+        /// later record says was durable (after a power cut): acknowledged
+        /// data is damaged, so the export must not be served from this journal.
         case corrupt(offset: Int, reason: String)
     }
 
-    public static func scan(_ bytes: UnsafeRawBufferPointer) -> Scan {
+    /// Scans records from the start of `bytes`, which begin at `segmentOffset`
+    /// of their segment. `afterPowerCut`: the page cache that wrote them is
+    /// gone (another boot), so pages written after the last sync may be
+    /// missing in any order; in the same boot they are all there, and any
+    /// bad record with data after it is damage.
+    public static func scan(_ bytes: UnsafeRawBufferPointer, segmentOffset: Int = 0, afterPowerCut: Bool = false) -> Scan {
         var records: [JournalRecord] = []
         var offset = 0
         while offset < bytes.count {
@@ -97,19 +119,49 @@ public enum JournalCodec {
                 if onlyZeros(bytes, from: min(failure.declaredEnd, bytes.count)) {
                     return Scan(records: records, validBytes: offset, ending: .tornTail(offset: offset))
                 }
-                return Scan(records: records, validBytes: offset, ending: .corrupt(offset: offset, reason: failure.reason))
+                guard afterPowerCut else {
+                    return Scan(records: records, validBytes: offset, ending: .corrupt(offset: offset, reason: failure.reason))
+                }
+                guard let proof = durabilityProof(bytes, past: offset, segmentOffset: segmentOffset) else {
+                    return Scan(records: records, validBytes: offset, ending: .tornTail(offset: offset))
+                }
+                return Scan(records: records, validBytes: offset, ending: .corrupt(
+                    offset: offset,
+                    reason: "\(failure.reason), and the record at offset \(segmentOffset + proof.offset) says the segment was durable through \(proof.durableThrough)"))
             }
         }
         return Scan(records: records, validBytes: offset, ending: .clean)
     }
 
-    public static func scan(_ bytes: [UInt8]) -> Scan { bytes.withUnsafeBytes { scan($0) } }
+    public static func scan(_ bytes: [UInt8], segmentOffset: Int = 0, afterPowerCut: Bool = false) -> Scan {
+        bytes.withUnsafeBytes { scan($0, segmentOffset: segmentOffset, afterPowerCut: afterPowerCut) }
+    }
 
     struct Failure: Error {
         var reason: String
         /// Where the bad record says it ends: if nothing but zeros follows,
         /// it is a write that never finished, not damage.
         var declaredEnd: Int
+    }
+
+    /// A valid journal record after `offset` that says the segment was
+    /// durable past `offset`, and its claim. Records are found by their magic
+    /// and CRC; the search goes on from the end of each one found, so a
+    /// record's data (which may hold anything a client wrote) is not searched.
+    static func durabilityProof(_ bytes: UnsafeRawBufferPointer, past offset: Int,
+                                segmentOffset: Int) -> (offset: Int, durableThrough: UInt64)? {
+        var candidate = offset + 1
+        while candidate + headerBytes + claimBytes <= bytes.count {
+            guard bytes.loadUnaligned(fromByteOffset: candidate, as: UInt32.self).littleEndian == magic,
+                  case .success(let (_, next)) = decodeRecord(bytes, at: candidate) else {
+                candidate += 1
+                continue
+            }
+            let claim = bytes.loadUnaligned(fromByteOffset: candidate + headerBytes, as: UInt64.self).littleEndian
+            if claim > UInt64(segmentOffset + offset) { return (candidate, claim) }
+            candidate = next
+        }
+        return nil
     }
 
     static func decodeRecord(_ bytes: UnsafeRawBufferPointer, at offset: Int) -> Result<(JournalRecord, Int), Failure> {
@@ -120,7 +172,9 @@ public enum JournalCodec {
         let length = Int(bytes.loadUnaligned(fromByteOffset: offset + 4, as: UInt32.self).littleEndian)
         let crc = bytes.loadUnaligned(fromByteOffset: offset + 8, as: UInt32.self).littleEndian
         let start = offset + headerBytes
-        guard magicFound == magic else { return .failure(Failure(reason: "bad record magic", declaredEnd: start)) }
+        guard magicFound == magic || magicFound == wireMagic else {
+            return .failure(Failure(reason: "bad record magic", declaredEnd: start))
+        }
         guard length <= maxPayloadBytes else {
             return .failure(Failure(reason: "record length \(length) over the limit", declaredEnd: start))
         }
@@ -134,6 +188,7 @@ public enum JournalCodec {
         var r = ByteReader(payload)
         do {
             // Fields in the order they were written.
+            if magicFound == magic { _ = try r.readUInt64() } // the durability claim, for `durabilityClaim`
             let sequence = try r.readUInt64()
             let epoch = try r.readUInt64()
             let time = try r.readTimestamp()

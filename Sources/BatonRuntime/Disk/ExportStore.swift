@@ -106,6 +106,10 @@ public final class ExportStore: @unchecked Sendable {
     private let files: DataFiles
     private var segment: OpenFile
     private var segmentOffset = 0
+    /// How far the current segment has been made durable (fdatasync'd) by
+    /// this process; each record says so (`JournalCodec`). 0 after open: what
+    /// was replayed may still be only in the page cache.
+    private var segmentDurableOffset = 0
     private var journalBytesSinceCheckpoint = 0
     /// Where each file was written by immediate writes since the checkpoint.
     /// Replay re-applies those writes; a later write that overlaps one must be
@@ -186,14 +190,14 @@ public final class ExportStore: @unchecked Sendable {
     /// Reads the written part of a preallocated segment: a growing prefix
     /// until the records end in zeros with room for a whole record after them
     /// (a damaged header followed by records would show within that room).
-    static func readUsedPart(of file: OpenFile, from start: Int = 0) throws -> ([UInt8], JournalCodec.Scan) {
+    static func readUsedPart(of file: OpenFile, from start: Int = 0, afterPowerCut: Bool) throws -> ([UInt8], JournalCodec.Scan) {
         let size = max(0, Int(try file.size()) - start)
         var count = min(size, 4 << 20)
         while true {
             var bytes = [UInt8](repeating: 0, count: count)
             let read = try bytes.withUnsafeMutableBytes { try file.read(into: $0, at: UInt64(start)) }
             bytes.removeLast(count - read)
-            let scan = JournalCodec.scan(bytes)
+            let scan = JournalCodec.scan(bytes, segmentOffset: start, afterPowerCut: afterPowerCut)
             let roomAfter = bytes.count - scan.validBytes
             if bytes.count >= size || (scan.ending == .clean && roomAfter >= maxRecordBytes + JournalCodec.headerBytes) {
                 return (bytes, scan)
@@ -216,8 +220,8 @@ public final class ExportStore: @unchecked Sendable {
         let sameBoot = !currentBoot.isEmpty && currentBoot == recordedBoot
         // Records up to the warm checkpoint are read only for where their immediate writes landed.
         var warm = sameBoot ? takeWarmCheckpoint(currentBoot: currentBoot) : nil
-        let segments = try Disk.list(journalDirectory).filter { $0.hasSuffix(".log") }
         let started = namespace.appliedSequence
+        let segments = try journalSegmentsAfterCheckpoint()
         history = JournalHistory(checkpoint: namespace.appliedSequence, epoch: namespace.appliedEpoch)
         touchesKnownFrom = namespace.appliedSequence
         // With its replay state, the journal is read from where the warm checkpoint ends.
@@ -230,7 +234,7 @@ public final class ExportStore: @unchecked Sendable {
             let index = segments.firstIndex(of: state.segmentName)
             let tail = index.flatMap { _ in
                 (try? OpenFile(path: journalDirectory + "/" + state.segmentName, flags: O_RDONLY))
-                    .flatMap { try? Self.readUsedPart(of: $0, from: state.segmentOffset).1 }
+                    .flatMap { try? Self.readUsedPart(of: $0, from: state.segmentOffset, afterPowerCut: false).1 }
             }
             var sound = tail.map { $0.records.first.map { $0.sequence == namespaceThen.appliedSequence + 1 } ?? true } ?? false
             if case .corrupt? = tail?.ending { sound = false }
@@ -258,7 +262,7 @@ public final class ExportStore: @unchecked Sendable {
             let path = journalDirectory + "/" + name
             let file = try OpenFile(path: path, flags: O_RDWR)
             let start = index == resume?.index ? resume!.offset : 0
-            let (bytes, scan) = try Self.readUsedPart(of: file, from: start)
+            let (bytes, scan) = try Self.readUsedPart(of: file, from: start, afterPowerCut: !sameBoot)
             // A gap is reported below, as damage.
             for record in scan.records where record.sequence == history.last + 1 {
                 history.append(sequence: record.sequence, epoch: record.epoch)
@@ -303,15 +307,17 @@ public final class ExportStore: @unchecked Sendable {
             switch scan.ending {
             case .clean: break
             case .tornTail(let offset) where isLast:
-                logger.warning("dropping a torn record at the end of the journal (never acknowledged)",
-                               metadata: ["export": "\(exportName)", "file": "\(path)", "offset": "\(offset)"])
                 // Zero it, so that records appended after it are not read as damage.
                 let tail = bytes[offset...].lastIndex(where: { $0 != 0 })! + 1
+                logger.warning("dropping the end of the journal: it did not reach the disk whole, and no record says it was made durable", metadata: [
+                    "export": "\(exportName)", "file": "\(path)", "offset": "\(start + offset)", "bytes": "\(tail - offset)",
+                    "action": "none: nothing fsync'd is lost; the standby, if it has these records, keeps them",
+                ])
                 try file.write([UInt8](repeating: 0, count: tail - offset), at: UInt64(start + offset))
             case .tornTail(let offset):
-                throw StoreError.corruptJournal(file: path, offset: offset, reason: "incomplete record before the last segment")
+                throw StoreError.corruptJournal(file: path, offset: start + offset, reason: "incomplete record before the last segment")
             case .corrupt(let offset, let reason):
-                throw StoreError.corruptJournal(file: path, offset: offset, reason: reason)
+                throw StoreError.corruptJournal(file: path, offset: start + offset, reason: reason)
             }
             journalBytesSinceCheckpoint += scan.validBytes
             if isLast {
@@ -338,6 +344,24 @@ public final class ExportStore: @unchecked Sendable {
 
     private let openStarted: ContinuousClock.Instant
 
+    /// The journal's segments, oldest first, without those the checkpoint
+    /// replaced: a checkpoint at sequence C starts segment C+1 and deletes
+    /// the older ones, but a power cut may bring them back (their deletion
+    /// not yet durable), unsynced tails and all. Every record in them is in
+    /// the checkpoint, so they are deleted again, unread.
+    private func journalSegmentsAfterCheckpoint() throws -> [String] {
+        let all = try Disk.list(journalDirectory).filter { $0.hasSuffix(".log") }.sorted()
+        let replaced = all.filter { UInt64($0.dropLast(4), radix: 16).map { $0 <= namespace.appliedSequence } ?? false }
+        guard !replaced.isEmpty else { return all }
+        logger.notice("deleting journal segments that the checkpoint replaced (their deletion did not reach the disk)", metadata: [
+            "export": "\(exportName)", "segments": "\(replaced.joined(separator: ", "))",
+            "checkpointSequence": "\(namespace.appliedSequence)",
+        ])
+        for name in replaced { try Disk.remove(journalDirectory + "/" + name) }
+        try Disk.syncDirectory(journalDirectory)
+        return all.filter { !replaced.contains($0) }
+    }
+
     private func startSegment() throws {
         let name = String(namespace.appliedSequence + 1, radix: 16).leftPadded(to: 16) + ".log"
         let path = journalDirectory + "/" + name
@@ -351,6 +375,7 @@ public final class ExportStore: @unchecked Sendable {
         try Disk.syncDirectory(journalDirectory)
         segment = file
         segmentOffset = 0
+        segmentDurableOffset = 0
     }
 
     // MARK: - Queries (any thread)
@@ -809,7 +834,7 @@ public final class ExportStore: @unchecked Sendable {
             return (record, outcome)
         }
         do {
-            let bytes = JournalCodec.encode(record)
+            let bytes = JournalCodec.encode(record, durableThrough: UInt64(segmentDurableOffset))
             try segment.write(bytes, at: UInt64(segmentOffset))
             segmentOffset += bytes.count
             let half = limits.checkpointAfterBytes / 2
@@ -875,7 +900,9 @@ public final class ExportStore: @unchecked Sendable {
     public func sync() throws(StoreError) {
         do {
             try files.syncIndirect()
+            let end = segmentOffset
             try segment.sync()
+            segmentDurableOffset = end
         } catch {
             throw StoreError(error)
         }
@@ -893,6 +920,7 @@ public final class ExportStore: @unchecked Sendable {
             let old = try Disk.list(journalDirectory).filter { $0.hasSuffix(".log") }
             try startSegment()
             for name in old { try Disk.remove(journalDirectory + "/" + name) }
+            try Disk.syncDirectory(journalDirectory)
             journalBytesSinceCheckpoint = 0
             checkpointNotBefore = 0
             immediateRanges = [:]
