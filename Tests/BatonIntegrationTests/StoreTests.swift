@@ -317,3 +317,20 @@ extension StoreTests {
         XCTAssertEqual(DataDirectoryLock.holder(of: directory), .held(pid: getpid()))
     }
 }
+
+extension StoreTests {
+    /// Issue 13: a data directory the store created was lost with everything
+    /// in it if the power failed before its parent was next synced (its
+    /// entry in the parent was not durable). The store syncs the parent.
+    func testANewDataDirectoryIsDurableInItsParent() throws {
+        let root = try temporaryDirectory(self)
+        let directory = root + "/export"
+        let log = DiskLog(root: root)
+        try log.recording { _ = try ExportStore(directory: directory, exportName: "x", logger: logger) }
+        let made = log.operations.firstIndex { if case .makeDirectory(directory) = $0 { true } else { false } }
+        let parentSynced = log.operations.firstIndex { if case .sync(root) = $0 { true } else { false } }
+        XCTAssertNotNil(made, "\(log.operations)")
+        XCTAssertNotNil(parentSynced, "the parent of a new data directory was not synced: \(log.operations)")
+        if let made, let parentSynced { XCTAssertLessThan(made, parentSynced) }
+    }
+}

@@ -139,7 +139,11 @@ public final class ExportStore: @unchecked Sendable {
         precondition(limits.segmentBytes >= 2 * Self.maxRecordBytes, "journal segments must hold the largest record")
         openStarted = ContinuousClock.now
         do {
-            try Disk.makeDirectory(directory)
+            if try Disk.makeDirectory(directory) {
+                // A new data directory outlives a power cut only once its parent's entry is durable.
+                let parent = directory.lastIndex(of: "/").map { String(directory[..<$0]) } ?? "."
+                try Disk.syncDirectory(parent.isEmpty ? "/" : parent)
+            }
             // Before anything is read: a second owner would replay a journal the first still writes.
             ownership = try DataDirectoryLock(directory: directory)
             try Disk.makeDirectory(directory + "/journal")

@@ -178,12 +178,16 @@ public enum Disk {
     /// opens and cleared after, while no other store in the process runs.
     nonisolated(unsafe) public static var recorder: (any DiskRecorder)?
 
-    public static func makeDirectory(_ path: String) throws {
+    /// Creates a directory unless it exists; true when it created it.
+    @discardableResult
+    public static func makeDirectory(_ path: String) throws -> Bool {
         if mkdir(path, 0o700) == 0 {
             recorder?.record(.makeDirectory(path: path))
+            return true
         } else if errno != EEXIST {
             throw SystemCallError("mkdir", path: path)
         }
+        return false
     }
 
     public static func exists(_ path: String) -> Bool { access(path, F_OK) == 0 }
