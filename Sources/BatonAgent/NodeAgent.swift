@@ -27,6 +27,16 @@ public final class NodeAgent: @unchecked Sendable {
     let monitorTimings: MonitorTimings
     private var controllers: [String: ExportController] = [:]
     private var listeners: [Channel] = []
+    /// Sessions: the peer's replication links (one per export), its control
+    /// requests and admin commands; unauthenticated ones at most
+    /// `maxHalfOpen` and `helloTimeout` long, so a flood cannot use up the
+    /// descriptors the agent needs for its own servers and peer.
+    lazy var admission = ConnectionAdmission(limits: Self.connectionLimits, subject: ["node": "\(me.name)"], logger: logger)
+    static var connectionLimits: ConnectionAdmission.Limits {
+        var limits = ConnectionAdmission.Limits()
+        limits.maxClients = 256
+        return limits
+    }
     /// Heartbeats with the peer's agent and the diagnostic ladder (DESIGN.md §6).
     private(set) var peerWatch: PeerWatch!
 
@@ -193,11 +203,28 @@ private final class AgentSessionHandler: ChannelInboundHandler, @unchecked Senda
     /// A copy under way: whether it is partial.
     private var copyIsPartial: Bool?
 
+    private var authenticationDeadline: Scheduled<Void>?
+
     init(agent: NodeAgent) { self.agent = agent }
 
     func channelActive(context: ChannelHandlerContext) {
+        let channel = context.channel
+        let admission = agent.admission
+        admission.accepted(channel)
+        authenticationDeadline = context.eventLoop.scheduleTask(in: admission.limits.helloTimeout) {
+            admission.logHit("authentication", "an agent connection did not authenticate in time: closing it", [
+                "timeout": "\(admission.limits.helloTimeout)", "peer": "\(channel.remoteAddress.map { "\($0)" } ?? "?")",
+            ])
+            channel.close(promise: nil)
+        }
         nonce = (0..<32).map { _ in UInt8.random(in: 0...255) }
         send(context, .challenge(nonce: nonce))
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        authenticationDeadline?.cancel()
+        agent.admission.closed(context.channel, welcomed: peerNode != nil)
+        context.fireChannelInactive()
     }
 
     private func send(_ context: ChannelHandlerContext, _ message: Message) {
@@ -205,8 +232,10 @@ private final class AgentSessionHandler: ChannelInboundHandler, @unchecked Senda
     }
 
     private func refuse(_ context: ChannelHandlerContext, _ refusal: Refusal, _ detail: String) {
-        agent.logger.warning("agent connection refused", metadata: [
+        // At most one line per 10 s: a flood of bad connections must not flood the log.
+        agent.admission.logHit("refused", "agent connection refused", [
             "peer": "\(context.remoteAddress.map { "\($0)" } ?? "?")", "detail": "\(detail)",
+            "action": "check the peer's shared secret and version if this is a node of the cluster",
         ])
         let channel = context.channel
         channel.writeAndFlush(Message.refused(refusal, detail: detail).frame(allocator: channel.allocator)).whenComplete { _ in
@@ -219,6 +248,10 @@ private final class AgentSessionHandler: ChannelInboundHandler, @unchecked Senda
         if case .authenticate(let node, let proof) = message {
             guard peerNode == nil, ChallengeMAC.matches(proof, AgentAuthentication.proof(secret: agent.secret, nonce: nonce, node: node)) else {
                 return refuse(context, .unauthenticated, "authentication failed for '\(node)': wrong shared secret")
+            }
+            authenticationDeadline?.cancel()
+            guard agent.admission.welcome(context.channel) else {
+                return refuse(context, .notActive, "too many sessions with \(agent.me.name)'s agent; try again")
             }
             peerNode = node
             return

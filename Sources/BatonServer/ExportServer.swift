@@ -46,7 +46,7 @@ public final class ExportServer: @unchecked Sendable {
         self.logger = logger
         self.secret = secret
         self.stallLimit = stallLimit
-        self.admission = ConnectionAdmission(limits: connectionLimits, exportName: exportName, logger: logger)
+        self.admission = ConnectionAdmission(limits: connectionLimits, subject: ["export": "\(exportName)"], logger: logger)
         self.network = MultiThreadedEventLoopGroup(numberOfThreads: 2)
         let mutations = MutationPath()
         self.mutations = mutations

@@ -162,6 +162,42 @@ final class ClusterTests: XCTestCase {
         XCTAssertEqual(after.epoch, before.epoch, "a hung standby disk failed the server over")
     }
 
+    /// Issue 13: an agent took any number of connections that never
+    /// authenticate and kept them for good (a flood could use up its
+    /// descriptors, and then its peer's replication and its own servers
+    /// failed). It keeps 64 at most, the oldest closed to make room; admin
+    /// commands and replication go on during the flood, and nothing fails over.
+    func testAFloodOfUnauthenticatedConnectionsToAnAgentIsCutDown() throws {
+        let cluster = try TwoNodeCluster(self)
+        let before = try XCTUnwrap(try cluster.server("demo"))
+        let flood = (0..<300).compactMap { _ in rawTCPSocket(to: cluster.agentAddresses["b"]!) }
+        defer { flood.forEach { close($0) } }
+        XCTAssertEqual(flood.count, 300)
+        let status = try cluster.admin(["status"])
+        XCTAssertEqual(status.status, 0, status.output)
+        // The agent closed the oldest: they read its challenge, then the end of the stream.
+        let deadline = Date().addingTimeInterval(5)
+        var closedByAgent = Set<Int32>()
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        while closedByAgent.count < 300 - 64, Date() < deadline {
+            for fd in flood where !closedByAgent.contains(fd) {
+                while true {
+                    let got = recv(fd, &buffer, buffer.count, Int32(MSG_DONTWAIT))
+                    if got == 0 { closedByAgent.insert(fd) }
+                    if got <= 0 { break }
+                }
+            }
+            usleep(10_000)
+        }
+        XCTAssertGreaterThanOrEqual(closedByAgent.count, 300 - 64, "unauthenticated connections the agent left open")
+        XCTAssertTrue(cluster.logs.contains("connections without a hello over the limit"), cluster.logs)
+        let mount = try cluster.mount(self, "demo")
+        XCTAssertTrue(FileManager.default.createFile(atPath: mount.mountpoint + "/f", contents: Data("replicated".utf8)))
+        try cluster.waitUntilStandbyHasEverything("demo")
+        let after = try XCTUnwrap(try cluster.server("demo"))
+        XCTAssertEqual(after.epoch, before.epoch, "a flood of connections to the standby's agent failed the server over")
+    }
+
     /// Issue 13: a standby whose copy did not open (its journal damaged)
     /// left the export without a standby for good. The copy is set aside and
     /// a full copy from the server replaces it.

@@ -207,29 +207,13 @@ final class ServerProcessTests: XCTestCase {
     }
 
     /// A connected TCP socket to `address`, or nil when the connect failed.
-    private func rawSocket(to address: NodeAddress, receiveBufferBytes: Int32? = nil) -> Int32? {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        if var bytes = receiveBufferBytes { setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &bytes, socklen_t(MemoryLayout<Int32>.size)) }
-        var sin = sockaddr_in()
-        sin.sin_family = sa_family_t(AF_INET)
-        sin.sin_port = in_port_t(UInt16(address.port).bigEndian)
-        sin.sin_addr.s_addr = inet_addr(address.host)
-        let connected = withUnsafePointer(to: &sin) {
-            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
-        }
-        guard connected == 0 else {
-            close(fd)
-            return nil
-        }
-        return fd
-    }
 
     /// Issue 13: connections that never say hello are limited (64 at a time,
     /// the oldest closed to make room), so a flood of them cannot keep a
     /// client out; the client that says hello is served.
     func testAFloodOfConnectionsWithoutAHelloIsCutDownAndAClientIsStillServed() throws {
         let server = try ServerProcess(self, export: "data", data: try temporaryDirectory(self))
-        let flood = (0..<300).compactMap { _ in rawSocket(to: server.address) }
+        let flood = (0..<300).compactMap { _ in rawTCPSocket(to: server.address) }
         defer { flood.forEach { close($0) } }
         XCTAssertEqual(flood.count, 300)
         let client = try connect(server)
@@ -262,7 +246,7 @@ final class ServerProcessTests: XCTestCase {
         let size = WireLimits.maxDataBytes
         XCTAssertEqual(client.call(.write(file.inode, handle: handle, offset: 0, data: [UInt8](repeating: 9, count: size))),
                        .written(count: UInt32(size)))
-        let greedy = try XCTUnwrap(rawSocket(to: server.address, receiveBufferBytes: 4096))
+        let greedy = try XCTUnwrap(rawTCPSocket(to: server.address, receiveBufferBytes: 4096))
         defer { close(greedy) }
         var requests = Message.hello(export: "data", session: 77, version: Message.protocolVersion).frame()
         for sequence in 1...1024 {
@@ -310,7 +294,7 @@ final class ServerProcessTests: XCTestCase {
     }
 
     private func sendRaw(_ bytes: [UInt8], to address: NodeAddress) throws {
-        guard let fd = rawSocket(to: address) else { throw TestError("connect failed") }
+        guard let fd = rawTCPSocket(to: address) else { throw TestError("connect failed") }
         defer { close(fd) }
         _ = bytes.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
         var buffer = [UInt8](repeating: 0, count: 4096)

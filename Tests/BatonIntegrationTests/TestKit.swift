@@ -1,6 +1,7 @@
 import BatonCore
 import BatonRuntime
 import Foundation
+import Glibc
 import Logging
 import NIOCore
 import XCTest
@@ -116,4 +117,23 @@ func smallDisk(_ test: XCTestCase, in directory: String, size: String) throws ->
     guard mounted.status == 0 else { throw TestError("cannot mount a tmpfs: \(mounted.output)") }
     test.addTeardownBlock { _ = try? runCommand("/bin/umount", ["-l", mountpoint]) }
     return mountpoint
+}
+
+/// A plain blocking TCP socket connected to `address` (IPv4), for tests that
+/// speak raw bytes or just hold a connection open; nil if the connect fails.
+func rawTCPSocket(to address: NodeAddress, receiveBufferBytes: Int32? = nil) -> Int32? {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    if var bytes = receiveBufferBytes { setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &bytes, socklen_t(MemoryLayout<Int32>.size)) }
+    var sin = sockaddr_in()
+    sin.sin_family = sa_family_t(AF_INET)
+    sin.sin_port = in_port_t(UInt16(address.port).bigEndian)
+    sin.sin_addr.s_addr = inet_addr(address.host)
+    let connected = withUnsafePointer(to: &sin) {
+        $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+    }
+    guard connected == 0 else {
+        close(fd)
+        return nil
+    }
+    return fd
 }

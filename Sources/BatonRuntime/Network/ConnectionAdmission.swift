@@ -2,13 +2,15 @@ import Logging
 import NIOConcurrencyHelpers
 import NIOCore
 
-/// Limits on an export server's client connections, so that no client,
-/// however it behaves, stops the server or starves the others (DESIGN.md
-/// §4.6): welcomed connections at most `maxClients`; connections that have
-/// not said hello (half-open) at most `maxHalfOpen`, the oldest closed to make
-/// room (a flood of them cannot keep a real client out, which says hello at
-/// once), and each closed after `helloTimeout`. A client that does not read
-/// its answers is stopped being read from (see `ClientConnectionHandler`).
+/// Limits on the connections a listener takes (an export server's clients,
+/// an agent's peers and admins), so that no one connecting, however it
+/// behaves, stops the process or starves the others (DESIGN.md §4.6):
+/// admitted connections (a client's hello, an agent session's
+/// authentication) at most `maxClients`; connections not admitted yet
+/// (half-open) at most `maxHalfOpen`, the oldest closed to make room (a flood
+/// of them cannot keep a real client out, which says hello at once), and
+/// each closed after `helloTimeout`. An export server also stops reading
+/// from a client that does not read its answers (see `ClientConnectionHandler`).
 /// Each limit hit is a log line, at most one per limit every 10 s.
 public final class ConnectionAdmission: @unchecked Sendable {
     public struct Limits: Sendable {
@@ -23,9 +25,10 @@ public final class ConnectionAdmission: @unchecked Sendable {
         public init() {}
     }
 
-    let limits: Limits
+    public let limits: Limits
     private let logger: Logger
-    private let exportName: String
+    /// Names the listener in log lines: `["export": "demo"]`, `["node": "a"]`.
+    private let subject: Logger.Metadata
     private struct State {
         var halfOpen: [ObjectIdentifier: Channel] = [:]
         var halfOpenOrder: [ObjectIdentifier] = []
@@ -34,14 +37,14 @@ public final class ConnectionAdmission: @unchecked Sendable {
     }
     private let state = NIOLockedValueBox(State())
 
-    init(limits: Limits = Limits(), exportName: String, logger: Logger) {
+    public init(limits: Limits = Limits(), subject: Logger.Metadata, logger: Logger) {
         self.limits = limits
-        self.exportName = exportName
+        self.subject = subject
         self.logger = logger
     }
 
     /// A new connection: half-open until its hello.
-    func accepted(_ channel: Channel) {
+    public func accepted(_ channel: Channel) {
         let id = ObjectIdentifier(channel)
         let evicted = state.withLockedValue { state -> Channel? in
             state.halfOpen[id] = channel
@@ -62,7 +65,7 @@ public final class ConnectionAdmission: @unchecked Sendable {
     }
 
     /// Its hello came: a client, if there is room for one.
-    func welcome(_ channel: Channel) -> Bool {
+    public func welcome(_ channel: Channel) -> Bool {
         let admitted = state.withLockedValue { state -> Bool in
             let id = ObjectIdentifier(channel)
             state.halfOpen.removeValue(forKey: id)
@@ -80,7 +83,7 @@ public final class ConnectionAdmission: @unchecked Sendable {
     }
 
     /// The connection closed; `welcomed`: it was counted as a client.
-    func closed(_ channel: Channel, welcomed: Bool) {
+    public func closed(_ channel: Channel, welcomed: Bool) {
         state.withLockedValue { state in
             let id = ObjectIdentifier(channel)
             if state.halfOpen.removeValue(forKey: id) != nil { state.halfOpenOrder.removeAll { $0 == id } }
@@ -88,7 +91,7 @@ public final class ConnectionAdmission: @unchecked Sendable {
         }
     }
 
-    func logHit(_ limit: String, _ message: String, _ metadata: Logger.Metadata) {
+    public func logHit(_ limit: String, _ message: String, _ metadata: Logger.Metadata) {
         let now = NIODeadline.now()
         let due = state.withLockedValue { state -> Bool in
             if let last = state.lastLogged[limit], now - last < .seconds(10) { return false }
@@ -96,9 +99,8 @@ public final class ConnectionAdmission: @unchecked Sendable {
             return true
         }
         guard due else { return }
-        var metadata = metadata
-        metadata["export"] = "\(exportName)"
-        metadata["action"] = "none: the server goes on; check the clients named if this repeats"
+        var metadata = metadata.merging(subject) { $1 }
+        metadata["action"] = metadata["action"] ?? "none: the process goes on; check the peers named if this repeats"
         logger.warning("\(message)", metadata: metadata)
     }
 }
