@@ -66,6 +66,11 @@ final class ReplicationLink: @unchecked Sendable {
         var lastSent: UInt64 = 0
         var stopped = false
         var connecting = false
+        /// Refusals by the standby since it last acknowledged a record, and
+        /// no new session before `nextAttempt`: a standby that cannot store
+        /// a copy (a full disk) is not sent one again and again at once.
+        var refusals = 0
+        var nextAttempt = NIODeadline.uptimeNanoseconds(0)
         /// Waits for the standby to say which of its files changed.
         var filesQuery: EventLoopPromise<[InodeNumber]?>?
         /// Stopped answering alone: once the standby acknowledges this
@@ -233,6 +238,7 @@ final class ReplicationLink: @unchecked Sendable {
 
     fileprivate func acknowledged(_ sequence: UInt64, durable: Bool) {
         let (ready, drained, channel) = state.withLockedValue { state -> ([@Sendable () -> Void], UInt64?, Channel?) in
+            state.refusals = 0
             if durable { state.synced = max(state.synced, sequence) } else { state.acknowledged = max(state.acknowledged, sequence) }
             var drained: UInt64?
             if let until = state.aloneUntil, state.inStep, state.acknowledged >= until {
@@ -292,7 +298,7 @@ final class ReplicationLink: @unchecked Sendable {
     /// check calls it too, so no lost event can leave the link for good.
     private func connect() {
         let start = state.withLockedValue { state -> Bool in
-            guard !state.stopped, !state.connecting, state.channel == nil else { return false }
+            guard !state.stopped, !state.connecting, state.channel == nil, NIODeadline.now() >= state.nextAttempt else { return false }
             state.connecting = true
             return true
         }
@@ -322,8 +328,8 @@ final class ReplicationLink: @unchecked Sendable {
             }
     }
 
-    private func retry() {
-        group.next().scheduleTask(in: .milliseconds(200)) { self.connect() }
+    private func retry(after delay: TimeAmount = .milliseconds(200)) {
+        group.next().scheduleTask(in: delay) { self.connect() }
     }
 
     fileprivate func challenged(_ channel: Channel, nonce: [UInt8]) {
@@ -550,7 +556,7 @@ final class ReplicationLink: @unchecked Sendable {
     /// take over meanwhile (the session ends, and it watches again only after
     /// `repliesWait`). Its next session catches it up.
     fileprivate func standbyFailed(_ channel: Channel, detail: String) {
-        lost(channel, reason: "the standby cannot keep records: \(detail)")
+        lost(channel, reason: "the standby cannot keep records: \(detail)", refused: true)
         guard !state.withLockedValue(\.alone) else { return }
         logger.critical("the standby failed: answering without it", metadata: [
             "export": "\(store.exportName)", "standby": "\(configuration.agent)", "detail": "\(detail)",
@@ -559,18 +565,31 @@ final class ReplicationLink: @unchecked Sendable {
         goAlone()
     }
 
-    fileprivate func lost(_ channel: Channel, reason: String) {
+    /// Longest wait before a new session after refusals.
+    static let maxRetryDelay = TimeAmount.seconds(10)
+
+    fileprivate func lost(_ channel: Channel, reason: String, refused: Bool = false) {
         // Called for a refusal and again when the channel closes: retry once.
-        let wasCurrent = state.withLockedValue { state -> Bool in
-            guard state.channel === channel else { return false }
+        let (wasCurrent, delay) = state.withLockedValue { state -> (Bool, TimeAmount) in
+            var delay = max(.milliseconds(200), state.nextAttempt - .now())
+            if refused {
+                // 200 ms, 400 ms, … up to 10 s, until the standby acknowledges a record again.
+                state.refusals += 1
+                delay = .nanoseconds(min(Self.maxRetryDelay.nanoseconds,
+                                         TimeAmount.milliseconds(200).nanoseconds << min(state.refusals - 1, 16)))
+                state.nextAttempt = .now() + delay
+            }
+            guard state.channel === channel else { return (false, delay) }
             state.channel = nil
             state.inStep = false
-            return true
+            return (true, delay)
         }
         if wasCurrent {
             takeFilesQuery()?.fail(ReplicationError.refused("standby connection lost: \(reason)"))
-            logger.warning("standby connection lost", metadata: ["export": "\(store.exportName)", "reason": "\(reason)"])
-            retry()
+            logger.warning("standby connection lost", metadata: [
+                "export": "\(store.exportName)", "reason": "\(reason)", "nextAttempt": "\(Duration.nanoseconds(delay.nanoseconds))",
+            ])
+            retry(after: delay)
         }
     }
 }
@@ -593,7 +612,7 @@ private final class StandbyHandler: ChannelInboundHandler, @unchecked Sendable {
             link.standbyFailed(context.channel, detail: detail)
             context.close(promise: nil)
         case .refused(let refusal, let detail):
-            link.lost(context.channel, reason: "refused (\(refusal)): \(detail)")
+            link.lost(context.channel, reason: "refused (\(refusal)): \(detail)", refused: true)
             context.close(promise: nil)
         default:
             context.close(promise: nil)

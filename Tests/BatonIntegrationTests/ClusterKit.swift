@@ -19,7 +19,7 @@ final class TwoNodeCluster {
     let bed: TestBed?
 
     /// Extra environment of each node's agent (and so of its servers), e.g. disk faults.
-    let agentEnvironment: [String: [String: String]]
+    var agentEnvironment: [String: [String: String]]
 
     init(_ test: XCTestCase, exports names: [String] = ["demo"], replication: String = "sync", bed: TestBed? = nil,
          agentEnvironment: [String: [String: String]] = [:], name: String = #function) throws {

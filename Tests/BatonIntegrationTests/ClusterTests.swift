@@ -162,6 +162,24 @@ final class ClusterTests: XCTestCase {
         XCTAssertEqual(after.epoch, before.epoch, "a hung standby disk failed the server over")
     }
 
+    /// Issue 13: a standby that cannot store a copy (its disk full or
+    /// failing) was sent a new one 200 ms after each refusal, for good: a
+    /// full copy of the export over and over. Refusals now back off (200 ms,
+    /// doubling, up to 10 s) until the standby acknowledges a record again.
+    func testAStandbyThatRefusesCopiesIsAskedAgainLessAndLessOften() throws {
+        let cluster = try TwoNodeCluster(self)
+        cluster.killAgent("b")
+        let mount = try cluster.mount(self, "demo")
+        XCTAssertTrue(FileManager.default.createFile(atPath: mount.mountpoint + "/f", contents: Data("while b is down".utf8)))
+        cluster.agentEnvironment["b"] = [DiskFaults.environmentVariable: "sync-eio=.incoming/"]
+        try cluster.startAgent("b")
+        let deadline = Date().addingTimeInterval(30)
+        while !cluster.logs.contains("nextAttempt=3.2 seconds"), Date() < deadline { usleep(50_000) }
+        XCTAssertTrue(cluster.logs.contains("nextAttempt=3.2 seconds"), "refused copies not backed off: \(cluster.logs)")
+        XCTAssertTrue(cluster.logs.contains("copy could not be installed"), cluster.logs)
+        XCTAssertEqual(try cluster.server("demo")?.node, "a")
+    }
+
     /// Issue 13: an agent took any number of connections that never
     /// authenticate and kept them for good (a flood could use up its
     /// descriptors, and then its peer's replication and its own servers
