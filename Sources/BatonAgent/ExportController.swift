@@ -358,6 +358,27 @@ final class ExportController: @unchecked Sendable {
         logger.warning(handOver ? "export server handed over at the peer's request" : "export server fenced at the peer's request", metadata: [
             "export": "\(export.name)", "pid": "\(process.pid)", "epoch": "\(ownEpoch)",
         ])
+        // The server answered without its standby (the marker stands until
+        // the standby has every such write): a peer that took over now, its
+        // monitor not yet stood down, would serve without them. Serve here again.
+        if !handOver, Disk.exists(standbyOutdatedMarker) {
+            logger.critical("the peer's replica lacks writes this server answered without it: serving the export here again instead", metadata: [
+                "export": "\(export.name)", "node": "\(agent.me.name)", "peer": "\(agent.peer.name)", "epoch": "\(ownEpoch)",
+                "action": .string("none if the server starts again here; if this node cannot serve it, 'baton force-serve "
+                    + "\(export.name) --node \(agent.peer.name)' serves the peer's copy and loses those writes"),
+            ])
+            Thread.detachNewThread { [self] in
+                do {
+                    try startServing(aloneFromStart: true)
+                } catch {
+                    logger.critical("the export server did not start again", metadata: [
+                        "export": "\(export.name)", "error": "\(error)", "action": "see the log above, then restart this agent",
+                    ])
+                }
+            }
+            return (false, "\(agent.me.name) answered writes of \(export.name) without its standby on \(agent.peer.name), "
+                + "which lacks them: its server starts again there instead")
+        }
         // The peer waits for this answer to promote: open the replica after it.
         Thread.detachNewThread { [self] in
             do {

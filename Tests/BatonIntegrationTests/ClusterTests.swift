@@ -162,6 +162,30 @@ final class ClusterTests: XCTestCase {
         XCTAssertEqual(after.epoch, before.epoch, "a hung standby disk failed the server over")
     }
 
+    /// Issue 13: a server that answers without its standby (here: the peer's
+    /// agent is gone) has acknowledged writes the standby lacks; a fence
+    /// from that standby's node (its monitor had not stood down yet when the
+    /// server stalled) killed the server, and the peer would have served
+    /// without those writes. The fence now restarts the server here and
+    /// says no, and the export stays served where its newest copy is.
+    func testAFenceOfAServerThatAnswersWithoutItsStandbyServesItHereAgain() throws {
+        let cluster = try TwoNodeCluster(self)
+        let before = try XCTUnwrap(try cluster.server("demo"))
+        let mount = try cluster.mount(self, "demo")
+        cluster.killAgent("b")
+        let deadline = Date().addingTimeInterval(20)
+        while !cluster.logs.contains("answering without a standby until one is in step"), Date() < deadline { usleep(50_000) }
+        XCTAssertTrue(FileManager.default.createFile(atPath: mount.mountpoint + "/f", contents: Data("only on a".utf8)))
+        let secret = [UInt8](try Data(contentsOf: URL(fileURLWithPath: cluster.directory + "/secret")))
+        let (fenced, text) = try PeerClient.request(.fence(export: "demo", epoch: UInt64(before.epoch)), to: cluster.agentAddresses["a"]!,
+                                                    node: "b", secret: secret)
+        XCTAssertFalse(fenced, "a server that answered without its standby was fenced for it: \(text)")
+        XCTAssertTrue(text.contains("without its standby"), text)
+        try cluster.waitUntilServed("demo", on: "a", epoch: before.epoch)
+        XCTAssertNotEqual(try cluster.server("demo")?.pid, before.pid, "the fenced server was not started again")
+        XCTAssertEqual(try String(contentsOfFile: mount.mountpoint + "/f", encoding: .utf8), "only on a")
+    }
+
     /// Issue 13: a standby that cannot store a copy (its disk full or
     /// failing) was sent a new one 200 ms after each refusal, for good: a
     /// full copy of the export over and over. Refusals now back off (200 ms,
