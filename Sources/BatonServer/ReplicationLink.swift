@@ -466,10 +466,14 @@ final class ReplicationLink: @unchecked Sendable {
             channel.flush()
         }
         let stillCurrent = mutationLock.withLock { () -> Bool in
-            let (queued, repliesWait) = state.withLockedValue { state -> ([JournalRecord]?, UInt64?) in
+            let (queued, repliesWait, durableWait) = state.withLockedValue { state -> ([JournalRecord]?, UInt64?, UInt64?) in
                 defer { state.queued = nil }
-                guard state.channel === channel else { return (nil, nil) }
+                guard state.channel === channel else { return (nil, nil, nil) }
                 state.inStep = true
+                // An fsync answered while the standby caught up asked it for nothing
+                // (`whenDurable` asks a standby in step only): ask now, or it waits
+                // for the next fsync of any client, which may never come.
+                let durableWait = state.waiters.filter(\.durable).map(\.sequence).max()
                 if state.alone {
                     // Answering alone (after a swap, or with the peer gone):
                     // go on until the standby has applied the records queued
@@ -479,11 +483,13 @@ final class ReplicationLink: @unchecked Sendable {
                     state.drainRounds = 0
                 }
                 // Not alone: every record is sent by now, and the next ones wait for the standby.
-                return (state.queued, state.alone ? nil : max(position, state.lastSent))
+                return (state.queued, state.alone ? nil : max(position, state.lastSent), durableWait)
             }
             guard let queued else { return false }
             if !endSent { channel.write(Message.snapshotEnd(sequence: position).frame(allocator: channel.allocator), promise: nil) }
             for record in queued { channel.write(Message.replicate(record).frame(allocator: channel.allocator), promise: nil) }
+            // After the records it covers, on the same stream.
+            if let durableWait { channel.write(Message.replicaSync(sequence: durableWait).frame(allocator: channel.allocator), promise: nil) }
             if let repliesWait {
                 // Its monitor may watch once it has applied `repliesWait`: a
                 // marker left from answering alone before must go first.

@@ -22,7 +22,7 @@ final class TwoNodeCluster {
     var agentEnvironment: [String: [String: String]]
 
     init(_ test: XCTestCase, exports names: [String] = ["demo"], replication: String = "sync", bed: TestBed? = nil,
-         agentEnvironment: [String: [String: String]] = [:], name: String = #function) throws {
+         agentEnvironment: [String: [String: String]] = [:], timings: [String: Int] = [:], name: String = #function) throws {
         directory = try temporaryDirectory(test, name)
         self.agentEnvironment = agentEnvironment
         self.bed = bed
@@ -34,6 +34,7 @@ final class TwoNodeCluster {
         _ = FileManager.default.createFile(atPath: directory + "/secret", contents: Data((0..<64).map { _ in UInt8.random(in: 0...255) }))
         var text = "secret_file = \"\(directory)/secret\"\n"
         if bed != nil { text += "switches = [\"\(TestBed.switchAddress(1))\", \"\(TestBed.switchAddress(2))\"]\n" }
+        if !timings.isEmpty { text += "[timings]\n" + timings.sorted { $0.key < $1.key }.map { "\($0.key) = \($0.value)\n" }.joined() }
         for node in ["a", "b"] {
             text += "[[nodes]]\nname = \"\(node)\"\nagent = \"\(agentAddresses[node]!)\"\ndata_dir = \"\(directory)/\(node)\"\n"
             if bed != nil, let machine = TestBed.Node(rawValue: node) {

@@ -8,6 +8,7 @@
 import BatonCore
 import BatonRuntime
 import Foundation
+import Synchronization
 import XCTest
 
 final class ClusterTests: XCTestCase {
@@ -160,6 +161,50 @@ final class ClusterTests: XCTestCase {
         let after = try XCTUnwrap(try cluster.server("demo"))
         XCTAssertEqual(after.node, before.node)
         XCTAssertEqual(after.epoch, before.epoch, "a hung standby disk failed the server over")
+    }
+
+    /// Found by the hour's soak: an fsync that reached the server while its
+    /// standby was away (its agent restarting) asked the standby for
+    /// nothing, since only a standby in step is asked to sync; once it was
+    /// in step again nothing asked either, and the fsync (with every later
+    /// request of that client) waited until the mount's timeout: EIO. The
+    /// standby is asked when it comes in step.
+    func testAnFsyncMadeWhileTheStandbyIsAwayIsAnsweredOnceItIsBack() throws {
+        // Slow diagnosis and no wait limit: the standby is back before anything calls it gone.
+        let cluster = try TwoNodeCluster(self, timings: [
+            "agent_heartbeat_grace_ms": 5000, "selffence_delay_ms": 5600, "takeover_delay_ms": 6500,
+            "standby_wait_limit_ms": 120_000,
+        ])
+        // Without write-behind: a write returns once the standby has it, so nothing is in flight below.
+        let mount = try cluster.mount(self, "demo", options: ["write_behind=0"])
+        let before = try XCTUnwrap(try cluster.server("demo"))
+        let path = mount.mountpoint + "/f"
+        let fd = open(path, O_WRONLY | O_CREAT, 0o644)
+        XCTAssertGreaterThanOrEqual(fd, 0)
+        defer { close(fd) }
+        XCTAssertEqual(write(fd, "not yet durable on the standby", 30), 30)
+        cluster.killAgent("b")
+        let answered = DispatchSemaphore(value: 0)
+        let result = Atomic<Int32>(-2)
+        let fsyncing = Thread {
+            result.store(fsync(fd), ordering: .relaxed)
+            answered.signal()
+        }
+        fsyncing.start()
+        // The fsync waits in the kernel (x86-64 syscall 74) before the standby comes back.
+        func inFsync() -> Bool {
+            ((try? FileManager.default.contentsOfDirectory(atPath: "/proc/self/task")) ?? []).contains {
+                ((try? String(contentsOfFile: "/proc/self/task/\($0)/syscall", encoding: .utf8)) ?? "").hasPrefix("74 ")
+            }
+        }
+        let deadline = Date().addingTimeInterval(10)
+        while !inFsync(), Date() < deadline { usleep(5_000) }
+        XCTAssertTrue(inFsync(), "the fsync did not reach the kernel")
+        try cluster.startAgent("b")
+        XCTAssertEqual(answered.wait(timeout: .now() + 30), .success, "the fsync was not answered once the standby was back")
+        XCTAssertEqual(result.load(ordering: .relaxed), 0)
+        XCTAssertFalse(cluster.logs.contains("has not acknowledged a record for longer than its limit"), cluster.logs)
+        XCTAssertEqual(try cluster.server("demo")?.epoch, before.epoch)
     }
 
     /// Issue 13: a server that answers without its standby (here: the peer's
