@@ -108,7 +108,14 @@ final class CrashWorkload {
     }
 
     private var segmentsStarted: Int {
-        log.operations.filter { if case .open(let path, true, _) = $0 { path.hasSuffix(".log") } else { false } }.count
+        // Created as a segment, or the spare segment renamed into one.
+        log.operations.filter {
+            switch $0 {
+            case .open(let path, true, _): path.hasSuffix(".log")
+            case .rename(_, let to): to.hasSuffix(".log")
+            default: false
+            }
+        }.count
     }
 
     private var checkpoints: Int {

@@ -197,7 +197,8 @@ final class StoreTests: XCTestCase {
     func testACheckpointOnAFullDiskStopsNothingAndIsTriedAgain() throws {
         guard getuid() == 0 else { throw XCTSkip("needs root to mount a small tmpfs") }
         let directory = try temporaryDirectory(self)
-        let mountpoint = try smallDisk(self, in: directory, size: "8m")
+        // Room for the segment, the spare segment and a checkpoint once the filler is gone.
+        let mountpoint = try smallDisk(self, in: directory, size: "12m")
         let limits = ExportStore.Limits(checkpointAfterBytes: 1 << 20, segmentBytes: 3 << 20)
         let value = [UInt8](repeating: 0x7E, count: 60 * 1024)
         var names: [FileName] = []
@@ -332,5 +333,58 @@ extension StoreTests {
         XCTAssertNotNil(made, "\(log.operations)")
         XCTAssertNotNil(parentSynced, "the parent of a new data directory was not synced: \(log.operations)")
         if let made, let parentSynced { XCTAssertLessThan(made, parentSynced) }
+    }
+}
+
+extension StoreTests {
+    /// Issue 13 (found by the hour's soak): on a full disk the journal could
+    /// not roll over to a new segment, and then every mutation was refused
+    /// with ENOSPC, unlink and open included: no one could free space
+    /// through a mount, nor even open a file to read it. A preallocated spare
+    /// segment takes the journal on; meanwhile only operations that take
+    /// space are refused, and once space is freed they are taken again.
+    func testAFullDiskStillTakesTheOperationsThatFreeSpace() throws {
+        guard getuid() == 0 else { throw XCTSkip("needs root to mount a small tmpfs") }
+        let directory = try temporaryDirectory(self)
+        let mountpoint = try smallDisk(self, in: directory, size: "12m")
+        let limits = ExportStore.Limits(checkpointAfterBytes: 64 << 20, segmentBytes: 3 << 20)
+        let store = try ExportStore(directory: mountpoint + "/data", exportName: "x", limits: limits, logger: logger)
+        var request: UInt64 = 0
+        func apply(_ operation: Operation) throws -> Reply {
+            request += 1
+            return try store.apply(operation, session: 1, requestSequence: request).reply
+        }
+        guard case .created(let fill, let handle) = try apply(
+            .create(parent: rootInode, name: FileName("fill"), mode: 0o644, flags: OpenFlags.readWrite, .root)) else {
+            return XCTFail("create")
+        }
+        // Large writes (their data in the data file only) until the disk is full.
+        var offset: UInt64 = 0
+        while case .written = try write(store, fill.inode, handle, 7, count: 256 << 10, at: offset) { offset += 256 << 10 }
+        // Small records that take no space, until the journal has had to roll over at least once more.
+        let segments = { (try? FileManager.default.contentsOfDirectory(atPath: mountpoint + "/data/journal"))?.filter { $0.hasSuffix(".log") }.count ?? 0 }
+        let before = segments()
+        var changes = 0
+        while segments() == before, changes < 200_000 {
+            changes += 1
+            guard case .attributes = try apply(.setattr(fill.inode, AttributeChanges(mode: 0o600 | UInt32(changes % 2) << 2), .root)) else {
+                return XCTFail("a chmod on a full disk was refused after \(changes) changes")
+            }
+        }
+        XCTAssertGreaterThan(segments(), before, "the journal never rolled over on the full disk")
+        guard case .error(.ENOSPC) = try apply(.mkdir(parent: rootInode, name: FileName("d"), mode: 0o755, .root)) else {
+            return XCTFail("a mkdir on a full disk was not refused")
+        }
+        XCTAssertEqual(try apply(.release(fill.inode, handle: handle)), .done)
+        XCTAssertEqual(try apply(.unlink(parent: rootInode, name: FileName("fill"))), .done, "an unlink on a full disk was refused")
+        XCTAssertEqual(try apply(.forget(fill.inode)), .done)
+        // The space is back: operations that take it are taken again (the spare is retried once a second).
+        let deadline = Date().addingTimeInterval(10)
+        var made = try apply(.mkdir(parent: rootInode, name: FileName("d"), mode: 0o755, .root))
+        while case .error(.ENOSPC) = made, Date() < deadline {
+            usleep(100_000)
+            made = try apply(.mkdir(parent: rootInode, name: FileName("d"), mode: 0o755, .root))
+        }
+        guard case .entry = made else { return XCTFail("a mkdir after space was freed: \(made)") }
     }
 }

@@ -33,6 +33,17 @@ public enum Operation: Hashable, Sendable {
     /// and no open handle may now be freed (FUSE's FORGET, lookup count 0).
     case forget(InodeNumber)
 
+    /// Whether the operation needs new space on the node's disk: names and
+    /// data. On a full disk these are refused first, so that the space kept
+    /// aside serves those that free space or take none (unlink, rmdir,
+    /// rename, open, release, a truncate): a full export can be cleaned up.
+    public var takesSpace: Bool {
+        switch self {
+        case .mknod, .mkdir, .symlink, .link, .create, .write, .setxattr: true
+        default: false
+        }
+    }
+
     /// Whether the operation changes the namespace and so goes into the journal.
     public var isMutation: Bool {
         switch self {

@@ -186,6 +186,7 @@ public final class ExportStore: @unchecked Sendable {
             segment = try OpenFile(path: "/dev/null", flags: O_WRONLY)
             try replayJournal()
             try files.reconcile(with: namespace, logger: logger, exportName: exportName)
+            _ = prepareSpareSegment()
         } catch {
             throw StoreError(error)
         }
@@ -366,9 +367,56 @@ public final class ExportStore: @unchecked Sendable {
         return all.filter { !replaced.contains($0) }
     }
 
+    /// A preallocated segment kept aside, so that the journal can roll over
+    /// once more when the disk is full: the records of operations that free
+    /// space (or take none) still fit, and a full export can be cleaned up
+    /// through its mounts. Not a `.log`: replay never reads it.
+    private var spareSegment: OpenFile?
+    private var spareSegmentPath: String { journalDirectory + "/spare" }
+    /// After a failed preallocation, the next is not tried before this.
+    private var spareRetryNotBefore: ContinuousClock.Instant?
+
+    /// Preallocates the spare segment unless it exists; false when the disk has no room for it.
+    private func prepareSpareSegment() -> Bool {
+        if spareSegment != nil { return true }
+        if let notBefore = spareRetryNotBefore, ContinuousClock.now < notBefore { return false }
+        do {
+            let file = try OpenFile(path: spareSegmentPath, flags: O_RDWR | O_CREAT)
+            try file.preallocate(bytes: limits.segmentBytes)
+            spareSegment = file
+            if spareRetryNotBefore != nil {
+                logger.notice("the journal's spare segment is back: every operation is taken again", metadata: ["export": "\(exportName)"])
+            }
+            spareRetryNotBefore = nil
+            return true
+        } catch {
+            try? Disk.remove(spareSegmentPath)
+            if spareRetryNotBefore == nil {
+                logger.warning("the disk is full: operations that take space are refused (ENOSPC); those that free space are taken", metadata: [
+                    "export": "\(exportName)", "directory": "\(journalDirectory)", "error": "\(error)",
+                    "action": "free space: delete files through a mount, or free the node's disk",
+                ])
+            }
+            spareRetryNotBefore = ContinuousClock.now + .seconds(1)
+            return false
+        }
+    }
+
     private func startSegment() throws {
         let name = String(namespace.appliedSequence + 1, radix: 16).leftPadded(to: 16) + ".log"
         let path = journalDirectory + "/" + name
+        if spareSegment != nil {
+            // Already preallocated: it becomes the segment (reopened under
+            // its new name, so every write is seen at the path it has).
+            try Disk.rename(spareSegmentPath, to: path)
+            try Disk.syncDirectory(journalDirectory)
+            spareSegment = nil
+            segment = try OpenFile(path: path, flags: O_RDWR)
+            segmentOffset = 0
+            segmentDurableOffset = 0
+            _ = prepareSpareSegment()
+            return
+        }
         let file = try OpenFile(path: path, flags: O_RDWR | O_CREAT)
         do {
             try file.preallocate(bytes: limits.segmentBytes)
@@ -496,7 +544,7 @@ public final class ExportStore: @unchecked Sendable {
         }
         // Most forgets are of inodes that still have names: nothing to record.
         if case .forget(let ino) = operation, !withNamespace({ $0.isOrphan(ino) }) { return Applied(reply: .done, record: nil) }
-        if let refusal = try reserveJournalSpace() { return Applied(reply: refusal, record: nil) }
+        if let refusal = try reserveJournalSpace(for: operation) { return Applied(reply: refusal, record: nil) }
         let grown: GrownDataFile?
         switch growDataFileFirst(operation) {
         case .success(let result): grown = result
@@ -547,7 +595,7 @@ public final class ExportStore: @unchecked Sendable {
     public func applyWrite(_ ino: InodeNumber, handle: UInt64, offset: UInt64, data: UnsafeRawBufferPointer,
                            session: UInt64, requestSequence: UInt64) throws -> Applied {
         try ensureOpen()
-        if let refusal = try reserveJournalSpace() { return Applied(reply: refusal, record: nil) }
+        if let refusal = try reserveJournalSpace(takingSpace: true) { return Applied(reply: refusal, record: nil) }
         let written: (target: UInt64, journaled: [UInt8])
         do {
             written = try writeData(ino, handle: handle, offset: offset, data: data)
@@ -570,7 +618,8 @@ public final class ExportStore: @unchecked Sendable {
         try ensureOpen()
         guard record.epoch >= epoch else { throw ReplicationError.staleEpoch(record: record.epoch, replica: epoch) }
         if record.epoch > epoch { try persistEpoch(record.epoch) }
-        if let refusal = try reserveJournalSpace() { throw ReplicationError.refused("\(refusal)") }
+        // The replica takes what the server took: the space kept aside included.
+        if let refusal = try reserveJournalSpace(takingSpace: false) { throw ReplicationError.refused("\(refusal)") }
         if case .failure(let errno) = growDataFileFirst(record.operation) {
             throw ReplicationError.refused("record \(record.sequence): this node's file system cannot carry out its size change (\(errno))")
         }
@@ -798,8 +847,14 @@ public final class ExportStore: @unchecked Sendable {
 
     /// Makes sure the current journal segment has room for a record; the
     /// refusal to send when no new segment can be preallocated. Runs under
-    /// the caller's mutation lock, as the appends do.
-    private func reserveJournalSpace() throws -> Reply? {
+    /// the caller's mutation lock, as the appends do. While the spare segment
+    /// is used up (a full disk), operations that take space are refused.
+    private func reserveJournalSpace(for operation: Operation) throws -> Reply? {
+        try reserveJournalSpace(takingSpace: operation.takesSpace)
+    }
+
+    private func reserveJournalSpace(takingSpace: Bool) throws -> Reply? {
+        if takingSpace, spareSegment == nil, !prepareSpareSegment() { return .error(.ENOSPC) }
         guard segmentOffset + Self.maxRecordBytes > limits.segmentBytes else { return nil }
         // A later sync() flushes only the new segment: the records of this one
         // (acknowledged, maybe answered to an fsync) go to disk first, or a power
