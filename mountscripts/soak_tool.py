@@ -269,6 +269,24 @@ def servers_of(work, export):
     return out
 
 
+def still_could(pid, work, node):
+    """The server `pid` of `node` is still running and still holds its data directory."""
+    if proc_state(pid) in (None, "T", "t", "Z", "X"):
+        return False
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return False
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith(f"{work}/{node}/") and target.endswith("/lock"):
+            return True
+    return False
+
+
 def agent_roles(baton, config_dir, export, addrs):
     """{node: role or None} from each agent, asked in its own namespace on each path."""
     procs = {}
@@ -321,6 +339,12 @@ def watch(work, export, out_path):
         stats["samples"] += 1
         could = {n: [x for x in s[n] if x["state"] not in (None, "T", "t", "Z", "X") and x["owner"] and x["listening"]]
                  for n in s}
+        if could["a"] and could["b"]:
+            # A sample reads /proc one process after the other (slowly, on a
+            # loaded machine): a server read early may have been fenced before
+            # its successor, read later, started. Both must still be there
+            # now, every one read again after all were read once.
+            could = {n: [x for x in could[n] if still_could(x["pid"], work, n)] for n in could}
         if could["a"] and could["b"]:
             stats["split_brain"] += 1
             desc = {n: [(x["pid"], x["epoch"]) for x in could[n]] for n in could}
