@@ -71,6 +71,12 @@ final class ReplicationLink: @unchecked Sendable {
         /// a copy (a full disk) is not sent one again and again at once.
         var refusals = 0
         var nextAttempt = NIODeadline.uptimeNanoseconds(0)
+        /// Went alone because the standby did not sync in time, or could not
+        /// keep records: replies wait for it again only once it has synced
+        /// what it was sent (a hung disk still acknowledges what it applies
+        /// in memory), asked once per round (`syncProofAsked`).
+        var syncProofNeeded = false
+        var syncProofAsked: UInt64?
         /// Waits for the standby to say which of its files changed.
         var filesQuery: EventLoopPromise<[InodeNumber]?>?
         /// Stopped answering alone: once the standby acknowledges this
@@ -125,8 +131,9 @@ final class ReplicationLink: @unchecked Sendable {
             "limit": "\(limitText)", "sequence": "\(oldest.sequence)",
             "standbyHas": "\(oldest.acknowledged)", "standbySynced": "\(oldest.synced)",
             "action": .string("check the standby node's disk and agent ('baton status', its log); it catches up by itself "
-                + "once it answers; until then acknowledged writes are on this node only"),
+                + "once it syncs again; until then acknowledged writes are on this node only"),
         ])
+        state.withLockedValue { $0.syncProofNeeded = true }
         goAlone()
     }
 
@@ -237,11 +244,19 @@ final class ReplicationLink: @unchecked Sendable {
     static let maxQueueBatches = 16
 
     fileprivate func acknowledged(_ sequence: UInt64, durable: Bool) {
-        let (ready, drained, channel) = state.withLockedValue { state -> ([@Sendable () -> Void], UInt64?, Channel?) in
+        let (ready, drained, channel, askSync) = state.withLockedValue {
+            state -> ([@Sendable () -> Void], UInt64?, Channel?, UInt64?) in
             state.refusals = 0
             if durable { state.synced = max(state.synced, sequence) } else { state.acknowledged = max(state.acknowledged, sequence) }
             var drained: UInt64?
-            if let until = state.aloneUntil, state.inStep, state.acknowledged >= until {
+            var askSync: UInt64?
+            if let until = state.aloneUntil, state.inStep, state.acknowledged >= until, state.syncProofNeeded, state.synced < until {
+                if state.syncProofAsked != until {
+                    state.syncProofAsked = until
+                    askSync = until
+                }
+            } else if let until = state.aloneUntil, state.inStep, state.acknowledged >= until {
+                state.syncProofNeeded = false
                 // The standby has what was written while it caught up; what
                 // was written meanwhile is the next round, unless it is short.
                 // (A standby in step without a copy acknowledges records sent by the server before this one.)
@@ -257,9 +272,12 @@ final class ReplicationLink: @unchecked Sendable {
             let (acked, synced) = (state.acknowledged, state.synced)
             let ready = state.waiters.filter { $0.sequence <= ($0.durable ? synced : acked) }
             state.waiters.removeAll { $0.sequence <= ($0.durable ? synced : acked) }
-            return (ready.map(\.run), drained, state.channel)
+            return (ready.map(\.run), drained, state.channel, askSync)
         }
         for run in ready { run() }
+        if let askSync, let channel {
+            channel.writeAndFlush(Message.replicaSync(sequence: askSync).frame(allocator: channel.allocator), promise: nil)
+        }
         if let drained {
             logger.info("standby has every record again: replies wait for it", metadata: [
                 "export": "\(store.exportName)", "standby": "\(configuration.agent)", "sequence": "\(drained)",
@@ -481,6 +499,7 @@ final class ReplicationLink: @unchecked Sendable {
                     // (a write answered next would wait for all of them).
                     state.aloneUntil = max(position, state.lastSent)
                     state.drainRounds = 0
+                    state.syncProofAsked = nil  // a new session is asked again
                 }
                 // Not alone: every record is sent by now, and the next ones wait for the standby.
                 return (state.queued, state.alone ? nil : max(position, state.lastSent), durableWait)
@@ -503,7 +522,7 @@ final class ReplicationLink: @unchecked Sendable {
         // A standby that applies records slower than they come: wait for it anyway after a while.
         group.next().scheduleTask(in: Self.maxDrainTime) { [self] in
             let late = state.withLockedValue { state -> UInt64? in
-                guard state.channel === channel, state.aloneUntil != nil else { return nil }
+                guard state.channel === channel, state.aloneUntil != nil, !state.syncProofNeeded else { return nil }
                 let late = state.stopAnsweringAlone()
                 state.caughtUp = (late, channel)
                 return late
@@ -568,6 +587,7 @@ final class ReplicationLink: @unchecked Sendable {
             "export": "\(store.exportName)", "standby": "\(configuration.agent)", "detail": "\(detail)",
             "action": "fix the standby's disk; until it catches up, acknowledged writes are on this node only",
         ])
+        state.withLockedValue { $0.syncProofNeeded = true }
         goAlone()
     }
 
