@@ -90,6 +90,11 @@ public final class NodeAgent: @unchecked Sendable {
         // A server that exits before its go-ahead is written must not take the agent with it.
         signal(SIGPIPE, SIG_IGN)
         let bootstrap = ServerBootstrap(group: group)
+            // Out of descriptors (EMFILE), accept would fail at once, again and
+            // again: a core spun and nothing was accepted. Back off instead.
+            .serverChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(AcceptBackoffHandler()) }
+            }
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelInitializer { [self] channel in

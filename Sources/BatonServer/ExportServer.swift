@@ -112,6 +112,11 @@ public final class ExportServer: @unchecked Sendable {
 
     private var bootstrap: ServerBootstrap {
         ServerBootstrap(group: network)
+            // Out of descriptors (EMFILE), accept would fail at once, again and
+            // again: a core spun and nothing was accepted. Back off instead.
+            .serverChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture { try channel.pipeline.syncOperations.addHandler(AcceptBackoffHandler()) }
+            }
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)

@@ -32,10 +32,34 @@ func prepareDiskOwner(logger: Logger) throws {
     // A file size limit (ulimit -f) must refuse a client's write or truncate
     // with EFBIG, not kill the process that owns the journal.
     signal(SIGXFSZ, SIG_IGN)
+    raiseOpenFileLimit(logger: logger)
     if let faults = ProcessInfo.processInfo.environment[DiskFaults.environmentVariable], !faults.isEmpty {
         let set = try DiskFaults.configure(faults)
         logger.warning("disk faults injected: for tests only, never in production", metadata: [
             "faults": "\(set)", "action": "unset \(DiskFaults.environmentVariable) and restart",
+        ])
+    }
+}
+
+/// Descriptors a server or an agent may need: its clients and sessions
+/// (`ConnectionAdmission`), the data files it keeps open, its journal. The
+/// soft limit most services start with (1024) is below that: a flood of
+/// connections then made fsyncs fail with EMFILE and the server stop (found
+/// by mountscripts/netfuzz). So the soft limit goes up to the hard one.
+let wantedOpenFiles: rlim_t = 8192
+
+func raiseOpenFileLimit(logger: Logger) {
+    var limit = rlimit()
+    guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) == 0 else { return }
+    let before = limit.rlim_cur
+    if limit.rlim_cur < limit.rlim_max {
+        limit.rlim_cur = limit.rlim_max
+        if setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit) != 0 { limit.rlim_cur = before }
+    }
+    if limit.rlim_cur < wantedOpenFiles {
+        logger.warning("the open file limit is low for a server or an agent", metadata: [
+            "soft": "\(before) -> \(limit.rlim_cur)", "hard": "\(limit.rlim_max)", "wanted": "\(wantedOpenFiles)",
+            "action": "raise the hard limit (LimitNOFILE= in the systemd unit, or ulimit -Hn) to at least \(wantedOpenFiles)",
         ])
     }
 }

@@ -374,3 +374,29 @@ extension ServerProcessTests {
         }
     }
 }
+
+extension ServerProcessTests {
+    /// Found by mountscripts/netfuzz: under the soft open file limit most
+    /// services start with (1024), a flood of connections used up the
+    /// server's descriptors and its fsyncs failed with EMFILE (the server
+    /// stopped). A server raises its soft limit to the hard one.
+    func testAServerRaisesItsOpenFileLimit() throws {
+        var limit = rlimit()
+        XCTAssertEqual(getrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit), 0)
+        guard limit.rlim_max > 512 else { throw XCTSkip("the hard open file limit is \(limit.rlim_max)") }
+        let saved = limit
+        // The child inherits a low soft limit.
+        limit.rlim_cur = 512
+        XCTAssertEqual(setrlimit(Int32(RLIMIT_NOFILE.rawValue), &limit), 0)
+        let server: ServerProcess
+        do {
+            defer { var restore = saved; setrlimit(Int32(RLIMIT_NOFILE.rawValue), &restore) }
+            server = try ServerProcess(self, export: "data", data: try temporaryDirectory(self))
+        }
+        let limits = try String(contentsOfFile: "/proc/\(server.process.processIdentifier)/limits", encoding: .utf8)
+        let line = limits.split(separator: "\n").first { $0.hasPrefix("Max open files") } ?? ""
+        let fields = line.split(separator: " ", omittingEmptySubsequences: true)
+        XCTAssertEqual(fields.count, 6, String(line))
+        XCTAssertEqual(fields.dropFirst(3).first.map(String.init), String(saved.rlim_max), "soft limit not raised: \(line)")
+    }
+}
