@@ -771,17 +771,10 @@ def probe_server(addr, export, timeout=5.0):
     (a flood may close a connection before its hello is read: by design)."""
     t0 = time.monotonic()
     for _ in range(3):
-        try:
-            s = connect(addr, timeout=timeout)
-            try:
-                s.sendall(hello(export, (1 << 62) | random.getrandbits(62)))
-                got, _ = read_answer(s, max(0.1, timeout - (time.monotonic() - t0)), limit=13)
-            finally:
-                s.close()
-            if any(t == TAG_WELCOME for t, _ in parse_frames(got)):
-                return time.monotonic() - t0
-        except OSError:
-            pass
+        seconds = first_answer(addr, hello(export, (1 << 62) | random.getrandbits(62)), TAG_WELCOME, 13,
+                               max(0.1, timeout - (time.monotonic() - t0)), t0)
+        if seconds is not None:
+            return seconds
         if time.monotonic() - t0 > timeout:
             break
         time.sleep(0.1)
@@ -790,14 +783,21 @@ def probe_server(addr, export, timeout=5.0):
 
 def probe_agent(addr, timeout=5.0):
     """Seconds until an agent's challenge, or None."""
-    t0 = time.monotonic()
+    return first_answer(addr, b"", TAG_CHALLENGE, 4 + 1 + 4 + 32, timeout, time.monotonic())
+
+
+def first_answer(addr, send, tag, limit, timeout, t0):
+    """Connects, sends `send`, reads up to `limit` bytes: seconds since `t0`
+    if a frame with `tag` came, else None (also when the connection failed)."""
     try:
         s = connect(addr, timeout=timeout)
         try:
-            got, _ = read_answer(s, timeout, limit=4 + 1 + 4 + 32)
+            if send:
+                s.sendall(send)
+            got, _ = read_answer(s, timeout, limit=limit)
         finally:
             s.close()
-        if any(t == TAG_CHALLENGE for t, _ in parse_frames(got)):
+        if any(t == tag for t, _ in parse_frames(got)):
             return time.monotonic() - t0
     except OSError:
         pass
