@@ -55,6 +55,11 @@ final class PeerWatch: @unchecked Sendable {
     private var agentProbes: [UInt64: NetworkPath] = [:]
     private var ticker: RepeatedTask?
     private var stopping = false
+    /// Refused datagrams not yet logged: one line per 10 s says how many,
+    /// so that a flood of garbage does not become a flood of log.
+    private var refusedSinceLogged = 0
+    private var refusalLoggedAt: Instant?
+    static let refusalLogInterval = TimeSpan.milliseconds(10_000)
 
     /// What other threads read: swaps and `baton status`.
     private struct Shared {
@@ -227,18 +232,31 @@ final class PeerWatch: @unchecked Sendable {
         channel.writeAndFlush(envelope, promise: nil)
     }
 
+    /// The first refusal is logged at once, later ones at most once per
+    /// `refusalLogInterval`, with the number refused since the last line.
+    private func logRefusal(_ message: Logger.Message, _ metadata: Logger.Metadata) {
+        refusedSinceLogged += 1
+        let now = MonitorRunner.now()
+        if let last = refusalLoggedAt, now - last < Self.refusalLogInterval { return }
+        var metadata = metadata
+        metadata["refusedSinceLastLine"] = "\(refusedSinceLogged)"
+        logger.warning(message, metadata: metadata)
+        refusalLoggedAt = now
+        refusedSinceLogged = 0
+    }
+
     fileprivate func received(_ bytes: [UInt8], from sender: SocketAddress, localAddress: String) {
         let datagram: AgentDatagram
         do {
             datagram = try AgentDatagram.decode(bytes, secret: secret)
         } catch {
-            logger.warning("agent datagram refused", metadata: [
+            logRefusal("agent datagram refused", [
                 "from": "\(sender)", "error": "\(error)", "action": "check that every node has the same secret_file",
             ])
             return
         }
         guard datagram.node == peer.name else {
-            logger.warning("agent datagram from a node that is not the peer", metadata: ["from": "\(sender)", "node": "\(datagram.node)"])
+            logRefusal("agent datagram from a node that is not the peer", ["from": "\(sender)", "node": "\(datagram.node)"])
             return
         }
         let paths = NetworkPath.allCases.filter { myPaths[$0] == localAddress }

@@ -288,6 +288,34 @@ final class ClusterTests: XCTestCase {
         XCTAssertEqual(after.epoch, before.epoch, "a flood of connections to the standby's agent failed the server over")
     }
 
+    /// Found by mountscripts/netfuzz: each refused heartbeat datagram was a
+    /// log line, so garbage sent to an agent's heartbeat port grew its log
+    /// by megabytes a second. Refusals are one line per 10 s with a count.
+    func testGarbageDatagramsToAnAgentAreLoggedAsACount() throws {
+        let cluster = try TwoNodeCluster(self)
+        let target = cluster.agentAddresses["b"]!
+        let fd = socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0)
+        defer { close(fd) }
+        var sin = sockaddr_in()
+        sin.sin_family = sa_family_t(AF_INET)
+        sin.sin_port = in_port_t(UInt16(target.port).bigEndian)
+        sin.sin_addr.s_addr = inet_addr(target.host)
+        let garbage = [UInt8](repeating: 0x5A, count: 64)
+        for _ in 0..<200 {
+            _ = withUnsafePointer(to: &sin) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) {
+                    sendto(fd, garbage, garbage.count, 0, $0, socklen_t(MemoryLayout<sockaddr_in>.size))
+                }
+            }
+        }
+        // Until every datagram is logged (as they were), or 3 s.
+        func lines() -> Int { cluster.logs.components(separatedBy: "agent datagram refused").count - 1 }
+        let deadline = Date().addingTimeInterval(3)
+        while lines() < 200, Date() < deadline { usleep(50_000) }
+        XCTAssertGreaterThanOrEqual(lines(), 1, "no refusal logged: \(cluster.logs)")
+        XCTAssertLessThanOrEqual(lines(), 2, "every refused datagram is a log line")
+    }
+
     /// Issue 13: a standby whose copy did not open (its journal damaged)
     /// left the export without a standby for good. The copy is set aside and
     /// a full copy from the server replaces it.
