@@ -158,7 +158,7 @@ final class ClusterConfigurationTests: XCTestCase {
         XCTAssertEqual(failure(edited("port = 7000", "port = 7000\nreplicaton = \"sync\"")),
                        "cluster file line 17, column 1: export \"demo\": unknown key 'replicaton' (did you mean 'replication'?); a [[exports]] table takes name, preferred, port and replication")
         XCTAssertEqual(failure(base + "[timings]\nprobe_interval = 100\n"),
-                       "cluster file line 18, column 1: [timings]: unknown key 'probe_interval' (did you mean 'probe_interval_ms'?); [timings] takes probe_interval_ms, probe_deadline_ms, probe_misses, heartbeat_interval_ms, heartbeat_grace_ms, agent_heartbeat_interval_ms, agent_heartbeat_grace_ms, selffence_delay_ms and takeover_delay_ms")
+                       "cluster file line 18, column 1: [timings]: unknown key 'probe_interval' (did you mean 'probe_interval_ms'?); [timings] takes probe_interval_ms, probe_deadline_ms, probe_misses, heartbeat_interval_ms, heartbeat_grace_ms, agent_heartbeat_interval_ms, agent_heartbeat_grace_ms, selffence_delay_ms, takeover_delay_ms and standby_wait_limit_ms")
         XCTAssertEqual(failure("debug = true\n" + base),
                        "cluster file line 1, column 1: unknown key 'debug'; the top level takes secret_file, switches, [timings], [[nodes]] and [[exports]]")
         XCTAssertEqual(failure(base + "[export]\n"),

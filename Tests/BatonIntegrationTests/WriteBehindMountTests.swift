@@ -35,8 +35,8 @@ final class WriteBehindMountTests: XCTestCase {
 
     func testAWriteFailingAfterItsAnswerIsReportedBeforeTheFileIsDone() throws {
         let directory = try temporaryDirectory(self)
-        // The journal's first segment (32 MiB) fits; the file data does not.
-        let small = try smallDisk(self, in: directory, size: "40m")
+        // The journal's first segment and its spare (32 MiB each) fit; the file data does not.
+        let small = try smallDisk(self, in: directory, size: "72m")
         let server = try ServerProcess(self, export: "x", data: small + "/data")
         let mount = try MountProcess(self, source: "x@\(server.address)", mountpoint: directory + "/mnt",
                                      options: ["write_behind=8M"])
