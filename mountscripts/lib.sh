@@ -454,13 +454,14 @@ proc_children() {
 # the export is served at epoch 1 and watched by its standby (at most
 # BATON_START_TIMEOUT s, default 30). WORK must exist and be canonical. Sets:
 #   CLUSTER_WORK CLUSTER_CONFIG CLUSTER_EXPORT CLUSTER_PORT
+#   CLUSTER_MONITOR_PORT the export's monitor port (challenges, heartbeats)
 #   CLUSTER_SOURCE      what to mount: EXPORT@127.0.0.1:PORT,127.0.0.2:PORT
 #   CLUSTER_AGENT_PIDS  (array) agent a, agent b
 cluster_start() {
   local work="$1" export="${2:-demo}" logdir="${3:-$1}" agent_a agent_b node
   : "${BATON:?set BATON from baton_find_bin}"
   agent_a="$(free_port)" agent_b="$(free_port)"
-  CLUSTER_WORK="$work" CLUSTER_EXPORT="$export" CLUSTER_PORT="$(free_port)"
+  CLUSTER_WORK="$work" CLUSTER_EXPORT="$export" CLUSTER_PORT="$(free_port)" CLUSTER_MONITOR_PORT="$(free_port)"
   CLUSTER_CONFIG="$work/cluster.toml"
   # shellcheck disable=SC2034 # for the caller
   CLUSTER_SOURCE="$export@127.0.0.1:$CLUSTER_PORT,127.0.0.2:$CLUSTER_PORT"
@@ -480,6 +481,7 @@ data_dir = "$work/b"
 name = "$export"
 preferred = "a"
 port = $CLUSTER_PORT
+monitor_port = $CLUSTER_MONITOR_PORT
 TOML
   mkdir -p -- "$logdir"
   for node in a b; do

@@ -608,7 +608,8 @@ class Runner:
     def k_pipeline(self, job, tname, addr):
         """Not among the default kinds: the same client without the pace,
         256 requests a batch as fast as the socket takes them (a few such
-        clients fail a healthy server over: see README "Network fuzzing")."""
+        clients failed a healthy server over until the monitor had a port
+        and a thread of its own: see README "Network fuzzing")."""
         return self.unread_client(job, tname, addr, batch=256, pause=0)
 
     def unread_client(self, job, tname, addr, batch, pause):

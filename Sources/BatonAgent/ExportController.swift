@@ -78,7 +78,7 @@ final class ExportController: @unchecked Sendable {
         } ?? 0
     }
     private var clientAddress: NodeAddress { agent.clientAddress(export, on: agent.me) }
-    private var peerClientAddress: NodeAddress { agent.clientAddress(export, on: agent.peer) }
+    private var peerMonitorAddress: NodeAddress { agent.monitorAddress(export, on: agent.peer) }
 
     /// Decides the role at agent start: serve if this node served last (or is
     /// the preferred node of a new export) and the peer does not serve it.
@@ -127,6 +127,7 @@ final class ExportController: @unchecked Sendable {
     private func makeServer(awaitPromotion: Bool) throws -> ExportProcess {
         try ExportProcess(
             executable: agent.executable, exportName: export.name, dataDirectory: directory, listen: clientAddress,
+            monitorListen: agent.monitorAddress(export, on: agent.me),
             secretFile: agent.configuration.secretFile, standby: agent.peerAgentAddress, node: agent.me.name,
             replication: export.replication,
             standbyWaitLimitMilliseconds: agent.configuration.timings.standbyWaitLimitMilliseconds,
@@ -834,7 +835,7 @@ final class ExportController: @unchecked Sendable {
         lock.withLock {
             guard case .standby(let store, nil) = role else { return }
             let monitor = MonitorRunner(
-                exportName: export.name, server: peerClientAddress, epoch: store.epoch, secret: agent.secret,
+                exportName: export.name, server: peerMonitorAddress, epoch: store.epoch, secret: agent.secret,
                 timings: agent.monitorTimings, group: agent.monitorGroup, logger: logger,
                 onFailure: { [self] reason in
                     // The swap waits on the peer and on processes: a thread of its own.

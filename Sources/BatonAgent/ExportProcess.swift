@@ -27,7 +27,8 @@ final class ExportProcess: @unchecked Sendable {
     /// listens (or fails to). With it, until the server has bound its socket
     /// and waits for `promote` (ahead of a swap: the process start is then
     /// out of the pause).
-    init(executable: String, exportName: String, dataDirectory: String, listen: NodeAddress, secretFile: String,
+    init(executable: String, exportName: String, dataDirectory: String, listen: NodeAddress, monitorListen: NodeAddress,
+         secretFile: String,
          standby: NodeAddress, node: String, replication: ReplicationMode, standbyWaitLimitMilliseconds: Int,
          awaitPromotion: Bool = false, logger: Logger,
          onExit: @escaping @Sendable (Int32) -> Void) throws {
@@ -37,6 +38,7 @@ final class ExportProcess: @unchecked Sendable {
         process.executableURL = URL(fileURLWithPath: executable)
         process.arguments = [
             "serve", "--export", exportName, "--data", dataDirectory, "--listen", listen.description,
+            "--monitor-listen", monitorListen.description,
             "--secret-file", secretFile, "--standby", standby.description, "--node", node,
             "--replication", replication.rawValue, "--standby-wait-limit-ms", String(standbyWaitLimitMilliseconds),
         ] + (awaitPromotion ? ["--await-promotion"] : ["--until-stdin-ends"])

@@ -85,6 +85,11 @@ public final class NodeAgent: @unchecked Sendable {
         return NodeAddress(host: address.host, port: address.port)
     }
 
+    func monitorAddress(_ export: ExportConfiguration, on node: NodeConfiguration) -> NodeAddress {
+        let address = configuration.monitorAddress(of: export, on: node)
+        return NodeAddress(host: address.host, port: address.port)
+    }
+
     /// Listens, starts every export in its role, and blocks until stopped.
     public func run() throws {
         // A server that exits before its go-ahead is written must not take the agent with it.

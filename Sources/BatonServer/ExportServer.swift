@@ -16,12 +16,24 @@ import Glibc
 /// before it is answered. Answering in place saves two thread hops per
 /// mutation, which on a small machine cost more than the disk writes; but a
 /// network thread never waits for the lock (see `MutationPath`).
+///
+/// The monitor's challenges and heartbeats have a listener and a thread of
+/// their own: on the clients' threads, a few clients pipelining requests
+/// delayed them by seconds and failed a healthy server over. The challenge
+/// still proves that the clients' threads serve requests: each stamps the
+/// time of its last turn, and a thread that has not had one for the stall
+/// limit counts as wedged, as a stuck mutation path does.
 public final class ExportServer: @unchecked Sendable {
     public let exportName: String
     private let store: ExportStore
     private let logger: Logger
     private let network: MultiThreadedEventLoopGroup
+    /// One thread for the monitor's connections (started with a monitor listener).
+    private let monitorThread = MultiThreadedEventLoopGroup(numberOfThreads: 1)
     private var listener: Channel?
+    private var monitorListener: Channel?
+    /// When each of `network`'s threads last had a turn (uptime nanoseconds).
+    private let networkTurns: [NIOLockedValueBox<UInt64>]
     /// Held while a mutation, a sync or a checkpoint runs; guards `failed` too.
     private let mutations: MutationPath
     private var failed = false
@@ -34,6 +46,8 @@ public final class ExportServer: @unchecked Sendable {
     private let secret: [UInt8]?
     private let replication: ReplicationLink?
     let admission: ConnectionAdmission
+    /// The monitor port's own limits: a flood of clients does not keep the monitor out.
+    let monitorAdmission: ConnectionAdmission
     static let heartbeatInterval = TimeAmount.milliseconds(100)
 
     public static let defaultStallLimit = TimeAmount.seconds(10)
@@ -47,7 +61,10 @@ public final class ExportServer: @unchecked Sendable {
         self.secret = secret
         self.stallLimit = stallLimit
         self.admission = ConnectionAdmission(limits: connectionLimits, subject: ["export": "\(exportName)"], logger: logger)
+        self.monitorAdmission = ConnectionAdmission(limits: .monitor, subject: ["export": "\(exportName)", "listener": "monitor"],
+                                                    logger: logger)
         self.network = MultiThreadedEventLoopGroup(numberOfThreads: 2)
+        self.networkTurns = network.makeIterator().map { _ in NIOLockedValueBox(NIODeadline.now().uptimeNanoseconds) }
         let mutations = MutationPath()
         self.mutations = mutations
         self.replication = standby.map { ReplicationLink(configuration: $0, store: store, mutationLock: mutations, logger: logger) }
@@ -79,18 +96,57 @@ public final class ExportServer: @unchecked Sendable {
         return replication.waitUntilAcknowledged(replication.lastSent, timeout: timeout)
     }
 
-    /// Starts listening; returns the bound address (useful with port 0).
-    public func start(listen address: NodeAddress) throws -> NodeAddress {
-        try stampNewExportRoot()
-        return try started(bootstrap.bind(host: address.host, port: address.port).wait(), host: address.host, port: address.port)
+    /// Where a listener listens: an address to bind, or a socket bound (and
+    /// listening) already. A server started ahead of a swap binds before it is
+    /// promoted, so that connections wait in the kernel's queue and are
+    /// answered the moment it is.
+    public enum Listener {
+        case address(NodeAddress)
+        case bound(CInt, NodeAddress)
+
+        var address: NodeAddress {
+            switch self {
+            case .address(let address), .bound(_, let address): address
+            }
+        }
     }
 
-    /// Starts serving on a socket bound (and listening) already: a server
-    /// started ahead of a swap binds before it is promoted, so that clients'
-    /// connections wait in the kernel's queue and are answered the moment it is.
-    public func start(boundSocket: CInt, address: NodeAddress) throws -> NodeAddress {
+    /// Starts serving clients on `clients` and the monitor on `monitor`;
+    /// returns the bound addresses (useful with port 0).
+    public func start(clients: Listener, monitor: Listener?) throws -> (clients: NodeAddress, monitor: NodeAddress?) {
         try stampNewExportRoot()
-        return try started(bootstrap.withBoundSocket(boundSocket).wait(), host: address.host, port: address.port)
+        if let monitor {
+            guard secret != nil else { throw ProbeError("a monitor listener needs the cluster's secret (--secret-file)") }
+            let channel = try bind(monitor, bootstrap(group: monitorThread, for: .monitor))
+            monitorListener = channel
+            for (loop, turn) in zip(network.makeIterator(), networkTurns) {
+                loop.scheduleRepeatedTask(initialDelay: .zero, delay: Self.turnStampInterval) { _ in
+                    turn.withLockedValue { $0 = NIODeadline.now().uptimeNanoseconds }
+                }
+            }
+        }
+        listener = try bind(clients, bootstrap(group: network, for: .clients))
+        replication?.start()
+        let bound = (clients: boundAddress(listener!, clients.address), monitor: monitorListener.map { boundAddress($0, monitor!.address) })
+        logger.info("export server listening", metadata: [
+            "export": "\(exportName)", "address": "\(bound.clients)", "monitorAddress": "\(bound.monitor.map { "\($0)" } ?? "none")",
+            "epoch": "\(store.epoch)",
+        ])
+        return bound
+    }
+
+    /// How often each client thread stamps its turn.
+    static let turnStampInterval = TimeAmount.milliseconds(100)
+
+    private func bind(_ listener: Listener, _ bootstrap: ServerBootstrap) throws -> Channel {
+        switch listener {
+        case .address(let address): try bootstrap.bind(host: address.host, port: address.port).wait()
+        case .bound(let socket, _): try bootstrap.withBoundSocket(socket).wait()
+        }
+    }
+
+    private func boundAddress(_ channel: Channel, _ requested: NodeAddress) -> NodeAddress {
+        NodeAddress(host: requested.host, port: channel.localAddress?.port ?? requested.port)
     }
 
     /// Each node creates a new export's root with its own clock; a first
@@ -100,18 +156,12 @@ public final class ExportServer: @unchecked Sendable {
         _ = try store.apply(.setattr(rootInode, AttributeChanges(atime: .now, mtime: .now), .root), session: 0, requestSequence: 0)
     }
 
-    private func started(_ channel: Channel, host: String, port requested: Int) -> NodeAddress {
-        listener = channel
-        replication?.start()
-        let port = channel.localAddress?.port ?? requested
-        logger.info("export server listening", metadata: [
-            "export": "\(exportName)", "address": "\(host):\(port)", "epoch": "\(store.epoch)",
-        ])
-        return NodeAddress(host: host, port: port)
-    }
+    /// What a listener serves: clients' requests, or the monitor's challenges.
+    enum Purpose { case clients, monitor }
 
-    private var bootstrap: ServerBootstrap {
-        ServerBootstrap(group: network)
+    private func bootstrap(group: MultiThreadedEventLoopGroup, for purpose: Purpose) -> ServerBootstrap {
+        let admission = purpose == .clients ? admission : monitorAdmission
+        return ServerBootstrap(group: group)
             // Out of descriptors (EMFILE), accept would fail at once, again and
             // again: a core spun and nothing was accepted. Back off instead.
             .serverChannelInitializer { channel in
@@ -120,7 +170,12 @@ public final class ExportServer: @unchecked Sendable {
             .serverChannelOption(.backlog, value: 256)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
-            .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 4096, initial: 65536, maximum: 1 << 20))
+            // One turn of a thread reads at most 64 KiB from each connection:
+            // a pipelining client cannot make the others wait for thousands
+            // of its requests (1 MiB reads, 4 a turn, let 8 such clients
+            // delay every other connection by seconds).
+            .childChannelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 4096, initial: 16384, maximum: 65536))
+            .childChannelOption(.maxMessagesPerRead, value: 1)
             .childChannelOption(.writeBufferWaterMark, value: .init(low: admission.limits.resumeBelowBytes,
                                                                      high: admission.limits.maxUnsentBytes))
             // A client machine that vanished is found within about two minutes.
@@ -131,7 +186,7 @@ public final class ExportServer: @unchecked Sendable {
             .childChannelInitializer { [self] channel in
                 channel.eventLoop.makeCompletedFuture {
                     try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(RequestDecoder()))
-                    try channel.pipeline.syncOperations.addHandler(ClientConnectionHandler(server: self))
+                    try channel.pipeline.syncOperations.addHandler(ClientConnectionHandler(server: self, purpose: purpose))
                 }
             }
     }
@@ -143,7 +198,9 @@ public final class ExportServer: @unchecked Sendable {
 
     public func stop() {
         replication?.stop()
+        try? monitorListener?.close().wait()
         try? listener?.close().wait()
+        try? monitorThread.syncShutdownGracefully()
         try? network.syncShutdownGracefully()
         mutations.withLock {
             do {
@@ -257,14 +314,13 @@ public final class ExportServer: @unchecked Sendable {
         channel.writeAndFlush(frame(sequence: sequence, reply, allocator: channel.allocator), promise: nil)
     }
 
-    /// A monitor's challenge, answered through the request path, then
+    /// A monitor's challenge, answered on the monitor's thread, then
     /// heartbeats on that connection at a fixed rate. The answer proves that
-    /// the process runs, that its network threads serve requests, that it
-    /// holds the secret and the epoch, and that its mutation path makes
-    /// progress: the mutation lock is free, or its holder has held it for
-    /// less than `stallLimit` (a slow disk is not a failure). A server wedged
-    /// on its lock longer than that answers when the lock comes free, too
-    /// late for the monitor's deadline.
+    /// the process runs, that it holds the secret and the epoch, and that it
+    /// makes progress: every client thread had a turn, and the mutation lock
+    /// is free or its holder has held it, within `stallLimit` (a slow disk or
+    /// a busy thread is not a failure). A server wedged longer than that
+    /// answers when it comes free, too late for the monitor's deadline.
     func probe(key: [UInt8], channel: Channel, startHeartbeats: Bool) {
         guard let secret else {
             channel.close(promise: nil)
@@ -286,14 +342,18 @@ public final class ExportServer: @unchecked Sendable {
     static let maxChallengeChecks = 200
 
     private func answerChallenge(key: [UInt8], secret: [UInt8], channel: Channel, checksLeft: Int) {
-        let progressing: Bool
+        let mutationsProgress: Bool
         if mutations.tryLock() {
             mutations.unlock()
-            progressing = true
+            mutationsProgress = true
         } else {
-            progressing = (mutations.heldFor ?? .zero) < stallLimit
+            mutationsProgress = (mutations.heldFor ?? .zero) < stallLimit
         }
-        guard progressing else {
+        let now = NIODeadline.now().uptimeNanoseconds
+        let clientThreadsProgress = networkTurns.allSatisfy { turn in
+            now &- turn.withLockedValue { $0 } < UInt64(stallLimit.nanoseconds)
+        }
+        guard mutationsProgress && clientThreadsProgress else {
             guard checksLeft > 0 else { return }
             channel.eventLoop.scheduleTask(in: Self.challengeCheckInterval) { [self] in
                 answerChallenge(key: key, secret: secret, channel: channel, checksLeft: checksLeft - 1)
@@ -375,15 +435,22 @@ final class ClientConnectionHandler: ChannelInboundHandler, @unchecked Sendable 
     /// it does. Reading stops meanwhile, so these are at most one read's worth.
     private var held: [InboundRequest] = []
     private var helloDeadline: Scheduled<Void>?
+    /// A client listener's connection takes requests; a monitor listener's, probes.
+    private let purpose: ExportServer.Purpose
+    private var admission: ConnectionAdmission { purpose == .clients ? server.admission : server.monitorAdmission }
 
-    init(server: ExportServer) { self.server = server }
+    init(server: ExportServer, purpose: ExportServer.Purpose) {
+        self.server = server
+        self.purpose = purpose
+    }
 
     func channelActive(context: ChannelHandlerContext) {
         let channel = context.channel
-        server.admission.accepted(channel)
-        helloDeadline = context.eventLoop.scheduleTask(in: server.admission.limits.helloTimeout) { [server] in
-            server.admission.logHit("hello", "a connection said no hello in time: closing it", [
-                "timeout": "\(server.admission.limits.helloTimeout)", "peer": "\(channel.remoteAddress.map { "\($0)" } ?? "?")",
+        let admission = admission
+        admission.accepted(channel)
+        helloDeadline = context.eventLoop.scheduleTask(in: admission.limits.helloTimeout) {
+            admission.logHit("hello", "a connection said no hello in time: closing it", [
+                "timeout": "\(admission.limits.helloTimeout)", "peer": "\(channel.remoteAddress.map { "\($0)" } ?? "?")",
             ])
             channel.close(promise: nil)
         }
@@ -392,7 +459,7 @@ final class ClientConnectionHandler: ChannelInboundHandler, @unchecked Sendable 
 
     func channelInactive(context: ChannelHandlerContext) {
         helloDeadline?.cancel()
-        server.admission.closed(context.channel, welcomed: welcomed)
+        admission.closed(context.channel, welcomed: welcomed)
         context.fireChannelInactive()
     }
 
@@ -422,6 +489,7 @@ final class ClientConnectionHandler: ChannelInboundHandler, @unchecked Sendable 
         case .message(let decoded):
             message = decoded
         case .write(let sequence, let oldest, let ino, let handle, let offset, let bytes):
+            guard purpose == .clients else { return refuse(context, .malformed, "a request on the monitor port; clients connect to the export's port") }
             guard let session else { return refuse(context, .malformed, "request before hello") }
             server.handleWrite(ino, handle: handle, offset: offset, data: bytes, session: session, sequence: sequence,
                                oldestUnanswered: oldest, channel: context.channel, order: order)
@@ -438,15 +506,16 @@ final class ClientConnectionHandler: ChannelInboundHandler, @unchecked Sendable 
                 return
             }
             helloDeadline?.cancel()
-            guard welcomed || server.admission.welcome(context.channel) else {
+            guard welcomed || admission.welcome(context.channel) else {
                 context.close(promise: nil)
                 return
             }
             welcomed = true
             self.session = session
             context.writeAndFlush(wrapOutboundOut(Message.welcome(epoch: server.epoch).frame(allocator: context.channel.allocator)), promise: nil)
-            server.welcomed()
+            if purpose == .clients { server.welcomed() }
         case .request(let sequence, let oldest, let operation):
+            guard purpose == .clients else { return refuse(context, .malformed, "a request on the monitor port; clients connect to the export's port") }
             guard let session else {
                 refuse(context, .malformed, "request before hello")
                 return
@@ -454,6 +523,7 @@ final class ClientConnectionHandler: ChannelInboundHandler, @unchecked Sendable 
             server.handle(operation, session: session, sequence: sequence, oldestUnanswered: oldest, channel: context.channel,
                           order: order)
         case .probe(let key):
+            guard purpose == .monitor else { return refuse(context, .malformed, "a probe on the clients' port; monitors connect to the monitor port") }
             guard session != nil else { return refuse(context, .malformed, "probe before hello") }
             server.probe(key: key, channel: context.channel, startHeartbeats: !heartbeating)
             heartbeating = true

@@ -18,6 +18,12 @@ struct Serve: ParsableCommand {
     @Option(help: "Address to listen on, HOST:PORT (port 0 picks a free port).")
     var listen: NodeAddress
 
+    @Option(help: ArgumentHelp(
+        "Address for the monitor's challenges and heartbeats, HOST:PORT (port 0 picks a free port); needs --secret-file.",
+        discussion: "They are answered on a thread of their own, which clients' requests cannot hold up. Without it no "
+            + "monitor can watch this server."))
+    var monitorListen: NodeAddress?
+
     @Option(help: "Journal bytes after which a checkpoint is written and older journal deleted.")
     var checkpointBytes: Int = 64 << 20
 
@@ -46,7 +52,7 @@ struct Serve: ParsableCommand {
     var standbyWaitLimitMs: Int = Int(StandbyConfiguration.defaultWaitLimit.nanoseconds / 1_000_000)
 
     @Flag(help: ArgumentHelp(
-        "Start ahead of a swap: bind the listening socket, print 'waiting HOST:PORT', then wait for a line on stdin.",
+        "Start ahead of a swap: bind the listening sockets, print 'waiting HOST:PORT', then wait for a line on stdin.",
         discussion: "'go' opens the export and serves (connections that arrived meanwhile are answered at once); "
             + "'go alone' also answers without waiting for a standby; the end of stdin exits. The agent starts the "
             + "next server of a swap this way before it fences the old one, so the pause holds no process start."))
@@ -72,18 +78,24 @@ struct Serve: ParsableCommand {
         guard checkpointBytes >= 1 << 20 else { throw ValidationError("--checkpoint-bytes must be at least 1 MiB") }
         guard ["sync", "async"].contains(replication) else { throw ValidationError("--replication is sync or async, not '\(replication)'") }
         if standby != nil && secretFile == nil { throw ValidationError("--standby needs --secret-file") }
+        if monitorListen != nil && secretFile == nil { throw ValidationError("--monitor-listen needs --secret-file") }
     }
 
     func run() throws {
         let logger = logging.bootstrap(label: "baton.serve")
         try prepareDiskOwner(logger: logger)
         let secret = try secretFile.map { try SecretFile.read($0) }
-        var boundSocket: CInt?
+        var clients = ExportServer.Listener.address(listen)
+        var monitor = monitorListen.map { ExportServer.Listener.address($0) }
         var goAlone = false
         if untilStdinEnds { exitWhenStdinEnds(logger) }
         if awaitPromotion {
             let (socket, port) = try ListeningSocket.open(listen)
-            boundSocket = socket
+            clients = .bound(socket, NodeAddress(host: listen.host, port: port))
+            if let monitorListen {
+                let (socket, port) = try ListeningSocket.open(monitorListen)
+                monitor = .bound(socket, NodeAddress(host: monitorListen.host, port: port))
+            }
             FileHandle.standardOutput.write(Data("waiting \(listen.host):\(port)\n".utf8))
             // Not a client is answered before the go-ahead: the agent sends it
             // once the old server is fenced and the new epoch is on disk.
@@ -137,9 +149,9 @@ struct Serve: ParsableCommand {
             server.onFirstWelcome = { FileHandle.standardOutput.write(Data("welcomed\n".utf8)) }
         }
         if goAlone { server.continueWithoutStandby() }
-        let bound = try boundSocket.map { try server.start(boundSocket: $0, address: listen) } ?? server.start(listen: listen)
-        // Tests and scripts read the bound port from here when they asked for port 0.
-        FileHandle.standardOutput.write(Data("listening \(bound)\n".utf8))
+        let bound = try server.start(clients: clients, monitor: monitor)
+        // Tests and scripts read the bound ports from here when they asked for port 0.
+        FileHandle.standardOutput.write(Data("listening \(bound.clients)\(bound.monitor.map { " monitor \($0)" } ?? "")\n".utf8))
         if awaitPromotion {
             logger.info("promoted: serving", metadata: ["export": "\(export)", "afterGoAhead": "\(ContinuousClock.now - promoted)",
                                                "opening": "\(opened - promoted)"])

@@ -111,11 +111,13 @@ final class ClusterConfigurationTests: XCTestCase {
             name = "projects"
             preferred = "b"
             port = 7000
+            monitor_port = 7500
             replication = "async"
             [[exports]]
             name = "home"
             preferred = "a"
             port = 7001
+            monitor_port = 7501
             replication = "sync"
             """
         let configuration = try ClusterConfiguration.parse(text)
@@ -133,8 +135,8 @@ final class ClusterConfigurationTests: XCTestCase {
                               dataDirectory: "/var/lib/baton"),
         ])
         XCTAssertEqual(configuration.exports, [
-            ExportConfiguration(name: "projects", preferredNode: "b", port: 7000, replication: .async),
-            ExportConfiguration(name: "home", preferredNode: "a", port: 7001, replication: .sync),
+            ExportConfiguration(name: "projects", preferredNode: "b", port: 7000, monitorPort: 7500, replication: .async),
+            ExportConfiguration(name: "home", preferredNode: "a", port: 7001, monitorPort: 7501, replication: .sync),
         ])
     }
 
@@ -154,9 +156,9 @@ final class ClusterConfigurationTests: XCTestCase {
         XCTAssertEqual(failure(edited("name = \"a\"", "name = \"a\"\nnmae = \"x\"")),
                        "cluster file line 5, column 1: node \"a\": unknown key 'nmae' (did you mean 'name'?); a [[nodes]] table takes name, site, agent, paths and data_dir")
         XCTAssertEqual(failure(edited("port = 7000", "port = 7000\nmode = \"sync\"")),
-                       "cluster file line 17, column 1: export \"demo\": unknown key 'mode'; a [[exports]] table takes name, preferred, port and replication")
+                       "cluster file line 17, column 1: export \"demo\": unknown key 'mode'; a [[exports]] table takes name, preferred, port, monitor_port and replication")
         XCTAssertEqual(failure(edited("port = 7000", "port = 7000\nreplicaton = \"sync\"")),
-                       "cluster file line 17, column 1: export \"demo\": unknown key 'replicaton' (did you mean 'replication'?); a [[exports]] table takes name, preferred, port and replication")
+                       "cluster file line 17, column 1: export \"demo\": unknown key 'replicaton' (did you mean 'replication'?); a [[exports]] table takes name, preferred, port, monitor_port and replication")
         XCTAssertEqual(failure(base + "[timings]\nprobe_interval = 100\n"),
                        "cluster file line 18, column 1: [timings]: unknown key 'probe_interval' (did you mean 'probe_interval_ms'?); [timings] takes probe_interval_ms, probe_deadline_ms, probe_misses, heartbeat_interval_ms, heartbeat_grace_ms, agent_heartbeat_interval_ms, agent_heartbeat_grace_ms, selffence_delay_ms, takeover_delay_ms and standby_wait_limit_ms")
         XCTAssertEqual(failure("debug = true\n" + base),
@@ -430,6 +432,25 @@ final class ClusterConfigurationTests: XCTestCase {
                        "cluster file line 20, column 8: export \"home\": port 7000 is also export \"demo\"'s on line 16; give each export its own port")
     }
 
+    /// The monitor's port is the port after the export's unless set, and
+    /// it is no other export's port or monitor port, nor an agent's.
+    func testMonitorPortsAreUniqueToo() throws {
+        XCTAssertEqual(try ClusterConfiguration.parse(base).exports[0].monitorPort, 7001)
+        XCTAssertEqual(try ClusterConfiguration.parse(edited("port = 7000", "port = 7000\nmonitor_port = 9000")).exports[0].monitorPort, 9000)
+        XCTAssertEqual(failure(base + "[[exports]]\nname = \"home\"\npreferred = \"b\"\nport = 7001\n"),
+                       "cluster file line 20, column 8: export \"home\": port 7001 is also export \"demo\"'s monitor port on line 16; give each export its own port and monitor port")
+        XCTAssertEqual(failure(base + "[[exports]]\nname = \"home\"\npreferred = \"b\"\nport = 6999\n"),
+                       "cluster file line 20, column 8: export \"home\": monitor port 7000 is also export \"demo\"'s port on line 16 (it is the port after port unless monitor_port is set); give each export its own port and monitor port")
+        XCTAssertEqual(failure(base + "[[exports]]\nname = \"home\"\npreferred = \"b\"\nport = 8000\nmonitor_port = 7001\n"),
+                       "cluster file line 21, column 16: export \"home\": monitor port 7001 is also export \"demo\"'s on line 16 (it is the port after port unless monitor_port is set); give each export its own monitor port")
+        XCTAssertEqual(failure(edited("port = 7000", "port = 7000\nmonitor_port = 7000")),
+                       "cluster file line 17, column 16: export \"demo\": monitor port 7000 is also its own port on line 16 (it is the port after port unless monitor_port is set); give each export its own port and monitor port")
+        XCTAssertEqual(failure(edited("port = 7000", "port = 7199")),
+                       "cluster file line 16, column 8: export \"demo\": monitor port 7200 is node \"b\"'s agent port on line 10 (it is the port after port unless monitor_port is set); an export may be served on any node, so give it a monitor port no agent uses")
+        XCTAssertEqual(failure(edited("port = 7000", "port = 65535")),
+                       "cluster file line 16, column 8: export \"demo\": monitor port 65536 is out of range (it is the port after port unless monitor_port is set); use a port from 1 to 65535")
+    }
+
     func testExportPortIsNoAgentsPort() {
         XCTAssertEqual(failure(edited("port = 7000", "port = 7200")),
                        "cluster file line 16, column 8: export \"demo\": port 7200 is node \"b\"'s agent port on line 10; an export may be served on any node, so give it a port no agent uses")
@@ -440,7 +461,7 @@ final class ClusterConfigurationTests: XCTestCase {
     }
 
     func testExportCountIsBounded() {
-        let exports = (0...ClusterConfiguration.maxExports).map { ExportConfiguration(name: "e\($0)", preferredNode: "a", port: 20_000 + $0) }
+        let exports = (0...ClusterConfiguration.maxExports).map { ExportConfiguration(name: "e\($0)", preferredNode: "a", port: 20_000 + 2 * $0) }
         XCTAssertEqual(failure(building: [nodeA, nodeB], exports), "cluster configuration: the cluster has 10001 exports, over the limit of 10000")
     }
 

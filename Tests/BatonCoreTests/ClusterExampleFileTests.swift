@@ -35,6 +35,7 @@ final class ClusterExampleFileTests: XCTestCase {
         XCTAssertEqual(configuration.peer(of: "a")?.name, "b")
         let demo = try XCTUnwrap(configuration.export(named: "demo"))
         XCTAssertEqual(configuration.clientAddresses(of: demo).map(\.description), ["127.0.0.1:7000", "127.0.0.2:7000"])
+        XCTAssertEqual(configuration.monitorAddress(of: demo, on: configuration.nodes[1]).description, "127.0.0.2:7001")
     }
 
     func testCommentedSettingsAreValidWhenUncommented() throws {
@@ -49,7 +50,8 @@ final class ClusterExampleFileTests: XCTestCase {
         let configuration = try ClusterConfiguration.parse(lines.joined(separator: "\n"))
         XCTAssertEqual(configuration.exports.map(\.name), ["demo", "projects"])
         XCTAssertEqual(configuration.export(named: "projects"),
-                       ExportConfiguration(name: "projects", preferredNode: "b", port: 7001, replication: .async))
+                       ExportConfiguration(name: "projects", preferredNode: "b", port: 7002, replication: .async))
+        XCTAssertEqual(configuration.export(named: "demo")?.monitorPort, 7001)
         XCTAssertEqual(configuration.node(named: "a")?.paths, ["198.18.1.1", "198.18.2.1"])
         // The test bed's switches (DESIGN.md §9), and the delays' defaults as the comments say.
         XCTAssertEqual(configuration.switches, ["198.18.1.254", "198.18.2.254"])

@@ -13,7 +13,7 @@ import XCTest
 final class TwoNodeCluster {
     let directory: String
     let configPath: String
-    let exports: [(name: String, port: Int)]
+    let exports: [(name: String, port: Int, monitorPort: Int)]
     private(set) var agents: [String: Process] = [:]
     let agentAddresses: [String: NodeAddress]
     let bed: TestBed?
@@ -26,8 +26,8 @@ final class TwoNodeCluster {
         directory = try temporaryDirectory(test, name)
         self.agentEnvironment = agentEnvironment
         self.bed = bed
-        let ports = try freePorts(2 + names.count)
-        exports = names.enumerated().map { ($0.element, ports[2 + $0.offset]) }
+        let ports = try freePorts(2 + 2 * names.count)
+        exports = names.enumerated().map { ($0.element, ports[2 + 2 * $0.offset], ports[3 + 2 * $0.offset]) }
         let hosts = bed == nil ? ["a": "127.0.0.1", "b": "127.0.0.2"]
             : ["a": TestBed.Node.a.address(nic: 1), "b": TestBed.Node.b.address(nic: 1)]
         agentAddresses = ["a": NodeAddress(host: hosts["a"]!, port: ports[0]), "b": NodeAddress(host: hosts["b"]!, port: ports[1])]
@@ -42,7 +42,7 @@ final class TwoNodeCluster {
             }
         }
         for export in exports {
-            text += "[[exports]]\nname = \"\(export.name)\"\npreferred = \"a\"\nport = \(export.port)\nreplication = \"\(replication)\"\n"
+            text += "[[exports]]\nname = \"\(export.name)\"\npreferred = \"a\"\nport = \(export.port)\nmonitor_port = \(export.monitorPort)\nreplication = \"\(replication)\"\n"
         }
         configPath = directory + "/cluster.toml"
         try text.write(toFile: configPath, atomically: true, encoding: .utf8)

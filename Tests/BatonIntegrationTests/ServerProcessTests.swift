@@ -117,10 +117,11 @@ final class ServerProcessTests: XCTestCase {
         let secretFile = data + ".secret"
         try Data("a secret of the cluster, 32 bytes or more".utf8).write(to: URL(fileURLWithPath: secretFile))
         addTeardownBlock { try? FileManager.default.removeItem(atPath: secretFile) }
-        let server = try ServerProcess(self, export: "data", data: data, extraArguments: ["--secret-file", secretFile])
+        let server = try ServerProcess(self, export: "data", data: data,
+                                       extraArguments: ["--secret-file", secretFile, "--monitor-listen", "127.0.0.1:0"])
         let hello = Message.hello(export: "data", session: 7, version: Message.protocolVersion).frame()
         for length in [0, 1, 15, 17, 64] {
-            try sendRaw(hello + Message.probe(key: [UInt8](repeating: 0x5A, count: length)).frame(), to: server.address)
+            try sendRaw(hello + Message.probe(key: [UInt8](repeating: 0x5A, count: length)).frame(), to: try XCTUnwrap(server.monitorAddress))
         }
         let connection = try connect(server)
         guard case .attributes(let root) = connection.call(.getattr(rootInode)) else { return XCTFail("getattr after bad probes") }
@@ -130,15 +131,49 @@ final class ServerProcessTests: XCTestCase {
 
     /// A server whose monitor challenges it: a secret, and a slow disk
     /// (every sync of the journal takes `syncDelayMilliseconds` more).
-    private func challengedServer(syncDelayMilliseconds: Int, extraArguments: [String] = []) throws -> (ServerProcess, [UInt8]) {
+    private func challengedServer(syncDelayMilliseconds: Int = 0, faults: String? = nil,
+                                  extraArguments: [String] = []) throws -> (ServerProcess, [UInt8]) {
         let data = try temporaryDirectory(self, "challenged")
         let secret = Array("a secret of the cluster, 32 bytes or more".utf8)
         let secretFile = data + ".secret"
         try Data(secret).write(to: URL(fileURLWithPath: secretFile))
         addTeardownBlock { try? FileManager.default.removeItem(atPath: secretFile) }
-        let server = try ServerProcess(self, export: "data", data: data, extraArguments: ["--secret-file", secretFile] + extraArguments,
-                                       environment: [DiskFaults.environmentVariable: "sync-delay-ms=\(syncDelayMilliseconds),sync-delay-path=/journal/"])
+        let faults = faults ?? "sync-delay-ms=\(syncDelayMilliseconds),sync-delay-path=/journal/"
+        let server = try ServerProcess(self, export: "data", data: data,
+                                       extraArguments: ["--secret-file", secretFile, "--monitor-listen", "127.0.0.1:0"] + extraArguments,
+                                       environment: [DiskFaults.environmentVariable: faults])
         return (server, secret)
+    }
+
+    /// A monitor's connection to `server`'s monitor port, welcomed.
+    private func monitorConnection(_ server: ServerProcess) throws -> BlockingConnection {
+        let monitor = try BlockingConnection(try XCTUnwrap(server.monitorAddress), timeoutMilliseconds: 5000)
+        try monitor.send(.hello(export: "data", session: 99, version: Message.protocolVersion))
+        guard case .welcome = try monitor.receive() else { throw TestError("no welcome on the monitor port") }
+        return monitor
+    }
+
+    /// Challenges `monitor` once; how long the answer took (with the right
+    /// MAC), or nil when none came within `patience`. Heartbeats meanwhile
+    /// are counted into `heartbeats`.
+    private func challenge(_ monitor: BlockingConnection, secret: [UInt8], patience: Duration, heartbeats: inout Int) throws -> Duration? {
+        let key = (0..<ChallengeMAC.keyBytes).map { _ in UInt8.random(in: 0...255) }
+        try monitor.send(.probe(key: key))
+        let sent = ContinuousClock.now
+        // Heartbeats come every 100 ms once probed: the wait is read on the clock.
+        while ContinuousClock.now - sent < patience {
+            switch try monitor.receive() {
+            case .probeAnswer(let got, let epoch, let sequence, let response) where got == key:
+                XCTAssertTrue(ChallengeMAC.matches(response, ChallengeMAC.response(secret: secret, key: key, epoch: epoch,
+                                                                                 journalSequence: sequence)))
+                return ContinuousClock.now - sent
+            case .heartbeat:
+                heartbeats += 1
+            default:
+                break
+            }
+        }
+        return nil
     }
 
     /// Challenges `server` one after the other while one fsync waits for its
@@ -152,9 +187,7 @@ final class ServerProcessTests: XCTestCase {
             .create(parent: rootInode, name: FileName("f"), mode: 0o644, flags: OpenFlags.readWrite, .root)) else {
             throw TestError("create failed")
         }
-        let monitor = try BlockingConnection(server.address, timeoutMilliseconds: 5000)
-        try monitor.send(.hello(export: "data", session: 99, version: Message.protocolVersion))
-        guard case .welcome = try monitor.receive() else { throw TestError("no welcome") }
+        let monitor = try monitorConnection(server)
         let fsyncDone = ManagedAtomicCounter()
         DispatchQueue.global().async {
             _ = client.call(.fsync(file.inode))
@@ -162,25 +195,15 @@ final class ServerProcessTests: XCTestCase {
         }
         var answered = 0
         var heartbeats = 0
-        challenges: while fsyncDone.value == 0 {
-            let key = (0..<ChallengeMAC.keyBytes).map { _ in UInt8.random(in: 0...255) }
-            try monitor.send(.probe(key: key))
-            let sent = ContinuousClock.now
-            // Heartbeats come every 100 ms once probed: the wait is read on the clock.
-            while ContinuousClock.now - sent < patience {
-                switch try monitor.receive() {
-                case .probeAnswer(let got, let epoch, let sequence, let response) where got == key:
-                    XCTAssertTrue(ChallengeMAC.matches(response, ChallengeMAC.response(secret: secret, key: key, epoch: epoch,
-                                                                                     journalSequence: sequence)))
-                    if fsyncDone.value == 0 { answered += 1 }
-                    continue challenges
-                case .heartbeat:
-                    if fsyncDone.value == 0 { heartbeats += 1 }
-                default:
-                    break
-                }
+        while fsyncDone.value == 0 {
+            var seen = 0
+            guard try challenge(monitor, secret: secret, patience: patience, heartbeats: &seen) != nil else {
+                return (answered, true, heartbeats + seen)
             }
-            return (answered, true, heartbeats)
+            if fsyncDone.value == 0 {
+                answered += 1
+                heartbeats += seen
+            }
         }
         return (answered, false, heartbeats)
     }
@@ -204,6 +227,89 @@ final class ServerProcessTests: XCTestCase {
         let (_, unanswered, heartbeats) = try challengesDuringOneFsync(server, secret: secret, patience: .milliseconds(1000))
         XCTAssertTrue(unanswered, "every challenge was answered while the fsync held the journal for 4 s")
         XCTAssertGreaterThan(heartbeats, 0, "the process itself still runs: its heartbeats go on")
+    }
+
+    /// Issue 13: clients that pipeline requests (getattr as fast as the
+    /// socket takes them) delayed the monitor's challenges by seconds, since
+    /// they shared the two network threads (1 MiB read from each connection,
+    /// four times a turn), and failed a healthy server over. The monitor has
+    /// a port and a thread of its own now.
+    func testPipeliningClientsDoNotHoldUpTheMonitorsChallenges() throws {
+        let (server, secret) = try challengedServer()
+        let load = PipeliningClients(count: 8, to: server.address, export: "data")
+        defer { load.stop() }
+        try load.waitUntilAnswered(10_000, timeout: .seconds(30))
+        let monitor = try monitorConnection(server)
+        var heartbeats = 0
+        var slowest = Duration.zero
+        let answeredBefore = load.answered
+        // At the monitor's pace: one challenge every 100 ms.
+        for _ in 0..<20 {
+            let waited = try challenge(monitor, secret: secret, patience: .seconds(5), heartbeats: &heartbeats)
+            slowest = max(slowest, waited ?? .seconds(5))
+            if let waited, waited < .milliseconds(100) { usleep(UInt32((.milliseconds(100) - waited) / .microseconds(1))) }
+        }
+        let answeredMeanwhile = load.answered - answeredBefore
+        // The monitor declares a server failed after 3 answers later than
+        // 200 ms in a row; with the clients on the same threads, the median
+        // answer took 4.4 s here.
+        XCTAssertLessThan(slowest, .seconds(1), "the slowest of 20 challenges beside 8 pipelining clients")
+        XCTAssertGreaterThan(answeredMeanwhile, 10_000, "the clients' requests were answered meanwhile")
+        XCTAssertTrue(server.process.isRunning)
+    }
+
+    /// The other side of the monitor's own thread: the challenge still
+    /// proves that the clients' threads serve. One wedged (a read of file
+    /// data that hangs) past the stall limit leaves challenges unanswered,
+    /// while heartbeats go on; freed, it answers again.
+    func testChallengesGoUnansweredWhileAClientThreadIsWedged() throws {
+        let hold = try temporaryDirectory(self, "hold") + "/hold"
+        let (server, secret) = try challengedServer(faults: "read-hold=\(hold)", extraArguments: ["--stall-limit-ms", "200"])
+        let client = try connect(server)
+        guard case .created(let file, let handle) = client.call(
+            .create(parent: rootInode, name: FileName("f"), mode: 0o644, flags: OpenFlags.readWrite, .root)) else {
+            return XCTFail("create")
+        }
+        XCTAssertEqual(client.call(.write(file.inode, handle: handle, offset: 0, data: [1, 2, 3])), .written(count: 3))
+        let monitor = try monitorConnection(server)
+        var heartbeats = 0
+        XCTAssertNotNil(try challenge(monitor, secret: secret, patience: .seconds(2), heartbeats: &heartbeats), "before the hang")
+        FileManager.default.createFile(atPath: hold, contents: nil)
+        let readDone = ManagedAtomicCounter()
+        DispatchQueue.global().async {
+            _ = client.call(.read(file.inode, handle: handle, offset: 0, size: 3))
+            readDone.increment()
+        }
+        // Challenged until one goes unanswered for a second (the stall limit is 200 ms).
+        var unanswered = false
+        let deadline = ContinuousClock.now + .seconds(20)
+        heartbeats = 0
+        while !unanswered, ContinuousClock.now < deadline {
+            unanswered = try challenge(monitor, secret: secret, patience: .seconds(1), heartbeats: &heartbeats) == nil
+        }
+        XCTAssertTrue(unanswered, "every challenge was answered while a client thread hung in a read")
+        XCTAssertEqual(readDone.value, 0, "the read hung")
+        XCTAssertGreaterThan(heartbeats, 0, "the process itself still runs: its heartbeats go on")
+        try FileManager.default.removeItem(atPath: hold)
+        let waitedAfter = try challenge(monitor, secret: secret, patience: .seconds(5), heartbeats: &heartbeats)
+        XCTAssertNotNil(waitedAfter, "no answer after the read came free")
+    }
+
+    /// The monitor port takes probes only, the clients' port requests only.
+    func testEachPortRefusesTheOthersMessages() throws {
+        let (server, _) = try challengedServer()
+        let hello = Message.hello(export: "data", session: 7, version: Message.protocolVersion)
+        let probeOnClients = try BlockingConnection(server.address, timeoutMilliseconds: 5000)
+        try probeOnClients.send(hello)
+        guard case .welcome = try probeOnClients.receive() else { return XCTFail("no welcome") }
+        try probeOnClients.send(.probe(key: [UInt8](repeating: 1, count: ChallengeMAC.keyBytes)))
+        guard case .refused(_, let detail) = try probeOnClients.receive() else { return XCTFail("a probe on the clients' port was not refused") }
+        XCTAssertTrue(detail.contains("monitor port"), detail)
+        let requestOnMonitor = try monitorConnection(server)
+        try requestOnMonitor.send(.request(sequence: 1, oldestUnanswered: 1, .getattr(rootInode)))
+        guard case .refused(_, let detail) = try requestOnMonitor.receive() else { return XCTFail("a request on the monitor port was not refused") }
+        XCTAssertTrue(detail.contains("clients connect to the export's port"), detail)
+        guard case .attributes = try connect(server).call(.getattr(rootInode)) else { return XCTFail("getattr") }
     }
 
     /// A connected TCP socket to `address`, or nil when the connect failed.

@@ -35,6 +35,8 @@ func temporaryDirectory(_ test: XCTestCase, _ name: String = #function) throws -
 final class ServerProcess {
     let process = Process()
     private(set) var address: NodeAddress
+    /// Where the monitor's challenges go (started with --monitor-listen).
+    private(set) var monitorAddress: NodeAddress?
     private let stderrPipe = Pipe()
 
     init(_ test: XCTestCase, export: String, data: String, listen: NodeAddress = NodeAddress(host: "127.0.0.1", port: 0),
@@ -53,14 +55,15 @@ final class ServerProcess {
                 process.waitUntilExit()
             }
         }
-        // The server prints "listening HOST:PORT" once it accepts connections.
-        let line = stdout.fileHandleForReading.readLine()
-        guard let line, line.hasPrefix("listening "), let bound = NodeAddress(String(line.dropFirst("listening ".count))) else {
+        // The server prints "listening HOST:PORT [monitor HOST:PORT]" once it accepts connections.
+        let words = stdout.fileHandleForReading.readLine()?.split(separator: " ").map(String.init) ?? []
+        guard words.first == "listening", words.count >= 2, let bound = NodeAddress(words[1]) else {
             process.waitUntilExit()
             let log = String(decoding: stderrPipe.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
             throw TestError("baton serve did not start (exit \(process.terminationStatus)): \(log)")
         }
         address = bound
+        monitorAddress = words.count == 4 && words[2] == "monitor" ? NodeAddress(words[3]) : nil
     }
 
     func kill9() {
@@ -136,4 +139,86 @@ func rawTCPSocket(to address: NodeAddress, receiveBufferBytes: Int32? = nil) -> 
         return nil
     }
     return fd
+}
+
+/// Clients that say hello and then send getattr requests as fast as the
+/// socket takes them, each on a thread of its own, reading (and counting)
+/// the replies on another: the load that starved the monitor (issue 13).
+final class PipeliningClients: @unchecked Sendable {
+    private let sockets: [Int32]
+    private let stopped = ManagedAtomicCounter()
+    private let replies = ManagedAtomicCounter()
+    private let threads = DispatchGroup()
+
+    init(count: Int, to address: NodeAddress, export: String) {
+        sockets = (0..<count).compactMap { _ in rawTCPSocket(to: address) }
+        var batch: [UInt8] = []
+        for sequence in 1...4096 {
+            batch += Message.request(sequence: UInt64(sequence), oldestUnanswered: 1, .getattr(rootInode)).frame()
+        }
+        for (index, fd) in sockets.enumerated() {
+            let hello = Message.hello(export: export, session: 1000 + UInt64(index), version: Message.protocolVersion).frame()
+            DispatchQueue.global().async(group: threads) { [self, batch] in
+                guard sendAll(fd, hello) else { return }
+                while stopped.value == 0, sendAll(fd, batch) {}
+            }
+            DispatchQueue.global().async(group: threads) { [self] in countReplies(fd) }
+        }
+    }
+
+    /// Replies received so far (the welcomes not counted).
+    var answered: Int { max(0, replies.value - sockets.count) }
+
+    func waitUntilAnswered(_ count: Int, timeout: Duration) throws {
+        let deadline = ContinuousClock.now + timeout
+        while answered < count {
+            guard ContinuousClock.now < deadline else { throw TestError("only \(answered) of \(count) pipelined requests answered") }
+            usleep(10_000)
+        }
+    }
+
+    func stop() {
+        stopped.increment()
+        for fd in sockets { shutdown(fd, Int32(SHUT_RDWR)) }
+        threads.wait()
+        for fd in sockets { close(fd) }
+    }
+
+    private func sendAll(_ fd: Int32, _ bytes: [UInt8]) -> Bool {
+        var sent = 0
+        while sent < bytes.count {
+            let got = bytes.withUnsafeBytes { send(fd, $0.baseAddress! + sent, $0.count - sent, Int32(MSG_NOSIGNAL)) }
+            if got <= 0 { return false }
+            sent += got
+        }
+        return true
+    }
+
+    /// Counts whole frames: 4 bytes of length, then the body.
+    private func countReplies(_ fd: Int32) {
+        var buffer = [UInt8](repeating: 0, count: 1 << 16)
+        var pending: [UInt8] = []
+        var skip = 0
+        while true {
+            let got = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if got <= 0 { return }
+            var index = 0
+            while index < got {
+                if skip > 0 {
+                    let taken = min(skip, got - index)
+                    skip -= taken
+                    index += taken
+                    if skip == 0 { replies.increment() }
+                    continue
+                }
+                pending.append(buffer[index])
+                index += 1
+                if pending.count == 4 {
+                    skip = Int(pending[0]) | Int(pending[1]) << 8 | Int(pending[2]) << 16 | Int(pending[3]) << 24
+                    pending.removeAll(keepingCapacity: true)
+                    if skip == 0 { replies.increment() }
+                }
+            }
+        }
+    }
 }

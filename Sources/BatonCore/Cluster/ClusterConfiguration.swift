@@ -149,12 +149,18 @@ public struct ExportConfiguration: Hashable, Sendable {
     public var preferredNode: String
     /// Clients connect to this port on the host of the node that serves the export.
     public var port: Int
+    /// The export's monitor connects to this port of the serving node's host:
+    /// the server answers its challenges and sends its heartbeats on a
+    /// thread of their own, which no client's requests can hold up.
+    public var monitorPort: Int
     public var replication: ReplicationMode
 
-    public init(name: String, preferredNode: String, port: Int, replication: ReplicationMode = .sync) {
+    /// `monitorPort` defaults to the port after `port`.
+    public init(name: String, preferredNode: String, port: Int, monitorPort: Int? = nil, replication: ReplicationMode = .sync) {
         self.name = name
         self.preferredNode = preferredNode
         self.port = port
+        self.monitorPort = monitorPort ?? port + 1
         self.replication = replication
     }
 }
@@ -166,10 +172,11 @@ public struct ExportConfiguration: Hashable, Sendable {
 /// - node and export names are 1 to 255 bytes without '@', '/', ',', white space or
 ///   control characters, and are not "." or "..", because they appear in mount
 ///   specifications (`EXPORT@NODE_A,NODE_B`), fstab lines and directory names;
-/// - node names, agent addresses and exports' names and ports are unique; two nodes on
-///   one agent host do not share a data directory;
+/// - node names, agent addresses and exports' names, ports and monitor ports are
+///   unique (no export's port is another's monitor port); two nodes on one agent
+///   host do not share a data directory;
 /// - an export's preferred node is one of the nodes;
-/// - an export's port is no agent's port: an export may come to be served on any node;
+/// - an export's port and monitor port are no agent's port: an export may come to be served on any node;
 /// - ports are 1 to 65535; paths are absolute; timings are positive, bounded, and a
 ///   grace is longer than its heartbeat interval;
 /// - the self-fence and takeover delays follow the rules of `DiagnosisTimings`, so
@@ -251,6 +258,11 @@ public struct ClusterConfiguration: Hashable, Sendable {
 
     /// Every address the export may be served at, its preferred node's first, so
     /// that a client tries the likely server before the others.
+    /// Where the monitor reaches `export`'s server while `node` serves it.
+    public func monitorAddress(of export: ExportConfiguration, on node: NodeConfiguration) -> HostAndPort {
+        HostAndPort(host: node.agent.host, port: export.monitorPort)
+    }
+
     public func clientAddresses(of export: ExportConfiguration) -> [HostAndPort] {
         let ordered = nodes.filter { $0.name == export.preferredNode } + nodes.filter { $0.name != export.preferredNode }
         return ordered.map { clientAddress(of: export, on: $0) }

@@ -79,11 +79,12 @@ enum ClusterFileReader {
     private static func readExport(_ table: TOMLTable, index: Int,
                                    positions: inout ClusterSourcePositions) throws(ClusterConfigurationError) -> ExportConfiguration {
         let reader = TableReader(table: table, kind: "exports")
-        try reader.checkKeys(["name", "preferred", "port", "replication"])
+        try reader.checkKeys(["name", "preferred", "port", "monitor_port", "replication"])
         let name = try reader.string("name", required: "name = \"...\" with a name unique among the exports")
         let preferred = try reader.string(
             "preferred", required: "preferred = \"...\" with the name of the node that serves the export when the cluster starts")
         let port = try reader.integer("port", required: "port = ... with the port clients connect to, like 7000")
+        let monitorPort = try reader.integer("monitor_port")
         var replication = ReplicationMode.sync
         if let text = try reader.string("replication") {
             guard let mode = ReplicationMode(rawValue: text) else {
@@ -94,10 +95,11 @@ enum ClusterFileReader {
             }
             replication = mode
         }
-        for key in ["name", "preferred", "port", "replication"] {
+        for key in ["name", "preferred", "port", "monitor_port", "replication"] {
             positions[.export(index, key)] = table[key]?.value.position
         }
-        return ExportConfiguration(name: name, preferredNode: preferred, port: port, replication: replication)
+        return ExportConfiguration(name: name, preferredNode: preferred, port: port, monitorPort: monitorPort,
+                                   replication: replication)
     }
 
     /// Where each element of the list at `key` was written; none when the key is absent or not a list.

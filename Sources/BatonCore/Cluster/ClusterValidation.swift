@@ -235,7 +235,8 @@ struct ClusterValidator {
             throw fail("the cluster has \(exports.count) exports, over the limit of \(ClusterConfiguration.maxExports)")
         }
         var nameIndex: [String: Int] = [:]
-        var portIndex: [Int: Int] = [:]
+        /// Each export's port and monitor port: the export's index and the key.
+        var portIndex: [Int: (Int, String)] = [:]
         var agentPorts: [Int: Int] = [:]
         for (index, node) in nodes.enumerated() where agentPorts[node.agent.port] == nil {
             agentPorts[node.agent.port] = index
@@ -257,21 +258,35 @@ struct ClusterValidator {
                            at: .export(index, "preferred"))
             }
 
-            guard Self.portRange.contains(export.port) else {
-                throw fail("\(subject): port \(export.port) is out of range; use a port from 1 to 65535",
-                           at: .export(index, "port"))
+            for (key, port) in [("port", export.port), ("monitor_port", export.monitorPort)] {
+                let what = key == "port" ? "port" : "monitor port"
+                let field = portField(index, key)
+                let advice = key == "port" ? "" : " (it is the port after port unless monitor_port is set)"
+                guard Self.portRange.contains(port) else {
+                    throw fail("\(subject): \(what) \(port) is out of range\(advice); use a port from 1 to 65535", at: field)
+                }
+                if let (first, firstKey) = portIndex[port] {
+                    let firstWhat = firstKey == "port" ? "port" : "monitor port"
+                    let owner = first == index ? "its own \(firstWhat)" : "export \(Self.quoted(exports[first].name))'s"
+                        + (firstKey == key ? "" : " \(firstWhat)")
+                    let remedy = firstKey == key ? "give each export its own \(what)" : "give each export its own port and monitor port"
+                    throw fail("\(subject): \(what) \(port) is also \(owner)\(onLine(portField(first, firstKey)))\(advice); \(remedy)",
+                               at: field)
+                }
+                // Any node may come to serve any export, on that node's agent host: a port one agent uses is taken on some host.
+                if let node = agentPorts[port] {
+                    throw fail("\(subject): \(what) \(port) is node \(Self.quoted(nodes[node].name))'s agent port\(onLine(.node(node, "agent")))\(advice); an export may be served on any node, so give it a \(what) no agent uses",
+                               at: field)
+                }
+                portIndex[port] = (index, key)
             }
-            if let first = portIndex[export.port] {
-                throw fail("\(subject): port \(export.port) is also export \(Self.quoted(exports[first].name))'s\(onLine(.export(first, "port"))); give each export its own port",
-                           at: .export(index, "port"))
-            }
-            // Any node may come to serve any export, on that node's agent host: a port one agent uses is taken on some host.
-            if let node = agentPorts[export.port] {
-                throw fail("\(subject): port \(export.port) is node \(Self.quoted(nodes[node].name))'s agent port\(onLine(.node(node, "agent"))); an export may be served on any node, so give it a port no agent uses",
-                           at: .export(index, "port"))
-            }
-            portIndex[export.port] = index
         }
+    }
+
+    /// Where an export's port or monitor port was written; a monitor port left
+    /// out is the port after `port`, so a rule about it points at `port`.
+    private func portField(_ index: Int, _ key: String) -> ClusterSourcePositions.Field {
+        positions[.export(index, key)] == nil ? .export(index, "port") : .export(index, key)
     }
 
     private struct HostDirectory: Hashable {

@@ -14,6 +14,8 @@ import Glibc
 ///     sync-eio=/journal/        fsync/fdatasync of paths containing it fail with EIO
 ///     sync-hold=/tmp/hang       ... of the sync-delay-path paths wait while this file exists
 ///                               (a disk that hangs, then recovers, on cue)
+///     read-hold=/tmp/hang       every pread waits while this file exists (a network
+///                               thread that reads file data for a client, wedged)
 ///
 /// e.g. BATON_DISK_FAULTS="sync-delay-ms=2000,sync-delay-path=/journal/".
 public enum DiskFaults {
@@ -21,6 +23,7 @@ public enum DiskFaults {
     nonisolated(unsafe) public private(set) static var syncDelayPathPart: String?
     nonisolated(unsafe) public private(set) static var syncErrorPathPart: String?
     nonisolated(unsafe) public private(set) static var syncHoldFile: String?
+    nonisolated(unsafe) public private(set) static var readHoldFile: String?
 
     public static let environmentVariable = "BATON_DISK_FAULTS"
 
@@ -42,12 +45,20 @@ public enum DiskFaults {
                 syncErrorPathPart = parts[1]
             case "sync-hold":
                 syncHoldFile = parts[1]
+            case "read-hold":
+                readHoldFile = parts[1]
             default:
-                throw SystemCallError("\(environmentVariable): unknown fault '\(parts[0])' (sync-delay-ms, sync-delay-path, sync-eio, sync-hold)", path: text, errno: EINVAL)
+                throw SystemCallError("\(environmentVariable): unknown fault '\(parts[0])' (sync-delay-ms, sync-delay-path, sync-eio, sync-hold, read-hold)", path: text, errno: EINVAL)
             }
         }
         return "sync-delay-ms=\(syncDelayMilliseconds) sync-delay-path=\(syncDelayPathPart ?? "all")"
-            + " sync-eio=\(syncErrorPathPart ?? "none") sync-hold=\(syncHoldFile ?? "none")"
+            + " sync-eio=\(syncErrorPathPart ?? "none") sync-hold=\(syncHoldFile ?? "none") read-hold=\(readHoldFile ?? "none")"
+    }
+
+    /// Before a read: waits while the read-hold file exists.
+    static func beforeRead() {
+        guard let hold = readHoldFile else { return }
+        while access(hold, F_OK) == 0 { usleep(10_000) }
     }
 
     /// Before a sync of `path`: waits, or fails, as configured.

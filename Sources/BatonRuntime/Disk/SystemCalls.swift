@@ -94,6 +94,7 @@ public final class OpenFile: @unchecked Sendable {
 
     /// Reads up to `buffer.count` bytes at `offset`; fewer only at end of file.
     public func read(into buffer: UnsafeMutableRawBufferPointer, at offset: UInt64) throws -> Int {
+        DiskFaults.beforeRead()
         var done = 0
         while done < buffer.count {
             let result = Glibc.pread(descriptor, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done))

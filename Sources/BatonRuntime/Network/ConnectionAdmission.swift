@@ -23,6 +23,15 @@ public final class ConnectionAdmission: @unchecked Sendable {
         public var resumeBelowBytes = 1 << 20
 
         public init() {}
+
+        /// For an export server's monitor port: one monitor, or a few while
+        /// a new one replaces the old; the rest room for probing tools.
+        public static var monitor: Limits {
+            var limits = Limits()
+            limits.maxClients = 64
+            limits.maxHalfOpen = 16
+            return limits
+        }
     }
 
     public let limits: Limits
