@@ -66,6 +66,7 @@ final class ExportController: @unchecked Sendable {
         self.agent = agent
         self.logger = logger
         self.directory = agent.me.dataDirectory + "/" + export.name
+        self.swapQueue = DispatchQueue(label: "baton.swap.\(export.name)")
     }
 
     private var servingMarker: String { directory + "/serving" }
@@ -114,7 +115,7 @@ final class ExportController: @unchecked Sendable {
         try Disk.writeAtomically(Array("serving\n".utf8), to: servingMarker, directory: directory)
         let process = try makeServer(awaitPromotion: false)
         lock.withLock { role = .serving(process) }
-        if aloneFromStart, agent.peerWatch.takeoverVerdict == .peerGone {
+        if aloneFromStart, agent.peerWatch.peerGoneForTakeover {
             // The peer is known to be gone: no standby to wait for. (Otherwise
             // the diagnosis of its silence says so, through `peerGone`, and a
             // standby that answers is caught up and waited for.)
@@ -408,27 +409,6 @@ final class ExportController: @unchecked Sendable {
         }
     }
 
-    /// The next server of a swap, started on a thread of its own while the
-    /// swap goes on (after a failure the process start overlaps the fence).
-    private final class NextServer: @unchecked Sendable {
-        private let done = DispatchSemaphore(value: 0)
-        private var result: Result<ExportProcess, any Error>!
-
-        init(_ start: @escaping @Sendable () throws -> ExportProcess) {
-            Thread.detachNewThread { [self] in
-                result = Result { try start() }
-                done.signal()
-            }
-        }
-
-        /// Waits until the process has bound its socket and waits for its promotion.
-        func get() throws -> ExportProcess {
-            done.wait()
-            done.signal()
-            return try result.get()
-        }
-    }
-
     /// How long each step of a swap took, for its log line.
     private struct SwapTimes {
         private(set) var steps: [(String, Duration)] = []
@@ -448,6 +428,281 @@ final class ExportController: @unchecked Sendable {
         var description: String { steps.map { "\($0.0) \(Self.milliseconds($0.1))" }.joined(separator: ", ") }
     }
 
+    /// A swap under way: the pure `Swap` decides, `performSwap` carries its
+    /// actions out. Confined to `swapQueue`; the steps that block (asking
+    /// the peer, starting and promoting a process) run off it and come back
+    /// as events.
+    private struct RunningSwap {
+        var machine: Swap
+        let reason: SwapReason
+        let store: ExportStore
+        let monitor: MonitorRunner?
+        /// Tells the results of blocking steps of this swap from a later one's.
+        let number: Int
+        let started = ContinuousClock.now
+        var pauseBegan: ContinuousClock.Instant?
+        var times = SwapTimes()
+        var next: ExportProcess?
+        var abandonNextWhenReady = false
+        var storeClosed = false
+        var fenceAnswers: [String] = []
+        let ticker: DispatchSourceTimer
+        let done: (@Sendable (Bool) -> Void)?
+    }
+
+    private let swapQueue: DispatchQueue
+    private var runningSwap: RunningSwap?
+    private var swapsBegun = 0
+
+    /// How often a running swap hears the time and the peer's reach.
+    static let swapTick = DispatchTimeInterval.milliseconds(20)
+
+    private var swapTimings: SwapTimings {
+        SwapTimings(fenceRetryInterval: SwapTimings.defaults.fenceRetryInterval,
+                    maxFenceAttempts: SwapTimings.defaults.maxFenceAttempts,
+                    takeoverDelay: agent.configuration.timings.diagnosisTimings.takeoverDelay,
+                    maxServerStarts: SwapTimings.defaults.maxServerStarts)
+    }
+
+    /// Begins a swap of the standby replica here, unless one runs or this
+    /// node is not the standby; `done` hears whether the export is served here after it.
+    private func beginSwap(_ reason: SwapReason, done: (@Sendable (Bool) -> Void)? = nil) {
+        swapQueue.async { [self] in
+            guard runningSwap == nil, let (store, monitor) = lock.withLock({ () -> (ExportStore, MonitorRunner?)? in
+                guard case .standby(let store, let monitor) = role else { return nil }
+                // A planned swap takes the old server's last records while it hands over.
+                role = .handingOver(store)
+                return (store, monitor)
+            }) else { done?(false); return }
+            let kind: Swap.Kind = if case .failed(let failure) = reason { .failover(failure) } else { .migration }
+            let ticker = DispatchSource.makeTimerSource(queue: swapQueue)
+            ticker.schedule(deadline: .now() + Self.swapTick, repeating: Self.swapTick)
+            ticker.setEventHandler { [self] in swapEvent(.tick(peer: agent.peerWatch.reach)) }
+            swapsBegun += 1
+            runningSwap = RunningSwap(machine: Swap(kind: kind, oldEpoch: store.epoch, timings: swapTimings), reason: reason,
+                                      store: store, monitor: monitor, number: swapsBegun, ticker: ticker, done: done)
+            logger.warning("swap begins", metadata: ["export": "\(export.name)", "epoch": "\(store.epoch)", "reason": "\(reason)"])
+            ticker.resume()
+            swapEvent(.begin)
+        }
+    }
+
+    /// Feeds `event` to the running swap and carries out its actions; local
+    /// steps answer at once, and their answers are fed in turn.
+    private func swapEvent(_ event: Swap.Event) {
+        dispatchPrecondition(condition: .onQueue(swapQueue))
+        var events = [event]
+        while !events.isEmpty, var swap = runningSwap {
+            let actions = swap.machine.handle(events.removeFirst(), at: MonitorRunner.now())
+            runningSwap = swap
+            for action in actions {
+                if let answer = performSwap(action) { events.append(answer) }
+            }
+        }
+    }
+
+    /// Runs `step` off the swap queue, then feeds its answer to the swap it belongs to.
+    private func offSwapQueue(_ step: @escaping @Sendable () -> Swap.Event, then: (@Sendable (Swap.Event) -> Void)? = nil) {
+        let number = runningSwap?.number
+        DispatchQueue.global().async { [self] in
+            let answer = step()
+            swapQueue.async { [self] in
+                guard runningSwap?.number == number else { return }
+                then?(answer)
+                swapEvent(answer)
+            }
+        }
+    }
+
+    /// Carries out one action of the swap; a local step returns its answer.
+    private func performSwap(_ action: Swap.Action) -> Swap.Event? {
+        guard var swap = runningSwap else { return nil }
+        defer { if runningSwap != nil { runningSwap = swap } }
+        let store = swap.store
+        let epoch = swap.machine.oldEpoch
+        switch action {
+        case .stopMonitor:
+            // After a failure it has stopped already.
+            swap.monitor?.stop()
+        case .refuseOldRecords:
+            stopTakingRecords()
+        case .diagnosePeer:
+            agent.peerWatch.rediagnose()
+        case .startNextServer:
+            // Bound to its address but answering nobody until its promotion:
+            // the process start is out of the pause.
+            let number = swap.number
+            DispatchQueue.global().async { [self] in
+                let started = Result { try makeServer(awaitPromotion: true) }
+                swapQueue.async { [self] in
+                    guard case .success(let process) = started else {
+                        if case .failure(let error) = started {
+                            logger.error("the next server did not start", metadata: ["export": "\(export.name)", "error": "\(error)"])
+                        }
+                        if runningSwap?.number == number { swapEvent(.nextServerFailed) }
+                        return
+                    }
+                    guard runningSwap?.number == number, runningSwap?.abandonNextWhenReady == false else {
+                        return DispatchQueue.global().async { process.abandon() }
+                    }
+                    runningSwap?.next = process
+                    if case .migration = runningSwap?.machine.kind { runningSwap?.times.step("start") }
+                    swapEvent(.nextServerReady)
+                }
+            }
+        case .fence(let fenceEpoch, let handOver):
+            if swap.pauseBegan == nil { swap.pauseBegan = .now }
+            // A planned swap asks the old server to hand over first: in
+            // async mode too, the standby gets every record it answered.
+            let request: AgentRequest = handOver ? .handOver(export: export.name, epoch: fenceEpoch)
+                : .fence(export: export.name, epoch: fenceEpoch)
+            let first = swap.fenceAnswers.isEmpty
+            offSwapQueue({ [self] in
+                do {
+                    let (ok, text) = try agent.askPeer(request)
+                    if !ok { logger.error("fence refused; no swap", metadata: ["export": "\(export.name)", "answer": "\(text)"]) }
+                    return .fenceAnswered(fenced: ok)
+                } catch {
+                    if first {
+                        logger.error("the peer's agent does not answer the fence: waiting for the diagnosis", metadata: [
+                            "export": "\(export.name)", "peer": "\(agent.peer.name)", "error": "\(error)",
+                        ])
+                    }
+                    return .fenceUnanswered
+                }
+            }, then: { [self] answer in runningSwap?.fenceAnswers.append("\(answer)") })
+        case .abandonNextServer:
+            if let next = swap.next {
+                swap.next = nil
+                DispatchQueue.global().async { next.abandon() }
+            } else {
+                swap.abandonNextWhenReady = true
+            }
+        case .writeWarmCheckpoint:
+            swap.times.step("fence")
+            // The new server starts from it without replaying the journal.
+            do {
+                try store.writeWarmCheckpoint()
+                swap.times.step("checkpoint")
+                return .checkpointWritten
+            } catch {
+                logger.error("the warm checkpoint was not written: the new server replays the journal", metadata: [
+                    "export": "\(export.name)", "error": "\(error)",
+                ])
+                return .checkpointFailed
+            }
+        case .persistEpoch(let newEpoch):
+            // The new epoch is on disk before anything of it is announced.
+            do {
+                try store.persistEpoch(newEpoch)
+                try Disk.writeAtomically(Array("serving\n".utf8), to: servingMarker, directory: directory)
+                swap.times.step("epoch")
+                return .epochPersisted
+            } catch {
+                logger.critical("the new epoch could not be made durable", metadata: [
+                    "export": "\(export.name)", "epoch": "\(newEpoch)", "error": "\(error)",
+                    "action": "fix the disk under \(directory); the monitor declares the failure again and the swap is retried",
+                ])
+                return .epochPersistFailed
+            }
+        case .promote:
+            guard let process = swap.next else { preconditionFailure("promote without a next server") }
+            // One owner (DESIGN.md §4.7): the replica gives the directory up to the new server.
+            if !swap.storeClosed { store.close() }
+            swap.storeClosed = true
+            swap.next = nil
+            offSwapQueue({
+                do {
+                    // The old server is fenced (or its node gone): the new one answers
+                    // at once, without waiting for the old node's replica to catch up.
+                    try process.promote(alone: true)
+                    return .promoted
+                } catch {
+                    return .promotionFailed
+                }
+            }, then: { [self] answer in
+                if answer == .promoted {
+                    lock.withLock { role = .serving(process) }
+                    runningSwap?.times.step("open")
+                } else {
+                    logger.error("the next server did not take the go-ahead", metadata: ["export": "\(export.name)"])
+                }
+            })
+        case .returnToStandby(let watch):
+            if let next = swap.next {
+                swap.next = nil
+                DispatchQueue.global().async { next.abandon() }
+            }
+            do {
+                // A failed promotion has let the replica go: open it again.
+                if swap.storeClosed { try startStandby() } else { lock.withLock { role = .standby(store, nil) } }
+                if watch { startMonitor() }
+            } catch {
+                logger.critical("no swap, and the standby replica did not open again", metadata: [
+                    "export": "\(export.name)", "error": "\(error)", "action": "check \(directory), then restart this agent",
+                ])
+            }
+        case .raiseAlarm(.fenceUnconfirmed):
+            logger.warning("the peer is gone: taking the export over without its fence", metadata: [
+                "export": "\(export.name)", "peer": "\(agent.peer.name)",
+            ])
+        case .raiseAlarm(.checkpointNotWritten):
+            break  // `writeWarmCheckpoint` said why.
+        case .raiseAlarm(.nextServerRestarted):
+            logger.warning("starting the next server again", metadata: ["export": "\(export.name)", "epoch": "\(epoch + 1)"])
+        case .completed(let newEpoch):
+            finishSwap(&swap, servedHere: true)
+            let pauseBegan = swap.pauseBegan ?? swap.started
+            if case .serving(let process) = lock.withLock({ role }) {
+                process.whenFirstWelcome { [logger, export] in
+                    logger.info("swap: first client back", metadata: [
+                        "export": "\(export.name)", "epoch": "\(newEpoch)",
+                        "afterPauseBegan": "\(SwapTimes.milliseconds(ContinuousClock.now - pauseBegan))",
+                    ])
+                }
+            }
+            let at = ISO8601DateFormatter().string(from: Date())
+            lock.withLock { lastFailover = (at, "\(swap.reason)") }
+            logger.warning("swap done: the export is served here", metadata: [
+                "export": "\(export.name)", "epoch": "\(newEpoch)",
+                "duration": "\(SwapTimes.milliseconds(ContinuousClock.now - swap.started))",
+                "pause": "\(SwapTimes.milliseconds(ContinuousClock.now - pauseBegan))", "steps": "\(swap.times.description)",
+            ])
+        case .failed(let failure):
+            finishSwap(&swap, servedHere: false)
+            logSwapFailure(failure, swap: swap)
+        }
+        return nil
+    }
+
+    private func finishSwap(_ swap: inout RunningSwap, servedHere: Bool) {
+        swap.ticker.cancel()
+        runningSwap = nil
+        swap.done?(servedHere)
+    }
+
+    private func logSwapFailure(_ failure: Swap.Failure, swap: RunningSwap) {
+        var metadata: Logger.Metadata = ["export": "\(export.name)", "node": "\(agent.me.name)", "peer": "\(agent.peer.name)",
+                                         "epoch": "\(swap.machine.oldEpoch)", "reason": "\(swap.reason)"]
+        switch failure {
+        case .selfIsolated:
+            logger.critical("this node is the isolated one: no swap", metadata: metadata.merging([
+                "action": "check this node's NICs and cables; the monitor watches again once the server's replication session is back",
+            ]) { $1 })
+        case .fenceRefused:
+            logger.error("no swap: the peer refused the fence", metadata: metadata)
+        case .fenceUnanswered:
+            metadata["attempts"] = "\(swap.fenceAnswers.count)"
+            logger.error("no swap: the peer is heard, but its agent answered none of the fences; the monitor watches again", metadata:
+                metadata.merging(["action": "check the agent on \(agent.peer.name) ('baton status', its log)"]) { $1 })
+        case .epochNotPersisted, .serverWouldNotStart:
+            logger.critical("swap failed: the export is not served here", metadata: metadata.merging([
+                "failure": "\(failure)",
+                "action": "see the log above; the monitor declares the failure again and retries, or restart this agent",
+            ]) { $1 })
+        }
+    }
+
     /// From now on, records from the old server are refused. Under
     /// `applyLock`: a record being applied finishes first, so the warm
     /// checkpoint of the swap sees the journal at rest.
@@ -457,142 +712,6 @@ final class ExportController: @unchecked Sendable {
             replicaChannel?.close(promise: nil)
             replicaChannel = nil
         } }
-    }
-
-    private func failover(_ reason: SwapReason) {
-        let planned = if case .planned = reason { true } else { false }
-        let store: ExportStore? = lock.withLock {
-            guard case .standby(let store, let monitor) = role else { return nil }
-            // A planned swap retires the monitor itself; after a failure it has stopped already.
-            monitor?.stop()
-            // A planned swap takes the old server's last records while it hands over.
-            role = .handingOver(store)
-            return store
-        }
-        guard let store else { return }
-        if !planned { stopTakingRecords() }
-        let epoch = store.epoch
-        let started = ContinuousClock.now
-        var times = SwapTimes()
-        logger.warning("swap begins", metadata: ["export": "\(export.name)", "epoch": "\(epoch)", "reason": "\(reason)"])
-        // 0. The next server starts now, bound to its address but answering
-        // nobody until it is promoted: the process start is out of the pause
-        // (a planned swap waits for it before fencing; after a failure the
-        // clients wait already, and it overlaps the fence).
-        let next = NextServer { [self] in try makeServer(awaitPromotion: true) }
-        if case .planned = reason {
-            do {
-                _ = try next.get()
-            } catch {
-                logger.error("the next server did not start; no swap", metadata: ["export": "\(export.name)", "error": "\(error)"])
-                lock.withLock { role = .standby(store, nil) }
-                startMonitor()
-                return
-            }
-            times.step("start")
-        }
-        let pauseBegins = ContinuousClock.now
-        // 1. Fence the old server through its node's agent.
-        let fence = fenceOldServer(epoch: epoch, handOver: planned)
-        if planned { stopTakingRecords() }
-        guard fence == .fenced else {
-            (try? next.get())?.abandon()
-            lock.withLock { role = .standby(store, nil) }
-            // Isolated: the monitor starts again when the server's replication session does.
-            if fence == .refused { startMonitor() }
-            return
-        }
-        times.step("fence")
-        // 2-3. The new epoch is on disk before anything of it is announced.
-        // The warm checkpoint lets the new server start without replaying.
-        let process: ExportProcess
-        do {
-            try store.writeWarmCheckpoint()
-            times.step("checkpoint")
-            try store.persistEpoch(epoch + 1)
-            try Disk.writeAtomically(Array("serving\n".utf8), to: servingMarker, directory: directory)
-            times.step("epoch")
-            process = try next.get()
-            if case .failed = reason { times.step("start") }
-            // One owner (DESIGN.md §4.7): the replica gives the directory up to the new server.
-            store.close()
-            // The old server is fenced (or its node gone): the new one answers
-            // at once, without waiting for the old node's replica to catch up.
-            try process.promote(alone: true)
-            times.step("open")
-        } catch {
-            (try? next.get())?.abandon()
-            logger.critical("swap failed: the new server did not start", metadata: [
-                "export": "\(export.name)", "error": "\(error)", "action": "see the log above; restart the agent",
-            ])
-            return
-        }
-        lock.withLock { role = .serving(process) }
-        let pause = ContinuousClock.now - pauseBegins
-        process.whenFirstWelcome { [logger, export] in
-            logger.info("swap: first client back", metadata: [
-                "export": "\(export.name)", "epoch": "\(epoch + 1)",
-                "afterPauseBegan": "\(SwapTimes.milliseconds(ContinuousClock.now - pauseBegins))",
-            ])
-        }
-        let at = ISO8601DateFormatter().string(from: Date())
-        lock.withLock { lastFailover = (at, "\(reason)") }
-        logger.warning("swap done: the export is served here", metadata: [
-            "export": "\(export.name)", "epoch": "\(epoch + 1)", "duration": "\(SwapTimes.milliseconds(ContinuousClock.now - started))",
-            "pause": "\(SwapTimes.milliseconds(pause))", "steps": "\(times.description)",
-        ])
-    }
-
-    /// Asks the peer's agent to fence the old server. When its agent does
-    /// not answer, the diagnostic ladder decides: the peer is gone (dead,
-    /// isolated, or its agent down, and the takeover delay passed, by which
-    /// an isolated peer has stopped its servers), or this node is the
-    /// isolated one (no swap), or the peer is heard (ask again).
-    private enum FenceOutcome { case fenced, refused, thisNodeIsolated }
-
-    private func fenceOldServer(epoch: UInt64, handOver: Bool) -> FenceOutcome {
-        var attempt = 0
-        while true {
-            attempt += 1
-            do {
-                // A planned swap asks the old server to hand over first: in
-                // async mode too, the standby gets every record it answered.
-                let request: AgentRequest = handOver ? .handOver(export: export.name, epoch: epoch)
-                    : .fence(export: export.name, epoch: epoch)
-                let (ok, text) = try agent.askPeer(request)
-                if !ok { logger.error("fence refused; no swap", metadata: ["export": "\(export.name)", "answer": "\(text)"]) }
-                return ok ? .fenced : .refused
-            } catch {
-                if attempt == 1 {
-                    logger.error("the peer's agent does not answer the fence: waiting for the diagnosis", metadata: [
-                        "export": "\(export.name)", "peer": "\(agent.peer.name)", "error": "\(error)",
-                    ])
-                }
-            }
-            var verdict = agent.peerWatch.takeoverVerdict
-            while verdict == .undecided {
-                Thread.sleep(forTimeInterval: 0.02)
-                verdict = agent.peerWatch.takeoverVerdict
-            }
-            switch verdict {
-            case .peerGone:
-                logger.warning("the peer is gone: taking the export over without its fence", metadata: [
-                    "export": "\(export.name)", "peer": "\(agent.peer.name)",
-                ])
-                return .fenced
-            case .selfIsolated:
-                logger.critical("this node is the isolated one: no swap", metadata: ["export": "\(export.name)"])
-                return .thisNodeIsolated
-            case .peerHeard, .undecided:
-                // Heard on every path, yet its agent did not answer: ask again.
-                if attempt % 10 == 0 {
-                    logger.error("the peer is heard but its agent does not answer the fence; asking again", metadata: [
-                        "export": "\(export.name)", "peer": "\(agent.peer.name)", "attempts": "\(attempt)",
-                    ])
-                }
-                Thread.sleep(forTimeInterval: 0.2)
-            }
-        }
     }
 
     /// A planned swap (`baton migrate`). On the standby node: run the swap
@@ -605,8 +724,14 @@ final class ExportController: @unchecked Sendable {
             return (false, "the standby of \(export.name) on \(agent.me.name) is catching up; try again once it is in step")
         case .standby:
             let started = ContinuousClock.now
-            failover(.planned)
-            guard case .serving = lock.withLock({ role }) else {
+            let finished = DispatchSemaphore(value: 0)
+            let servedHere = NIOLockedValueBox(false)
+            beginSwap(.planned) { served in
+                servedHere.withLockedValue { $0 = served }
+                finished.signal()
+            }
+            finished.wait()
+            guard servedHere.withLockedValue({ $0 }) else {
                 return (false, "the swap of \(export.name) to \(agent.me.name) did not complete; see the agent's log")
             }
             return (true, "\(export.name) is served on \(agent.me.name) now (swap took \(ContinuousClock.now - started))")
@@ -628,6 +753,17 @@ final class ExportController: @unchecked Sendable {
 
     // MARK: - Replica sessions (from the peer's export server)
 
+    /// A swap here may take the export over: the server's replies must not
+    /// stop waiting for this replica meanwhile (see `Refusal.swapUnderWay`).
+    private var swapUnderWayRefusal: Message {
+        .refused(.swapUnderWay, detail: "\(agent.me.name) runs a swap of \(export.name); wait for it")
+    }
+
+    /// A server of `epoch` is older than this node's copy: a swap it did not see replaced it.
+    private func supersededRefusal(_ epoch: UInt64, replicaEpoch: UInt64? = nil) -> Message {
+        .refused(.staleEpoch, detail: "epoch \(epoch) is older than \(agent.me.name)'s \(replicaEpoch ?? currentEpoch) of \(export.name)")
+    }
+
     func replicaHello(epoch: UInt64, channel: Channel) -> Message {
         if case .serving = lock.withLock({ role }), epoch > currentEpoch {
             // A server of a newer epoch runs on the peer: this node's server
@@ -640,12 +776,13 @@ final class ExportController: @unchecked Sendable {
             return .refused(.notActive, detail: "\(agent.me.name) is stepping down for epoch \(epoch); retry")
         }
         return lock.withLock {
+            if case .swapping = role { return swapUnderWayRefusal }
+            if case .handingOver = role { return swapUnderWayRefusal }
+            if case .serving = role, epoch < currentEpoch { return supersededRefusal(epoch) }
             guard case .standby(let store, _) = role else {
                 return .refused(.notActive, detail: "\(agent.me.name) is not the standby of \(export.name)")
             }
-            guard epoch >= store.epoch else {
-                return .refused(.staleEpoch, detail: "epoch \(epoch) is older than this replica's \(store.epoch)")
-            }
+            guard epoch >= store.epoch else { return supersededRefusal(epoch, replicaEpoch: store.epoch) }
             do {
                 // This replica may promote only to a newer epoch than the server's (one server per epoch).
                 if epoch > store.epoch { try store.persistEpoch(epoch) }
@@ -700,7 +837,13 @@ final class ExportController: @unchecked Sendable {
         // Under `applyLock`: once a swap has begun, no record is half applied.
         let answer = applyLock.withLock { () -> Message in
             guard let store = replicaStore(channel) else {
-                return .refused(.staleEpoch, detail: "\(agent.me.name) no longer takes records for \(export.name)")
+                switch lock.withLock({ role }) {
+                case .swapping: return swapUnderWayRefusal
+                case .serving where record.epoch < currentEpoch: return supersededRefusal(record.epoch)
+                default:
+                    // An older session of this server, or a role between two: it starts a new session.
+                    return .refused(.notActive, detail: "\(agent.me.name) no longer takes records for \(export.name) on this session")
+                }
             }
             do {
                 _ = try store.applyReplicated(record)
@@ -838,8 +981,7 @@ final class ExportController: @unchecked Sendable {
                 exportName: export.name, server: peerMonitorAddress, epoch: store.epoch, secret: agent.secret,
                 timings: agent.monitorTimings, group: agent.monitorGroup, logger: logger,
                 onFailure: { [self] reason in
-                    // The swap waits on the peer and on processes: a thread of its own.
-                    Thread.detachNewThread { self.failover(.failed(reason)) }
+                    self.beginSwap(.failed(reason))
                 },
                 onStandDown: { _ in },
                 onServerAnswersAlone: { [self] in monitorStoodDown() })

@@ -11,18 +11,6 @@ import NIOPosix
 /// at each path's address, the pure `PeerLiveness` and `Diagnosis` deciding,
 /// and this class probing and carrying out the verdicts through the agent.
 final class PeerWatch: @unchecked Sendable {
-    /// What a swap whose fence got no answer may do.
-    enum TakeoverVerdict: Equatable {
-        /// The ladder has not decided yet.
-        case undecided
-        /// The peer is heard on every path: its agent should answer a fence; try again.
-        case peerHeard
-        /// The peer is dead, isolated or without its agent, and the takeover delay has passed.
-        case peerGone
-        /// This node is the isolated one: it must not take anything over.
-        case selfIsolated
-    }
-
     struct Actions {
         /// The peer is gone (dead, isolated, or its agent down): servers here stop waiting for their standby.
         var peerGone: @Sendable (DiagnosisVerdict) -> Void
@@ -65,7 +53,9 @@ final class PeerWatch: @unchecked Sendable {
     private struct Shared {
         var lastHeard: PerPath<Instant>
         var silentPaths: [NetworkPath] = []
-        var peerGone = false
+        /// When the ladder last found the peer gone; nil once it is heard again.
+        var peerFoundGoneAt: Instant?
+        var peerGone: Bool { peerFoundGoneAt != nil }
         var selfFenced = false
         var lastVerdict: (verdict: DiagnosisVerdict, at: Instant, findings: DiagnosisFindings)?
     }
@@ -161,15 +151,30 @@ final class PeerWatch: @unchecked Sendable {
 
     // MARK: Read by other threads
 
-    var takeoverVerdict: TakeoverVerdict {
-        let now = MonitorRunner.now()
-        return shared.withLockedValue { state in
-            if state.selfFenced { return .selfIsolated }
-            if state.silentPaths.isEmpty { return .peerHeard }
-            let lastHeard = max(state.lastHeard.first, state.lastHeard.second)
-            if state.peerGone, now >= lastHeard + timings.takeoverDelay { return .peerGone }
-            return .undecided
+    /// What a swap whose fence got no answer decides on (`Swap.PeerReach`).
+    var reach: Swap.PeerReach {
+        shared.withLockedValue { state in
+            Swap.PeerReach(selfIsolated: state.selfFenced, foundGoneAt: state.peerFoundGoneAt,
+                           heardOnSomePath: state.silentPaths.count < NetworkPath.allCases.count,
+                           lastHeard: max(state.lastHeard.first, state.lastHeard.second))
         }
+    }
+
+    /// A swap's fence went unanswered: climb the ladder again now, so that
+    /// its verdict says what holds now (this node may have been cut off
+    /// since an older verdict). A ladder already climbing goes on.
+    func rediagnose() {
+        loop.execute { [self] in
+            let now = MonitorRunner.now()
+            // Heard on every path: the swap asks again; there is nothing to diagnose.
+            guard !stopping, !liveness.silentPaths(at: now).isEmpty else { return }
+            perform(diagnosis.handle(.heartbeatsLost(lastHeard: min(now, liveness.lastHeardOnAnyPath)), at: now))
+        }
+    }
+
+    /// The peer is gone long enough for its exports to be taken over.
+    var peerGoneForTakeover: Bool {
+        reach.isGoneForTakeover(at: MonitorRunner.now(), takeoverDelay: timings.takeoverDelay)
     }
 
     /// For `baton status` and `baton diagnose`.
@@ -280,7 +285,7 @@ final class PeerWatch: @unchecked Sendable {
     private func peerHeardAgain(at now: Instant) {
         perform(diagnosis.handle(.peerHeard, at: now))
         let (wasGone, wasFenced) = shared.withLockedValue { state -> (Bool, Bool) in
-            defer { state.peerGone = false; state.selfFenced = false }
+            defer { state.peerFoundGoneAt = nil; state.selfFenced = false }
             return (state.peerGone, state.selfFenced)
         }
         guard wasGone || wasFenced else { return }
@@ -316,7 +321,7 @@ final class PeerWatch: @unchecked Sendable {
                                          "findings": "\(Self.summary(diagnosis.findings))"]
         switch verdict {
         case .peerDeadOrIsolated, .peerAgentDown:
-            shared.withLockedValue { $0.peerGone = true }
+            shared.withLockedValue { $0.peerFoundGoneAt = now }
             logger.error("peer gone: exports served here go on without their standby; those it served are taken over",
                          metadata: metadata.merging(["action": "bring \(peer.name) back; it rejoins as standby"]) { $1 })
             actions.peerGone(verdict)

@@ -57,6 +57,8 @@ final class ReplicationLink: @unchecked Sendable {
         var synced: UInt64 = 0
         /// Replies waiting for the standby, oldest first.
         var waiters: [(sequence: UInt64, durable: Bool, since: NIODeadline, run: @Sendable () -> Void)] = []
+        /// The standby said it runs a swap against this server (`Refusal.swapUnderWay`), since then.
+        var swapUnderWaySince: NIODeadline?
         var alone = false
         /// Alone, with a standby in step again: alone until it has
         /// acknowledged this record (see `finish`).
@@ -106,10 +108,70 @@ final class ReplicationLink: @unchecked Sendable {
         watchdog = group.next().scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { [self] _ in connect() }
         let limit = configuration.waitLimit
         let every = TimeAmount.nanoseconds(min(limit.nanoseconds / 5, TimeAmount.milliseconds(250).nanoseconds))
+        lastWaitCheck.withLockedValue { $0 = .now() }
         waitCheck = group.next().scheduleRepeatedTask(initialDelay: every, delay: every) { [self] _ in
+            restartWaitsAfterAGap(checkInterval: every)
             goAloneIfWaitedLongerThan(limit)
         }
     }
+
+    /// A gap between two wait checks longer than this means the process did not run.
+    static func runGapLimit(checkInterval: TimeAmount) -> TimeAmount {
+        .nanoseconds(max(TimeAmount.seconds(1).nanoseconds, 4 * checkInterval.nanoseconds))
+    }
+
+    private let lastWaitCheck = NIOLockedValueBox(NIODeadline.uptimeNanoseconds(0))
+
+    /// A server that did not run for a while (stopped, its node frozen or
+    /// starved) must not count that time as waiting for its standby: its
+    /// replies would stop waiting the moment it runs again, while the peer
+    /// may have taken the export over meanwhile (the seeded simulation found
+    /// this, `FailoverWorld` "frozen"). Its waits start again, and its agent
+    /// has the full limit to learn of a newer server and fence it.
+    private func restartWaitsAfterAGap(checkInterval: TimeAmount) {
+        let now = NIODeadline.now()
+        let gap = lastWaitCheck.withLockedValue { last -> TimeAmount in
+            defer { last = now }
+            return now - last
+        }
+        guard gap > Self.runGapLimit(checkInterval: checkInterval) else { return }
+        let waiting = holdWaiters(from: now)
+        guard waiting > 0 else { return }
+        logger.warning("this server did not run for a while: its replies wait the full limit for the standby again", metadata: [
+            "export": "\(store.exportName)", "gap": "\(Duration.nanoseconds(gap.nanoseconds))", "waitingReplies": "\(waiting)",
+        ])
+    }
+
+    /// Replies waiting for the standby wait from `now` on; returns how many wait.
+    @discardableResult
+    private func holdWaiters(from now: NIODeadline) -> Int {
+        state.withLockedValue { state in
+            for index in state.waiters.indices { state.waiters[index].since = now }
+            return state.waiters.count
+        }
+    }
+
+    /// The standby runs a swap against this server: replies must not stop
+    /// waiting for it now, or the swap's takeover would lose what they
+    /// answered. They wait until the swap ends: the standby takes records
+    /// again, or this server is fenced. Asked again within a second.
+    fileprivate func swapUnderWay(_ channel: Channel, detail: String) {
+        let waiting = holdWaiters(from: .now())
+        let first = state.withLockedValue { state -> Bool in
+            defer { state.swapUnderWaySince = state.swapUnderWaySince ?? .now() }
+            return state.swapUnderWaySince == nil
+        }
+        if first {
+            logger.warning("the standby runs a swap: replies wait for its outcome", metadata: [
+                "export": "\(store.exportName)", "standby": "\(configuration.agent)", "waitingReplies": "\(waiting)",
+                "detail": "\(detail)",
+            ])
+        }
+        lost(channel, reason: "the standby runs a swap: \(detail)", retryWithin: Self.swapUnderWayRetry)
+    }
+
+    /// How soon a session is tried again while the standby runs a swap: well within the wait limit.
+    static let swapUnderWayRetry = TimeAmount.milliseconds(500)
 
     private var watchdog: RepeatedTask?
     private var waitCheck: RepeatedTask?
@@ -247,6 +309,7 @@ final class ReplicationLink: @unchecked Sendable {
         let (ready, drained, channel, askSync) = state.withLockedValue {
             state -> ([@Sendable () -> Void], UInt64?, Channel?, UInt64?) in
             state.refusals = 0
+            state.swapUnderWaySince = nil
             if durable { state.synced = max(state.synced, sequence) } else { state.acknowledged = max(state.acknowledged, sequence) }
             var drained: UInt64?
             var askSync: UInt64?
@@ -594,11 +657,14 @@ final class ReplicationLink: @unchecked Sendable {
     /// Longest wait before a new session after refusals.
     static let maxRetryDelay = TimeAmount.seconds(10)
 
-    fileprivate func lost(_ channel: Channel, reason: String, refused: Bool = false) {
+    fileprivate func lost(_ channel: Channel, reason: String, refused: Bool = false, retryWithin: TimeAmount? = nil) {
         // Called for a refusal and again when the channel closes: retry once.
         let (wasCurrent, delay) = state.withLockedValue { state -> (Bool, TimeAmount) in
             var delay = max(.milliseconds(200), state.nextAttempt - .now())
-            if refused {
+            if let retryWithin {
+                delay = retryWithin
+                state.nextAttempt = .now() + delay
+            } else if refused {
                 // 200 ms, 400 ms, … up to 10 s, until the standby acknowledges a record again.
                 state.refusals += 1
                 delay = .nanoseconds(min(Self.maxRetryDelay.nanoseconds,
@@ -636,6 +702,9 @@ private final class StandbyHandler: ChannelInboundHandler, @unchecked Sendable {
         case .replicaSynced(let sequence): link.acknowledged(sequence, durable: true)
         case .refused(.replicaFailed, let detail):
             link.standbyFailed(context.channel, detail: detail)
+            context.close(promise: nil)
+        case .refused(.swapUnderWay, let detail):
+            link.swapUnderWay(context.channel, detail: detail)
             context.close(promise: nil)
         case .refused(let refusal, let detail):
             link.lost(context.channel, reason: "refused (\(refusal)): \(detail)", refused: true)

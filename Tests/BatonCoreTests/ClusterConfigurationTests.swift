@@ -543,6 +543,13 @@ final class ClusterConfigurationTests: XCTestCase {
         XCTAssertEqual(try ClusterConfiguration.parse(base + "[timings]\ntakeover_delay_ms = 2001\n").timings.takeoverDelayMilliseconds, 2001)
     }
 
+    // The seeded simulation's lost writes: a server held by a swap under way answers alone after the wait limit.
+    func testTakeoverDelayIsShorterThanTheStandbyWaitLimit() throws {
+        XCTAssertEqual(failure(base + "[timings]\nstandby_wait_limit_ms = 2500\n"),
+                       "cluster file line 18, column 25: [timings]: takeover_delay_ms (2500) must be shorter than standby_wait_limit_ms (2500), so that a server cut off from a standby that is taking the export over has not begun to answer without it by the time the takeover comes, or acknowledged writes may be lost; lengthen standby_wait_limit_ms or shorten takeover_delay_ms; the defaults are 2500 and 5000")
+        XCTAssertEqual(try ClusterConfiguration.parse(base + "[timings]\nstandby_wait_limit_ms = 2501\n").timings.standbyWaitLimitMilliseconds, 2501)
+    }
+
     func testBuiltConfigurationsWithBrokenDelaysAreRefused() {
         XCTAssertEqual(failure(building: [nodeA, nodeB], timings: ClusterTimings(selffenceDelayMilliseconds: 3000)),
                        "cluster configuration: [timings]: selffence_delay_ms (3000) must be shorter than takeover_delay_ms (2500), so that an isolated node has stopped its servers before its peer takes over, or both nodes may serve an export at once; shorten selffence_delay_ms or lengthen takeover_delay_ms; the defaults are 1800 and 2500")

@@ -125,6 +125,13 @@ struct ClusterValidator {
                 preconditionFailure("the diagnosis timings have a zero deadline after the range check")
             }
         }
+        // A server whose standby runs a swap against it holds its replies; cut off from that standby, it answers
+        // alone only after the wait limit, which must come after the peer's takeover (DESIGN.md §4.2).
+        let waitLimit = timings.standbyWaitLimitMilliseconds
+        guard takeover < waitLimit else {
+            throw fail("[timings]: takeover_delay_ms (\(takeover)) must be shorter than standby_wait_limit_ms (\(waitLimit)), so that a server cut off from a standby that is taking the export over has not begun to answer without it by the time the takeover comes, or acknowledged writes may be lost; lengthen standby_wait_limit_ms or shorten takeover_delay_ms; the defaults are \(defaults.takeoverDelayMilliseconds) and \(defaults.standbyWaitLimitMilliseconds)",
+                       at: .timing("takeover_delay_ms"), .timing("standby_wait_limit_ms"))
+        }
     }
 
     // MARK: Nodes

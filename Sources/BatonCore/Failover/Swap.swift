@@ -1,45 +1,60 @@
-/// Limits on the remote steps of a swap. Local steps (persisting the epoch,
-/// replaying, starting a process) report their own failures; steps that wait
-/// on the peer need a deadline, because the peer may be gone.
+/// Limits on the steps of a swap that wait on others. Local steps (the warm
+/// checkpoint, persisting the epoch, starting a process) report their own
+/// failures; the fence needs bounds, because the peer may be gone or hung.
 public struct SwapTimings: Hashable, Sendable {
-    /// The peer agent must confirm the old server's exit within this.
-    public var fenceDeadline: TimeSpan
-    /// Migration: the server must confirm it stopped taking requests within this.
-    public var quiesceDeadline: TimeSpan
-    /// Migration: the last records must reach the standby within this.
-    public var drainDeadline: TimeSpan
-    /// The peer agent must confirm its replica caught up, and then the new monitor, each within this.
-    public var monitorRequestDeadline: TimeSpan
-    /// Fence requests through a reachable peer agent before taking over without its word.
+    /// A fence the peer's agent did not answer, while the peer is heard, is asked again after this.
+    public var fenceRetryInterval: TimeSpan
+    /// Fences asked of a peer that is heard but whose agent does not answer,
+    /// before the swap gives up and the monitor watches again. Never a
+    /// takeover: the old server may be alive, and it answers without its
+    /// standby after `standby_wait_limit_ms`, so taking over beside it would
+    /// make two servers acknowledge.
     public var maxFenceAttempts: Int
-    /// Starts of the new server (first start and restarts) before giving up.
+    /// The peer found gone (dead, isolated, its agent down) is taken over
+    /// only this long after it was last heard: by then an isolated peer has
+    /// stopped its servers (`selffence_delay_ms` is shorter, see `DiagnosisTimings`).
+    public var takeoverDelay: TimeSpan
+    /// Starts of the next server (the first and the restarts) before giving up.
     public var maxServerStarts: Int
 
     public static let defaults = SwapTimings(
-        fenceDeadline: .milliseconds(250), quiesceDeadline: .milliseconds(100), drainDeadline: .milliseconds(200),
-        monitorRequestDeadline: .milliseconds(1000), maxFenceAttempts: 3, maxServerStarts: 3)
+        fenceRetryInterval: .milliseconds(200), maxFenceAttempts: 10,
+        takeoverDelay: DiagnosisTimings.defaults.takeoverDelay, maxServerStarts: 3)
 
-    public init(fenceDeadline: TimeSpan, quiesceDeadline: TimeSpan, drainDeadline: TimeSpan,
-                monitorRequestDeadline: TimeSpan, maxFenceAttempts: Int, maxServerStarts: Int) {
+    public init(fenceRetryInterval: TimeSpan, maxFenceAttempts: Int, takeoverDelay: TimeSpan, maxServerStarts: Int) {
         precondition(maxFenceAttempts >= 1 && maxServerStarts >= 1)
-        self.fenceDeadline = fenceDeadline
-        self.quiesceDeadline = quiesceDeadline
-        self.drainDeadline = drainDeadline
-        self.monitorRequestDeadline = monitorRequestDeadline
+        self.fenceRetryInterval = fenceRetryInterval
         self.maxFenceAttempts = maxFenceAttempts
+        self.takeoverDelay = takeoverDelay
         self.maxServerStarts = maxServerStarts
     }
 }
 
 /// The role swap of one export, run by the agent of the standby node
 /// (DESIGN.md §5): the unplanned failover after the monitor declared the
-/// server failed, and the planned migration (`baton migrate`).
+/// server failed, and the planned migration (`baton migrate`). This is the
+/// protocol the agent runs (`ExportController` carries out the actions) and
+/// the one the seeded simulation proves.
 ///
-/// The one ordering that safety rests on: the new epoch is persisted before
-/// anything of it is announced, and from the moment it is decided the
-/// standby refuses records of the old epoch. So a fenced server that wakes
-/// up can get nothing acknowledged (DESIGN.md §4.2), and a node that crashes
-/// mid-swap comes back knowing the epoch it may have announced.
+/// 1. The monitor stops and the next server starts, bound to its address
+///    and waiting for its promotion (a migration waits for it before the
+///    fence, so that the process start is out of the pause; a failover
+///    overlaps it with the fence). A failover refuses the old server's
+///    records at once; a migration takes them while the old server hands over.
+/// 2. The fence, through the peer's agent. Unanswered, the peer's reach
+///    decides: gone for the takeover delay, take over; this node isolated,
+///    no swap; heard, ask again, a bounded number of times.
+/// 3. The warm checkpoint, then the new epoch persisted before anything of
+///    it is announced; then the promotion. The new server answers alone;
+///    the fenced node becomes the standby, catches up through the new
+///    server's replication session, and its monitor starts on the
+///    session's `repliesWait`, not on a word from this swap.
+///
+/// The one ordering that safety rests on: the new epoch is durable before
+/// the promotion, and from the fence on the standby refuses records of the
+/// old epoch. So a fenced server that wakes up can get nothing acknowledged
+/// (DESIGN.md §4.2), and a node that crashes mid-swap comes back knowing the
+/// epoch it may have announced.
 public struct Swap: Sendable {
     public enum Kind: Hashable, Sendable {
         /// The monitor declared the server failed.
@@ -48,147 +63,140 @@ public struct Swap: Sendable {
         case migration
     }
 
+    /// What the agent knows of its peer when a fence went unanswered (from
+    /// the heartbeats and the diagnostic ladder, DESIGN.md §6).
+    public struct PeerReach: Hashable, Sendable {
+        /// This node found itself isolated and fenced its own servers.
+        public var selfIsolated: Bool
+        /// When the ladder last found the peer gone (dead, isolated, or its
+        /// agent down); nil once it is heard again.
+        public var foundGoneAt: Instant?
+        /// The peer's heartbeats arrive on at least one path.
+        public var heardOnSomePath: Bool
+        /// When the peer was last heard on any path.
+        public var lastHeard: Instant
+
+        public init(selfIsolated: Bool, foundGoneAt: Instant?, heardOnSomePath: Bool, lastHeard: Instant) {
+            self.selfIsolated = selfIsolated
+            self.foundGoneAt = foundGoneAt
+            self.heardOnSomePath = heardOnSomePath
+            self.lastHeard = lastHeard
+        }
+
+        /// Gone long enough to take its exports over: an isolated peer has stopped its servers by then.
+        public func isGoneForTakeover(at now: Instant, takeoverDelay: TimeSpan) -> Bool {
+            foundGoneAt != nil && now >= lastHeard + takeoverDelay
+        }
+    }
+
     public enum Event: Hashable, Sendable {
         /// Start the swap; answers with its first actions.
         case begin
-        case tick
-        /// The peer agent says the old server has exited (or was not running).
-        case fenceConfirmed
-        /// The diagnosis ladder's verdict on the peer (`peerDeadOrIsolated` only once the takeover delay passed).
-        case diagnosed(DiagnosisVerdict)
-        /// Migration: the old server takes no new requests; its journal ends at `lastSequence`.
-        case serverQuiesced(lastSequence: UInt64)
-        /// The standby replica holds every record up to `upTo`.
-        case replicaReceived(upTo: UInt64)
-        case epochPersisted(UInt64)
+        /// Time passes; `peer` is the agent's view of its peer now.
+        case tick(peer: PeerReach)
+        /// The next server has bound its address and waits for its promotion.
+        case nextServerReady
+        case nextServerFailed
+        /// The peer's agent answered the fence: the old server has exited (or
+        /// did not run), or it refused (it serves a newer epoch, or answered
+        /// writes its standby lacks and serves again).
+        case fenceAnswered(fenced: Bool)
+        /// The peer's agent did not answer the fence on any path.
+        case fenceUnanswered
+        case checkpointWritten
+        /// The warm checkpoint failed: the new server replays the journal instead.
+        case checkpointFailed
+        case epochPersisted
         case epochPersistFailed
-        case tailReplayed
-        /// The journal tail cannot be read back (a checksum failed): promoting would lose or invent data.
-        case tailUnreadable
-        case serverStarted
-        case serverStartFailed
-        /// The new server exited after it had started: a second failure during the swap.
-        case serverExited
-        /// The peer agent confirms the new monitor runs.
-        case monitorStarted
-        /// The peer agent cannot be reached (connection refused, no route).
-        case peerUnreachable
-        /// The peer agent is back after being unreachable.
-        case peerReturned
-        /// The peer's replica discarded records this node never received and caught up.
-        case peerCaughtUp
-        /// The monitor declared the server failed again: the same failure, or a migration gone wrong.
-        case failureDeclared(Monitor.FailureReason)
-        /// A journal record from a server of `epoch` reached this node's replica.
-        case recordArrived(epoch: UInt64)
-        /// This node's old monitor has terminated.
-        case retired
+        /// The next server took the go-ahead: it serves the new epoch.
+        case promoted
+        /// The next server exited, or did not take the go-ahead.
+        case promotionFailed
     }
 
     public enum Action: Hashable, Sendable {
-        /// Ask the peer agent to terminate the server of `epoch` and wait for its exit.
-        case fence(epoch: UInt64)
-        /// The peer agent did not answer: run the diagnosis ladder (DESIGN.md §6).
-        case runDiagnosis
-        /// The peer's kernel answers but its agent does not: terminate the old server by the OS-level path, if there is one.
-        case fenceThroughOperatingSystem(epoch: UInt64)
-        /// Migration: tell the server to stop taking new requests.
-        case quiesceServer(epoch: UInt64)
-        /// Migration abandoned before anything changed: the server takes requests again.
-        case resumeServer(epoch: UInt64)
-        /// Make the new epoch durable. Nothing of the new epoch goes out before `epochPersisted`.
+        /// This node's monitor of the old server stops (a failover's has stopped already).
+        case stopMonitor
+        /// Start a next server: bound to its address, answering nobody until `promote`.
+        case startNextServer
+        /// From now on, this node's replica takes no record of the old server.
+        case refuseOldRecords
+        /// Run the diagnostic ladder now: a verdict from before the fence went
+        /// unanswered says nothing of this node's own network since.
+        case diagnosePeer
+        /// Ask the peer's agent to fence the old server of `epoch`; a
+        /// migration's `handOver` drains it first (every record on the standby).
+        case fence(epoch: UInt64, handOver: Bool)
+        /// The next server will not be promoted: end it (once it is ready, if it is starting).
+        case abandonNextServer
+        /// Write the namespace as a checkpoint, so the new server starts without replaying.
+        case writeWarmCheckpoint
+        /// Make the new epoch (and this node's `serving` marker) durable.
         case persistEpoch(UInt64)
-        /// Apply the journal records the replica has not applied yet.
-        case replayTail
-        /// Start the export server of `epoch` on this node: the announcement of the new epoch.
-        case startServer(epoch: UInt64)
-        /// Migration: the quiesced old server exits; its clients move to the new one.
-        case stopOldServer(epoch: UInt64)
-        /// Ask the peer agent to start the monitor of the new server.
-        case requestMonitor(epoch: UInt64)
-        /// The peer's replica discards records of older epochs this node never received, then copies the journal.
-        /// Its agent first terminates any server of an older epoch there, which writes to that journal.
-        case catchUpPeer(epoch: UInt64)
-        /// This node's monitor of the old server terminates.
-        case retireMonitor
-        case acceptRecord
-        case refuseRecord(epoch: UInt64)
-        /// A server of an older epoch is alive and talking: fence it now.
-        case fenceStaleServer(epoch: UInt64)
+        /// The replica gives the directory up and the next server serves
+        /// `epoch`, answering alone until the fenced node's replica is in step.
+        case promote(epoch: UInt64)
+        /// No swap: this node keeps the standby replica; with `watch`, its
+        /// monitor watches the old server again (otherwise it waits for the
+        /// server's next replication session, `repliesWait`).
+        case returnToStandby(watch: Bool)
         case raiseAlarm(Alarm)
-        /// The export runs on this node at `epoch`, monitored from the peer.
+        /// The export is served on this node at `epoch`.
         case completed(epoch: UInt64)
         case failed(Failure)
     }
 
     /// Conditions an admin must hear about; the swap goes on.
     public enum Alarm: Hashable, Sendable {
-        /// Taking over without word that the old server exited; the epoch keeps it from acknowledging anything.
+        /// Taking over a peer found gone, without word that the old server exited.
         case fenceUnconfirmed
-        /// The peer's agent is down while its kernel runs.
-        case peerAgentDown
-        /// The export runs without a monitor until the peer returns.
-        case unmonitored
+        /// The warm checkpoint failed: the new server replays, and the pause is longer.
+        case checkpointNotWritten
+        /// The next server failed to start or to take the go-ahead; it is started again.
+        case nextServerRestarted
     }
 
-    /// Why a swap stopped short. Before the epoch was decided the old server
-    /// is still the server; after, the export is down until an admin acts.
+    /// Why a swap stopped short. Before the fence the old server is still
+    /// the server; after it, the export is unserved until a monitor declares
+    /// the failure again (a new swap) or an admin acts.
     public enum Failure: Hashable, Sendable {
         /// This node is the isolated one: it must not promote.
         case selfIsolated
+        /// The peer's agent refused the fence.
+        case fenceRefused
+        /// The peer is heard, yet its agent answered none of the fences.
+        case fenceUnanswered
         case epochNotPersisted
-        case tailUnreadable
         case serverWouldNotStart
-        /// Migration: the server did not quiesce or the records did not drain in time; nothing changed.
-        case migrationTimedOut
-        /// A server of an epoch newer than this swap's exists: another node promoted.
-        case newerEpochSeen(UInt64)
     }
 
     enum State: Hashable, Sendable {
-        /// Not begun.
         case initial
-        /// Waiting for the peer agent to confirm the old server's exit.
-        case fencing(attempt: Int, deadline: Instant)
-        /// The peer agent did not answer; waiting for the ladder's verdict.
-        case diagnosing(attempt: Int)
-        /// The peer's agent is down; waiting for the OS-level fence, or its deadline.
-        case fencingThroughOperatingSystem(deadline: Instant)
-        /// Migration: waiting for the server to stop taking requests.
-        case quiescing(deadline: Instant)
-        /// Migration: waiting for the standby to receive the journal up to the server's last record.
-        case draining(lastSequence: UInt64, deadline: Instant)
-        /// Waiting for the new epoch to be durable; old-epoch records are refused from here on.
+        /// Migration: waiting for the next server before the fence.
+        case preparing
+        /// A fence is asked; `attempt` counts from 1.
+        case fencing(attempt: Int)
+        /// The last fence went unanswered at `since`: waiting for the peer's
+        /// reach to decide, or for the time to ask again.
+        case awaitingVerdict(attempt: Int, since: Instant, askAgainAt: Instant)
+        case writingCheckpoint
+        /// From here on the swap cannot go back: the old server is fenced or gone.
         case persistingEpoch
-        /// Replaying the journal tail the replica has not applied.
-        case replayingTail
-        /// Waiting for the new server to start.
-        case startingServer
-        /// Waiting for the peer agent to start the new monitor.
-        case requestingMonitor(deadline: Instant)
-        /// The peer is unreachable: the export runs unmonitored until the peer returns.
-        case awaitingPeer
-        /// The peer's replica is catching up before it monitors.
-        case catchingUpPeer(deadline: Instant)
-        /// Waiting for this node's old monitor to terminate.
-        case retiring
-        /// Done: the export runs here at the new epoch.
+        /// Waiting for the next server to be ready, then for its promotion.
+        case promoting(asked: Bool)
         case completed
-        /// Stopped short; see the failure.
         case failed(Failure)
     }
 
-    public private(set) var kind: Kind
+    enum NextServer: Hashable, Sendable { case starting, ready, failed }
+
+    public let kind: Kind
     /// The epoch of the server being replaced.
     public let oldEpoch: UInt64
     public let timings: SwapTimings
     private(set) var state: State = .initial
-    /// Whether the new epoch has been decided: from then on, old-epoch records are refused.
-    public private(set) var epochDecided = false
+    private var nextServer = NextServer.starting
     private var serverStarts = 0
-    private var serverRunning = false
-    private var receivedSequence: UInt64 = 0
-    private var staleServerFenced = false
 
     public init(kind: Kind, oldEpoch: UInt64, timings: SwapTimings = .defaults) {
         precondition(oldEpoch < UInt64.max, "epochs exhausted")
@@ -199,8 +207,7 @@ public struct Swap: Sendable {
 
     public var newEpoch: UInt64 { oldEpoch + 1 }
 
-    /// The epoch whose records this node's replica accepts.
-    public var acceptedEpoch: UInt64 { epochDecided ? newEpoch : oldEpoch }
+    private var isMigration: Bool { if case .migration = kind { true } else { false } }
 
     public var isFinished: Bool {
         switch state {
@@ -209,194 +216,133 @@ public struct Swap: Sendable {
         }
     }
 
-    public mutating func handle(_ event: Event, at now: Instant) -> [Action] {
-        switch event {
-        case .recordArrived(let epoch): return recordArrived(epoch: epoch)
-        case .replicaReceived(let upTo):
-            receivedSequence = max(receivedSequence, upTo)
-            guard case .draining(let last, _) = state, receivedSequence >= last else { return [] }
-            return decideEpoch()
-        case .failureDeclared(let reason):
-            // A migration whose server stopped answering becomes a failover
-            // while nothing has changed yet; any other swap is already acting on it.
-            switch state {
-            case .quiescing, .draining:
-                kind = .failover(reason)
-                return startFencing(attempt: 1, at: now)
-            default: return []
-            }
-        default: break
+    /// Whether this node's replica still takes the old server's records: a
+    /// migration's, until the old server has handed over.
+    public var takesOldRecords: Bool {
+        switch state {
+        case .initial, .preparing, .fencing, .awaitingVerdict: isMigration
+        case .failed: true
+        case .writingCheckpoint, .persistingEpoch, .promoting, .completed: false
         }
+    }
 
+    public mutating func handle(_ event: Event, at now: Instant) -> [Action] {
         switch (state, event) {
         case (.initial, .begin):
-            switch kind {
-            case .failover: return startFencing(attempt: 1, at: now)
-            case .migration:
-                state = .quiescing(deadline: now + timings.quiesceDeadline)
-                return [.quiesceServer(epoch: oldEpoch)]
+            serverStarts = 1
+            if isMigration {
+                state = .preparing
+                return [.stopMonitor, .startNextServer]
             }
+            state = .fencing(attempt: 1)
+            return [.stopMonitor, .refuseOldRecords, .startNextServer, fence()]
         case (_, .begin):
             preconditionFailure("swap begun twice (state \(state))")
 
-        // Fencing.
-        case (.fencing, .fenceConfirmed), (.diagnosing, .fenceConfirmed), (.fencingThroughOperatingSystem, .fenceConfirmed):
-            return decideEpoch()
-        case (.fencing(let attempt, let deadline), .tick):
-            guard now >= deadline else { return [] }
-            state = .diagnosing(attempt: attempt)
-            return [.runDiagnosis]
-        case (.fencing(let attempt, _), .peerUnreachable):
-            state = .diagnosing(attempt: attempt)
-            return [.runDiagnosis]
-        case (.diagnosing(let attempt), .diagnosed(let verdict)):
-            return diagnosed(verdict, attempt: attempt, at: now)
-        case (.fencingThroughOperatingSystem(let deadline), .tick):
-            guard now >= deadline else { return [] }
-            return [.raiseAlarm(.fenceUnconfirmed)] + decideEpoch()
-
-        // Migration.
-        case (.quiescing, .serverQuiesced(let lastSequence)):
-            if receivedSequence >= lastSequence { return decideEpoch() }
-            state = .draining(lastSequence: lastSequence, deadline: now + timings.drainDeadline)
+        // The next server, which any state before the promotion may hear of.
+        case (.preparing, .nextServerReady):
+            nextServer = .ready
+            state = .fencing(attempt: 1)
+            return [fence()]
+        case (.preparing, .nextServerFailed):
+            nextServer = .failed
+            return giveUp(.serverWouldNotStart, watch: true)
+        case (.fencing, .nextServerReady), (.awaitingVerdict, .nextServerReady),
+             (.writingCheckpoint, .nextServerReady), (.persistingEpoch, .nextServerReady):
+            precondition(nextServer == .starting, "next server ready twice")
+            nextServer = .ready
             return []
-        case (.quiescing(let deadline), .tick), (.draining(_, let deadline), .tick):
-            guard now >= deadline else { return [] }
-            state = .failed(.migrationTimedOut)
-            return [.resumeServer(epoch: oldEpoch), .failed(.migrationTimedOut)]
+        case (.promoting(asked: false), .nextServerReady):
+            nextServer = .ready
+            return promote()
+        case (.fencing, .nextServerFailed), (.awaitingVerdict, .nextServerFailed),
+             (.writingCheckpoint, .nextServerFailed), (.persistingEpoch, .nextServerFailed),
+             (.promoting(asked: false), .nextServerFailed):
+            nextServer = .failed
+            return restartNextServer()
 
-        // Promotion: persist, replay, start, in this order.
-        case (.persistingEpoch, .epochPersisted(let epoch)):
-            precondition(epoch == newEpoch, "persisted epoch \(epoch), this swap decided \(newEpoch)")
-            state = .replayingTail
-            return [.replayTail]
+        // The fence.
+        case (.fencing, .fenceAnswered(let fenced)), (.awaitingVerdict, .fenceAnswered(let fenced)):
+            // A late answer to an earlier attempt counts as much as the last one's.
+            guard fenced else { return giveUp(.fenceRefused, watch: true) }
+            return oldServerFenced()
+        case (.fencing(let attempt), .fenceUnanswered):
+            state = .awaitingVerdict(attempt: attempt, since: now, askAgainAt: now + timings.fenceRetryInterval)
+            return [.diagnosePeer]
+        case (.awaitingVerdict(let attempt, let since, let askAgainAt), .tick(let peer)):
+            if peer.selfIsolated { return giveUp(.selfIsolated, watch: false) }
+            if let foundGoneAt = peer.foundGoneAt {
+                // Only a verdict reached since the fence went unanswered: an older one may
+                // predate this node's own isolation, which the ladder would find now.
+                guard foundGoneAt >= since, peer.isGoneForTakeover(at: now, takeoverDelay: timings.takeoverDelay) else { return [] }
+                return [.raiseAlarm(.fenceUnconfirmed)] + oldServerFenced()
+            }
+            // Silent on every path but not yet diagnosed: the ladder decides soon.
+            guard peer.heardOnSomePath, now >= askAgainAt else { return [] }
+            guard attempt < timings.maxFenceAttempts else { return giveUp(.fenceUnanswered, watch: true) }
+            state = .fencing(attempt: attempt + 1)
+            return [fence()]
+
+        // Promotion: checkpoint, epoch, go-ahead, in this order.
+        case (.writingCheckpoint, .checkpointWritten):
+            state = .persistingEpoch
+            return [.persistEpoch(newEpoch)]
+        case (.writingCheckpoint, .checkpointFailed):
+            state = .persistingEpoch
+            return [.raiseAlarm(.checkpointNotWritten), .persistEpoch(newEpoch)]
+        case (.persistingEpoch, .epochPersisted):
+            state = .promoting(asked: false)
+            switch nextServer {
+            case .ready: return promote()
+            case .starting: return []
+            case .failed: return restartNextServer()
+            }
         case (.persistingEpoch, .epochPersistFailed):
-            return fail(.epochNotPersisted)
-        case (.replayingTail, .tailReplayed):
-            state = .startingServer
-            return startServer()
-        case (.replayingTail, .tailUnreadable):
-            return fail(.tailUnreadable)
-        case (.startingServer, .serverStarted):
-            serverRunning = true
-            var actions: [Action] = []
-            if case .migration = kind { actions.append(.stopOldServer(epoch: oldEpoch)) }
-            return actions + catchUpPeer(at: now)
-        case (.startingServer, .serverStartFailed):
-            return startServer()
-
-        // The new server runs; the peer is to monitor it.
-        case (.requestingMonitor, .monitorStarted), (.awaitingPeer, .monitorStarted):
-            state = .retiring
-            return [.retireMonitor]
-        case (.requestingMonitor(let deadline), .tick), (.catchingUpPeer(let deadline), .tick):
-            guard now >= deadline else { return [] }
-            state = .awaitingPeer
-            return [.raiseAlarm(.unmonitored)]
-        case (.requestingMonitor, .peerUnreachable), (.catchingUpPeer, .peerUnreachable):
-            state = .awaitingPeer
-            return [.raiseAlarm(.unmonitored)]
-        case (.awaitingPeer, .peerReturned):
-            return catchUpPeer(at: now)
-        case (.catchingUpPeer, .peerCaughtUp):
-            return requestMonitor(at: now)
-        case (.retiring, .retired):
+            return giveUp(.epochNotPersisted, watch: true)
+        case (.promoting(asked: true), .promoted):
             state = .completed
             return [.completed(epoch: newEpoch)]
+        case (.promoting(asked: true), .promotionFailed):
+            state = .promoting(asked: false)
+            nextServer = .failed
+            return restartNextServer()
 
-        // A second failure: the new server dies after it started.
-        case (.requestingMonitor, .serverExited), (.awaitingPeer, .serverExited), (.catchingUpPeer, .serverExited),
-             (.retiring, .serverExited):
-            precondition(serverRunning, "new server exited before it started")
-            serverRunning = false
-            // Local and confirmed: restart at the same epoch, no new promotion needed.
-            return startServer()
-        case (.requestingMonitor, .serverStarted), (.awaitingPeer, .serverStarted), (.catchingUpPeer, .serverStarted),
-             (.retiring, .serverStarted):
-            precondition(!serverRunning, "new server started twice")
-            serverRunning = true
-            return []
-        case (.requestingMonitor, .serverStartFailed), (.awaitingPeer, .serverStartFailed),
-             (.catchingUpPeer, .serverStartFailed), (.retiring, .serverStartFailed):
-            return startServer()
-
-        // Late or repeated answers from remote parties, and time passing where nothing is timed.
-        case (_, .tick), (_, .fenceConfirmed), (_, .diagnosed), (_, .serverQuiesced), (_, .monitorStarted),
-             (_, .peerUnreachable), (_, .peerReturned):
-            return []
-        case (.failed, _):
+        // Time passing where nothing is timed; answers that come too late to matter.
+        case (_, .tick), (.failed, .fenceAnswered), (.failed, .fenceUnanswered),
+             (.completed, .fenceAnswered), (.writingCheckpoint, .fenceAnswered), (.persistingEpoch, .fenceAnswered),
+             (.promoting, .fenceAnswered), (.failed, .nextServerReady), (.failed, .nextServerFailed):
             return []
         default:
             preconditionFailure("swap got \(event) in state \(state)")
         }
     }
 
-    private mutating func startFencing(attempt: Int, at now: Instant) -> [Action] {
-        state = .fencing(attempt: attempt, deadline: now + timings.fenceDeadline)
-        return [.fence(epoch: oldEpoch)]
+    private func fence() -> Action { .fence(epoch: oldEpoch, handOver: isMigration) }
+
+    /// The old server has exited, or its node is gone: the point of no return.
+    private mutating func oldServerFenced() -> [Action] {
+        state = .writingCheckpoint
+        // A migration took the old server's last records while it handed over.
+        let refuse: [Action] = isMigration ? [.refuseOldRecords] : []
+        return refuse + [.writeWarmCheckpoint]
     }
 
-    private mutating func diagnosed(_ verdict: DiagnosisVerdict, attempt: Int, at now: Instant) -> [Action] {
-        switch verdict {
-        case .peerDeadOrIsolated:
-            // The peer self-fenced by now if it is the isolated one; the epoch covers the rest.
-            return [.raiseAlarm(.fenceUnconfirmed)] + decideEpoch()
-        case .peerAgentDown:
-            state = .fencingThroughOperatingSystem(deadline: now + timings.fenceDeadline)
-            return [.raiseAlarm(.peerAgentDown), .fenceThroughOperatingSystem(epoch: oldEpoch)]
-        case .selfIsolated:
-            return fail(.selfIsolated)
-        case .allHealthy, .peerNICDown, .switchDown, .pathDown:
-            // The peer agent is reachable on some path: ask it again there.
-            guard attempt < timings.maxFenceAttempts else { return [.raiseAlarm(.fenceUnconfirmed)] + decideEpoch() }
-            return startFencing(attempt: attempt + 1, at: now)
-        }
+    private mutating func promote() -> [Action] {
+        precondition(nextServer == .ready)
+        state = .promoting(asked: true)
+        return [.promote(epoch: newEpoch)]
     }
 
-    /// The point of no return: the replica stops accepting the old epoch, and the new one is made durable.
-    private mutating func decideEpoch() -> [Action] {
-        precondition(!epochDecided)
-        epochDecided = true
-        state = .persistingEpoch
-        return [.persistEpoch(newEpoch)]
-    }
-
-    private mutating func startServer() -> [Action] {
-        guard serverStarts < timings.maxServerStarts else { return fail(.serverWouldNotStart) }
+    private mutating func restartNextServer() -> [Action] {
+        guard serverStarts < timings.maxServerStarts else { return giveUp(.serverWouldNotStart, watch: true) }
         serverStarts += 1
-        return [.startServer(epoch: newEpoch)]
+        nextServer = .starting
+        return [.raiseAlarm(.nextServerRestarted), .startNextServer]
     }
 
-    /// Whether the old server's node is alive or returns later, its replica may
-    /// hold records of the old epoch this node never received (never
-    /// acknowledged, DESIGN.md §5.4): it catches up before it monitors, always.
-    private mutating func catchUpPeer(at now: Instant) -> [Action] {
-        state = .catchingUpPeer(deadline: now + timings.monitorRequestDeadline)
-        return [.catchUpPeer(epoch: newEpoch)]
-    }
-
-    private mutating func requestMonitor(at now: Instant) -> [Action] {
-        state = .requestingMonitor(deadline: now + timings.monitorRequestDeadline)
-        return [.requestMonitor(epoch: newEpoch)]
-    }
-
-    private mutating func fail(_ failure: Failure) -> [Action] {
+    private mutating func giveUp(_ failure: Failure, watch: Bool) -> [Action] {
         state = .failed(failure)
-        return [.failed(failure)]
-    }
-
-    private mutating func recordArrived(epoch: UInt64) -> [Action] {
-        if epoch > newEpoch || (epoch == newEpoch && !epochDecided) {
-            // Another node promoted past this swap: it must not go on.
-            if isFinished { return [.refuseRecord(epoch: epoch)] }
-            state = .failed(.newerEpochSeen(epoch))
-            return [.refuseRecord(epoch: epoch), .failed(.newerEpochSeen(epoch))]
-        }
-        precondition(epoch < newEpoch, "a record of this swap's own epoch \(epoch) from elsewhere")
-        if epoch == oldEpoch, !epochDecided { return [.acceptRecord] }
-        // An older server is alive and talking; after the decision that includes the replaced one.
-        if staleServerFenced { return [.refuseRecord(epoch: epoch)] }
-        staleServerFenced = true
-        return [.refuseRecord(epoch: epoch), .fenceStaleServer(epoch: epoch)]
+        let abandon: [Action] = nextServer == .failed ? [] : [.abandonNextServer]
+        return abandon + [.returnToStandby(watch: watch), .failed(failure)]
     }
 }

@@ -88,6 +88,9 @@ public enum Refusal: UInt8, Hashable, Sendable {
     /// A replica cannot keep records (its disk failed): the server goes on
     /// without it rather than wait for it (DESIGN.md §4.6).
     case replicaFailed
+    /// The replica's node runs a swap against this server: its replies must
+    /// keep waiting (not answer alone) until the swap ends.
+    case swapUnderWay
 }
 
 /// What an agent is asked to do.

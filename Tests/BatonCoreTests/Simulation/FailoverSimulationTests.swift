@@ -15,7 +15,7 @@ final class FailoverSimulationTests: XCTestCase {
     private var seeds: [UInt64] {
         let environment = ProcessInfo.processInfo.environment
         if let seed = environment["BATON_SIMULATION_SEED"].flatMap(UInt64.init) { return [seed] }
-        let count = environment["BATON_SIMULATION_SEEDS"].flatMap(UInt64.init) ?? 60
+        let count = environment["BATON_SIMULATION_SEEDS"].flatMap(UInt64.init) ?? 200
         return Array(1...count)
     }
 
@@ -68,15 +68,24 @@ final class FailoverSimulationTests: XCTestCase {
         XCTAssertNotNil(world.violation)
 
         var started = FailoverWorld(seed: 1)
-        started.startServer(on: 1, epoch: 3)
-        started.startServer(on: 0, epoch: 2)
+        started.startServer(on: 1, epoch: 3, alone: true)
+        started.startServer(on: 0, epoch: 2, alone: true)
         XCTAssertNotNil(started.violation)
+    }
+
+    func testCheckerCatchesAServerAnsweringWithoutARecordAcknowledgedInAnOlderEpoch() {
+        var world = FailoverWorld(seed: 1)
+        world.startServer(on: 1, epoch: 2, alone: true)
+        world.acknowledge(SimRecord(sequence: 1, epoch: 1), on: 0)   // the old server answered after the swap
+        XCTAssertNil(world.violation, "nothing is lost while the newer copy answers nothing")
+        world.acknowledge(SimRecord(sequence: 1, epoch: 2), on: 1)
+        XCTAssertNotNil(world.violation)
     }
 
     func testCheckerCatchesAServerStartedWithoutAnAcknowledgedRecord() {
         var world = FailoverWorld(seed: 1)
         world.acknowledge(SimRecord(sequence: 1, epoch: 1), on: 0)
-        world.startServer(on: 1, epoch: 2)   // node 1's journal is empty: the record is lost
+        world.startServer(on: 1, epoch: 2, alone: true)   // node 1's journal is empty: the record is lost
         XCTAssertNotNil(world.violation)
     }
 }

@@ -8,19 +8,22 @@ struct SimRecord: Hashable {
 
 /// What crosses the simulated network.
 enum SimMessage: Hashable {
-    // To a node: its replica, its monitor, its agent.
+    // To a node's agent: its replica, its monitor, its fence.
     case record(SimRecord, server: Int)
-    case heartbeat(epoch: UInt64, journalSequence: UInt64)
+    /// `answeringAlone`: replies do not wait for the standby; otherwise they
+    /// have waited for it since `repliesWaitThrough` (DESIGN.md §4.1).
+    case heartbeat(epoch: UInt64, journalSequence: UInt64, answeringAlone: Bool, repliesWaitThrough: UInt64)
     case probeAnswer(key: [UInt8], epoch: UInt64, journalSequence: UInt64, response: [UInt8])
-    case fence(epoch: UInt64)
-    case fenceDone
-    case catchUp(journal: [SimRecord], epoch: UInt64)
-    case caughtUp
-    case monitorRequest(epoch: UInt64)
-    case monitorStarted
+    case fence(epoch: UInt64, handOver: Bool)
+    case fenceAnswer(fenced: Bool)
+    /// A server's replication session with a standby not in step: the whole journal.
+    case catchUp(journal: [SimRecord], epoch: UInt64, server: Int)
     // To a node's export server.
+    case caughtUp(through: UInt64, server: Int)
     case recordAck(sequence: UInt64, server: Int)
     case recordRefused(server: Int)
+    /// The standby runs a swap against this server (`Refusal.swapUnderWay`): its replies must not stop waiting.
+    case swapUnderWay(server: Int)
     case probe(key: [UInt8])
 }
 
@@ -32,12 +35,16 @@ struct Envelope {
     var message: SimMessage
 }
 
-/// An export server process: applies client mutations, replicates them in
-/// `sync` mode (acknowledged only once the standby has them), answers
-/// probes, sends heartbeats. A stalled one (SIGSTOP) does nothing; its
-/// messages wait in the socket buffer.
+/// An export server process, as deployed: in `sync` mode a mutation is
+/// answered once the standby has it; a reply that waited longer than the
+/// standby wait limit stops waiting, and the server answers alone until a
+/// standby is caught up and has every record answered alone (then its
+/// heartbeats say since when replies wait again, `repliesWait`). A promoted
+/// server answers alone from the start. A stalled one (SIGSTOP) does nothing.
 struct SimServer {
     static let maxUnacknowledged = 64
+    static let resendAfter = TimeSpan.milliseconds(50)
+    static let catchUpEvery = TimeSpan.milliseconds(200)
     let id: Int
     let epoch: UInt64
     var stalledUntil = Instant.zero
@@ -45,6 +52,25 @@ struct SimServer {
     var nextHeartbeatAt: Instant
     /// Sequence → when it was last sent to the standby.
     var unacknowledged: [UInt64: Instant] = [:]
+    /// Sequence → since when its reply waits for the standby (sync mode only).
+    var waiting: [UInt64: Instant] = [:]
+    var answeringAlone = false
+    /// Alone, with a standby caught up: alone until it has acknowledged this record.
+    var aloneUntil: UInt64?
+    /// Its replication session has brought the standby in step (a copy of the journal).
+    var caughtUp = false
+    var nextCatchUpAt = Instant.zero
+    /// The last record answered without the standby.
+    var repliesWaitThrough: UInt64 = 0
+    /// A migration's hand-over: no new mutations, exit once the standby has
+    /// every record; killed by its agent at this instant if it has not.
+    var handOverKillAt: Instant?
+    var handingOver: Bool { handOverKillAt != nil }
+    /// Replies given while its node is isolated: they reach the client once
+    /// the network is back, if this process still lives then.
+    var heldReplies: [SimRecord] = []
+    /// When it last ran: a longer gap (stopped, starved) is not time spent waiting for the standby.
+    var lastRanAt: Instant
 }
 
 /// One storage node: its agent's durable epoch, its copy of the journal, and the roles it plays.
@@ -55,51 +81,103 @@ struct SimNode {
     var monitor: Monitor?
     var swap: Swap?
     var diagnosis = Diagnosis()
-    /// Holds the standby replica and should run a monitor.
+    /// Holds the standby replica.
     var isStandby: Bool
+    /// This node's server answered writes its standby lacks (the `standby-outdated` marker).
+    var standbyOutdated = false
     var isolatedUntil = Instant.zero
+    /// The agent does nothing until then (SIGSTOP, or the whole node frozen with its server).
+    var agentStalledUntil = Instant.zero
+    var agentInbox: [SimMessage] = []
+    /// `ExportController.serverExited`: a server that exited on its own is started again here at its epoch
+    /// then, unless a fence came first; at most `maxRestarts` within `restartWindow`.
+    var restartAt: (at: Instant, epoch: UInt64)?
+    var restarts: [Instant] = []
+    /// The agent's request port hangs (its threads starved, its descriptors used up) while its
+    /// heartbeats go on: fences asked of it get no answer.
+    var agentRequestsHungUntil = Instant.zero
     var lastHeardPeer = Instant.zero
-    var peerWasReachable = true
     var nextDiagnosisAt = Instant.zero
-    var monitorRestartAt = Instant.zero
+    /// When the ladder found the peer gone (dead, isolated, its agent down); cleared when it is heard.
+    var peerFoundGoneAt: Instant?
+    /// A fence asked of the peer and not yet answered: unanswered after this.
+    var fenceUnansweredAt: Instant?
 }
 
 struct SimulationStats: Equatable {
     var acknowledged = 0
+    var acknowledgedAlone = 0
     var declarations = 0
+    var migrations = 0
     var swapsCompleted = 0
     var swapsFailed = 0
+    var takeoversWithoutFence = 0
     var refusedStaleRecords = 0
     var selfFences = 0
+    var catchUps = 0
     var stalls = 0
     var crashes = 0
     var isolations = 0
+    var freezes = 0
+    var hungAgents = 0
+    var agentStalls = 0
+    var refusedByClients = 0
 
     static func += (a: inout SimulationStats, b: SimulationStats) {
         a.acknowledged += b.acknowledged
+        a.acknowledgedAlone += b.acknowledgedAlone
         a.declarations += b.declarations
+        a.migrations += b.migrations
         a.swapsCompleted += b.swapsCompleted
         a.swapsFailed += b.swapsFailed
+        a.takeoversWithoutFence += b.takeoversWithoutFence
         a.refusedStaleRecords += b.refusedStaleRecords
         a.selfFences += b.selfFences
+        a.catchUps += b.catchUps
         a.stalls += b.stalls
         a.crashes += b.crashes
         a.isolations += b.isolations
+        a.freezes += b.freezes
+        a.hungAgents += b.hungAgents
+        a.agentStalls += b.agentStalls
+        a.refusedByClients += b.refusedByClients
     }
 }
 
 /// Two nodes running one export with the real Monitor, Swap and Diagnosis
 /// state machines, over a seeded network that delays and loses messages,
-/// with server stalls, server crashes and node isolations. Everything random
-/// comes from the seed, so a run replays exactly (TigerBeetle's VOPR).
+/// with server stalls and crashes, node isolations, agent stalls and whole
+/// node freezes, and migrations. Everything random comes from the seed, so a
+/// run replays exactly (TigerBeetle's VOPR).
+///
+/// The agents do what `ExportController` does with the swap's actions: the
+/// fenced node becomes the standby, the promoted server answers alone and
+/// catches that standby up through its replication session, and a monitor
+/// starts only once the server's replies wait for its replica again.
 ///
 /// After every step it checks DESIGN.md §4.1 and §4.2: one server per epoch,
-/// epochs only grow, and every acknowledged record is in the journal of each
-/// server started after it was acknowledged.
+/// epochs only grow, every acknowledged record is in the journal of each
+/// server started after it was acknowledged, and no server answers with a
+/// history that lacks a record acknowledged in an older epoch (an old server
+/// that answers after a newer one started loses nothing while no newer one
+/// answers: the newer copy never serves).
 struct FailoverWorld {
     static let step = TimeSpan.milliseconds(5)
     static let secret = Array("simulated-export-secret".utf8)
     static let traceLimit = 400
+    /// As deployed (`standby_wait_limit_ms`).
+    static let standbyWaitLimit = TimeSpan.milliseconds(UInt64(ClusterTimings.defaults.standbyWaitLimitMilliseconds))
+    /// The agent's own deadline on a fence request.
+    static let fenceAnswerDeadline = TimeSpan.milliseconds(400)
+    /// A server that did not run for longer than this restarts its standby wait limit (`ReplicationLink`).
+    static let runGapLimit = TimeSpan.milliseconds(1_000)
+    static let restartDelay = TimeSpan.milliseconds(1_000)
+    static let maxRestarts = 3
+    static let restartWindow = TimeSpan.milliseconds(60_000)
+    /// A request unanswered this long makes a client ask the other addresses for a newer epoch.
+    static let clientMoveAfter = TimeSpan.milliseconds(1_000)
+    /// A hand-over that has not drained by then ends in SIGKILL (`ExportProcess.handOver`).
+    static let handOverGrace = TimeSpan.milliseconds(1_000)
 
     let seed: UInt64
     private(set) var now = Instant.zero
@@ -117,22 +195,32 @@ struct FailoverWorld {
     private var pendingProbes: [(at: Instant, node: Int, target: DiagnosisTarget)] = []
     private let lossPerMille: UInt64
     private let maxDelayMilliseconds: UInt64
+    private let swapTimings: SwapTimings
 
     // History for the invariants.
-    /// Epoch → the node whose server acknowledged in it. A node, not a process: the swap restarts a
-    /// crashed new server in place at the same epoch, once its exit is certain.
+    /// Epoch → the node whose server acknowledged in it. A node, not a process: a server restarted in
+    /// place keeps its epoch.
     private var acknowledgingNode: [UInt64: Int] = [:]
     private var acknowledged: [SimRecord] = []
     private var startedEpochs: [UInt64: Int] = [:]
+    /// The newest epoch the clients have seen, and when they last had an answer.
+    private var clientEpoch: UInt64 = 1
+    private var clientLastAnswered = Instant.zero
 
-    init(seed: UInt64) {
+    private func contains(_ journal: [SimRecord], _ record: SimRecord) -> Bool {
+        let index = Int(record.sequence) - 1
+        return index < journal.count && journal[index] == record
+    }
+
+    init(seed: UInt64, swapTimings: SwapTimings = .defaults) {
         self.seed = seed
+        self.swapTimings = swapTimings
         random = SplitMix64(seed: seed)
         lossPerMille = random.next() % 60
         maxDelayMilliseconds = 2 + random.next() % 30
         nodes = [SimNode(isStandby: false), SimNode(isStandby: true)]
         note("loss \(lossPerMille)‰, delay up to \(maxDelayMilliseconds) ms")
-        startServer(on: 0, epoch: 1)
+        startServer(on: 0, epoch: 1, alone: false)
         startMonitor(on: 1, epoch: 1)
     }
 
@@ -146,6 +234,7 @@ struct FailoverWorld {
         injectFaults()
         deliver()
         answerDiagnosisProbes()
+        moveClients()
         for node in 0..<nodes.count {
             runAgent(node)
             runServer(node)
@@ -160,38 +249,66 @@ struct FailoverWorld {
     }
 
     /// DESIGN.md §4.2 "At most one server accepts mutations for an export": per epoch, one node acknowledges
-    /// (and `checkOneRunningServerPerEpoch` sees to one process at a time).
+    /// (and `checkOneRunningServerPerEpoch` sees to one process at a time). §4.1: a record acknowledged in an
+    /// epoch older than one already started is in no journal that counts.
     mutating func acknowledge(_ record: SimRecord, on node: Int) {
         if let other = acknowledgingNode[record.epoch], other != node {
             fail("nodes \(other) and \(node) both acknowledged mutations in epoch \(record.epoch)")
+        }
+        // A server that answers with a history lacking an acknowledged record of an older epoch has lost it
+        // (an old server answering after a newer one started loses nothing while no newer one answers).
+        let journal = nodes[node].journal
+        for earlier in acknowledged where earlier.epoch < record.epoch && !contains(journal, earlier) {
+            fail("node \(node) acknowledged \(record) in a history without the acknowledged \(earlier): it is lost")
         }
         acknowledgingNode[record.epoch] = node
         acknowledged.append(record)
         stats.acknowledged += 1
     }
 
+    /// The clients (as `ServerConnection`): a reply of an epoch older than one
+    /// they have seen is refused, so it acknowledges nothing.
+    private mutating func clientReceives(_ record: SimRecord, on node: Int) {
+        guard record.epoch >= clientEpoch else {
+            stats.refusedByClients += 1
+            return
+        }
+        clientEpoch = record.epoch
+        clientLastAnswered = now
+        acknowledge(record, on: node)
+    }
+
+    /// Clients whose requests go unanswered for `clientMoveAfter` ask the
+    /// other addresses and move to a newer epoch's server that answers.
+    private mutating func moveClients() {
+        guard now - clientLastAnswered > Self.clientMoveAfter else { return }
+        for node in 0..<nodes.count where !isolated(nodes[node]) {
+            guard let server = nodes[node].server, server.epoch > clientEpoch, now >= server.stalledUntil else { continue }
+            clientEpoch = server.epoch
+            clientLastAnswered = now
+            note("clients move to the server of epoch \(server.epoch) on node \(node)")
+        }
+    }
+
     /// Epochs only grow; a new server starts with every acknowledged record (DESIGN.md §4.1).
-    mutating func startServer(on node: Int, epoch: UInt64) {
+    mutating func startServer(on node: Int, epoch: UInt64, alone: Bool) {
         if let other = startedEpochs[epoch], other != node { fail("nodes \(other) and \(node) both started epoch \(epoch)") }
-        if let newest = startedEpochs.keys.max(), epoch < newest { fail("server of epoch \(epoch) started after \(newest)") }
+        // A restart in place keeps its epoch, newer ones may exist: it acknowledges nothing (its standby refuses it).
+        if startedEpochs[epoch] == nil, let newest = startedEpochs.keys.max(), epoch < newest {
+            fail("server of a new epoch \(epoch) started after \(newest)")
+        }
         if nodes[node].server != nil { fail("node \(node) started a second server") }
         let journal = nodes[node].journal
-        for record in acknowledged where record.epoch < epoch {
-            let index = Int(record.sequence) - 1
-            if index >= journal.count || journal[index] != record {
-                fail("acknowledged \(record) missing from node \(node)'s journal at the start of epoch \(epoch)")
-            }
+        for record in acknowledged where record.epoch < epoch && !contains(journal, record) {
+            fail("acknowledged \(record) missing from node \(node)'s journal at the start of epoch \(epoch)")
         }
         startedEpochs[epoch] = node
-        var server = SimServer(id: nextServerID, epoch: epoch, nextHeartbeatAt: now)
-        // A server restarted in place replicates again what its predecessor had not seen acknowledged.
-        let acknowledgedHere = Set(acknowledged)
-        for record in journal where record.epoch == epoch && !acknowledgedHere.contains(record) {
-            server.unacknowledged[record.sequence] = Instant.zero
-        }
+        var server = SimServer(id: nextServerID, epoch: epoch, nextHeartbeatAt: now, lastRanAt: now)
+        if alone { goAlone(&server, on: node) }
         nodes[node].server = server
         nodes[node].isStandby = false
-        note("node \(node) starts server \(nextServerID) at epoch \(epoch), journal \(journal.count)")
+        nodes[node].monitor = nil
+        note("node \(node) starts server \(nextServerID) at epoch \(epoch)\(alone ? " alone" : ""), journal \(journal.count)")
         nextServerID += 1
     }
 
@@ -222,31 +339,61 @@ struct FailoverWorld {
                 stats.stalls += 1
                 note("server on node \(node) stalls for \(span)")
             }
-            if chance(perMillion: 500) {
+            if chance(perMillion: 400) {
                 stats.crashes += 1
                 note("server on node \(node) crashes")
-                killServer(on: node, tellSwap: true)
+                let epoch = nodes[node].server!.epoch
+                nodes[node].server = nil
+                scheduleRestart(on: node, epoch: epoch)
             }
         }
-        if nodes.allSatisfy({ !isolated($0) }), chance(perMillion: 600) {
+        if nodes.allSatisfy({ !isolated($0) }), chance(perMillion: 500) {
             let node = Int(random.next() % UInt64(nodes.count))
-            let span = milliseconds(200...4_000)
+            let span = milliseconds(200...8_000)
             nodes[node].isolatedUntil = now + span
             stats.isolations += 1
             note("node \(node) isolated for \(span)")
         }
-    }
-
-    private mutating func killServer(on node: Int, tellSwap: Bool) {
-        guard nodes[node].server != nil else { return }
-        nodes[node].server = nil
-        // On a node with a swap, the server is the swap's new server.
-        if tellSwap { swapEvent(node, .serverExited) }
+        // A whole node frozen (a VM paused, a machine starved): the agent and
+        // the server stop together; the network and the kernel still answer.
+        if nodes.allSatisfy({ !agentStalled($0) }), chance(perMillion: 250) {
+            let node = Int(random.next() % UInt64(nodes.count))
+            let span = milliseconds(500...9_000)
+            nodes[node].agentStalledUntil = now + span
+            if nodes[node].server != nil { nodes[node].server!.stalledUntil = max(nodes[node].server!.stalledUntil, now + span) }
+            stats.freezes += 1
+            note("node \(node) frozen for \(span)")
+        }
+        // An agent stopped alone (SIGSTOP, a debugger): its server runs on.
+        if nodes.allSatisfy({ !agentStalled($0) }), chance(perMillion: 150) {
+            let node = Int(random.next() % UInt64(nodes.count))
+            let span = milliseconds(500...12_000)
+            nodes[node].agentStalledUntil = now + span
+            stats.agentStalls += 1
+            note("node \(node)'s agent stalls for \(span)")
+        }
+        if chance(perMillion: 250) {
+            let node = Int(random.next() % UInt64(nodes.count))
+            let span = milliseconds(1_000...10_000)
+            nodes[node].agentRequestsHungUntil = now + span
+            stats.hungAgents += 1
+            note("node \(node)'s agent answers no requests for \(span)")
+        }
+        // An admin's `baton migrate`, on the standby whose monitor watches.
+        for node in 0..<nodes.count where nodes[node].monitor?.isWatching == true && nodes[node].swap == nil
+            && !agentStalled(nodes[node]) {
+            guard chance(perMillion: 150) else { continue }
+            stats.migrations += 1
+            note("node \(node) migrates the export to itself")
+            nodes[node].swap = Swap(kind: .migration, oldEpoch: nodes[node].persistedEpoch, timings: swapTimings)
+            swapEvent(node, .begin)
+        }
     }
 
     // MARK: network
 
     private func isolated(_ node: SimNode) -> Bool { now < node.isolatedUntil }
+    private func agentStalled(_ node: SimNode) -> Bool { now < node.agentStalledUntil }
 
     private func linkUp(_ a: Int, _ b: Int) -> Bool { !isolated(nodes[a]) && !isolated(nodes[b]) }
 
@@ -264,7 +411,8 @@ struct FailoverWorld {
             if envelope.toServer {
                 nodes[envelope.to].server?.inbox.append(envelope.message)
             } else {
-                receive(envelope.message, at: envelope.to)
+                // A stalled agent's socket buffers keep what arrives.
+                nodes[envelope.to].agentInbox.append(envelope.message)
             }
         }
     }
@@ -276,58 +424,109 @@ struct FailoverWorld {
         switch message {
         case .record(let record, let server):
             replicate(record, from: server, at: node)
-        case .heartbeat(let epoch, let sequence):
+        case .heartbeat(let epoch, let sequence, let alone, let through):
+            if alone {
+                // Replies do not wait for this replica: a failover to it could lose them.
+                if nodes[node].monitor != nil { note("node \(node)'s monitor stands down: the server answers alone") }
+                nodes[node].monitor = nil
+            } else if nodes[node].monitor == nil, nodes[node].isStandby, nodes[node].swap == nil, nodes[node].server == nil,
+                      epoch == nodes[node].persistedEpoch, UInt64(nodes[node].journal.count) >= through,
+                      nodes[node].diagnosis.state != .selfFenced {
+                // `repliesWait`: this replica holds every record answered without it.
+                startMonitor(on: node, epoch: epoch)
+            }
             monitorEvent(node, .heartbeatReceived(epoch: epoch, journalSequence: sequence))
         case .probeAnswer(let key, let epoch, let sequence, let response):
             monitorEvent(node, .probeAnswered(key: key, epoch: epoch, journalSequence: sequence, response: response))
-        case .fence(let epoch):
-            if let server = nodes[node].server, server.epoch <= epoch {
-                note("agent on node \(node) fences server \(server.id) of epoch \(server.epoch)")
-                killServer(on: node, tellSwap: false)
+        case .fence(let epoch, let handOver):
+            guard now >= nodes[node].agentRequestsHungUntil else { return note("node \(node)'s agent does not answer the fence") }
+            fence(epoch: epoch, handOver: handOver, on: node)
+        case .fenceAnswer(let fenced):
+            guard nodes[node].swap != nil else { return }
+            nodes[node].fenceUnansweredAt = nil
+            swapEvent(node, .fenceAnswered(fenced: fenced))
+        case .catchUp(let journal, let epoch, let server):
+            // `replicaHello` and the copy: a newer server makes an older one here step down.
+            guard epoch >= nodes[node].persistedEpoch, nodes[node].swap == nil,
+                  nodes[node].diagnosis.state != .selfFenced else { return }
+            if let own = nodes[node].server {
+                guard own.epoch < epoch else { return }
+                note("node \(node)'s server \(own.id) of epoch \(own.epoch) steps down for epoch \(epoch)")
+                nodes[node].server = nil
             }
-            send(from: node, to: peer, .fenceDone)
-        case .fenceDone:
-            swapEvent(node, .fenceConfirmed)
-        case .catchUp(let journal, let epoch):
-            guard epoch >= nodes[node].persistedEpoch, nodes[node].swap == nil else { return }
-            // The old server writes to this journal: it goes first (its records were never acknowledged).
-            if let server = nodes[node].server, server.epoch < epoch { killServer(on: node, tellSwap: false) }
-            guard nodes[node].server == nil else { return }
-            nodes[node].journal = journal
-            persist(epoch, on: node)
-            send(from: node, to: peer, .caughtUp)
-        case .caughtUp:
-            swapEvent(node, .peerCaughtUp)
-        case .monitorRequest(let epoch):
-            guard epoch == nodes[node].persistedEpoch, nodes[node].server == nil else { return }
+            // A copy overtaken on the network by this server's own later records (TCP keeps them in
+            // order): those stay, records of older epochs after the copy are dropped.
+            let newer = nodes[node].journal.dropFirst(journal.count).prefix { $0.epoch == epoch }
+            nodes[node].journal = journal + newer
             nodes[node].isStandby = true
-            startMonitor(on: node, epoch: epoch)
-            send(from: node, to: peer, .monitorStarted)
-        case .monitorStarted:
-            swapEvent(node, .monitorStarted)
-        case .recordAck, .recordRefused, .probe:
+            nodes[node].standbyOutdated = false
+            nodes[node].monitor = nil
+            if epoch > nodes[node].persistedEpoch { persist(epoch, on: node) }
+            stats.catchUps += 1
+            send(from: node, to: peer, toServer: true, .caughtUp(through: UInt64(journal.count), server: server))
+        case .caughtUp, .recordAck, .recordRefused, .swapUnderWay, .probe:
             preconditionFailure("server message \(message) delivered to an agent")
         }
     }
 
-    /// The standby replica: `sync` mode acknowledges a record once it is in this journal.
+    private mutating func scheduleRestart(on node: Int, epoch: UInt64) {
+        nodes[node].restarts.removeAll { now - $0 >= Self.restartWindow }
+        guard nodes[node].restarts.count < Self.maxRestarts else { return note("node \(node) does not start its server again") }
+        nodes[node].restarts.append(now)
+        nodes[node].restartAt = (now + Self.restartDelay, epoch)
+    }
+
+    /// `ExportController.fence`: a server of this epoch or older is killed
+    /// (handed over first, for a migration) and this node becomes the
+    /// standby; unless it answered writes its standby lacks, then it serves on.
+    private mutating func fence(epoch: UInt64, handOver: Bool, on node: Int) {
+        let peer = 1 - node
+        guard let server = nodes[node].server else {
+            // A server that exited and waits for its restart is still this node's role.
+            if let restart = nodes[node].restartAt, restart.epoch <= epoch {
+                if !handOver, nodes[node].standbyOutdated {
+                    note("node \(node) refuses the fence: its exited server answered writes the peer lacks")
+                    return send(from: node, to: peer, .fenceAnswer(fenced: false))
+                }
+                nodes[node].restartAt = nil
+                nodes[node].isStandby = true
+            }
+            send(from: node, to: peer, .fenceAnswer(fenced: true))
+            return
+        }
+        if server.epoch > epoch { return send(from: node, to: peer, .fenceAnswer(fenced: false)) }
+        if !handOver, nodes[node].standbyOutdated {
+            note("node \(node) refuses the fence: its server answered writes the peer lacks")
+            return send(from: node, to: peer, .fenceAnswer(fenced: false))
+        }
+        if handOver, !server.unacknowledged.isEmpty {
+            // Drains first: the answer comes once the standby has every record (`runServer`).
+            nodes[node].server!.handOverKillAt = now + Self.handOverGrace
+            return
+        }
+        note("agent on node \(node) fences server \(server.id) of epoch \(server.epoch)")
+        nodes[node].server = nil
+        nodes[node].isStandby = true
+        send(from: node, to: peer, .fenceAnswer(fenced: true))
+    }
+
+    /// The standby replica: takes the current epoch's records in order, refuses older epochs'.
     private mutating func replicate(_ record: SimRecord, from server: Int, at node: Int) {
         let peer = 1 - node
-        var admitted = record.epoch == nodes[node].persistedEpoch && nodes[node].server == nil
-        if nodes[node].swap != nil {
-            admitted = swapEvent(node, .recordArrived(epoch: record.epoch)).contains(.acceptRecord)
-        }
-        if record.epoch < nodes[node].persistedEpoch || (nodes[node].swap?.epochDecided ?? false) {
+        if record.epoch < nodes[node].persistedEpoch {
             stats.refusedStaleRecords += 1
             send(from: node, to: peer, toServer: true, .recordRefused(server: server))
             return
         }
-        guard admitted else { return }
+        if let swap = nodes[node].swap, !swap.takesOldRecords {
+            return send(from: node, to: peer, toServer: true, .swapUnderWay(server: server))
+        }
+        guard record.epoch == nodes[node].persistedEpoch, nodes[node].server == nil, nodes[node].isStandby else { return }
         let journal = nodes[node].journal
         if record.sequence == UInt64(journal.count) + 1 {
             nodes[node].journal.append(record)
         } else if record.sequence > UInt64(journal.count) || journal[Int(record.sequence) - 1] != record {
-            return // a gap or a conflicting record: the server sends it again
+            return // a gap or a conflicting record: the server sends it again, or catches this replica up
         }
         send(from: node, to: peer, toServer: true, .recordAck(sequence: record.sequence, server: server))
     }
@@ -339,30 +538,51 @@ struct FailoverWorld {
         note("node \(node) monitors epoch \(epoch)")
     }
 
+    private func peerReach(_ node: Int) -> Swap.PeerReach {
+        Swap.PeerReach(selfIsolated: nodes[node].diagnosis.state == .selfFenced, foundGoneAt: nodes[node].peerFoundGoneAt,
+                       heardOnSomePath: now - nodes[node].lastHeardPeer <= nodes[node].diagnosis.timings.agentHeartbeatGrace,
+                       lastHeard: nodes[node].lastHeardPeer)
+    }
+
     private mutating func runAgent(_ node: Int) {
+        guard !agentStalled(nodes[node]) else { return }
+        let inbox = nodes[node].agentInbox
+        nodes[node].agentInbox.removeAll()
+        for message in inbox { receive(message, at: node) }
         let peer = 1 - node
-        let reachable = linkUp(node, peer)
-        if reachable {
+        // The peer's agent heartbeats: heard while the link is up and it runs.
+        if linkUp(node, peer), !agentStalled(nodes[peer]) {
             nodes[node].lastHeardPeer = now
-            if !nodes[node].peerWasReachable { swapEvent(node, .peerReturned) }
+            nodes[node].peerFoundGoneAt = nil
             if nodes[node].diagnosis.state != .idle { diagnosisEvent(node, .peerHeard) }
         } else if now - nodes[node].lastHeardPeer > nodes[node].diagnosis.timings.agentHeartbeatGrace,
                   now >= nodes[node].nextDiagnosisAt {
             nodes[node].nextDiagnosisAt = now + .milliseconds(2_000)
             diagnosisEvent(node, .heartbeatsLost(lastHeard: nodes[node].lastHeardPeer))
         }
-        nodes[node].peerWasReachable = reachable
         diagnosisEvent(node, .tick)
-        swapEvent(node, .tick)
+        if let restart = nodes[node].restartAt, now >= restart.at {
+            nodes[node].restartAt = nil
+            if nodes[node].server == nil, nodes[node].swap == nil, nodes[node].diagnosis.state != .selfFenced,
+               restart.epoch == nodes[node].persistedEpoch {
+                note("agent on node \(node) starts its exited server again")
+                startServer(on: node, epoch: restart.epoch, alone: false)
+            }
+        }
+        if let killAt = nodes[node].server?.handOverKillAt, now >= killAt {
+            note("agent on node \(node) kills its server: the hand-over did not drain in time")
+            nodes[node].server = nil
+            nodes[node].isStandby = true
+            send(from: node, to: peer, .fenceAnswer(fenced: true))
+        }
+        if let deadline = nodes[node].fenceUnansweredAt, now >= deadline {
+            nodes[node].fenceUnansweredAt = nil
+            swapEvent(node, .fenceUnanswered)
+        }
+        swapEvent(node, .tick(peer: peerReach(node)))
         if nodes[node].monitor != nil {
             let key = (0..<2).flatMap { _ in withUnsafeBytes(of: random.next()) { Array($0) } }
             monitorEvent(node, .tick(freshKey: key))
-        }
-        // The agent restarts a standby's monitor that stood down or whose swap failed.
-        let watching = nodes[node].monitor?.isWatching ?? false
-        if nodes[node].isStandby, !watching, nodes[node].server == nil, nodes[node].swap == nil,
-           nodes[node].diagnosis.state != .selfFenced, now >= nodes[node].monitorRestartAt {
-            startMonitor(on: node, epoch: nodes[node].persistedEpoch)
         }
     }
 
@@ -380,7 +600,7 @@ struct FailoverWorld {
                 stats.declarations += 1
                 note("node \(node) declares the server failed: \(reason)")
                 guard nodes[node].swap == nil, nodes[node].server == nil else { break }
-                nodes[node].swap = Swap(kind: .failover(reason), oldEpoch: nodes[node].persistedEpoch)
+                nodes[node].swap = Swap(kind: .failover(reason), oldEpoch: nodes[node].persistedEpoch, timings: swapTimings)
                 swapEvent(node, .begin)
             case .standDown:
                 nodes[node].monitor = nil
@@ -388,59 +608,58 @@ struct FailoverWorld {
         }
     }
 
-    @discardableResult
-    private mutating func swapEvent(_ node: Int, _ event: Swap.Event) -> [Swap.Action] {
-        guard var swap = nodes[node].swap else { return [] }
-        let actions = swap.handle(event, at: now)
-        nodes[node].swap = swap
-        for action in actions { perform(action, on: node) }
-        return actions
+    /// Feeds `event` to the node's swap and carries out its actions, as
+    /// `ExportController.swapEvent` does; local steps answer at once.
+    private mutating func swapEvent(_ node: Int, _ event: Swap.Event) {
+        var events = [event]
+        while !events.isEmpty, var swap = nodes[node].swap {
+            let actions = swap.handle(events.removeFirst(), at: now)
+            nodes[node].swap = swap
+            for action in actions {
+                if let answer = perform(action, on: node) { events.append(answer) }
+            }
+        }
     }
 
-    private mutating func perform(_ action: Swap.Action, on node: Int) {
+    private mutating func perform(_ action: Swap.Action, on node: Int) -> Swap.Event? {
         let peer = 1 - node
         switch action {
-        case .fence(let epoch), .fenceStaleServer(let epoch), .stopOldServer(let epoch):
-            send(from: node, to: peer, .fence(epoch: epoch))
-        case .runDiagnosis:
-            if nodes[node].diagnosis.state == .selfFenced {
-                swapEvent(node, .diagnosed(.selfIsolated))
-            } else {
-                diagnosisEvent(node, .heartbeatsLost(lastHeard: nodes[node].lastHeardPeer))
-            }
-        case .fenceThroughOperatingSystem(let epoch):
-            guard linkUp(node, peer) else { return }
-            if let server = nodes[peer].server, server.epoch <= epoch { killServer(on: peer, tellSwap: false) }
-            swapEvent(node, .fenceConfirmed)
+        case .stopMonitor:
+            nodes[node].monitor = nil
+        case .refuseOldRecords, .abandonNextServer:
+            break  // `replicate` asks the swap; the next server is not modelled apart from its promotion.
+        case .startNextServer:
+            return .nextServerReady
+        case .diagnosePeer:
+            diagnosisEvent(node, .heartbeatsLost(lastHeard: nodes[node].lastHeardPeer))
+        case .fence(let epoch, let handOver):
+            nodes[node].fenceUnansweredAt = now + Self.fenceAnswerDeadline
+            send(from: node, to: peer, .fence(epoch: epoch, handOver: handOver))
+        case .writeWarmCheckpoint:
+            return .checkpointWritten
         case .persistEpoch(let epoch):
             persist(epoch, on: node)
-            swapEvent(node, .epochPersisted(epoch))
-        case .replayTail:
-            swapEvent(node, .tailReplayed)
-        case .startServer(let epoch):
-            startServer(on: node, epoch: epoch)
-            swapEvent(node, .serverStarted)
-        case .catchUpPeer(let epoch):
-            send(from: node, to: peer, .catchUp(journal: nodes[node].journal, epoch: epoch))
-        case .requestMonitor(let epoch):
-            send(from: node, to: peer, .monitorRequest(epoch: epoch))
-        case .retireMonitor:
-            nodes[node].monitor = nil
-            swapEvent(node, .retired)
-        case .acceptRecord, .refuseRecord, .raiseAlarm:
-            break
+            return .epochPersisted
+        case .promote(let epoch):
+            startServer(on: node, epoch: epoch, alone: true)
+            return .promoted
+        case .returnToStandby(let watch):
+            nodes[node].isStandby = true
+            if watch { startMonitor(on: node, epoch: nodes[node].persistedEpoch) }
+        case .raiseAlarm(let alarm):
+            if alarm == .fenceUnconfirmed { stats.takeoversWithoutFence += 1 }
         case .completed(let epoch):
             nodes[node].swap = nil
+            nodes[node].fenceUnansweredAt = nil
             stats.swapsCompleted += 1
             note("node \(node) completes the swap to epoch \(epoch)")
         case .failed(let failure):
             nodes[node].swap = nil
-            nodes[node].monitorRestartAt = now + .milliseconds(500)
+            nodes[node].fenceUnansweredAt = nil
             stats.swapsFailed += 1
             note("node \(node) swap failed: \(failure)")
-        case .quiesceServer, .resumeServer:
-            preconditionFailure("this simulation runs no migrations")
         }
+        return nil
     }
 
     private mutating func diagnosisEvent(_ node: Int, _ event: Diagnosis.Event) {
@@ -451,15 +670,15 @@ struct FailoverWorld {
                 pendingProbes.append((now + .milliseconds(2), node, target))
             case .decided(let verdict):
                 note("node \(node) diagnosis: \(verdict)")
-                swapEvent(node, .diagnosed(verdict))
+                if verdict == .peerDeadOrIsolated || verdict == .peerAgentDown { nodes[node].peerFoundGoneAt = now }
             case .awaitingTakeover:
                 break
             case .selfFence:
                 stats.selfFences += 1
                 note("node \(node) self-fences")
-                // Self-fencing ends this node's part: its swap is abandoned, its server stopped for good.
-                nodes[node].swap = nil
-                killServer(on: node, tellSwap: false)
+                // `ExportController.selfFence`: the server stops; this copy is no longer the one to serve.
+                nodes[node].server = nil
+                nodes[node].standbyOutdated = false
             }
         }
     }
@@ -470,7 +689,8 @@ struct FailoverWorld {
         for probe in due {
             let peer = 1 - probe.node
             let reached = switch probe.target {
-            case .peerAgent, .peerOperatingSystem, .peerNIC: linkUp(probe.node, peer)
+            case .peerAgent: linkUp(probe.node, peer) && !agentStalled(nodes[peer])
+            case .peerOperatingSystem, .peerNIC: linkUp(probe.node, peer)
             case .networkSwitch: !isolated(nodes[probe.node])
             }
             if reached { diagnosisEvent(probe.node, .probeAnswered(probe.target)) }
@@ -479,22 +699,62 @@ struct FailoverWorld {
 
     // MARK: export server
 
+    private mutating func goAlone(_ server: inout SimServer, on node: Int) {
+        // The marker is written before the first reply answered alone.
+        nodes[node].standbyOutdated = true
+        server.answeringAlone = true
+        server.aloneUntil = nil
+        server.caughtUp = false
+        for sequence in server.waiting.keys.sorted() { answer(SimRecord(sequence: sequence, epoch: server.epoch), &server, on: node) }
+        server.waiting.removeAll()
+    }
+
+    /// The server replies; once the client hears it, the record counts as acknowledged.
+    private mutating func answer(_ record: SimRecord, _ server: inout SimServer, on node: Int) {
+        if server.answeringAlone {
+            server.repliesWaitThrough = max(server.repliesWaitThrough, record.sequence)
+            stats.acknowledgedAlone += 1
+        }
+        if isolated(nodes[node]) { server.heldReplies.append(record) } else { clientReceives(record, on: node) }
+    }
+
     private mutating func runServer(_ node: Int) {
         guard var server = nodes[node].server, now >= server.stalledUntil else { return }
         let peer = 1 - node
+        if now - server.lastRanAt > Self.runGapLimit {
+            // `ReplicationLink`: the time it did not run is not held against the standby.
+            for sequence in server.waiting.keys { server.waiting[sequence] = now }
+        }
+        server.lastRanAt = now
+        if !isolated(nodes[node]) {
+            for record in server.heldReplies { clientReceives(record, on: node) }
+            server.heldReplies.removeAll()
+        }
         let inbox = server.inbox
         server.inbox.removeAll()
         for message in inbox {
             switch message {
             case .recordAck(let sequence, let id) where id == server.id:
-                if server.unacknowledged.removeValue(forKey: sequence) != nil {
-                    acknowledge(SimRecord(sequence: sequence, epoch: server.epoch), on: node)
+                guard server.unacknowledged.removeValue(forKey: sequence) != nil else { break }
+                if server.waiting.removeValue(forKey: sequence) != nil {
+                    answer(SimRecord(sequence: sequence, epoch: server.epoch), &server, on: node)
                 }
             case .recordRefused(let id) where id == server.id:
-                // A newer epoch exists: this server can acknowledge nothing more and exits.
-                note("server \(server.id) of epoch \(server.epoch) learns it is stale and exits")
-                nodes[node].server = nil
-                return
+                // A newer epoch exists; as deployed, the server only stops getting acknowledgements
+                // from that standby (its agent stops it when the newer server's session reaches it).
+                break
+            case .swapUnderWay(let id) where id == server.id:
+                // The standby may take over: answering alone now could lose what it answered.
+                for sequence in server.waiting.keys { server.waiting[sequence] = now }
+            case .caughtUp(let through, let id) where id == server.id && !server.caughtUp:
+                server.caughtUp = true
+                if server.answeringAlone { server.aloneUntil = UInt64(nodes[node].journal.count) }
+                for sequence in server.unacknowledged.keys.sorted() where sequence <= through {
+                    server.unacknowledged.removeValue(forKey: sequence)
+                    if server.waiting.removeValue(forKey: sequence) != nil {
+                        answer(SimRecord(sequence: sequence, epoch: server.epoch), &server, on: node)
+                    }
+                }
             case .probe(let key):
                 let sequence = UInt64(nodes[node].journal.count)
                 let response = ChallengeMAC.response(secret: Self.secret, key: key, epoch: server.epoch, journalSequence: sequence)
@@ -503,17 +763,47 @@ struct FailoverWorld {
                 break
             }
         }
+        // Alone with a standby caught up: once it has every record answered alone, replies wait for it again.
+        if server.answeringAlone, server.caughtUp, let until = server.aloneUntil,
+           !server.unacknowledged.keys.contains(where: { $0 <= until }) {
+            server.answeringAlone = false
+            server.aloneUntil = nil
+            nodes[node].standbyOutdated = false
+            note("server \(server.id) replies wait for the standby again, through \(server.repliesWaitThrough)")
+        }
+        // Every session begins with the standby's position; a standby not in step takes a copy.
+        if !server.caughtUp, now >= server.nextCatchUpAt {
+            server.nextCatchUpAt = now + SimServer.catchUpEvery
+            send(from: node, to: peer, .catchUp(journal: nodes[node].journal, epoch: server.epoch, server: server.id))
+        }
+        // `standby_wait_limit_ms`: a reply waits this long for the standby at most.
+        if !server.answeringAlone, let oldest = server.waiting.values.min(), now - oldest > Self.standbyWaitLimit {
+            note("server \(server.id) waited \(Self.standbyWaitLimit) for the standby: answering alone")
+            goAlone(&server, on: node)
+        }
+        if server.handingOver, server.unacknowledged.isEmpty {
+            note("server \(server.id) handed over")
+            nodes[node].server = nil
+            nodes[node].isStandby = true
+            send(from: node, to: peer, .fenceAnswer(fenced: true))
+            return
+        }
         if now >= server.nextHeartbeatAt {
-            send(from: node, to: peer, .heartbeat(epoch: server.epoch, journalSequence: UInt64(nodes[node].journal.count)))
+            send(from: node, to: peer, .heartbeat(epoch: server.epoch, journalSequence: UInt64(nodes[node].journal.count),
+                                                  answeringAlone: server.answeringAlone,
+                                                  repliesWaitThrough: server.repliesWaitThrough))
             server.nextHeartbeatAt = now + .milliseconds(100)
         }
-        if server.unacknowledged.count < SimServer.maxUnacknowledged, random.next() % 100 < 20 {
+        // Clients reach a server only over the network.
+        if !isolated(nodes[node]), !server.handingOver, server.unacknowledged.count < SimServer.maxUnacknowledged,
+           random.next() % 100 < 20 {
             let record = SimRecord(sequence: UInt64(nodes[node].journal.count) + 1, epoch: server.epoch)
             nodes[node].journal.append(record)
             server.unacknowledged[record.sequence] = now
             send(from: node, to: peer, .record(record, server: server.id))
+            if server.answeringAlone { answer(record, &server, on: node) } else { server.waiting[record.sequence] = now }
         }
-        for (sequence, sentAt) in server.unacknowledged.sorted(by: { $0.key < $1.key }) where now - sentAt >= .milliseconds(50) {
+        for (sequence, sentAt) in server.unacknowledged.sorted(by: { $0.key < $1.key }) where now - sentAt >= SimServer.resendAfter {
             server.unacknowledged[sequence] = now
             send(from: node, to: peer, .record(nodes[node].journal[Int(sequence) - 1], server: server.id))
         }
