@@ -73,6 +73,16 @@ struct SimServer {
     var lastRanAt: Instant
 }
 
+/// A client mount: the newest epoch it has seen, and its requests not yet answered.
+struct SimClient {
+    var epoch: UInt64 = 1
+    var lastAnswered = Instant.zero
+    var outstanding: Set<SimRecord> = [] {
+        didSet { if outstanding.isEmpty { outstandingSince = nil } }
+    }
+    var outstandingSince: Instant?
+}
+
 /// One storage node: its agent's durable epoch, its copy of the journal, and the roles it plays.
 struct SimNode {
     var persistedEpoch: UInt64 = 1
@@ -203,9 +213,9 @@ struct FailoverWorld {
     private var acknowledgingNode: [UInt64: Int] = [:]
     private var acknowledged: [SimRecord] = []
     private var startedEpochs: [UInt64: Int] = [:]
-    /// The newest epoch the clients have seen, and when they last had an answer.
-    private var clientEpoch: UInt64 = 1
-    private var clientLastAnswered = Instant.zero
+    private var clients = [SimClient(), SimClient()]
+    /// Which client asked for each record.
+    private var askedBy: [SimRecord: Int] = [:]
 
     private func contains(_ journal: [SimRecord], _ record: SimRecord) -> Bool {
         let index = Int(record.sequence) - 1
@@ -266,27 +276,37 @@ struct FailoverWorld {
         stats.acknowledged += 1
     }
 
-    /// The clients (as `ServerConnection`): a reply of an epoch older than one
-    /// they have seen is refused, so it acknowledges nothing.
+    /// The client that asked for `record` hears its reply (as
+    /// `ServerConnection`): a reply of an epoch older than one it has seen is
+    /// refused, so it acknowledges nothing.
     private mutating func clientReceives(_ record: SimRecord, on node: Int) {
-        guard record.epoch >= clientEpoch else {
+        guard let asker = askedBy.removeValue(forKey: record) else { return }
+        guard record.epoch >= clients[asker].epoch else {
             stats.refusedByClients += 1
             return
         }
-        clientEpoch = record.epoch
-        clientLastAnswered = now
+        clients[asker].epoch = record.epoch
+        clients[asker].lastAnswered = now
+        clients[asker].outstanding.remove(record)
         acknowledge(record, on: node)
     }
 
-    /// Clients whose requests go unanswered for `clientMoveAfter` ask the
-    /// other addresses and move to a newer epoch's server that answers.
+    /// A client whose request goes unanswered for `clientMoveAfter` asks the
+    /// other addresses and moves to a newer epoch's server that answers; it
+    /// sends its unanswered requests there again (as new records here).
     private mutating func moveClients() {
-        guard now - clientLastAnswered > Self.clientMoveAfter else { return }
-        for node in 0..<nodes.count where !isolated(nodes[node]) {
-            guard let server = nodes[node].server, server.epoch > clientEpoch, now >= server.stalledUntil else { continue }
-            clientEpoch = server.epoch
-            clientLastAnswered = now
-            note("clients move to the server of epoch \(server.epoch) on node \(node)")
+        for client in clients.indices {
+            guard let oldest = clients[client].outstandingSince, now - max(oldest, clients[client].lastAnswered) > Self.clientMoveAfter else {
+                continue
+            }
+            for node in 0..<nodes.count where !isolated(nodes[node]) {
+                guard let server = nodes[node].server, server.epoch > clients[client].epoch, now >= server.stalledUntil else { continue }
+                clients[client].epoch = server.epoch
+                clients[client].lastAnswered = now
+                for record in clients[client].outstanding { askedBy[record] = nil }
+                clients[client].outstanding.removeAll()
+                note("client \(client) moves to the server of epoch \(server.epoch) on node \(node)")
+            }
         }
     }
 
@@ -794,10 +814,15 @@ struct FailoverWorld {
                                                   repliesWaitThrough: server.repliesWaitThrough))
             server.nextHeartbeatAt = now + .milliseconds(100)
         }
-        // Clients reach a server only over the network.
+        // Clients reach a server only over the network; client 1 writes seldom, so it may not
+        // have heard of a newer epoch when it writes again. A client writes to no server older than it knows.
+        let asker = random.next() % 10 == 0 ? 1 : 0
         if !isolated(nodes[node]), !server.handingOver, server.unacknowledged.count < SimServer.maxUnacknowledged,
-           random.next() % 100 < 20 {
+           clients[asker].epoch <= server.epoch, random.next() % 100 < 20 {
             let record = SimRecord(sequence: UInt64(nodes[node].journal.count) + 1, epoch: server.epoch)
+            askedBy[record] = asker
+            clients[asker].outstanding.insert(record)
+            clients[asker].outstandingSince = clients[asker].outstandingSince ?? now
             nodes[node].journal.append(record)
             server.unacknowledged[record.sequence] = now
             send(from: node, to: peer, .record(record, server: server.id))
