@@ -16,8 +16,12 @@ final class FailoverSimulationTests: XCTestCase {
         let environment = ProcessInfo.processInfo.environment
         if let seed = environment["BATON_SIMULATION_SEED"].flatMap(UInt64.init) { return [seed] }
         let count = environment["BATON_SIMULATION_SEEDS"].flatMap(UInt64.init) ?? 200
-        return Array(1...count)
+        return Array(1...count) + Self.regressionSeeds.filter { $0 > count }
     }
+
+    /// Seeds that once found a bug, run always. 495: without `Refusal.swapUnderWay` a server answers alone
+    /// at the standby wait limit while its standby's swap refuses it, then is taken over (a lost write).
+    static let regressionSeeds: [UInt64] = [495]
 
     // §4.2: "At most one server accepts mutations for an export at any time. Every promotion bumps the export's *epoch*."
     // §4.1: "No acknowledged mutation is lost by a failover (stall, crash, kill of the server or its node)."
