@@ -351,6 +351,12 @@ struct FailoverWorld {
         .milliseconds(range.lowerBound + random.next() % (range.upperBound - range.lowerBound + 1))
     }
 
+    /// A node and how long its fault lasts, drawn in this order.
+    private mutating func randomNodeAndSpan(_ range: ClosedRange<UInt64>) -> (node: Int, span: TimeSpan) {
+        let node = Int(random.next() % UInt64(nodes.count))
+        return (node, milliseconds(range))
+    }
+
     private mutating func injectFaults() {
         for node in 0..<nodes.count where nodes[node].server != nil {
             if chance(perMillion: 1_500), now >= nodes[node].server!.stalledUntil {
@@ -368,8 +374,7 @@ struct FailoverWorld {
             }
         }
         if nodes.allSatisfy({ !isolated($0) }), chance(perMillion: 500) {
-            let node = Int(random.next() % UInt64(nodes.count))
-            let span = milliseconds(200...8_000)
+            let (node, span) = randomNodeAndSpan(200...8_000)
             nodes[node].isolatedUntil = now + span
             stats.isolations += 1
             note("node \(node) isolated for \(span)")
@@ -377,8 +382,7 @@ struct FailoverWorld {
         // A whole node frozen (a VM paused, a machine starved): the agent and
         // the server stop together; the network and the kernel still answer.
         if nodes.allSatisfy({ !agentStalled($0) }), chance(perMillion: 250) {
-            let node = Int(random.next() % UInt64(nodes.count))
-            let span = milliseconds(500...9_000)
+            let (node, span) = randomNodeAndSpan(500...9_000)
             nodes[node].agentStalledUntil = now + span
             if nodes[node].server != nil { nodes[node].server!.stalledUntil = max(nodes[node].server!.stalledUntil, now + span) }
             stats.freezes += 1
@@ -386,15 +390,13 @@ struct FailoverWorld {
         }
         // An agent stopped alone (SIGSTOP, a debugger): its server runs on.
         if nodes.allSatisfy({ !agentStalled($0) }), chance(perMillion: 150) {
-            let node = Int(random.next() % UInt64(nodes.count))
-            let span = milliseconds(500...12_000)
+            let (node, span) = randomNodeAndSpan(500...12_000)
             nodes[node].agentStalledUntil = now + span
             stats.agentStalls += 1
             note("node \(node)'s agent stalls for \(span)")
         }
         if chance(perMillion: 250) {
-            let node = Int(random.next() % UInt64(nodes.count))
-            let span = milliseconds(1_000...10_000)
+            let (node, span) = randomNodeAndSpan(1_000...10_000)
             nodes[node].agentRequestsHungUntil = now + span
             stats.hungAgents += 1
             note("node \(node)'s agent answers no requests for \(span)")
