@@ -394,6 +394,29 @@ final class ExportController: @unchecked Sendable {
         return (true, "fenced")
     }
 
+    /// This node's agent did not run for `gap`. A standby refused and
+    /// acknowledged nothing meanwhile: if the gap reaches the server's wait
+    /// limit, the server may have answered writes alone that this replica
+    /// lacks, so its monitor stops until the server's next session says
+    /// replies wait again (`repliesWait`), and a swap under way gives up.
+    func agentResumed(after gap: TimeSpan) {
+        swapQueue.async { [self] in swapEvent(.agentResumed(gap: gap)) }
+        guard gap >= swapTimings.outdatingGap else { return }
+        let session = lock.withLock { () -> Channel? in
+            guard case .standby(let store, let monitor?) = role else { return nil }
+            monitor.stop()
+            role = .standby(store, nil)
+            watchOnceApplied = nil
+            return replicaChannel
+        }
+        guard let session else { return }
+        logger.warning("this agent did not run for a while: the monitor waits for the server's next replication session", metadata: [
+            "export": "\(export.name)", "gap": "\(gap)",
+        ])
+        // Closed, so that the server's next session ends in `repliesWait`.
+        session.close(promise: nil)
+    }
+
     // MARK: - The swap (DESIGN.md §5), on the standby node
 
     /// Why a swap runs.
@@ -461,7 +484,8 @@ final class ExportController: @unchecked Sendable {
         SwapTimings(fenceRetryInterval: SwapTimings.defaults.fenceRetryInterval,
                     maxFenceAttempts: SwapTimings.defaults.maxFenceAttempts,
                     takeoverDelay: agent.configuration.timings.diagnosisTimings.takeoverDelay,
-                    maxServerStarts: SwapTimings.defaults.maxServerStarts)
+                    maxServerStarts: SwapTimings.defaults.maxServerStarts,
+                    standbyWaitLimit: .milliseconds(UInt64(agent.configuration.timings.standbyWaitLimitMilliseconds)))
     }
 
     /// Begins a swap of the standby replica here, unless one runs or this
@@ -695,6 +719,9 @@ final class ExportController: @unchecked Sendable {
             metadata["attempts"] = "\(swap.fenceAnswers.count)"
             logger.error("no swap: the peer is heard, but its agent answered none of the fences; the monitor watches again", metadata:
                 metadata.merging(["action": "check the agent on \(agent.peer.name) ('baton status', its log)"]) { $1 })
+        case .replicaMayBeOutdated:
+            logger.error("no swap: this agent did not run for longer than the server's standby wait limit, and the server may have answered writes this replica lacks", metadata:
+                metadata.merging(["action": "none: the monitor watches again once the server's replication session has caught this replica up"]) { $1 })
         case .epochNotPersisted, .serverWouldNotStart:
             logger.critical("swap failed: the export is not served here", metadata: metadata.merging([
                 "failure": "\(failure)",

@@ -68,7 +68,8 @@ public final class NodeAgent: @unchecked Sendable {
                         let peerExports = peerServedExports()
                         for controller in controllers.values { controller.peerBack(peerServes: peerExports?.contains(controller.export.name)) }
                     }
-                }))
+                },
+                resumed: { [unowned self] gap in for controller in controllers.values { controller.agentResumed(after: gap) } }))
     }
 
     var peerAgentAddress: NodeAddress { NodeAddress(host: peer.agent.host, port: peer.agent.port) }

@@ -18,6 +18,8 @@ final class PeerWatch: @unchecked Sendable {
         var selfFence: @Sendable () -> Void
         /// The peer is heard again after it was gone or this node fenced itself.
         var peerBack: @Sendable () -> Void
+        /// This agent did not run for the given time (stopped, frozen, starved).
+        var resumed: @Sendable (TimeSpan) -> Void
     }
 
     private let me: NodeConfiguration
@@ -40,6 +42,7 @@ final class PeerWatch: @unchecked Sendable {
     private var diagnosis: Diagnosis
     private var heartbeatSequence: UInt64 = 0
     private var lastHeartbeatSent = Instant.zero
+    private var lastTick = Instant.zero
     private var agentProbes: [UInt64: NetworkPath] = [:]
     private var ticker: RepeatedTask?
     private var stopping = false
@@ -204,6 +207,13 @@ final class PeerWatch: @unchecked Sendable {
 
     private func tick() {
         let now = MonitorRunner.now()
+        defer { lastTick = now }
+        if liveness.ran(at: now, lastRan: lastTick), lastTick != .zero {
+            logger.warning("this agent did not run for a while: its peer's silence counts from now", metadata: [
+                "peer": "\(peer.name)", "gap": "\(now - lastTick)",
+            ])
+            actions.resumed(now - lastTick)
+        }
         if now - min(now, lastHeartbeatSent) >= timings.agentHeartbeatInterval {
             lastHeartbeatSent = now
             heartbeatSequence += 1

@@ -66,6 +66,18 @@ final class AgentHeartbeatTests: XCTestCase {
         XCTAssertEqual(liveness.silenceToDiagnose(at: at(7001)), at(6000))
     }
 
+    // The simulation's seed 1780: an agent frozen for 6 s must not count its own freeze as its peer's silence.
+    func testAGapInTheAgentsOwnRunsCountsAsHearingThePeer() {
+        var liveness = PeerLiveness(grace: .milliseconds(1000), startedAt: at(0))
+        XCTAssertTrue(liveness.heard(.first, incarnation: 1, sequence: 1, at: at(200)))
+        XCTAssertTrue(liveness.heard(.second, incarnation: 1, sequence: 1, at: at(200)))
+        XCTAssertFalse(liveness.ran(at: at(700), lastRan: at(680)), "an ordinary tick")
+        XCTAssertTrue(liveness.ran(at: at(6_200), lastRan: at(680)), "6 s without running")
+        XCTAssertEqual(liveness.lastHeardOnAnyPath, at(6_200))
+        XCTAssertEqual(liveness.silentPaths(at: at(7_000)), [], "silent only one grace after the agent runs again")
+        XCTAssertEqual(liveness.silenceToDiagnose(at: at(7_201)), at(6_200))
+    }
+
     func testAPeerNeverHeardIsDiagnosedOneGraceAfterTheStart() {
         var liveness = PeerLiveness(grace: .milliseconds(1000), startedAt: at(0))
         XCTAssertNil(liveness.silenceToDiagnose(at: at(1000)))

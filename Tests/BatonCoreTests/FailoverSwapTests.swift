@@ -119,6 +119,22 @@ final class FailoverSwapTests: XCTestCase {
         XCTAssertEqual(d.wait(100, peer: .isolatedHere), [.abandonNextServer, .returnToStandby(watch: false), .failed(.selfIsolated)])
     }
 
+    // The simulation's seed 1780: this node was frozen longer than the old server waits for it, and the old
+    // server answered alone; a takeover after the freeze would serve a copy without those writes.
+    func testAnAgentThatDidNotRunForTheWaitLimitDoesNotTakeOver() {
+        var d = SwapDriver()
+        d.on(.begin)
+        d.on(.nextServerReady)
+        d.on(.fenceUnanswered)
+        XCTAssertEqual(d.on(.agentResumed(gap: .milliseconds(600))), [], "an ordinary hiccup")
+        XCTAssertEqual(d.on(.agentResumed(gap: .milliseconds(6_000))),
+                       [.abandonNextServer, .returnToStandby(watch: false), .failed(.replicaMayBeOutdated)])
+        var decided = SwapDriver()
+        decided.on(.begin)
+        decided.on(.fenceAnswered(fenced: true))
+        XCTAssertEqual(decided.on(.agentResumed(gap: .milliseconds(6_000))), [], "after the fence the old server is gone")
+    }
+
     func testASelfIsolatedNodeDoesNotPromote() {
         var d = SwapDriver()
         d.on(.begin)
@@ -133,7 +149,7 @@ final class FailoverSwapTests: XCTestCase {
     // server answers alone 5 s after its standby stopped taking records: two servers would acknowledge.
     func testAHeardPeerIsAskedAgainABoundedNumberOfTimesAndNeverTakenOver() {
         let timings = SwapTimings(fenceRetryInterval: .milliseconds(200), maxFenceAttempts: 3,
-                                  takeoverDelay: .milliseconds(2_500), maxServerStarts: 3)
+                                  takeoverDelay: .milliseconds(2_500), maxServerStarts: 3, standbyWaitLimit: .milliseconds(5_000))
         var d = SwapDriver(timings: timings)
         d.on(.begin)
         d.on(.nextServerReady)
@@ -150,7 +166,7 @@ final class FailoverSwapTests: XCTestCase {
 
     func testAPeerSilentOnEveryPathIsNotAskedAgainWhileTheLadderDecides() {
         var d = SwapDriver(timings: SwapTimings(fenceRetryInterval: .milliseconds(200), maxFenceAttempts: 1,
-                                                takeoverDelay: .milliseconds(2_500), maxServerStarts: 3))
+                                                takeoverDelay: .milliseconds(2_500), maxServerStarts: 3, standbyWaitLimit: .milliseconds(5_000)))
         d.on(.begin)
         d.on(.fenceUnanswered)
         for _ in 0..<50 { XCTAssertEqual(d.wait(100, peer: .silentUndiagnosed), []) }

@@ -16,13 +16,26 @@ public struct SwapTimings: Hashable, Sendable {
     public var takeoverDelay: TimeSpan
     /// Starts of the next server (the first and the restarts) before giving up.
     public var maxServerStarts: Int
+    /// `standby_wait_limit_ms`: a server whose standby gave no sign for this
+    /// long answers alone. A swap whose agent did not run for this long, less
+    /// a second for the acknowledgements in flight, may not take over.
+    public var standbyWaitLimit: TimeSpan
+
+    /// The gap in this agent's runs past which the swap may not take over (see `standbyWaitLimit`).
+    public var outdatingGap: TimeSpan {
+        let limit = standbyWaitLimit.nanoseconds
+        return TimeSpan(nanoseconds: limit > 2_000_000_000 ? limit - 1_000_000_000 : limit / 2)
+    }
 
     public static let defaults = SwapTimings(
         fenceRetryInterval: .milliseconds(200), maxFenceAttempts: 10,
-        takeoverDelay: DiagnosisTimings.defaults.takeoverDelay, maxServerStarts: 3)
+        takeoverDelay: DiagnosisTimings.defaults.takeoverDelay, maxServerStarts: 3,
+        standbyWaitLimit: .milliseconds(UInt64(ClusterTimings.defaults.standbyWaitLimitMilliseconds)))
 
-    public init(fenceRetryInterval: TimeSpan, maxFenceAttempts: Int, takeoverDelay: TimeSpan, maxServerStarts: Int) {
+    public init(fenceRetryInterval: TimeSpan, maxFenceAttempts: Int, takeoverDelay: TimeSpan, maxServerStarts: Int,
+                standbyWaitLimit: TimeSpan) {
         precondition(maxFenceAttempts >= 1 && maxServerStarts >= 1)
+        self.standbyWaitLimit = standbyWaitLimit
         self.fenceRetryInterval = fenceRetryInterval
         self.maxFenceAttempts = maxFenceAttempts
         self.takeoverDelay = takeoverDelay
@@ -112,6 +125,10 @@ public struct Swap: Sendable {
         case promoted
         /// The next server exited, or did not take the go-ahead.
         case promotionFailed
+        /// This node's agent did not run for `gap` (stopped, frozen, starved):
+        /// it refused nothing meanwhile, and the old server may have answered
+        /// alone at its standby wait limit.
+        case agentResumed(gap: TimeSpan)
     }
 
     public enum Action: Hashable, Sendable {
@@ -166,6 +183,11 @@ public struct Swap: Sendable {
         case fenceRefused
         /// The peer is heard, yet its agent answered none of the fences.
         case fenceUnanswered
+        /// This node did not run for long enough that the old server may have
+        /// answered writes alone: its replica may lack them, so it must not
+        /// take over; its monitor watches again after the server's next
+        /// session (`repliesWait`).
+        case replicaMayBeOutdated
         case epochNotPersisted
         case serverWouldNotStart
     }
@@ -307,10 +329,15 @@ public struct Swap: Sendable {
             nextServer = .failed
             return restartNextServer()
 
+        // A gap in this agent's own runs, before the point of no return.
+        case (.initial, .agentResumed), (.preparing, .agentResumed), (.fencing, .agentResumed), (.awaitingVerdict, .agentResumed):
+            guard case .agentResumed(let gap) = event, gap >= timings.outdatingGap else { return [] }
+            return giveUp(.replicaMayBeOutdated, watch: false)
+
         // Time passing where nothing is timed; answers that come too late to matter.
         case (_, .tick), (.failed, .fenceAnswered), (.failed, .fenceUnanswered),
              (.completed, .fenceAnswered), (.writingCheckpoint, .fenceAnswered), (.persistingEpoch, .fenceAnswered),
-             (.promoting, .fenceAnswered), (.failed, .nextServerReady), (.failed, .nextServerFailed):
+             (.promoting, .fenceAnswered), (.failed, .nextServerReady), (.failed, .nextServerFailed), (_, .agentResumed):
             return []
         default:
             preconditionFailure("swap got \(event) in state \(state)")

@@ -107,6 +107,7 @@ struct SimNode {
     /// heartbeats go on: fences asked of it get no answer.
     var agentRequestsHungUntil = Instant.zero
     var lastHeardPeer = Instant.zero
+    var agentLastRanAt = Instant.zero
     var nextDiagnosisAt = Instant.zero
     /// When the ladder found the peer gone (dead, isolated, its agent down); cleared when it is heard.
     var peerFoundGoneAt: Instant?
@@ -568,6 +569,18 @@ struct FailoverWorld {
 
     private mutating func runAgent(_ node: Int) {
         guard !agentStalled(nodes[node]) else { return }
+        let gap = now - nodes[node].agentLastRanAt
+        nodes[node].agentLastRanAt = now
+        if gap > PeerLiveness.runGapLimit {
+            // `PeerLiveness.ran`: the agent's own silence is not the peer's.
+            nodes[node].lastHeardPeer = max(nodes[node].lastHeardPeer, now)
+            // `ExportController.agentResumed`: a replica that refused nothing for the wait limit may be outdated.
+            if gap >= swapTimings.outdatingGap, nodes[node].swap == nil, nodes[node].monitor != nil {
+                note("node \(node)'s monitor waits for the server's next session after a gap of \(gap)")
+                nodes[node].monitor = nil
+            }
+            swapEvent(node, .agentResumed(gap: gap))
+        }
         let inbox = nodes[node].agentInbox
         nodes[node].agentInbox.removeAll()
         for message in inbox { receive(message, at: node) }
