@@ -468,7 +468,8 @@ final class ExportController: @unchecked Sendable {
         var next: ExportProcess?
         var abandonNextWhenReady = false
         var storeClosed = false
-        var fenceAnswers: [String] = []
+        /// Fences asked so far, for the log.
+        var fencesAsked = 0
         let ticker: DispatchSourceTimer
         let done: (@Sendable (Bool) -> Void)?
     }
@@ -580,7 +581,8 @@ final class ExportController: @unchecked Sendable {
             // async mode too, the standby gets every record it answered.
             let request: AgentRequest = handOver ? .handOver(export: export.name, epoch: fenceEpoch)
                 : .fence(export: export.name, epoch: fenceEpoch)
-            let first = swap.fenceAnswers.isEmpty
+            swap.fencesAsked += 1
+            let first = swap.fencesAsked == 1
             offSwapQueue({ [self] in
                 do {
                     let (ok, text) = try agent.askPeer(request)
@@ -594,7 +596,7 @@ final class ExportController: @unchecked Sendable {
                     }
                     return .fenceUnanswered
                 }
-            }, then: { [self] answer in runningSwap?.fenceAnswers.append("\(answer)") })
+            })
         case .abandonNextServer:
             if let next = swap.next {
                 swap.next = nil
@@ -716,7 +718,7 @@ final class ExportController: @unchecked Sendable {
         case .fenceRefused:
             logger.error("no swap: the peer refused the fence", metadata: metadata)
         case .fenceUnanswered:
-            metadata["attempts"] = "\(swap.fenceAnswers.count)"
+            metadata["attempts"] = "\(swap.fencesAsked)"
             logger.error("no swap: the peer is heard, but its agent answered none of the fences; the monitor watches again", metadata:
                 metadata.merging(["action": "check the agent on \(agent.peer.name) ('baton status', its log)"]) { $1 })
         case .replicaMayBeOutdated:
