@@ -79,7 +79,10 @@ final class ExportController: @unchecked Sendable {
         } ?? 0
     }
     private var clientAddress: NodeAddress { agent.clientAddress(export, on: agent.me) }
-    private var peerMonitorAddress: NodeAddress { agent.monitorAddress(export, on: agent.peer) }
+    /// The peer's monitor port at each of its addresses: the monitor probes on every path.
+    private var peerMonitorAddresses: [NodeAddress] {
+        NodeAgent.agentAddresses(of: agent.peer).map { NodeAddress(host: $0.host, port: export.monitorPort) }
+    }
 
     /// Decides the role at agent start: serve if this node served last (or is
     /// the preferred node of a new export) and the peer does not serve it.
@@ -129,6 +132,8 @@ final class ExportController: @unchecked Sendable {
         try ExportProcess(
             executable: agent.executable, exportName: export.name, dataDirectory: directory, listen: clientAddress,
             monitorListen: agent.monitorAddress(export, on: agent.me),
+            pathAddresses: NodeAgent.agentAddresses(of: agent.me).dropFirst().map(\.host),
+            exportAddresses: [agent.me, agent.peer].flatMap(NodeAgent.agentAddresses).map { NodeAddress(host: $0.host, port: export.port) },
             secretFile: agent.configuration.secretFile, standby: agent.peerAgentAddress, node: agent.me.name,
             replication: export.replication,
             standbyWaitLimitMilliseconds: agent.configuration.timings.standbyWaitLimitMilliseconds,
@@ -1007,7 +1012,7 @@ final class ExportController: @unchecked Sendable {
         lock.withLock {
             guard case .standby(let store, nil) = role else { return }
             let monitor = MonitorRunner(
-                exportName: export.name, server: peerMonitorAddress, epoch: store.epoch, secret: agent.secret,
+                exportName: export.name, server: peerMonitorAddresses, epoch: store.epoch, secret: agent.secret,
                 timings: agent.monitorTimings, group: agent.monitorGroup, logger: logger,
                 onFailure: { [self] reason in
                     self.beginSwap(.failed(reason))

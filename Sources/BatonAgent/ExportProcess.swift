@@ -28,7 +28,7 @@ final class ExportProcess: @unchecked Sendable {
     /// and waits for `promote` (ahead of a swap: the process start is then
     /// out of the pause).
     init(executable: String, exportName: String, dataDirectory: String, listen: NodeAddress, monitorListen: NodeAddress,
-         secretFile: String,
+         pathAddresses: [String], exportAddresses: [NodeAddress], secretFile: String,
          standby: NodeAddress, node: String, replication: ReplicationMode, standbyWaitLimitMilliseconds: Int,
          awaitPromotion: Bool = false, logger: Logger,
          onExit: @escaping @Sendable (Int32) -> Void) throws {
@@ -39,6 +39,7 @@ final class ExportProcess: @unchecked Sendable {
         process.arguments = [
             "serve", "--export", exportName, "--data", dataDirectory, "--listen", listen.description,
             "--monitor-listen", monitorListen.description,
+        ] + pathAddresses.flatMap { ["--path-address", $0] } + exportAddresses.flatMap { ["--export-address", $0.description] } + [
             "--secret-file", secretFile, "--standby", standby.description, "--node", node,
             "--replication", replication.rawValue, "--standby-wait-limit-ms", String(standbyWaitLimitMilliseconds),
         ] + (awaitPromotion ? ["--await-promotion"] : ["--until-stdin-ends"])

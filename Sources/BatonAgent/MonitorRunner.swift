@@ -6,11 +6,17 @@ import NIOCore
 import NIOPosix
 
 /// Runs the pure `Monitor` against a real export server: a connection to the
-/// server's client port carrying challenges and heartbeats, and a tick every
-/// few milliseconds. Reports a failure once; the agent then runs the swap.
+/// server's monitor port on each network path, carrying challenges and
+/// heartbeats, and a tick every few milliseconds. Each probe goes out on
+/// every path and the first right answer counts, and a heartbeat on any path
+/// counts, so a probe is missed only when no path reaches the server (issue
+/// 9: a cut NIC or switch is not a failed server). The connections are plain
+/// TCP, one per path, so that each stays on its own. Reports a failure once;
+/// the agent then runs the swap.
 final class MonitorRunner: @unchecked Sendable {
     private let exportName: String
-    private let server: NodeAddress
+    /// The server's monitor address on each path (one where the paths are one).
+    private let server: [NodeAddress]
     private let group: EventLoopGroup
     private let logger: Logger
     private let onFailure: @Sendable (Monitor.FailureReason) -> Void
@@ -22,15 +28,16 @@ final class MonitorRunner: @unchecked Sendable {
 
     private struct State {
         var monitor: Monitor
-        var channel: Channel?
-        var connecting = false
+        /// By index in `server`.
+        var channels: [Int: Channel] = [:]
+        var connecting: Set<Int> = []
         var stopped = false
         var lastRoundTrip: TimeSpan?
         /// The server's journal position, as its last heartbeat said.
         var serverSequence: UInt64?
     }
 
-    init(exportName: String, server: NodeAddress, epoch: UInt64, secret: [UInt8], timings: MonitorTimings,
+    init(exportName: String, server: [NodeAddress], epoch: UInt64, secret: [UInt8], timings: MonitorTimings,
          group: EventLoopGroup, logger: Logger,
          onFailure: @escaping @Sendable (Monitor.FailureReason) -> Void,
          onStandDown: @escaping @Sendable (UInt64) -> Void,
@@ -45,13 +52,15 @@ final class MonitorRunner: @unchecked Sendable {
         var monitor = Monitor(secret: secret, timings: timings)
         _ = monitor.handle(.started(epoch: epoch), at: Self.now())
         state = NIOLockedValueBox(State(monitor: monitor))
-        connect()
+        connectMissingPaths()
         ticker = group.next().scheduleRepeatedTask(initialDelay: Self.tickInterval, delay: Self.tickInterval) { [self] _ in
             let key = (0..<ChallengeMAC.keyBytes).map { _ in UInt8.random(in: 0...255) }
             handle(.tick(freshKey: key))
         }
-        logger.info("monitor started", metadata: ["export": "\(exportName)", "server": "\(server)", "epoch": "\(epoch)"])
+        logger.info("monitor started", metadata: ["export": "\(exportName)", "server": "\(serverText)", "epoch": "\(epoch)"])
     }
+
+    private var serverText: String { server.map(\.description).joined(separator: ", ") }
 
     var lastRoundTrip: TimeSpan? { state.withLockedValue { $0.lastRoundTrip } }
     var isStopped: Bool { state.withLockedValue(\.stopped) }
@@ -59,35 +68,34 @@ final class MonitorRunner: @unchecked Sendable {
 
     func stop() {
         ticker?.cancel()
-        let channel = state.withLockedValue { state -> Channel? in
+        let channels = state.withLockedValue { state -> [Channel] in
             state.stopped = true
             _ = state.monitor.handle(.stopped, at: Self.now())
-            return state.channel
+            return Array(state.channels.values)
         }
-        channel?.close(promise: nil)
+        for channel in channels { channel.close(promise: nil) }
     }
 
     static func now() -> Instant { Instant(nanoseconds: UInt64(NIODeadline.now().uptimeNanoseconds)) }
 
     fileprivate func handle(_ event: Monitor.Event) {
-        let (actions, channel) = state.withLockedValue { state -> ([Monitor.Action], Channel?) in
-            guard !state.stopped else { return ([], nil) }
+        let (actions, channels) = state.withLockedValue { state -> ([Monitor.Action], [Channel]) in
+            guard !state.stopped else { return ([], []) }
             if case .heartbeatReceived(_, let sequence) = event { state.serverSequence = sequence }
-            return (state.monitor.handle(event, at: Self.now()), state.channel)
+            return (state.monitor.handle(event, at: Self.now()), Array(state.channels.values))
         }
         for action in actions {
             switch action {
             case .sendProbe(let key):
-                if let channel {
+                for channel in channels {
                     channel.writeAndFlush(Message.probe(key: key).frame(allocator: channel.allocator), promise: nil)
-                } else {
-                    connect()
                 }
+                if channels.count < server.count { connectMissingPaths() }
             case .reportRoundTrip(let span):
                 state.withLockedValue { $0.lastRoundTrip = span }
             case .declareFailed(let reason):
                 logger.error("export server failed", metadata: [
-                    "export": "\(exportName)", "server": "\(server)", "reason": "\(reason)",
+                    "export": "\(exportName)", "server": "\(serverText)", "reason": "\(reason)",
                 ])
                 stop()
                 onFailure(reason)
@@ -101,13 +109,17 @@ final class MonitorRunner: @unchecked Sendable {
         }
     }
 
-    private func connect() {
-        let start = state.withLockedValue { state -> Bool in
-            guard !state.connecting, state.channel == nil, !state.stopped else { return false }
-            state.connecting = true
-            return true
+    private func connectMissingPaths() {
+        let paths = state.withLockedValue { state -> [Int] in
+            guard !state.stopped else { return [] }
+            let missing = server.indices.filter { state.channels[$0] == nil && !state.connecting.contains($0) }
+            state.connecting.formUnion(missing)
+            return missing
         }
-        guard start else { return }
+        for path in paths { connect(path) }
+    }
+
+    private func connect(_ path: Int) {
         ClientBootstrap(group: group)
             .connectTimeout(.milliseconds(200))
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
@@ -117,18 +129,20 @@ final class MonitorRunner: @unchecked Sendable {
                     try channel.pipeline.syncOperations.addHandler(MonitorHandler(runner: self))
                 }
             }
-            .connect(resolving: server, on: group.next())
+            .connect(resolving: server[path], on: group.next())
             .whenComplete { [self] result in
                 switch result {
                 case .success(let channel):
                     channel.writeAndFlush(Message.hello(export: exportName, session: 0, version: Message.protocolVersion)
                         .frame(allocator: channel.allocator), promise: nil)
-                    state.withLockedValue { state in
-                        state.channel = channel
-                        state.connecting = false
+                    let stopped = state.withLockedValue { state -> Bool in
+                        state.connecting.remove(path)
+                        if !state.stopped { state.channels[path] = channel }
+                        return state.stopped
                     }
+                    if stopped { channel.close(promise: nil) }
                 case .failure:
-                    state.withLockedValue { $0.connecting = false }
+                    state.withLockedValue { _ = $0.connecting.remove(path) }
                 }
             }
     }
@@ -139,7 +153,7 @@ final class MonitorRunner: @unchecked Sendable {
     fileprivate func serverAnswersAlone() {
         guard !isStopped else { return }
         logger.warning("monitor stands down: the server answers without waiting for this standby", metadata: [
-            "export": "\(exportName)", "server": "\(server)",
+            "export": "\(exportName)", "server": "\(serverText)",
             "action": "none: it watches again once the standby is in step",
         ])
         stop()
@@ -148,7 +162,7 @@ final class MonitorRunner: @unchecked Sendable {
 
     fileprivate func lost(_ channel: Channel) {
         state.withLockedValue { state in
-            if state.channel === channel { state.channel = nil }
+            if let path = state.channels.first(where: { $0.value === channel })?.key { state.channels[path] = nil }
         }
     }
 }

@@ -39,6 +39,8 @@ public final class NodeAgent: @unchecked Sendable {
     }
     /// Heartbeats with the peer's agent and the diagnostic ladder (DESIGN.md §6).
     private(set) var peerWatch: PeerWatch!
+    /// The kernel's MPTCP settings here, for a node with two path addresses.
+    private var multipathEndpoints: MultipathEndpoints?
 
     public init(configuration: ClusterConfiguration, node: String, secret: [UInt8], executable: String, logger: Logger) throws {
         guard let me = configuration.node(named: node) else {
@@ -69,7 +71,32 @@ public final class NodeAgent: @unchecked Sendable {
                         for controller in controllers.values { controller.peerBack(peerServes: peerExports?.contains(controller.export.name)) }
                     }
                 },
-                resumed: { [unowned self] gap in for controller in controllers.values { controller.agentResumed(after: gap) } }))
+                resumed: { [unowned self] gap in for controller in controllers.values { controller.agentResumed(after: gap) } },
+                pathBack: { [unowned self] path, silence, otherPathUp in reannounce(path, after: silence, otherPathUp: otherPathUp) }))
+    }
+
+    /// This node's distinct path addresses when it has more than one: the
+    /// kernel's MPTCP announces them (`MultipathEndpoints`). Nil for a node
+    /// on one address (loopback, one NIC): nothing to announce.
+    private var multipathAddresses: [String]? {
+        let hosts = Self.agentAddresses(of: me).map(\.host)
+        return hosts.count > 1 ? hosts : nil
+    }
+
+    /// A path silent this long may have left connections without their
+    /// subflow on it (the kernel tries a subflow's SYN for about 3 s).
+    static let reannounceAfter = TimeSpan.milliseconds(2_000)
+
+    /// The peer is heard on `path` again: after a long outage, announce this
+    /// node's address on it again, so that connections made meanwhile add
+    /// their subflow there. Not while the other path is down: announcing
+    /// again closes the subflows on the address first, and those may be a
+    /// connection's only ones.
+    private func reannounce(_ path: NetworkPath, after silence: TimeSpan, otherPathUp: Bool) {
+        let address = PeerWatch.paths(of: me)[path]
+        guard silence >= Self.reannounceAfter, otherPathUp, let endpoints = multipathEndpoints,
+              multipathAddresses?.contains(address) == true else { return }
+        DispatchQueue.global().async { endpoints.announce([address], again: true) }
     }
 
     var peerAgentAddress: NodeAddress { NodeAddress(host: peer.agent.host, port: peer.agent.port) }
@@ -95,7 +122,19 @@ public final class NodeAgent: @unchecked Sendable {
     public func run() throws {
         // A server that exits before its go-ahead is written must not take the agent with it.
         signal(SIGPIPE, SIG_IGN)
+        if let addresses = multipathAddresses {
+            multipathEndpoints = MultipathEndpoints(logger: logger)
+            if let endpoints = multipathEndpoints {
+                endpoints.announce(addresses)
+            } else {
+                logger.warning("no MPTCP here: a connection stays on the path it was made on", metadata: [
+                    "node": "\(me.name)", "paths": "\(addresses.joined(separator: ", "))",
+                    "action": "enable it (sysctl net.mptcp.enabled=1, iproute2 installed) so that a NIC or switch fault is a pause",
+                ])
+            }
+        }
         let bootstrap = ServerBootstrap(group: group)
+            .multipath()
             // Out of descriptors (EMFILE), accept would fail at once, again and
             // again: a core spun and nothing was accepted. Back off instead.
             .serverChannelInitializer { channel in

@@ -20,6 +20,8 @@ final class PeerWatch: @unchecked Sendable {
         var peerBack: @Sendable () -> Void
         /// This agent did not run for the given time (stopped, frozen, starved).
         var resumed: @Sendable (TimeSpan) -> Void
+        /// The peer is heard on `path` again after `silence`; `otherPathUp`: it is heard on the other path too.
+        var pathBack: @Sendable (_ path: NetworkPath, _ silence: TimeSpan, _ otherPathUp: Bool) -> Void
     }
 
     private let me: NodeConfiguration
@@ -56,6 +58,8 @@ final class PeerWatch: @unchecked Sendable {
     private struct Shared {
         var lastHeard: PerPath<Instant>
         var silentPaths: [NetworkPath] = []
+        /// When each path last went silent or was heard again (for `baton status`).
+        var pathChangedAt: PerPath<Instant>
         /// When the ladder last found the peer gone; nil once it is heard again.
         var peerFoundGoneAt: Instant?
         var peerGone: Bool { peerFoundGoneAt != nil }
@@ -85,7 +89,7 @@ final class PeerWatch: @unchecked Sendable {
         let now = MonitorRunner.now()
         liveness = PeerLiveness(grace: timings.agentHeartbeatGrace, startedAt: now)
         diagnosis = Diagnosis(timings: timings)
-        shared = NIOLockedValueBox(Shared(lastHeard: PerPath(now, now)))
+        shared = NIOLockedValueBox(Shared(lastHeard: PerPath(now, now), pathChangedAt: PerPath(now, now)))
     }
 
     /// Binds a UDP socket at each of this node's path addresses (the agent's port) and starts the heartbeats.
@@ -189,7 +193,10 @@ final class PeerWatch: @unchecked Sendable {
                 "paths": NetworkPath.allCases.map { path -> [String: Any] in
                     ["path": path.rawValue, "local": myPaths[path], "peer": peerPaths[path], "switch": switches[path] ?? "",
                      "last_heard_ms_ago": Int((now - min(now, state.lastHeard[path])).nanoseconds / 1_000_000),
-                     "silent": state.silentPaths.contains(path)]
+                     "silent": state.silentPaths.contains(path),
+                     "state": state.silentPaths.contains(path) ? "down" : "up",
+                     "since_ms_ago": Int((now - min(now, state.pathChangedAt[path])).nanoseconds / 1_000_000),
+                     "carries": Self.traffic(on: path, silent: state.silentPaths)]
                 },
                 "peer_gone": state.peerGone, "self_fenced": state.selfFenced,
             ]
@@ -232,10 +239,27 @@ final class PeerWatch: @unchecked Sendable {
         perform(diagnosis.handle(.tick, at: now))
         let silent = liveness.silentPaths(at: now)
         let lastHeard = liveness.lastHeard
-        shared.withLockedValue {
-            $0.silentPaths = silent
-            $0.lastHeard = lastHeard
+        let newlySilent = shared.withLockedValue { state -> [NetworkPath] in
+            let newly = silent.filter { !state.silentPaths.contains($0) }
+            for path in newly { state.pathChangedAt[path] = now }
+            state.silentPaths = silent
+            state.lastHeard = lastHeard
+            return newly
         }
+        for path in newlySilent where silent.count < NetworkPath.allCases.count {
+            logger.warning("network path down: the other path carries the traffic", metadata: [
+                "node": "\(me.name)", "peer": "\(peer.name)", "path": "\(path.rawValue)",
+                "addresses": "\(myPaths[path]) → \(peerPaths[path])",
+                "cause": "no heartbeat for \(timings.agentHeartbeatGrace); the diagnosis names the part",
+            ])
+        }
+    }
+
+    /// What goes over a path in the state the heartbeats show: heartbeats
+    /// always (they test it); connections' subflows and the monitor's
+    /// probes while it is up.
+    static func traffic(on path: NetworkPath, silent: [NetworkPath]) -> [String] {
+        silent.contains(path) ? ["heartbeats"] : ["heartbeats", "probes", "clients", "replication"]
     }
 
     private func send(_ datagram: AgentDatagram, on path: NetworkPath, to address: SocketAddress? = nil) {
@@ -279,9 +303,12 @@ final class PeerWatch: @unchecked Sendable {
         switch datagram {
         case .heartbeat(_, let incarnation, let sequence):
             let wasSilent = liveness.silentPaths(at: now)
+            let heardBefore = liveness.lastHeard
             var back = false
             for path in paths where liveness.heard(path, incarnation: incarnation, sequence: sequence, at: now) {
-                back = back || wasSilent.contains(path)
+                guard wasSilent.contains(path) else { continue }
+                back = true
+                pathHeardAgain(path, silence: now - min(now, heardBefore[path]), otherPathUp: !wasSilent.contains(path.other), at: now)
             }
             if back { peerHeardAgain(at: now) }
         case .probe(_, let nonce):
@@ -290,6 +317,18 @@ final class PeerWatch: @unchecked Sendable {
             guard let path = agentProbes.removeValue(forKey: nonce) else { return }
             perform(diagnosis.handle(.probeAnswered(.peerAgent(path)), at: now))
         }
+    }
+
+    private func pathHeardAgain(_ path: NetworkPath, silence: TimeSpan, otherPathUp: Bool, at now: Instant) {
+        shared.withLockedValue { state in
+            state.pathChangedAt[path] = now
+            state.silentPaths.removeAll { $0 == path }
+        }
+        logger.notice("network path up: it may carry traffic again", metadata: [
+            "node": "\(me.name)", "peer": "\(peer.name)", "path": "\(path.rawValue)",
+            "addresses": "\(myPaths[path]) → \(peerPaths[path])", "downFor": "\(silence)",
+        ])
+        actions.pathBack(path, silence, otherPathUp)
     }
 
     private func peerHeardAgain(at now: Instant) {

@@ -32,6 +32,8 @@ public final class ExportServer: @unchecked Sendable {
     private let monitorThread = MultiThreadedEventLoopGroup(numberOfThreads: 1)
     private var listener: Channel?
     private var monitorListener: Channel?
+    /// The listeners on the node's other network paths (see `start`).
+    private var otherPathListeners: [Channel] = []
     /// When each of `network`'s threads last had a turn (uptime nanoseconds).
     private let networkTurns: [NIOLockedValueBox<UInt64>]
     /// Held while a mutation, a sync or a checkpoint runs; guards `failed` too.
@@ -74,6 +76,9 @@ public final class ExportServer: @unchecked Sendable {
     /// Runs once, when the first connection is welcomed (after a swap: the
     /// first client back; the agent logs it).
     public var onFirstWelcome: (@Sendable () -> Void)?
+    /// Where clients may find the export (every node, every path), told to
+    /// each client after its welcome; set before `start`.
+    public var exportAddresses: [NodeAddress] = []
     private let welcomedOnce = NIOLockedValueBox(false)
 
     func welcomed() {
@@ -112,8 +117,12 @@ public final class ExportServer: @unchecked Sendable {
     }
 
     /// Starts serving clients on `clients` and the monitor on `monitor`;
-    /// returns the bound addresses (useful with port 0).
-    public func start(clients: Listener, monitor: Listener?) throws -> (clients: NodeAddress, monitor: NodeAddress?) {
+    /// returns the bound addresses (useful with port 0). `otherPaths`: the
+    /// same two listeners at the node's address on each other network path,
+    /// where clients connect when the first path is down and where the
+    /// second subflow of an MPTCP connection joins (issue 9).
+    public func start(clients: Listener, monitor: Listener?,
+                      otherPaths: [(clients: Listener, monitor: Listener?)] = []) throws -> (clients: NodeAddress, monitor: NodeAddress?) {
         try stampNewExportRoot()
         if let monitor {
             guard secret != nil else { throw ProbeError("a monitor listener needs the cluster's secret (--secret-file)") }
@@ -125,12 +134,18 @@ public final class ExportServer: @unchecked Sendable {
                 }
             }
         }
+        for path in otherPaths {
+            if let monitor = path.monitor, monitorListener != nil {
+                otherPathListeners.append(try bind(monitor, bootstrap(group: monitorThread, for: .monitor)))
+            }
+            otherPathListeners.append(try bind(path.clients, bootstrap(group: network, for: .clients)))
+        }
         listener = try bind(clients, bootstrap(group: network, for: .clients))
         replication?.start()
         let bound = (clients: boundAddress(listener!, clients.address), monitor: monitorListener.map { boundAddress($0, monitor!.address) })
         logger.info("export server listening", metadata: [
             "export": "\(exportName)", "address": "\(bound.clients)", "monitorAddress": "\(bound.monitor.map { "\($0)" } ?? "none")",
-            "epoch": "\(store.epoch)",
+            "otherPaths": "\(otherPaths.map(\.clients.address.host).joined(separator: ", "))", "epoch": "\(store.epoch)",
         ])
         return bound
     }
@@ -140,7 +155,8 @@ public final class ExportServer: @unchecked Sendable {
 
     private func bind(_ listener: Listener, _ bootstrap: ServerBootstrap) throws -> Channel {
         switch listener {
-        case .address(let address): try bootstrap.bind(host: address.host, port: address.port).wait()
+        // A bound socket is MPTCP already where it can be (`ListeningSocket`); NIO refuses to be asked again.
+        case .address(let address): try bootstrap.multipath().bind(host: address.host, port: address.port).wait()
         case .bound(let socket, _): try bootstrap.withBoundSocket(socket).wait()
         }
     }
@@ -199,6 +215,7 @@ public final class ExportServer: @unchecked Sendable {
     public func stop() {
         replication?.stop()
         try? monitorListener?.close().wait()
+        for channel in otherPathListeners { try? channel.close().wait() }
         try? listener?.close().wait()
         try? monitorThread.syncShutdownGracefully()
         try? network.syncShutdownGracefully()
@@ -411,6 +428,7 @@ public final class ExportServer: @unchecked Sendable {
             "export": "\(exportName)", "directory": "\(store.directory)", "error": "\(error)",
             "action": "free space or fix the disk under the data directory, then restart the server",
         ])
+        for channel in otherPathListeners { _ = channel.close() }
         _ = listener?.close()
     }
 
@@ -497,7 +515,7 @@ final class ClientConnectionHandler: ChannelInboundHandler, @unchecked Sendable 
         }
         switch message {
         case .hello(let export, let session, let version):
-            guard version == Message.protocolVersion else {
+            guard Message.supportedVersions.contains(version) else {
                 refuse(context, .badVersion, "protocol version \(version) is not supported (this server speaks \(Message.protocolVersion))")
                 return
             }
@@ -512,7 +530,12 @@ final class ClientConnectionHandler: ChannelInboundHandler, @unchecked Sendable 
             }
             welcomed = true
             self.session = session
-            context.writeAndFlush(wrapOutboundOut(Message.welcome(epoch: server.epoch).frame(allocator: context.channel.allocator)), promise: nil)
+            context.write(wrapOutboundOut(Message.welcome(epoch: server.epoch).frame(allocator: context.channel.allocator)), promise: nil)
+            if version >= 2, purpose == .clients, !server.exportAddresses.isEmpty {
+                context.write(wrapOutboundOut(Message.exportAddresses(server.exportAddresses).frame(allocator: context.channel.allocator)),
+                              promise: nil)
+            }
+            context.flush()
             if purpose == .clients { server.welcomed() }
         case .request(let sequence, let oldest, let operation):
             guard purpose == .clients else { return refuse(context, .malformed, "a request on the monitor port; clients connect to the export's port") }

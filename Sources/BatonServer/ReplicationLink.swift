@@ -385,6 +385,7 @@ final class ReplicationLink: @unchecked Sendable {
         }
         guard start else { return }
         ClientBootstrap(group: group)
+            .multipath()
             .connectTimeout(.seconds(1))
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelInitializer { [self] channel in

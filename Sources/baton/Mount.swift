@@ -131,6 +131,9 @@ struct Mount: ParsableCommand {
         if let level = settings.logLevel { logging.logLevel = level }
         let logger = logging.bootstrap(label: "baton.mount")
         try checkServers(settings, logger: logger)
+        // A connection gains its subflow on the other path only if this side
+        // accepts the server's announcement of it (issue 9).
+        if getuid() == 0 { MultipathEndpoints(logger: logger)?.raiseLimits() }
 
         let mount: FuseMount
         do {

@@ -1,4 +1,5 @@
 import ArgumentParser
+import BatonCore
 import BatonRuntime
 import BatonServer
 import Dispatch
@@ -17,6 +18,18 @@ struct Serve: ParsableCommand {
 
     @Option(help: "Address to listen on, HOST:PORT (port 0 picks a free port).")
     var listen: NodeAddress
+
+    @Option(name: .customLong("path-address"), help: ArgumentHelp(
+        "This node's address on another network path (repeatable): both listeners listen there too, on the same ports.",
+        discussion: "Clients connect there when the first path is down, and the second subflow of a multipath (MPTCP) "
+            + "connection joins there."))
+    var pathAddresses: [String] = []
+
+    @Option(name: .customLong("export-address"), help: ArgumentHelp(
+        "HOST:PORT where clients may find this export (repeatable): each node's address on each path.",
+        discussion: "Told to every client after its welcome, so that a mount naming one address finds the export "
+            + "on the other node and over the other path too."))
+    var exportAddresses: [NodeAddress] = []
 
     @Option(help: ArgumentHelp(
         "Address for the monitor's challenges and heartbeats, HOST:PORT (port 0 picks a free port); needs --secret-file.",
@@ -85,18 +98,31 @@ struct Serve: ParsableCommand {
         let logger = logging.bootstrap(label: "baton.serve")
         try prepareDiskOwner(logger: logger)
         let secret = try secretFile.map { try SecretFile.read($0) }
-        var clients = ExportServer.Listener.address(listen)
-        var monitor = monitorListen.map { ExportServer.Listener.address($0) }
+        var monitor: ExportServer.Listener?
+        var otherPaths: [(clients: ExportServer.Listener, monitor: ExportServer.Listener?)] = []
         var goAlone = false
         if untilStdinEnds { exitWhenStdinEnds(logger) }
-        if awaitPromotion {
-            let (socket, port) = try ListeningSocket.open(listen)
-            clients = .bound(socket, NodeAddress(host: listen.host, port: port))
-            if let monitorListen {
-                let (socket, port) = try ListeningSocket.open(monitorListen)
-                monitor = .bound(socket, NodeAddress(host: monitorListen.host, port: port))
+        // Bound here, ahead of the server: the other paths' listeners take the
+        // ports the first ones got (port 0), and a server started ahead of a
+        // swap has every socket bound before its go-ahead.
+        let (clientSocket, clientPort) = try ListeningSocket.open(listen)
+        let clients = ExportServer.Listener.bound(clientSocket, NodeAddress(host: listen.host, port: clientPort))
+        var monitorPort: Int?
+        if let monitorListen {
+            let (socket, port) = try ListeningSocket.open(monitorListen)
+            monitor = .bound(socket, NodeAddress(host: monitorListen.host, port: port))
+            monitorPort = port
+        }
+        for host in pathAddresses where host != listen.host {
+            let (socket, _) = try ListeningSocket.open(NodeAddress(host: host, port: clientPort))
+            let pathMonitor = try monitorPort.map { port in
+                let (socket, _) = try ListeningSocket.open(NodeAddress(host: host, port: port))
+                return ExportServer.Listener.bound(socket, NodeAddress(host: host, port: port))
             }
-            FileHandle.standardOutput.write(Data("waiting \(listen.host):\(port)\n".utf8))
+            otherPaths.append((.bound(socket, NodeAddress(host: host, port: clientPort)), pathMonitor))
+        }
+        if awaitPromotion {
+            FileHandle.standardOutput.write(Data("waiting \(listen.host):\(clientPort)\n".utf8))
             // Not a client is answered before the go-ahead: the agent sends it
             // once the old server is fenced and the new epoch is on disk.
             guard let line = FileHandle.standardInput.readLine(), line == "go" || line == "go alone" else {
@@ -148,8 +174,9 @@ struct Serve: ParsableCommand {
             // The agent hears when the first connection is welcomed (it logs when clients came back).
             server.onFirstWelcome = { FileHandle.standardOutput.write(Data("welcomed\n".utf8)) }
         }
+        server.exportAddresses = Array(exportAddresses.prefix(Message.maxExportAddresses))
         if goAlone { server.continueWithoutStandby() }
-        let bound = try server.start(clients: clients, monitor: monitor)
+        let bound = try server.start(clients: clients, monitor: monitor, otherPaths: otherPaths)
         // Tests and scripts read the bound ports from here when they asked for port 0.
         FileHandle.standardOutput.write(Data("listening \(bound.clients)\(bound.monitor.map { " monitor \($0)" } ?? "")\n".utf8))
         if awaitPromotion {

@@ -42,7 +42,9 @@ final class CodecTests: XCTestCase {
     func testEveryMessageRoundTrips() throws {
         var messages: [Message] = [
             .hello(export: "projects", session: 42, version: Message.protocolVersion), .welcome(epoch: 3),
-            .refused(.notActive, detail: "standby"), .heartbeat(epoch: 3, sequence: 9), .heartbeat(epoch: 3, sequence: 9, alone: true),
+            .refused(.notActive, detail: "standby"),
+            .exportAddresses([HostAndPort(host: "198.18.1.1", port: 7000), HostAndPort(host: "::1", port: 7000)]), .exportAddresses([]),
+            .heartbeat(epoch: 3, sequence: 9), .heartbeat(epoch: 3, sequence: 9, alone: true),
             .probe(key: [UInt8](repeating: 7, count: ChallengeMAC.keyBytes)),
             .agentRequest(.status), .agentRequest(.fence(export: "projects", epoch: 4)), .agentRequest(.migrate(export: "projects")),
             .agentRequest(.handOver(export: "projects", epoch: 4)), .agentRequest(.forceServe(export: "projects")),
@@ -103,6 +105,20 @@ final class CodecTests: XCTestCase {
         w.write(bytes: [0x64, 0xE2, 0x28, 0xA1])
         w.write(UInt64(1)); w.write(Message.protocolVersion)
         XCTAssertThrowsError(try w.bytes.withUnsafeBytes { try Message.decode($0) })
+    }
+
+    /// A list of export addresses longer than the limit, or one that is not HOST:PORT, is refused.
+    func testABadExportAddressListIsRefused() {
+        var long = ByteWriter()
+        long.write(Message.Tag.exportAddresses.rawValue)
+        long.write(UInt32(Message.maxExportAddresses + 1))
+        for _ in 0...Message.maxExportAddresses { long.write("198.18.1.1:7000") }
+        XCTAssertThrowsError(try long.bytes.withUnsafeBytes { try Message.decode($0) })
+        var bad = ByteWriter()
+        bad.write(Message.Tag.exportAddresses.rawValue)
+        bad.write(UInt32(1))
+        bad.write("no port here")
+        XCTAssertThrowsError(try bad.bytes.withUnsafeBytes { try Message.decode($0) })
     }
 
     func testOversizedFieldsAreRefused() {

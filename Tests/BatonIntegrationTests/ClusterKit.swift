@@ -148,10 +148,11 @@ final class TwoNodeCluster {
             .joined(separator: "\n")
     }
 
-    func mount(_ test: XCTestCase, _ export: String, options: [String] = []) throws -> MountProcess {
+    /// `onlyNodeA`: the source names node a's first address alone; the mount learns the rest from the server.
+    func mount(_ test: XCTestCase, _ export: String, options: [String] = [], onlyNodeA: Bool = false) throws -> MountProcess {
         let port = exports.first { $0.name == export }!.port
-        let hosts = ["a", "b"].map { agentAddresses[$0]!.host }
-        return try MountProcess(test, source: "\(export)@\(hosts[0]):\(port),\(hosts[1]):\(port)",
+        let hosts = (onlyNodeA ? ["a"] : ["a", "b"]).map { agentAddresses[$0]!.host }
+        return try MountProcess(test, source: "\(export)@" + hosts.map { "\($0):\(port)" }.joined(separator: ","),
                                 mountpoint: directory + "/mnt-\(export)", options: options,
                                 networkNamespace: bed?.name(.client))
     }

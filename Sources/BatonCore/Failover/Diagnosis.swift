@@ -2,6 +2,9 @@
 public enum NetworkPath: Int, CaseIterable, Hashable, Sendable {
     case first = 1
     case second = 2
+
+    /// The other of the two paths.
+    public var other: NetworkPath { self == .first ? .second : .first }
 }
 
 /// What one probe of the ladder found.

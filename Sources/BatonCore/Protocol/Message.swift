@@ -7,6 +7,11 @@ public enum Message: Hashable, Sendable {
     case welcome(epoch: UInt64)
     /// Server → client: this server will not serve the export; the client tries another address.
     case refused(Refusal, detail: String)
+    /// Server → client (protocol 2), after `welcome`: every address where the
+    /// export may be served (each node's address on each network path,
+    /// this node's first), so that a mount naming one address finds the
+    /// export on any node and path (issue 9). At most `maxExportAddresses`.
+    case exportAddresses([HostAndPort])
     /// Client → server. `oldestUnanswered` lets the server drop cached replies below it.
     case request(sequence: UInt64, oldestUnanswered: UInt64, Operation)
     /// Server → client.
@@ -67,7 +72,11 @@ public enum Message: Hashable, Sendable {
     case agentRequest(AgentRequest)
     case agentReply(ok: Bool, text: String)
 
-    public static let protocolVersion: UInt32 = 1
+    /// 2: the server sends `exportAddresses` after `welcome`.
+    public static let protocolVersion: UInt32 = 2
+    /// What a server accepts in `hello`: a client of protocol 1 gets no `exportAddresses`.
+    public static let supportedVersions: ClosedRange<UInt32> = 1...2
+    public static let maxExportAddresses = 16
     /// `snapshotData` of this inode carries the checkpoint.
     public static let snapshotCheckpointInode: InodeNumber = 0
     /// At most this many runs of a `JournalHistory` are sent (the latest);
@@ -111,7 +120,7 @@ public enum AgentRequest: Hashable, Sendable {
 extension Message {
     /// Wire tags; public so a server can frame read data in place.
     public enum Tag: UInt8 {
-        case hello = 1, welcome, refused, request, reply
+        case hello = 1, welcome, refused, request, reply, exportAddresses
         case probe = 10, probeAnswer, heartbeat
         case challenge = 20, authenticate
         case replicaHello = 30, replicaPosition, snapshotData, snapshotEnd, replicate, replicated, replicaSync, replicaSynced
@@ -125,6 +134,9 @@ extension Message {
             w.write(Tag.hello.rawValue); w.write(export); w.write(session); w.write(version)
         case .welcome(let epoch): w.write(Tag.welcome.rawValue); w.write(epoch)
         case .refused(let refusal, let detail): w.write(Tag.refused.rawValue); w.write(refusal.rawValue); w.write(detail)
+        case .exportAddresses(let addresses):
+            w.write(Tag.exportAddresses.rawValue); w.write(UInt32(addresses.count))
+            for address in addresses { w.write(address.description) }
         case .request(let sequence, let oldest, let operation):
             w.write(Tag.request.rawValue); w.write(sequence); w.write(oldest); operation.encode(to: &w)
         case .reply(let sequence, let epoch, let reply):
@@ -194,6 +206,18 @@ extension Message {
             let raw = try r.readUInt8()
             guard let refusal = Refusal(rawValue: raw) else { throw .unknownTag(kind: "refusal", tag: UInt32(raw)) }
             message = .refused(refusal, detail: try r.readString(limit: 4096, kind: "refusal detail"))
+        case .exportAddresses:
+            let count = try r.readUInt32()
+            guard count <= Message.maxExportAddresses else {
+                throw .invalid("an export address list of \(count) entries exceeds the limit of \(Message.maxExportAddresses)")
+            }
+            var addresses: [HostAndPort] = []
+            for _ in 0..<count {
+                let text = try r.readString(limit: 300, kind: "export address")
+                guard let address = HostAndPort(text) else { throw .invalid("export address '\(text)' is not HOST:PORT") }
+                addresses.append(address)
+            }
+            message = .exportAddresses(addresses)
         case .request:
             message = .request(sequence: try r.readUInt64(), oldestUnanswered: try r.readUInt64(), try Operation.decode(from: &r))
         case .reply:

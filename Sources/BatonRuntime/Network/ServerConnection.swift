@@ -46,6 +46,9 @@ public final class ServerConnection: @unchecked Sendable {
         var nextSequence: UInt64 = 1
         var pending: [UInt64: Pending] = [:]
         var highestEpoch: UInt64 = 0
+        /// Where the export may be served: the mount's addresses, then what
+        /// servers tell (`exportAddresses`: every node on every path).
+        var addresses: [NodeAddress]
         var addressIndex = 0
         var closed = false
         var lastRefusal: String?
@@ -57,7 +60,7 @@ public final class ServerConnection: @unchecked Sendable {
     public let session: UInt64
     private let group: MultiThreadedEventLoopGroup
     private let logger: Logger
-    private let state = NIOLockedValueBox(State())
+    private let state: NIOLockedValueBox<State>
     private let allocator = ByteBufferAllocator()
 
     public init(configuration: Configuration, logger: Logger) {
@@ -65,6 +68,7 @@ public final class ServerConnection: @unchecked Sendable {
         self.session = UInt64.random(in: 1...UInt64.max)
         self.logger = logger
         self.group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+        state = NIOLockedValueBox(State(addresses: configuration.addresses))
         scheduleTimeoutSweep()
     }
 
@@ -129,8 +133,8 @@ public final class ServerConnection: @unchecked Sendable {
             if state.withLockedValue({ $0.channel != nil }) { return }
             usleep(10_000)
         }
-        let refusal = state.withLockedValue { $0.lastRefusal }
-        throw ConnectionError.noServer(export: configuration.exportName, addresses: configuration.addresses, lastError: refusal)
+        let (refusal, addresses) = state.withLockedValue { ($0.lastRefusal, $0.addresses) }
+        throw ConnectionError.noServer(export: configuration.exportName, addresses: addresses, lastError: refusal)
     }
 
     public func close() {
@@ -157,7 +161,7 @@ public final class ServerConnection: @unchecked Sendable {
 
     private func tryAddress(attempt: Int) {
         let (address, closed) = state.withLockedValue { state in
-            (configuration.addresses[state.addressIndex % configuration.addresses.count], state.closed)
+            (state.addresses[state.addressIndex % state.addresses.count], state.closed)
         }
         if closed { return }
         let welcomed = group.next().makePromise(of: UInt64.self)
@@ -167,6 +171,7 @@ public final class ServerConnection: @unchecked Sendable {
             welcomed.fail(RefusedError(refusal: .notActive, detail: "no answer to hello within \(self.configuration.connectTimeout)"))
         }
         ClientBootstrap(group: group)
+            .multipath()
             .connectTimeout(configuration.connectTimeout)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 4096, initial: 65536, maximum: 1 << 20))
@@ -203,8 +208,9 @@ public final class ServerConnection: @unchecked Sendable {
                     // After a full round of addresses, pause before the next:
                     // 2 ms, then twice as long each round up to `retryDelay`
                     // (a swap's new server comes up within milliseconds).
-                    let rounds = next / configuration.addresses.count
-                    let delay = next % configuration.addresses.count == 0
+                    let count = state.withLockedValue { $0.addresses.count }
+                    let rounds = next / count
+                    let delay = next % count == 0
                         ? min(configuration.retryDelay, .milliseconds(Int64(1) << min(rounds, 20))) : .zero
                     group.next().scheduleTask(in: delay) { self.tryAddress(attempt: next) }
                 }
@@ -260,6 +266,26 @@ public final class ServerConnection: @unchecked Sendable {
         request?.completion(reply)
     }
 
+    /// A server told where the export may be served: those addresses, the
+    /// connected one first, then the mount's own that it did not name.
+    fileprivate func learned(_ told: [NodeAddress], from channel: Channel) {
+        let changed = state.withLockedValue { state -> [NodeAddress]? in
+            guard state.channel === channel || state.connecting else { return nil }
+            var addresses = told
+            for address in state.addresses where !addresses.contains(address) { addresses.append(address) }
+            guard addresses != state.addresses else { return nil }
+            let current = state.addresses[state.addressIndex % state.addresses.count]
+            state.addresses = addresses
+            state.addressIndex = addresses.firstIndex(of: current) ?? 0
+            return addresses
+        }
+        if let changed {
+            logger.info("export addresses learned from the server", metadata: [
+                "export": "\(configuration.exportName)", "addresses": "\(changed.map(\.description).joined(separator: ","))",
+            ])
+        }
+    }
+
     fileprivate func refused(_ refusal: Refusal, detail: String) {
         state.withLockedValue { $0.lastRefusal = "\(refusal): \(detail)" }
     }
@@ -298,8 +324,10 @@ public final class ServerConnection: @unchecked Sendable {
             return (state.highestEpoch, true)
         }
         guard start else { return }
-        let answers = configuration.addresses.enumerated().map { index, address in
+        let addresses = state.withLockedValue { $0.addresses }
+        let answers = addresses.enumerated().map { index, address in
             ClientBootstrap(group: group)
+                .multipath()
                 .connectTimeout(.milliseconds(300))
                 .channelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
@@ -322,12 +350,13 @@ public final class ServerConnection: @unchecked Sendable {
                 state.looking = false
                 guard let newer else { return nil }
                 // One before it: closing the connection moves on to the next address (see `lost`).
-                state.addressIndex = newer.0 + configuration.addresses.count - 1
+                let index = state.addresses.firstIndex(of: addresses[newer.0]) ?? 0
+                state.addressIndex = index + state.addresses.count - 1
                 return state.channel
             }
             if let newer, let channel {
                 logger.warning("a newer server serves the export: leaving the stalled one", metadata: [
-                    "export": "\(configuration.exportName)", "address": "\(configuration.addresses[newer.0])", "epoch": "\(newer.1)",
+                    "export": "\(configuration.exportName)", "address": "\(addresses[newer.0])", "epoch": "\(newer.1)",
                 ])
                 channel.close(promise: nil)
             }
@@ -369,6 +398,8 @@ private final class ReplyHandler: ChannelInboundHandler, @unchecked Sendable {
             context.close(promise: nil)
         case .reply(let sequence, let epoch, let reply):
             connection.received(sequence: sequence, epoch: epoch, reply: reply)
+        case .exportAddresses(let addresses):
+            connection.learned(addresses, from: context.channel)
         default:
             // Nothing else is for a client: whoever sends it is not an export server.
             context.close(promise: nil)

@@ -1,0 +1,179 @@
+// Goal (issue 9, DESIGN.md §6): a NIC or a switch that fails is a short
+// pause, never a failover. Any single NIC of either node or of the client,
+// or either switch, fails while fio writes and verifies through a mount that
+// named one address: fio sees no error and verifies, the epoch and the
+// server do not change, the traffic goes on over the other path, and both
+// replicas are equal afterwards. A path that flaps changes nothing either;
+// a server that stalls while one path is cut still fails over.
+// Method: the network test bed (`mountscripts/testbed`), agents in the
+// nodes' namespaces with both NICs as paths, the mount in the client's;
+// connections are MPTCP, the agents announce their second address, and
+// `ss` in a namespace shows the bytes each path's subflow carried.
+import Foundation
+import XCTest
+
+final class RedundantPathTests: XCTestCase {
+    override func setUpWithError() throws {
+        guard FileManager.default.isReadableFile(atPath: "/dev/fuse"), getuid() == 0 else {
+            throw XCTSkip("needs root and /dev/fuse")
+        }
+    }
+
+    func testNIC1OfTheServingNode() throws { try assertRidesThrough(cutting: .nic(1, .a)) }
+    func testNIC2OfTheServingNode() throws { try assertRidesThrough(cutting: .nic(2, .a)) }
+    func testNIC1OfTheStandbyNode() throws { try assertRidesThrough(cutting: .nic(1, .b)) }
+    func testNIC2OfTheStandbyNode() throws { try assertRidesThrough(cutting: .nic(2, .b)) }
+    func testNIC1OfTheClient() throws { try assertRidesThrough(cutting: .nic(1, .client)) }
+    func testNIC2OfTheClient() throws { try assertRidesThrough(cutting: .nic(2, .client)) }
+    func testSwitch1() throws { try assertRidesThrough(cutting: .networkSwitch(1)) }
+    func testSwitch2() throws { try assertRidesThrough(cutting: .networkSwitch(2)) }
+
+    /// Path 1 of the serving node cut and restored five times in ten seconds.
+    func testAFlappingPath() throws {
+        try assertRidesThrough(cutting: .nic(1, .a), times: 5)
+    }
+
+    /// A stalled server still fails over when one path is already cut: the
+    /// monitor misses the probes on the path that is left.
+    func testAStalledServerFailsOverWithOnePathCut() throws {
+        let bed = try TestBed(self)
+        let cluster = try TwoNodeCluster(self, bed: bed)
+        let mount = try cluster.mount(self, "demo", onlyNodeA: true)
+        let before = try XCTUnwrap(try cluster.server("demo"))
+        try bed.cut(switch: 2)
+        try waitForLog(cluster, "network path down")
+        _ = try fioAcross(cluster, mount: mount) {
+            kill(before.pid, SIGSTOP)
+            try cluster.waitUntilServed("demo", on: "b", epoch: before.epoch + 1)
+        }
+        XCTAssertTrue(cluster.logs.contains("export server failed"), cluster.logs)
+        try bed.restore(switch: 2)
+        try cluster.waitUntilReplicated("demo", epoch: before.epoch + 1)
+        try cluster.stopAllInStep("demo", unmounting: mount)
+        try cluster.assertSameFiles("demo")
+    }
+
+    // MARK: The rows
+
+    enum Fault: CustomStringConvertible {
+        case nic(Int, TestBed.Node)
+        case networkSwitch(Int)
+
+        var description: String {
+            switch self {
+            case .nic(let nic, let node): "NIC \(nic) of \(node)"
+            case .networkSwitch(let number): "switch \(number)"
+            }
+        }
+
+        /// The path the fault cuts.
+        var path: Int {
+            switch self {
+            case .nic(let nic, _): nic
+            case .networkSwitch(let number): number
+            }
+        }
+
+        /// Whether the agents hear it (a client's NIC is nothing to them).
+        var cutsANodesPath: Bool {
+            if case .nic(_, .client) = self { return false }
+            return true
+        }
+
+        func cut(_ bed: TestBed) throws {
+            switch self {
+            case .nic(let nic, let node): try bed.cut(nic: nic, node: node)
+            case .networkSwitch(let number): try bed.cut(switch: number)
+            }
+        }
+
+        func restore(_ bed: TestBed) throws {
+            switch self {
+            case .nic(let nic, let node): try bed.restore(nic: nic, node: node)
+            case .networkSwitch(let number): try bed.restore(switch: number)
+            }
+        }
+    }
+
+    /// fio through the mount while `fault` is cut (and restored, `times`
+    /// times); asserts that nothing failed over, fio verified, the client's
+    /// writes went on over the other path during the cut, and the replicas agree.
+    private func assertRidesThrough(cutting fault: Fault, times: Int = 1, file: StaticString = #filePath, line: UInt = #line) throws {
+        let bed = try TestBed(self)
+        let cluster = try TwoNodeCluster(self, bed: bed)
+        let mount = try cluster.mount(self, "demo", onlyNodeA: true)
+        let before = try XCTUnwrap(try cluster.server("demo"))
+        let otherPath = 3 - fault.path
+        _ = try fioAcross(cluster, mount: mount) {
+            for round in 1...times {
+                let sent = try clientBytesSent(bed, path: otherPath)
+                try fault.cut(bed)
+                // The writes went on, over the path that is left.
+                try waitUntil("1 MiB more sent by the client on path \(otherPath) with \(fault) cut (round \(round))") {
+                    try clientBytesSent(bed, path: otherPath) >= sent + (1 << 20)
+                }
+                // Long enough for the agents to see it (they wait a heartbeat grace), when it is theirs to see.
+                if fault.cutsANodesPath, times == 1 { try waitForLog(cluster, "network path down") }
+                try fault.restore(bed)
+                if times > 1 { try waitUntil("path \(fault.path) carries traffic again") { try bed.ping(from: .client, to: TestBed.Node.a.address(nic: fault.path)).outcome == .answered } }
+            }
+        }
+        let after = try XCTUnwrap(try cluster.server("demo"))
+        XCTAssertEqual(after.epoch, before.epoch, "\(fault): the export failed over; \(cluster.logs)", file: file, line: line)
+        XCTAssertEqual(after.pid, before.pid, "\(fault): the server changed", file: file, line: line)
+        XCTAssertFalse(cluster.logs.contains("swap begins"), "\(fault): \(cluster.logs)", file: file, line: line)
+        if fault.cutsANodesPath, times == 1 { try waitForLog(cluster, "network path up") }
+        try cluster.stopAllInStep("demo", unmounting: mount)
+        try cluster.assertSameFiles("demo")
+    }
+
+    /// fio rounds (each writes 32 MiB at random and verifies it) until `inject` has returned.
+    private func fioAcross(_ cluster: TwoNodeCluster, mount: MountProcess, _ inject: () throws -> Void) throws -> String {
+        let output = cluster.directory + "/fio-\(UUID().uuidString.prefix(6)).out"
+        let stop = cluster.directory + "/fio-stop"
+        let round = "/usr/bin/fio --name=paths --directory=\(mount.mountpoint) --rw=randwrite --bsrange=4k-256k --size=32m "
+            + "--ioengine=psync --verify=crc32c --do_verify=1 --verify_fatal=1 --aux-path=\(cluster.directory)"
+        let job = try start(self, "/bin/bash", ["-c", "rm -f \(stop); rounds=0; "
+            + "until [ -e \(stop) ] && [ $rounds -gt 0 ]; do \(round) || exit 1; rounds=$((rounds + 1)); done; echo rounds=$rounds"],
+            output: output)
+        try waitUntil("fio writing") { try clientBytesSent(cluster.bed!, path: 1) + clientBytesSent(cluster.bed!, path: 2) > 4 << 20 }
+        try inject()
+        _ = FileManager.default.createFile(atPath: stop, contents: nil)
+        job.waitUntilExit()
+        let text = (try? String(contentsOfFile: output, encoding: .utf8)) ?? ""
+        XCTAssertEqual(job.terminationStatus, 0, text)
+        let summaries = text.split(separator: "\n").filter { $0.contains("err=") }
+        XCTAssertFalse(summaries.isEmpty, "no fio round ended: \(text)")
+        XCTAssertTrue(summaries.allSatisfy { $0.contains("err= 0") }, text)
+        XCTAssertFalse(text.contains("verify:"), "fio found bad data: \(text)")
+        return text
+    }
+
+    /// Bytes the client's sockets sent from its address on `path` (`ss`'s bytes_sent).
+    private func clientBytesSent(_ bed: TestBed, path: Int) throws -> Int {
+        let local = TestBed.Node.client.address(nic: path)
+        let result = try bed.exec(.client, ["ss", "-tinH", "state", "established"])
+        var total = 0
+        var counting = false
+        for line in result.output.split(separator: "\n") {
+            if !line.hasPrefix(" ") && !line.hasPrefix("\t") {
+                counting = line.split(whereSeparator: \.isWhitespace).contains { $0.hasPrefix(local + ":") }
+            } else if counting, let field = line.split(whereSeparator: \.isWhitespace).first(where: { $0.hasPrefix("bytes_sent:") }) {
+                total += Int(field.dropFirst("bytes_sent:".count)) ?? 0
+            }
+        }
+        return total
+    }
+
+    private func waitForLog(_ cluster: TwoNodeCluster, _ text: String, timeout: TimeInterval = 20) throws {
+        try waitUntil("'\(text)' in the agents' logs; \(cluster.logs)", timeout: timeout) { cluster.logs.contains(text) }
+    }
+
+    private func waitUntil(_ what: @autoclosure () -> String, timeout: TimeInterval = 20, _ condition: () throws -> Bool) throws {
+        let deadline = Date().addingTimeInterval(timeout)
+        while try !condition() {
+            guard Date() < deadline else { throw TestError("not within \(timeout) s: \(what())") }
+            usleep(50_000)
+        }
+    }
+}
