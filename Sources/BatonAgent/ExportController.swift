@@ -81,7 +81,7 @@ final class ExportController: @unchecked Sendable {
     private var clientAddress: NodeAddress { agent.clientAddress(export, on: agent.me) }
     /// The peer's monitor port at each of its addresses: the monitor probes on every path.
     private var peerMonitorAddresses: [NodeAddress] {
-        NodeAgent.agentAddresses(of: agent.peer).map { NodeAddress(host: $0.host, port: export.monitorPort) }
+        agent.peer.agentAddresses.map { NodeAddress(host: $0.host, port: export.monitorPort) }
     }
 
     /// Decides the role at agent start: serve if this node served last (or is
@@ -132,8 +132,8 @@ final class ExportController: @unchecked Sendable {
         try ExportProcess(
             executable: agent.executable, exportName: export.name, dataDirectory: directory, listen: clientAddress,
             monitorListen: agent.monitorAddress(export, on: agent.me),
-            pathAddresses: NodeAgent.agentAddresses(of: agent.me).dropFirst().map(\.host),
-            exportAddresses: [agent.me, agent.peer].flatMap(NodeAgent.agentAddresses).map { NodeAddress(host: $0.host, port: export.port) },
+            pathAddresses: agent.me.agentAddresses.dropFirst().map(\.host),
+            exportAddresses: [agent.me, agent.peer].flatMap(\.agentAddresses).map { NodeAddress(host: $0.host, port: export.port) },
             secretFile: agent.configuration.secretFile, standby: agent.peerAgentAddress, node: agent.me.name,
             replication: export.replication,
             standbyWaitLimitMilliseconds: agent.configuration.timings.standbyWaitLimitMilliseconds,

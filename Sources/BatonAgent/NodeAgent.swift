@@ -79,7 +79,7 @@ public final class NodeAgent: @unchecked Sendable {
     /// kernel's MPTCP announces them (`MultipathEndpoints`). Nil for a node
     /// on one address (loopback, one NIC): nothing to announce.
     private var multipathAddresses: [String]? {
-        let hosts = Self.agentAddresses(of: me).map(\.host)
+        let hosts = me.agentAddresses.map(\.host)
         return hosts.count > 1 ? hosts : nil
     }
 
@@ -100,13 +100,6 @@ public final class NodeAgent: @unchecked Sendable {
     }
 
     var peerAgentAddress: NodeAddress { NodeAddress(host: peer.agent.host, port: peer.agent.port) }
-
-    /// Where a node's agent answers: its agent address, then each of its paths.
-    static func agentAddresses(of node: NodeConfiguration) -> [NodeAddress] {
-        var hosts = [node.agent.host]
-        for path in node.paths where !hosts.contains(path) { hosts.append(path) }
-        return hosts.map { NodeAddress(host: $0, port: node.agent.port) }
-    }
 
     func clientAddress(_ export: ExportConfiguration, on node: NodeConfiguration) -> NodeAddress {
         let address = configuration.clientAddress(of: export, on: node)
@@ -148,11 +141,11 @@ public final class NodeAgent: @unchecked Sendable {
                     try channel.pipeline.syncOperations.addHandler(AgentSessionHandler(agent: self))
                 }
             }
-        for address in Self.agentAddresses(of: me) {
+        for address in me.agentAddresses {
             listeners.append(try bootstrap.bind(host: address.host, port: address.port).wait())
         }
         logger.info("agent listening", metadata: [
-            "node": "\(me.name)", "addresses": "\(Self.agentAddresses(of: me).map(\.description).joined(separator: ", "))",
+            "node": "\(me.name)", "addresses": "\(me.agentAddresses.map(\.description).joined(separator: ", "))",
             "peer": "\(peer.name)",
         ])
         let peerExports = peerServedExports()
@@ -203,7 +196,7 @@ public final class NodeAgent: @unchecked Sendable {
         default: 1000
         }
         var failures: [String] = []
-        for address in Self.agentAddresses(of: peer) {
+        for address in peer.agentAddresses {
             do {
                 return try PeerClient.request(request, to: address, node: me.name, secret: secret, timeoutMilliseconds: timeout)
             } catch {
@@ -215,11 +208,33 @@ public final class NodeAgent: @unchecked Sendable {
 
     func controller(_ export: String) -> ExportController? { controllers[export] }
 
+    /// This node's TCP connections at each local address, by what they carry:
+    /// clients and probes served here, probes of the peer's servers,
+    /// replication and agent requests either way.
+    private func connectionsByAddress() -> [String: [String: Int]] {
+        let clientPorts = Set(configuration.exports.map(\.port)), monitorPorts = Set(configuration.exports.map(\.monitorPort))
+        var counts: [String: [String: Int]] = [:]
+        for connection in TCPCensus.established() {
+            let kind: String
+            if clientPorts.contains(connection.localPort) {
+                kind = "clients"
+            } else if monitorPorts.contains(connection.localPort) || monitorPorts.contains(connection.remotePort) {
+                kind = "probes"
+            } else if connection.localPort == me.agent.port || connection.remotePort == peer.agent.port {
+                kind = "replication"
+            } else {
+                continue
+            }
+            counts[connection.localHost, default: [:]][kind, default: 0] += 1
+        }
+        return counts
+    }
+
     func answer(_ request: AgentRequest) -> (Bool, String) {
         switch request {
         case .status:
             let exports = configuration.exports.compactMap { controllers[$0.name]?.status() }
-            let json = ["node": me.name, "exports": exports, "peer": peerWatch.status()] as [String: Any]
+            let json = ["node": me.name, "exports": exports, "peer": peerWatch.status(connections: connectionsByAddress())] as [String: Any]
             let data = (try? JSONSerialization.data(withJSONObject: json, options: [.sortedKeys])) ?? Data("{}".utf8)
             return (true, String(decoding: data, as: UTF8.self))
         case .fence(let export, let epoch):

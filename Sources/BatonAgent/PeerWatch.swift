@@ -184,8 +184,9 @@ final class PeerWatch: @unchecked Sendable {
         reach.isGoneForTakeover(at: MonitorRunner.now(), takeoverDelay: timings.takeoverDelay)
     }
 
-    /// For `baton status` and `baton diagnose`.
-    func status() -> [String: Any] {
+    /// For `baton status` and `baton diagnose`; `connections`: the TCP
+    /// connections (MPTCP subflows among them) at each local address, by what they carry.
+    func status(connections: [String: [String: Int]] = [:]) -> [String: Any] {
         let now = MonitorRunner.now()
         return shared.withLockedValue { state in
             var entry: [String: Any] = [
@@ -196,7 +197,8 @@ final class PeerWatch: @unchecked Sendable {
                      "silent": state.silentPaths.contains(path),
                      "state": state.silentPaths.contains(path) ? "down" : "up",
                      "since_ms_ago": Int((now - min(now, state.pathChangedAt[path])).nanoseconds / 1_000_000),
-                     "carries": Self.traffic(on: path, silent: state.silentPaths)]
+                     "connections": connections[myPaths[path]] ?? [:],
+                     "carries": ["heartbeats"] + (connections[myPaths[path]] ?? [:]).filter { $0.value > 0 }.keys.sorted()]
                 },
                 "peer_gone": state.peerGone, "self_fenced": state.selfFenced,
             ]
@@ -253,13 +255,6 @@ final class PeerWatch: @unchecked Sendable {
                 "cause": "no heartbeat for \(timings.agentHeartbeatGrace); the diagnosis names the part",
             ])
         }
-    }
-
-    /// What goes over a path in the state the heartbeats show: heartbeats
-    /// always (they test it); connections' subflows and the monitor's
-    /// probes while it is up.
-    static func traffic(on path: NetworkPath, silent: [NetworkPath]) -> [String] {
-        silent.contains(path) ? ["heartbeats"] : ["heartbeats", "probes", "clients", "replication"]
     }
 
     private func send(_ datagram: AgentDatagram, on path: NetworkPath, to address: SocketAddress? = nil) {

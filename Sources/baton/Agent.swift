@@ -50,11 +50,11 @@ struct AgentOptions: ParsableArguments {
         }
     }
 
-    func targets() throws -> (agents: [NodeAddress], secret: [UInt8]) {
-        if let agent, let secretFile { return ([agent], try SecretFile.read(secretFile)) }
+    /// Each agent's addresses: its agent address, then its other paths' (a request goes over the first that connects).
+    func targets() throws -> (agents: [[NodeAddress]], secret: [UInt8]) {
+        if let agent, let secretFile { return ([[agent]], try SecretFile.read(secretFile)) }
         let cluster = try ClusterFile.load(config!)
-        let agents = cluster.nodes.map { NodeAddress(host: $0.agent.host, port: $0.agent.port) }
-        return (agents, try SecretFile.read(secretFile ?? cluster.secretFile))
+        return (cluster.nodes.map(\.agentAddresses), try SecretFile.read(secretFile ?? cluster.secretFile))
     }
 }
 
@@ -70,21 +70,25 @@ struct Status: ParsableCommand {
         let (addresses, secret) = try agents.targets()
         var exports: [String: [String: Any]] = [:]
         var unreachable: [String] = []
-        for address in addresses {
+        var paths: [[String: Any]] = []
+        for agent in addresses {
             do {
-                let (_, text) = try PeerClient.request(.status, to: address, node: "admin", secret: secret)
+                let (_, text) = try PeerClient.request(.status, toAnyOf: agent, node: "admin", secret: secret)
                 let view = try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any] ?? [:]
+                if let peer = view["peer"] as? [String: Any] {
+                    paths.append(["node": view["node"] ?? "?", "peer": peer["name"] ?? "?", "paths": peer["paths"] ?? []])
+                }
                 for entry in view["exports"] as? [[String: Any]] ?? [] {
                     guard let name = entry["name"] as? String else { continue }
                     exports[name] = StatusMerge.merge(exports[name] ?? ["name": name], entry)
                 }
             } catch {
-                unreachable.append("\(address): \(error)")
+                unreachable.append("\(agent[0]): \(error)")
             }
         }
         let ordered = exports.keys.sorted().map { exports[$0]! }
         if json {
-            let object: [String: Any] = ["exports": ordered, "unreachable_agents": unreachable]
+            let object: [String: Any] = ["exports": ordered, "unreachable_agents": unreachable, "paths": paths]
             let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .prettyPrinted])
             print(String(decoding: data, as: UTF8.self))
             return
@@ -112,6 +116,15 @@ struct Status: ParsableCommand {
             guard let waiting = entry["waiting"] as? [String: Any] else { continue }
             print("\(entry["name"]!): \(waiting["node"] ?? "?") waits for its peer before serving: \(waiting["why"] ?? "")"
                   + " (to serve without it: \(waiting["force"] ?? ""))")
+        }
+        for view in paths {
+            let each = (view["paths"] as? [[String: Any]] ?? []).map { path -> String in
+                let state = path["state"] as? String ?? "?"
+                let since = (path["since_ms_ago"] as? Int).map { String(format: "%.1f s", Double($0) / 1000) } ?? "?"
+                return "path \(path["path"] ?? "?") \(state == "down" ? "DOWN" : state) for \(since)"
+                    + " (\((path["carries"] as? [String])?.joined(separator: ", ") ?? "?"))"
+            }
+            print("node \(view["node"]!) to \(view["peer"]!): \(each.joined(separator: "; "))")
         }
         for problem in unreachable { print("agent unreachable: \(problem)") }
     }
@@ -175,7 +188,7 @@ struct ForceServe: ParsableCommand {
             throw ValidationError("no node '\(node)' in \(config) (nodes: \(cluster.nodes.map(\.name).joined(separator: ", ")))")
         }
         let secret = try SecretFile.read(secretFile ?? cluster.secretFile)
-        let (ok, text) = try PeerClient.request(.forceServe(export: export), to: NodeAddress(host: target.agent.host, port: target.agent.port),
+        let (ok, text) = try PeerClient.request(.forceServe(export: export), toAnyOf: target.agentAddresses,
                                                 node: "admin", secret: secret, timeoutMilliseconds: 10_000)
         guard ok else { throw ValidationError(text) }
         print("warning: \(text)")
@@ -205,8 +218,7 @@ struct Migrate: ParsableCommand {
             guard let node = cluster.node(named: to) else {
                 throw ValidationError("no node '\(to)' in \(config) (nodes: \(cluster.nodes.map(\.name).joined(separator: ", ")))")
             }
-            let (_, text) = try PeerClient.request(.status, to: NodeAddress(host: node.agent.host, port: node.agent.port),
-                                                   node: "admin", secret: secret)
+            let (_, text) = try PeerClient.request(.status, toAnyOf: node.agentAddresses, node: "admin", secret: secret)
             let view = try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any] ?? [:]
             let entry = (view["exports"] as? [[String: Any]])?.first { $0["name"] as? String == export }
             if entry?["role"] as? String == "server" {
@@ -214,17 +226,17 @@ struct Migrate: ParsableCommand {
                 return
             }
             // The standby there runs the swap itself.
-            targets = [NodeAddress(host: node.agent.host, port: node.agent.port)]
+            targets = [node.agentAddresses]
         }
         var answers: [String] = []
-        for address in targets {
-            let (ok, text) = try PeerClient.request(.migrate(export: export), to: address, node: "admin", secret: secret,
+        for agent in targets {
+            let (ok, text) = try PeerClient.request(.migrate(export: export), toAnyOf: agent, node: "admin", secret: secret,
                                                     timeoutMilliseconds: 10_000)
             if ok {
                 print(text)
                 return
             }
-            answers.append("\(address): \(text)")
+            answers.append("\(agent[0]): \(text)")
         }
         throw ValidationError("no agent could migrate '\(export)': \(answers.joined(separator: "; "))")
     }

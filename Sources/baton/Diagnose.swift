@@ -17,13 +17,13 @@ struct Diagnose: ParsableCommand {
     func run() throws {
         let (addresses, secret) = try agents.targets()
         var views: [[String: Any]] = []
-        for address in addresses {
+        for agent in addresses {
             do {
-                let (_, text) = try PeerClient.request(.status, to: address, node: "admin", secret: secret)
+                let (_, text) = try PeerClient.request(.status, toAnyOf: agent, node: "admin", secret: secret)
                 let view = try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any] ?? [:]
-                views.append(["agent": address.description, "node": view["node"] ?? "?", "peer": view["peer"] ?? [:]])
+                views.append(["agent": agent[0].description, "node": view["node"] ?? "?", "peer": view["peer"] ?? [:]])
             } catch {
-                views.append(["agent": address.description, "unreachable": "\(error)"])
+                views.append(["agent": agent[0].description, "unreachable": "\(error)"])
             }
         }
         if json {
@@ -39,8 +39,9 @@ struct Diagnose: ParsableCommand {
             print("node \(view["node"]!) (agent \(view["agent"]!)), peer \(peer["name"] ?? "?"):")
             for path in peer["paths"] as? [[String: Any]] ?? [] {
                 let switchText = (path["switch"] as? String).flatMap { $0.isEmpty ? nil : ", switch \($0)" } ?? ""
-                print("  path \(path["path"]!): \(path["local"]!) -> \(path["peer"]!)\(switchText): last heard "
-                      + "\(path["last_heard_ms_ago"]!) ms ago\(path["silent"] as? Bool == true ? " (SILENT)" : "")")
+                let carries = (path["carries"] as? [String])?.joined(separator: ", ") ?? "?"
+                print("  path \(path["path"]!): \(path["local"]!) -> \(path["peer"]!)\(switchText): \(path["state"] ?? "?") for "
+                      + "\(Self.seconds(path["since_ms_ago"])), last heard \(path["last_heard_ms_ago"]!) ms ago; carries \(carries)")
             }
             if peer["self_fenced"] as? Bool == true { print("  this node is isolated and has stopped its export servers") }
             if peer["peer_gone"] as? Bool == true { print("  the peer is gone: its exports are taken over, servers here go on alone") }
@@ -56,6 +57,12 @@ struct Diagnose: ParsableCommand {
             }
             print("")
         }
+    }
+
+    /// "12.3 s" from milliseconds.
+    private static func seconds(_ milliseconds: Any?) -> String {
+        guard let milliseconds = milliseconds as? Int else { return "?" }
+        return String(format: "%.1f s", Double(milliseconds) / 1000)
     }
 
     /// The ladder's rungs in the order it climbs them.

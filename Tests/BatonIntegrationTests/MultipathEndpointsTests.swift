@@ -26,3 +26,15 @@ final class MultipathEndpointsTests: XCTestCase {
         XCTAssertEqual(MultipathEndpoints.endpoints(""), [:])
     }
 }
+
+/// Goal: `baton status` counts a path's connections from `/proc/net/tcp` right.
+final class TCPCensusTests: XCTestCase {
+    func testEstablishedConnectionsAreReadWithTheirLocalAddress() {
+        let table = """
+          sl  local_address rem_address   st tx_queue rx_queue tr tm->when retrnsmt   uid  timeout inode
+           0: 010112C6:1B58 0A0112C6:9C4E 01 00000000:00000000 00:00000000 00000000     0        0 1 1 0 20 4 30 10 -1
+           1: 010212C6:1B58 0A0212C6:9C4F 0A 00000000:00000000 00:00000000 00000000     0        0 2 1 0 20 4 30 10 -1
+        """
+        XCTAssertEqual(TCPCensus.parse(table), [TCPCensus.Connection(localHost: "198.18.1.1", localPort: 7000, remotePort: 40014)])
+    }
+}

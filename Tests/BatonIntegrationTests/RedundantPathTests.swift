@@ -75,9 +75,16 @@ final class RedundantPathTests: XCTestCase {
         }
 
         /// Whether the agents hear it (a client's NIC is nothing to them).
-        var cutsANodesPath: Bool {
-            if case .nic(_, .client) = self { return false }
-            return true
+        var cutsANodesPath: Bool { !cuts(.client) }
+
+        /// Whether it cuts the path between `one` and `other` (a NIC of either, or the switch).
+        func cutsTheRoute(between one: TestBed.Node, and other: TestBed.Node) -> Bool {
+            cuts(one) || cuts(other) || { if case .networkSwitch = self { true } else { false } }()
+        }
+
+        private func cuts(_ node: TestBed.Node) -> Bool {
+            if case .nic(_, let cut) = self { return cut == node }
+            return false
         }
 
         func cut(_ bed: TestBed) throws {
@@ -106,14 +113,24 @@ final class RedundantPathTests: XCTestCase {
         let otherPath = 3 - fault.path
         _ = try fioAcross(cluster, mount: mount) {
             for round in 1...times {
-                let sent = try clientBytesSent(bed, path: otherPath)
+                // The client's writes to a and a's replication to b go on,
+                // over the path that is left where the fault cuts their route.
+                let routes = [(TestBed.Node.client, TestBed.Node.a), (.a, .b)].map { from, to in
+                    (from, to, fault.cutsTheRoute(between: from, and: to) ? [otherPath] : [1, 2])
+                }
+                let sent = try routes.map { try bytesSent(bed, from: $0.0, to: $0.1, paths: $0.2) }
                 try fault.cut(bed)
-                // The writes went on, over the path that is left.
-                try waitUntil("1 MiB more sent by the client on path \(otherPath) with \(fault) cut (round \(round))") {
-                    try clientBytesSent(bed, path: otherPath) >= sent + (1 << 20)
+                for ((from, to, paths), before) in zip(routes, sent) {
+                    try waitUntil("1 MiB more sent from \(from) to \(to) on path \(paths) with \(fault) cut (round \(round))") {
+                        try bytesSent(bed, from: from, to: to, paths: paths) >= before + (1 << 20)
+                    }
                 }
                 // Long enough for the agents to see it (they wait a heartbeat grace), when it is theirs to see.
-                if fault.cutsANodesPath, times == 1 { try waitForLog(cluster, "network path down") }
+                if fault.cutsANodesPath, times == 1 {
+                    try waitForLog(cluster, "network path down")
+                    let states = try pathStates(cluster)
+                    XCTAssertTrue(states.contains("\(fault.path) down"), "\(fault): \(states)", file: file, line: line)
+                }
                 try fault.restore(bed)
                 if times > 1 { try waitUntil("path \(fault.path) carries traffic again") { try bed.ping(from: .client, to: TestBed.Node.a.address(nic: fault.path)).outcome == .answered } }
             }
@@ -122,7 +139,11 @@ final class RedundantPathTests: XCTestCase {
         XCTAssertEqual(after.epoch, before.epoch, "\(fault): the export failed over; \(cluster.logs)", file: file, line: line)
         XCTAssertEqual(after.pid, before.pid, "\(fault): the server changed", file: file, line: line)
         XCTAssertFalse(cluster.logs.contains("swap begins"), "\(fault): \(cluster.logs)", file: file, line: line)
-        if fault.cutsANodesPath, times == 1 { try waitForLog(cluster, "network path up") }
+        if fault.cutsANodesPath, times == 1 {
+            try waitForLog(cluster, "network path up")
+            // The alarm clears: every agent sees every path up, and path 1 carries replication and probes again.
+            try waitUntil("every path up again: \((try? pathStates(cluster)) ?? [])") { try pathStates(cluster).allSatisfy { $0.hasSuffix(" up") } }
+        }
         try cluster.stopAllInStep("demo", unmounting: mount)
         try cluster.assertSameFiles("demo")
     }
@@ -136,7 +157,7 @@ final class RedundantPathTests: XCTestCase {
         let job = try start(self, "/bin/bash", ["-c", "rm -f \(stop); rounds=0; "
             + "until [ -e \(stop) ] && [ $rounds -gt 0 ]; do \(round) || exit 1; rounds=$((rounds + 1)); done; echo rounds=$rounds"],
             output: output)
-        try waitUntil("fio writing") { try clientBytesSent(cluster.bed!, path: 1) + clientBytesSent(cluster.bed!, path: 2) > 4 << 20 }
+        try waitUntil("fio writing") { try bytesSent(cluster.bed!, from: .client, to: .a, paths: [1, 2]) > 4 << 20 }
         try inject()
         _ = FileManager.default.createFile(atPath: stop, contents: nil)
         job.waitUntilExit()
@@ -149,15 +170,26 @@ final class RedundantPathTests: XCTestCase {
         return text
     }
 
-    /// Bytes the client's sockets sent from its address on `path` (`ss`'s bytes_sent).
-    private func clientBytesSent(_ bed: TestBed, path: Int) throws -> Int {
-        let local = TestBed.Node.client.address(nic: path)
-        let result = try bed.exec(.client, ["ss", "-tinH", "state", "established"])
+    /// "PATH STATE" of each path as each agent sees it (`baton status --json`).
+    private func pathStates(_ cluster: TwoNodeCluster) throws -> [String] {
+        let result = try cluster.admin(["status", "--json"])
+        let json = try JSONSerialization.jsonObject(with: Data(result.output.utf8)) as? [String: Any] ?? [:]
+        return (json["paths"] as? [[String: Any]] ?? []).flatMap { view in
+            (view["paths"] as? [[String: Any]] ?? []).map { "\($0["path"] ?? "?") \($0["state"] ?? "?")" }
+        }
+    }
+
+    /// Bytes `from`'s sockets sent to `to` on `paths` (`ss`'s bytes_sent of each TCP socket, MPTCP subflows among them).
+    private func bytesSent(_ bed: TestBed, from: TestBed.Node, to: TestBed.Node, paths: [Int]) throws -> Int {
+        let ends = paths.map { (local: from.address(nic: $0) + ":", peer: to.address(nic: $0) + ":") }
+        let result = try bed.exec(from.namespace, ["ss", "-tinH", "state", "established"])
         var total = 0
         var counting = false
         for line in result.output.split(separator: "\n") {
             if !line.hasPrefix(" ") && !line.hasPrefix("\t") {
-                counting = line.split(whereSeparator: \.isWhitespace).contains { $0.hasPrefix(local + ":") }
+                // "RECV-Q SEND-Q LOCAL:PORT PEER:PORT"
+                let words = line.split(whereSeparator: \.isWhitespace).map(String.init)
+                counting = words.count >= 4 && ends.contains { words[2].hasPrefix($0.local) && words[3].hasPrefix($0.peer) }
             } else if counting, let field = line.split(whereSeparator: \.isWhitespace).first(where: { $0.hasPrefix("bytes_sent:") }) {
                 total += Int(field.dropFirst("bytes_sent:".count)) ?? 0
             }

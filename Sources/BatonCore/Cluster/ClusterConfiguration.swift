@@ -139,6 +139,15 @@ public struct NodeConfiguration: Hashable, Sendable {
         self.paths = paths
         self.dataDirectory = dataDirectory
     }
+
+    /// Where the node's agent answers: its agent address, then each of its
+    /// other path addresses (same port). Export servers listen at these
+    /// hosts too, on their own ports.
+    public var agentAddresses: [HostAndPort] {
+        var hosts = [agent.host]
+        for path in paths where !hosts.contains(path) { hosts.append(path) }
+        return hosts.map { HostAndPort(host: $0, port: agent.port) }
+    }
 }
 
 /// One export: an `[[exports]]` table.

@@ -11,8 +11,33 @@ public enum PeerClient {
 
     public static func request(_ request: AgentRequest, to address: NodeAddress, node: String, secret: [UInt8],
                                timeoutMilliseconds: Int32 = 2000) throws -> (ok: Bool, text: String) {
-        let connection = try BlockingConnection(address, timeoutMilliseconds: timeoutMilliseconds,
-                                                connectTimeoutMilliseconds: connectTimeoutMilliseconds)
+        try self.request(request, toAnyOf: [address], node: node, secret: secret, timeoutMilliseconds: timeoutMilliseconds)
+    }
+
+    /// The same, to the first of `addresses` (one agent's addresses, one per
+    /// network path) that accepts the connection: with a path down, the
+    /// request goes over the other. Once connected it is sent there alone,
+    /// so a request is never carried out twice.
+    public static func request(_ request: AgentRequest, toAnyOf addresses: [NodeAddress], node: String, secret: [UInt8],
+                               timeoutMilliseconds: Int32 = 2000) throws -> (ok: Bool, text: String) {
+        var failures: [String] = []
+        for address in addresses {
+            let connection: BlockingConnection
+            do {
+                connection = try BlockingConnection(address, timeoutMilliseconds: timeoutMilliseconds,
+                                                    connectTimeoutMilliseconds: connectTimeoutMilliseconds)
+            } catch {
+                failures.append("\(error)")
+                continue
+            }
+            return try exchange(request, on: connection, node: node, secret: secret)
+        }
+        throw ProbeError(failures.joined(separator: "; "))
+    }
+
+    private static func exchange(_ request: AgentRequest, on connection: BlockingConnection, node: String,
+                                 secret: [UInt8]) throws -> (ok: Bool, text: String) {
+        let address = connection.address
         guard case .challenge(let nonce) = try connection.receive() else {
             throw ProbeError("\(address) did not challenge: it is not a Baton agent")
         }
