@@ -134,6 +134,7 @@ final class ExportController: @unchecked Sendable {
             monitorListen: agent.monitorAddress(export, on: agent.me),
             pathAddresses: agent.me.agentAddresses.dropFirst().map(\.host),
             exportAddresses: [agent.me, agent.peer].flatMap(\.agentAddresses).map { NodeAddress(host: $0.host, port: export.port) },
+            multipath: agent.isMultipath,
             secretFile: agent.configuration.secretFile, standby: agent.peerAgentAddress, node: agent.me.name,
             replication: export.replication,
             standbyWaitLimitMilliseconds: agent.configuration.timings.standbyWaitLimitMilliseconds,

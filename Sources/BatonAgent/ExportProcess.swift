@@ -28,7 +28,7 @@ final class ExportProcess: @unchecked Sendable {
     /// and waits for `promote` (ahead of a swap: the process start is then
     /// out of the pause).
     init(executable: String, exportName: String, dataDirectory: String, listen: NodeAddress, monitorListen: NodeAddress,
-         pathAddresses: [String], exportAddresses: [NodeAddress], secretFile: String,
+         pathAddresses: [String], exportAddresses: [NodeAddress], multipath: Bool, secretFile: String,
          standby: NodeAddress, node: String, replication: ReplicationMode, standbyWaitLimitMilliseconds: Int,
          awaitPromotion: Bool = false, logger: Logger,
          onExit: @escaping @Sendable (Int32) -> Void) throws {
@@ -36,13 +36,19 @@ final class ExportProcess: @unchecked Sendable {
         self.logger = logger
         self.listen = listen
         process.executableURL = URL(fileURLWithPath: executable)
-        process.arguments = [
+        var arguments: [String] = [
             "serve", "--export", exportName, "--data", dataDirectory, "--listen", listen.description,
             "--monitor-listen", monitorListen.description,
-        ] + pathAddresses.flatMap { ["--path-address", $0] } + exportAddresses.flatMap { ["--export-address", $0.description] } + [
+        ]
+        for host in pathAddresses { arguments += ["--path-address", host] }
+        for address in exportAddresses { arguments += ["--export-address", address.description] }
+        arguments += [
             "--secret-file", secretFile, "--standby", standby.description, "--node", node,
             "--replication", replication.rawValue, "--standby-wait-limit-ms", String(standbyWaitLimitMilliseconds),
-        ] + (awaitPromotion ? ["--await-promotion"] : ["--until-stdin-ends"])
+        ]
+        if multipath { arguments.append("--multipath") }
+        arguments.append(awaitPromotion ? "--await-promotion" : "--until-stdin-ends")
+        process.arguments = arguments
         awaitsPromotion = awaitPromotion
         process.standardInput = agentPipe
         process.standardOutput = output

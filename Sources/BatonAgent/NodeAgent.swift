@@ -71,8 +71,7 @@ public final class NodeAgent: @unchecked Sendable {
                         for controller in controllers.values { controller.peerBack(peerServes: peerExports?.contains(controller.export.name)) }
                     }
                 },
-                resumed: { [unowned self] gap in for controller in controllers.values { controller.agentResumed(after: gap) } },
-                pathBack: { [unowned self] path, silence, otherPathUp in reannounce(path, after: silence, otherPathUp: otherPathUp) }))
+                resumed: { [unowned self] gap in for controller in controllers.values { controller.agentResumed(after: gap) } }))
     }
 
     /// This node's distinct path addresses when it has more than one: the
@@ -83,21 +82,8 @@ public final class NodeAgent: @unchecked Sendable {
         return hosts.count > 1 ? hosts : nil
     }
 
-    /// A path silent this long may have left connections without their
-    /// subflow on it (the kernel tries a subflow's SYN for about 3 s).
-    static let reannounceAfter = TimeSpan.milliseconds(2_000)
-
-    /// The peer is heard on `path` again: after a long outage, announce this
-    /// node's address on it again, so that connections made meanwhile add
-    /// their subflow there. Not while the other path is down: announcing
-    /// again closes the subflows on the address first, and those may be a
-    /// connection's only ones.
-    private func reannounce(_ path: NetworkPath, after silence: TimeSpan, otherPathUp: Bool) {
-        let address = PeerWatch.paths(of: me)[path]
-        guard silence >= Self.reannounceAfter, otherPathUp, let endpoints = multipathEndpoints,
-              multipathAddresses?.contains(address) == true else { return }
-        DispatchQueue.global().async { endpoints.announce([address], again: true) }
-    }
+    /// This node has two path addresses: its long-lived connections are MPTCP (see `Multipath`).
+    var isMultipath: Bool { multipathAddresses != nil }
 
     var peerAgentAddress: NodeAddress { NodeAddress(host: peer.agent.host, port: peer.agent.port) }
 
@@ -127,7 +113,7 @@ public final class NodeAgent: @unchecked Sendable {
             }
         }
         let bootstrap = ServerBootstrap(group: group)
-            .multipath()
+            .multipath(isMultipath)
             // Out of descriptors (EMFILE), accept would fail at once, again and
             // again: a core spun and nothing was accepted. Back off instead.
             .serverChannelInitializer { channel in

@@ -20,8 +20,6 @@ final class PeerWatch: @unchecked Sendable {
         var peerBack: @Sendable () -> Void
         /// This agent did not run for the given time (stopped, frozen, starved).
         var resumed: @Sendable (TimeSpan) -> Void
-        /// The peer is heard on `path` again after `silence`; `otherPathUp`: it is heard on the other path too.
-        var pathBack: @Sendable (_ path: NetworkPath, _ silence: TimeSpan, _ otherPathUp: Bool) -> Void
     }
 
     private let me: NodeConfiguration
@@ -303,7 +301,7 @@ final class PeerWatch: @unchecked Sendable {
             for path in paths where liveness.heard(path, incarnation: incarnation, sequence: sequence, at: now) {
                 guard wasSilent.contains(path) else { continue }
                 back = true
-                pathHeardAgain(path, silence: now - min(now, heardBefore[path]), otherPathUp: !wasSilent.contains(path.other), at: now)
+                pathHeardAgain(path, silence: now - min(now, heardBefore[path]), at: now)
             }
             if back { peerHeardAgain(at: now) }
         case .probe(_, let nonce):
@@ -314,7 +312,7 @@ final class PeerWatch: @unchecked Sendable {
         }
     }
 
-    private func pathHeardAgain(_ path: NetworkPath, silence: TimeSpan, otherPathUp: Bool, at now: Instant) {
+    private func pathHeardAgain(_ path: NetworkPath, silence: TimeSpan, at now: Instant) {
         shared.withLockedValue { state in
             state.pathChangedAt[path] = now
             state.silentPaths.removeAll { $0 == path }
@@ -323,7 +321,6 @@ final class PeerWatch: @unchecked Sendable {
             "node": "\(me.name)", "peer": "\(peer.name)", "path": "\(path.rawValue)",
             "addresses": "\(myPaths[path]) → \(peerPaths[path])", "downFor": "\(silence)",
         ])
-        actions.pathBack(path, silence, otherPathUp)
     }
 
     private func peerHeardAgain(at now: Instant) {

@@ -79,6 +79,9 @@ public final class ExportServer: @unchecked Sendable {
     /// Where clients may find the export (every node, every path), told to
     /// each client after its welcome; set before `start`.
     public var exportAddresses: [NodeAddress] = []
+    /// This node has two network paths: listeners bound here are MPTCP, and
+    /// clients are told to connect with MPTCP (see `Multipath`).
+    public var multipath = false
     private let welcomedOnce = NIOLockedValueBox(false)
 
     func welcomed() {
@@ -156,7 +159,7 @@ public final class ExportServer: @unchecked Sendable {
     private func bind(_ listener: Listener, _ bootstrap: ServerBootstrap) throws -> Channel {
         switch listener {
         // A bound socket is MPTCP already where it can be (`ListeningSocket`); NIO refuses to be asked again.
-        case .address(let address): try bootstrap.multipath().bind(host: address.host, port: address.port).wait()
+        case .address(let address): try bootstrap.multipath(multipath).bind(host: address.host, port: address.port).wait()
         case .bound(let socket, _): try bootstrap.withBoundSocket(socket).wait()
         }
     }
@@ -532,8 +535,8 @@ final class ClientConnectionHandler: ChannelInboundHandler, @unchecked Sendable 
             self.session = session
             context.write(wrapOutboundOut(Message.welcome(epoch: server.epoch).frame(allocator: context.channel.allocator)), promise: nil)
             if version >= 2, purpose == .clients, !server.exportAddresses.isEmpty {
-                context.write(wrapOutboundOut(Message.exportAddresses(server.exportAddresses).frame(allocator: context.channel.allocator)),
-                              promise: nil)
+                let addresses = Message.exportAddresses(server.exportAddresses, multipath: server.multipath)
+                context.write(wrapOutboundOut(addresses.frame(allocator: context.channel.allocator)), promise: nil)
             }
             context.flush()
             if purpose == .clients { server.welcomed() }

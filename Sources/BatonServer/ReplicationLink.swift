@@ -19,6 +19,8 @@ public struct StandbyConfiguration: Sendable {
     /// answers without it (a standby whose disk or agent hangs, yet whose
     /// node still answers heartbeats, so that no diagnosis calls it gone).
     public var waitLimit: TimeAmount
+    /// An MPTCP connection (the nodes have two network paths, see `Multipath`).
+    public var multipath = false
 
     public static let defaultWaitLimit: TimeAmount = .milliseconds(Int64(ClusterTimings.defaults.standbyWaitLimitMilliseconds))
 
@@ -385,7 +387,7 @@ final class ReplicationLink: @unchecked Sendable {
         }
         guard start else { return }
         ClientBootstrap(group: group)
-            .multipath()
+            .multipath(configuration.multipath)
             .connectTimeout(.seconds(1))
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelInitializer { [self] channel in

@@ -130,10 +130,10 @@ struct Mount: ParsableCommand {
         var logging = self.logging
         if let level = settings.logLevel { logging.logLevel = level }
         let logger = logging.bootstrap(label: "baton.mount")
-        try checkServers(settings, logger: logger)
+        let told = try checkServers(settings, logger: logger)
         // A connection gains its subflow on the other path only if this side
         // accepts the server's announcement of it (issue 9).
-        if getuid() == 0 { MultipathEndpoints(logger: logger)?.raiseLimits() }
+        if told.multipath, getuid() == 0 { MultipathEndpoints(logger: logger)?.raiseLimits() }
 
         let mount: FuseMount
         do {
@@ -146,10 +146,12 @@ struct Mount: ParsableCommand {
             logger.critical("cannot mount", metadata: ["mountpoint": "\(mountpoint)", "error": "\(error)"])
             throw ExitCode(1)
         }
-        let connection = ServerConnection(
-            configuration: .init(exportName: settings.exportName, addresses: settings.addresses,
-                                 requestTimeout: .nanoseconds(Int64(settings.requestTimeoutSeconds * 1e9))),
-            logger: logger)
+        // The mount's addresses first, then those the server told that it did not name.
+        var configuration = ServerConnection.Configuration(
+            exportName: settings.exportName, addresses: settings.addresses + told.addresses.filter { !settings.addresses.contains($0) },
+            requestTimeout: .nanoseconds(Int64(settings.requestTimeoutSeconds * 1e9)))
+        configuration.multipath = told.multipath
+        let connection = ServerConnection(configuration: configuration, logger: logger)
         if backgroundChild { BackgroundMount.detach(logFile: settings.logFile) }
         logger.info("mounted", metadata: [
             "export": "\(settings.exportName)", "mountpoint": "\(mountpoint)",
@@ -165,12 +167,13 @@ struct Mount: ParsableCommand {
 
     /// Fails in the foreground, with the servers' own words, when no server
     /// serves the export: a mount that hangs in the background helps nobody.
-    private func checkServers(_ settings: Settings, logger: Logger) throws {
+    /// Returns what the active server told: every address of the export, and whether to use MPTCP.
+    private func checkServers(_ settings: Settings, logger: Logger) throws -> (addresses: [NodeAddress], multipath: Bool) {
         var findings: [String] = []
         for address in settings.addresses {
             do {
                 switch try ServerProbe.hello(address, export: settings.exportName) {
-                case .active: return
+                case .active(_, let addresses, let multipath): return (addresses, multipath)
                 case .refused(let refusal, let detail): findings.append("\(address): \(refusal): \(detail)")
                 }
             } catch {

@@ -31,6 +31,12 @@ struct Serve: ParsableCommand {
             + "on the other node and over the other path too."))
     var exportAddresses: [NodeAddress] = []
 
+    @Flag(help: ArgumentHelp(
+        "This node has two network paths: listen and replicate with MPTCP, and tell clients to connect with it.",
+        discussion: "A connection then has a subflow on each path and rides through a NIC or switch fault (README "
+            + "\"Redundant paths\"); the agent passes it when the node lists two paths."))
+    var multipath = false
+
     @Option(help: ArgumentHelp(
         "Address for the monitor's challenges and heartbeats, HOST:PORT (port 0 picks a free port); needs --secret-file.",
         discussion: "They are answered on a thread of their own, which clients' requests cannot hold up. Without it no "
@@ -105,16 +111,17 @@ struct Serve: ParsableCommand {
         // Bound here, ahead of the server: the other paths' listeners take the
         // ports the first ones got (port 0), and a server started ahead of a
         // swap has every socket bound before its go-ahead.
-        let (clientSocket, clientPort) = try ListeningSocket.open(listen)
+        let (clientSocket, clientPort) = try ListeningSocket.open(listen, multipath: multipath)
         let clients = ExportServer.Listener.bound(clientSocket, NodeAddress(host: listen.host, port: clientPort))
         var monitorPort: Int?
         if let monitorListen {
+            // Plain TCP: the monitor keeps a connection on each path itself.
             let (socket, port) = try ListeningSocket.open(monitorListen)
             monitor = .bound(socket, NodeAddress(host: monitorListen.host, port: port))
             monitorPort = port
         }
         for host in pathAddresses where host != listen.host {
-            let (socket, _) = try ListeningSocket.open(NodeAddress(host: host, port: clientPort))
+            let (socket, _) = try ListeningSocket.open(NodeAddress(host: host, port: clientPort), multipath: multipath)
             let pathMonitor = try monitorPort.map { port in
                 let (socket, _) = try ListeningSocket.open(NodeAddress(host: host, port: port))
                 return ExportServer.Listener.bound(socket, NodeAddress(host: host, port: port))
@@ -143,8 +150,10 @@ struct Serve: ParsableCommand {
         }
         let opened = ContinuousClock.now
         let standbyConfiguration = standby.map {
-            StandbyConfiguration(agent: $0, node: node, secret: secret!, synchronous: replication == "sync",
-                                 waitLimit: .milliseconds(Int64(standbyWaitLimitMs)))
+            var configuration = StandbyConfiguration(agent: $0, node: node, secret: secret!, synchronous: replication == "sync",
+                                                     waitLimit: .milliseconds(Int64(standbyWaitLimitMs)))
+            configuration.multipath = multipath
+            return configuration
         }
         let server = ExportServer(exportName: export, store: store, secret: secret, standby: standbyConfiguration,
                                   stallLimit: .milliseconds(Int64(stallLimitMs)), logger: logger)
@@ -175,6 +184,7 @@ struct Serve: ParsableCommand {
             server.onFirstWelcome = { FileHandle.standardOutput.write(Data("welcomed\n".utf8)) }
         }
         server.exportAddresses = Array(exportAddresses.prefix(Message.maxExportAddresses))
+        server.multipath = multipath
         if goAlone { server.continueWithoutStandby() }
         let bound = try server.start(clients: clients, monitor: monitor, otherPaths: otherPaths)
         // Tests and scripts read the bound ports from here when they asked for port 0.

@@ -43,7 +43,7 @@ final class CodecTests: XCTestCase {
         var messages: [Message] = [
             .hello(export: "projects", session: 42, version: Message.protocolVersion), .welcome(epoch: 3),
             .refused(.notActive, detail: "standby"),
-            .exportAddresses([HostAndPort(host: "198.18.1.1", port: 7000), HostAndPort(host: "::1", port: 7000)]), .exportAddresses([]),
+            .exportAddresses([HostAndPort(host: "198.18.1.1", port: 7000), HostAndPort(host: "::1", port: 7000)], multipath: true), .exportAddresses([], multipath: false),
             .heartbeat(epoch: 3, sequence: 9), .heartbeat(epoch: 3, sequence: 9, alone: true),
             .probe(key: [UInt8](repeating: 7, count: ChallengeMAC.keyBytes)),
             .agentRequest(.status), .agentRequest(.fence(export: "projects", epoch: 4)), .agentRequest(.migrate(export: "projects")),
@@ -118,6 +118,7 @@ final class CodecTests: XCTestCase {
         bad.write(Message.Tag.exportAddresses.rawValue)
         bad.write(UInt32(1))
         bad.write("no port here")
+        bad.write(true)
         XCTAssertThrowsError(try bad.bytes.withUnsafeBytes { try Message.decode($0) })
     }
 

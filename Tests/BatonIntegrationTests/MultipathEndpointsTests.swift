@@ -22,8 +22,8 @@ final class MultipathEndpointsTests: XCTestCase {
 
     func testExistingEndpointsAreFoundByAddress() {
         let shown = "198.18.2.1 id 1 signal dev eth1 \n198.18.1.1 id 2 signal dev eth0 \n"
-        XCTAssertEqual(MultipathEndpoints.endpoints(shown), ["198.18.2.1": "1", "198.18.1.1": "2"])
-        XCTAssertEqual(MultipathEndpoints.endpoints(""), [:])
+        XCTAssertEqual(MultipathEndpoints.endpoints(shown), ["198.18.2.1", "198.18.1.1"])
+        XCTAssertEqual(MultipathEndpoints.endpoints(""), [])
     }
 }
 

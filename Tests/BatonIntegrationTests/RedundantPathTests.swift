@@ -53,6 +53,41 @@ final class RedundantPathTests: XCTestCase {
         try cluster.assertSameFiles("demo")
     }
 
+    /// A connection made while path 2 is down cannot add its subflow there:
+    /// when the neighbour (ARP) lookup fails the kernel gives the attempt up
+    /// after about 3 s and never tries again. Once path 2 is back, the mount
+    /// sees the missing subflow, makes its connection again and gains it, and
+    /// a cut of path 1 is then a pause too. (With the neighbour known, the
+    /// kernel retries the subflow itself, with backoff, for about 2 minutes.)
+    func testAConnectionMadeWhileAPathWasDownGainsItsSubflowWhenThePathIsBack() throws {
+        let bed = try TestBed(self)
+        let cluster = try TwoNodeCluster(self, bed: bed)
+        try bed.cut(switch: 2)
+        try waitForLog(cluster, "network path down")
+        try bed.exec(.client, ["ip", "neigh", "flush", "dev", "eth1"])
+        let mount = try cluster.mount(self, "demo", onlyNodeA: true)
+        let before = try XCTUnwrap(try cluster.server("demo"))
+        _ = try fioAcross(cluster, mount: mount) {
+            // The kernel gave the second subflow up: the server's address on path 2 was accepted, yet no subflow goes there.
+            try waitUntil("the client's connection without its subflow on path 2: "
+                          + ((try? bed.exec(.client, ["ss", "-MniH"]).output) ?? "") + ((try? bed.exec(.client, ["ss", "-tniH"]).output) ?? "")) {
+                let info = try bed.exec(.client, ["ss", "-MniH"]).output
+                return info.contains("add_addr_accepted:") && !info.contains("subflows:")
+            }
+            try bed.restore(switch: 2)
+            try waitUntil("the client's subflow on path 2", timeout: 30) { try bytesSent(bed, from: .client, to: .a, paths: [2]) > 0 }
+            let sent = try bytesSent(bed, from: .client, to: .a, paths: [2])
+            try bed.cut(switch: 1)
+            try waitUntil("1 MiB more sent by the client on path 2 with switch 1 cut") {
+                try bytesSent(bed, from: .client, to: .a, paths: [2]) >= sent + (1 << 20)
+            }
+            try bed.restore(switch: 1)
+        }
+        XCTAssertEqual(try cluster.server("demo")?.epoch, before.epoch, cluster.logs)
+        try cluster.stopAllInStep("demo", unmounting: mount)
+        try cluster.assertSameFiles("demo")
+    }
+
     // MARK: The rows
 
     enum Fault: CustomStringConvertible {
@@ -131,7 +166,14 @@ final class RedundantPathTests: XCTestCase {
                     let states = try pathStates(cluster)
                     XCTAssertTrue(states.contains("\(fault.path) down"), "\(fault): \(states)", file: file, line: line)
                 }
+                let onRestoredPath = try routes.map { try bytesSent(bed, from: $0.0, to: $0.1, paths: [fault.path]) }
                 try fault.restore(bed)
+                // Traffic may use the path again (MPTCP spreads a busy connection over both).
+                for ((from, to, _), before) in zip(routes, onRestoredPath) where times == 1 {
+                    try waitUntil("traffic from \(from) to \(to) on path \(fault.path) again after \(fault) came back", timeout: 30) {
+                        try bytesSent(bed, from: from, to: to, paths: [fault.path]) >= before + (64 << 10)
+                    }
+                }
                 if times > 1 { try waitUntil("path \(fault.path) carries traffic again") { try bed.ping(from: .client, to: TestBed.Node.a.address(nic: fault.path)).outcome == .answered } }
             }
         }

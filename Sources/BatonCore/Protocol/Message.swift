@@ -11,7 +11,8 @@ public enum Message: Hashable, Sendable {
     /// export may be served (each node's address on each network path,
     /// this node's first), so that a mount naming one address finds the
     /// export on any node and path (issue 9). At most `maxExportAddresses`.
-    case exportAddresses([HostAndPort])
+    /// `multipath`: the nodes have two paths; connect with MPTCP.
+    case exportAddresses([HostAndPort], multipath: Bool)
     /// Client → server. `oldestUnanswered` lets the server drop cached replies below it.
     case request(sequence: UInt64, oldestUnanswered: UInt64, Operation)
     /// Server → client.
@@ -134,9 +135,10 @@ extension Message {
             w.write(Tag.hello.rawValue); w.write(export); w.write(session); w.write(version)
         case .welcome(let epoch): w.write(Tag.welcome.rawValue); w.write(epoch)
         case .refused(let refusal, let detail): w.write(Tag.refused.rawValue); w.write(refusal.rawValue); w.write(detail)
-        case .exportAddresses(let addresses):
+        case .exportAddresses(let addresses, let multipath):
             w.write(Tag.exportAddresses.rawValue); w.write(UInt32(addresses.count))
             for address in addresses { w.write(address.description) }
+            w.write(multipath)
         case .request(let sequence, let oldest, let operation):
             w.write(Tag.request.rawValue); w.write(sequence); w.write(oldest); operation.encode(to: &w)
         case .reply(let sequence, let epoch, let reply):
@@ -217,7 +219,7 @@ extension Message {
                 guard let address = HostAndPort(text) else { throw .invalid("export address '\(text)' is not HOST:PORT") }
                 addresses.append(address)
             }
-            message = .exportAddresses(addresses)
+            message = .exportAddresses(addresses, multipath: try r.readBool())
         case .request:
             message = .request(sequence: try r.readUInt64(), oldestUnanswered: try r.readUInt64(), try Operation.decode(from: &r))
         case .reply:

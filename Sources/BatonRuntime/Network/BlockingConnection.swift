@@ -27,7 +27,7 @@ public final class BlockingConnection {
         // property is set, a throwing init runs deinit, which closes `fd`
         // again, and a second close reaches whatever descriptor another
         // thread opened under that number meanwhile.
-        let fd = socket(first.pointee.ai_family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), Multipath.streamProtocol)
+        let fd = socket(first.pointee.ai_family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
         guard fd >= 0 else { throw ProbeError("socket: errno \(errno)") }
         func setTimeout(_ option: Int32, _ milliseconds: Int32) {
             var timeout = timeval(tv_sec: Int(milliseconds / 1000), tv_usec: Int(milliseconds % 1000) * 1000)

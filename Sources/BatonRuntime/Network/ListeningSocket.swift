@@ -4,13 +4,14 @@ import NIOCore
 
 /// A listening socket opened ahead of the server that will accept on it.
 public enum ListeningSocket {
-    /// A TCP socket (MPTCP where the kernel has it) bound to `address` and
-    /// listening, and its port; the kernel completes clients' connections
-    /// from now on, and they wait in its queue until the server accepts them.
-    public static func open(_ address: NodeAddress) throws -> (CInt, Int) {
+    /// A TCP socket (MPTCP with `multipath`, where the kernel has it) bound
+    /// to `address` and listening, and its port; the kernel completes
+    /// clients' connections from now on, and they wait in its queue until
+    /// the server accepts them.
+    public static func open(_ address: NodeAddress, multipath: Bool = false) throws -> (CInt, Int) {
         let resolved = try SocketAddress.makeAddressResolvingHost(address.host, port: address.port)
         let socket = Glibc.socket(Int32(resolved.protocol.rawValue), Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue),
-                                   Multipath.streamProtocol)
+                                   Multipath.streamProtocol(multipath))
         guard socket >= 0 else { throw ProbeError("cannot create a socket for \(address): errno \(errno)") }
         var one: CInt = 1
         setsockopt(socket, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<CInt>.size))

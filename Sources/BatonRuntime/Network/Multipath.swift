@@ -3,14 +3,16 @@ import Glibc
 #endif
 import NIOPosix
 
-/// Multipath TCP (issue 9, DESIGN.md §6): every stream connection of Baton
-/// (client to server, replication, agent requests, admin) is one MPTCP
-/// connection, so that the kernel carries it over the other network path
-/// when a NIC or a switch of its first path fails, after one retransmission
-/// timeout (about 200 ms), with nothing lost and nothing reconnected. Where
-/// the kernel has no MPTCP (`net.mptcp.enabled` is 0, or an old kernel) the
-/// sockets are plain TCP, and a path fault pauses a connection until a
-/// failover or a reconnection moves it.
+/// Multipath TCP (issue 9, DESIGN.md §6): on nodes with two network paths,
+/// the long-lived connections (client to server, the server's replication
+/// to its standby) are MPTCP connections, so that the kernel carries them
+/// over the other path when a NIC or a switch of their first path fails,
+/// after one retransmission timeout (about 200 ms), with nothing lost and
+/// nothing reconnected. Where a node has one address (loopback, one NIC)
+/// they stay plain TCP: MPTCP with one subflow only costs (a quarter of the
+/// throughput on loopback here). Where the kernel has no MPTCP
+/// (`net.mptcp.enabled` is 0, or an old kernel) they are plain TCP too, and
+/// a path fault pauses a connection until a failover moves it.
 ///
 /// The second subflow exists only where the listening node announces its
 /// other path's address (`MultipathEndpoints`, set by the agent) and the
@@ -19,24 +21,47 @@ public enum Multipath {
     /// IPPROTO_MPTCP of Linux.
     public static let protocolNumber: CInt = 262
 
-    /// Whether this process can make MPTCP sockets: tried once.
+    /// Whether this process makes MPTCP sockets: where the kernel can, unless
+    /// `BATON_MPTCP=0` is in the environment (to compare, or to step around
+    /// a kernel that misbehaves). Decided once.
     public static let isAvailable: Bool = {
+        if getenv("BATON_MPTCP").map({ String(cString: $0) }) == "0" { return false }
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), protocolNumber)
         guard fd >= 0 else { return false }
         close(fd)
         return true
     }()
 
-    /// The protocol argument of `socket(2)` for a stream socket: MPTCP where there is one, else TCP's default.
-    public static var streamProtocol: CInt { isAvailable ? protocolNumber : 0 }
+    /// SOL_MPTCP and MPTCP_INFO of Linux: `MultipathInfo` of a connected socket.
+    public static let socketOptionLevel: CInt = 284
+    public static let infoOption: CInt = 1
+
+    /// The protocol argument of `socket(2)` for a stream socket: MPTCP when
+    /// `wanted` and the kernel has it, else TCP's default.
+    public static func streamProtocol(_ wanted: Bool) -> CInt { wanted && isAvailable ? protocolNumber : 0 }
+}
+
+/// The head of Linux's `struct mptcp_info` (what MPTCP_INFO fills in; the
+/// kernel copies no more than the buffer holds).
+public struct MultipathInfo: Sendable {
+    private var bytes: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8) = (0, 0, 0, 0, 0, 0, 0, 0)
+
+    public init() {}
+
+    /// Subflows besides the first (mptcpi_subflows).
+    public var extraSubflows: Int { Int(bytes.0) }
+    /// Addresses the peer announced that this side accepted (mptcpi_add_addr_accepted).
+    public var announcedAddressesAccepted: Int { Int(bytes.2) }
 }
 
 extension ClientBootstrap {
-    /// An MPTCP connection where the kernel has MPTCP (see `Multipath`).
-    public func multipath() -> ClientBootstrap { enableMPTCP(Multipath.isAvailable) }
+    /// With `wanted`, an MPTCP connection where the kernel has MPTCP (see
+    /// `Multipath`). Call it before setting TCP options: NIO drops TCP_NODELAY here.
+    public func multipath(_ wanted: Bool) -> ClientBootstrap { enableMPTCP(wanted && Multipath.isAvailable) }
 }
 
 extension ServerBootstrap {
-    /// MPTCP listening sockets where the kernel has MPTCP; plain TCP clients are accepted all the same.
-    public func multipath() -> ServerBootstrap { enableMPTCP(Multipath.isAvailable) }
+    /// With `wanted`, MPTCP listening sockets where the kernel has MPTCP;
+    /// plain TCP clients are accepted all the same.
+    public func multipath(_ wanted: Bool) -> ServerBootstrap { enableMPTCP(wanted && Multipath.isAvailable) }
 }

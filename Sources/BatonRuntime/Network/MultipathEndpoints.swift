@@ -11,9 +11,11 @@ import Logging
 ///   connection to the node is told the node's other addresses, and the
 ///   connecting side opens a subflow to each, over that path.
 ///
-/// The agent announces its node's addresses at start and again when a path
-/// comes back after an outage (a subflow that could not be made while the
-/// path was down is not retried by the kernel); a mount raises the limits.
+/// The agent announces its node's addresses at start; a mount raises the
+/// limits. (Announcing an address again, to make the kernel retry a subflow
+/// it gave up during an outage, is not done: deleting the endpoint first
+/// closes every subflow of the address, this node's own outgoing ones too.
+/// The connecting side heals instead: see `ServerConnection`.)
 public struct MultipathEndpoints: Sendable {
     public static let subflowLimit = 2
     public static let acceptedAddressLimit = 2
@@ -48,10 +50,8 @@ public struct MultipathEndpoints: Sendable {
         return nil
     }
 
-    /// Makes each address (of this machine) a `signal` endpoint; `again`
-    /// removes an existing endpoint of the address first, so that every open
-    /// connection is told the address anew and opens its subflow there.
-    public func announce(_ addresses: [String], again: Bool = false) {
+    /// Makes each address (of this machine) a `signal` endpoint, unless it is one already.
+    public func announce(_ addresses: [String]) {
         raiseLimits()
         guard let devices = run(["-o", "-4", "addr", "show"]).map(Self.devices),
               let listed = run(["mptcp", "endpoint", "show"]) else { return }
@@ -63,13 +63,9 @@ public struct MultipathEndpoints: Sendable {
                 ])
                 continue
             }
-            if let existing = endpoints[address] {
-                guard again else { continue }
-                _ = run(["mptcp", "endpoint", "delete", "id", existing])
-            }
+            guard !endpoints.contains(address) else { continue }
             if run(["mptcp", "endpoint", "add", address, "dev", device, "signal"]) != nil {
-                logger.info(again ? "MPTCP endpoint announced again: open connections add their subflow on this path"
-                                  : "MPTCP endpoint announced", metadata: ["address": "\(address)", "device": "\(device)"])
+                logger.info("MPTCP endpoint announced", metadata: ["address": "\(address)", "device": "\(device)"])
             }
         }
     }
@@ -94,15 +90,12 @@ public struct MultipathEndpoints: Sendable {
         return devices
     }
 
-    /// Lines of `ip mptcp endpoint show`: "198.18.2.1 id 1 signal dev eth1" → address: id.
-    static func endpoints(_ text: String) -> [String: String] {
-        var endpoints: [String: String] = [:]
-        for line in text.split(separator: "\n") {
-            let words = line.split(whereSeparator: \.isWhitespace).map(String.init)
-            guard let first = words.first, let id = words.firstIndex(of: "id"), words.indices.contains(id + 1) else { continue }
-            endpoints[first] = words[id + 1]
-        }
-        return endpoints
+    /// Lines of `ip mptcp endpoint show`: "198.18.2.1 id 1 signal dev eth1" → the addresses.
+    static func endpoints(_ text: String) -> Set<String> {
+        Set(text.split(separator: "\n").compactMap { line in
+            let words = line.split(whereSeparator: \.isWhitespace)
+            return words.count > 2 && words[1] == "id" ? String(words[0]) : nil
+        })
     }
 
     /// Runs `ip ARGUMENTS`; its output, or nil (logged) when it failed.

@@ -26,6 +26,9 @@ public final class ServerConnection: @unchecked Sendable {
         /// addresses for a server of a newer epoch: a stalled server that its
         /// peer could not fence keeps the connection open but answers nothing.
         public var stallCheckAfter: TimeAmount = .seconds(1)
+        /// Connect with MPTCP: the export's nodes have two network paths (a
+        /// server says so after its welcome; see `Multipath`).
+        public var multipath = false
 
         public init(exportName: String, addresses: [NodeAddress], requestTimeout: TimeAmount = .seconds(60)) {
             self.exportName = exportName
@@ -49,11 +52,16 @@ public final class ServerConnection: @unchecked Sendable {
         /// Where the export may be served: the mount's addresses, then what
         /// servers tell (`exportAddresses`: every node on every path).
         var addresses: [NodeAddress]
+        /// Connections from now on are MPTCP (`Configuration.multipath`, or a server said so).
+        var multipath: Bool
         var addressIndex = 0
         var closed = false
         var lastRefusal: String?
         /// A look at the other addresses is under way (see `lookForNewerServer`).
         var looking = false
+        /// The connection is being closed to gain its missing subflow: reconnect to the same address.
+        var reconnectingInPlace = false
+        var lastSubflowReconnect: NIODeadline?
     }
 
     public let configuration: Configuration
@@ -68,8 +76,9 @@ public final class ServerConnection: @unchecked Sendable {
         self.session = UInt64.random(in: 1...UInt64.max)
         self.logger = logger
         self.group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
-        state = NIOLockedValueBox(State(addresses: configuration.addresses))
+        state = NIOLockedValueBox(State(addresses: configuration.addresses, multipath: configuration.multipath))
         scheduleTimeoutSweep()
+        scheduleSubflowCheck()
     }
 
     // MARK: Requests
@@ -160,8 +169,8 @@ public final class ServerConnection: @unchecked Sendable {
     }
 
     private func tryAddress(attempt: Int) {
-        let (address, closed) = state.withLockedValue { state in
-            (state.addresses[state.addressIndex % state.addresses.count], state.closed)
+        let (address, closed, multipath) = state.withLockedValue { state in
+            (state.addresses[state.addressIndex % state.addresses.count], state.closed, state.multipath)
         }
         if closed { return }
         let welcomed = group.next().makePromise(of: UInt64.self)
@@ -171,7 +180,7 @@ public final class ServerConnection: @unchecked Sendable {
             welcomed.fail(RefusedError(refusal: .notActive, detail: "no answer to hello within \(self.configuration.connectTimeout)"))
         }
         ClientBootstrap(group: group)
-            .multipath()
+            .multipath(multipath)
             .connectTimeout(configuration.connectTimeout)
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 4096, initial: 65536, maximum: 1 << 20))
@@ -247,7 +256,8 @@ public final class ServerConnection: @unchecked Sendable {
             guard state.channel === channel else { return false }
             state.channel = nil
             // The server closed: after a swap the next one is at another address, try those first.
-            state.addressIndex += 1
+            if !state.reconnectingInPlace { state.addressIndex += 1 }
+            state.reconnectingInPlace = false
             return !state.closed
         }
         guard reconnect else { return }
@@ -267,10 +277,12 @@ public final class ServerConnection: @unchecked Sendable {
     }
 
     /// A server told where the export may be served: those addresses, the
-    /// connected one first, then the mount's own that it did not name.
-    fileprivate func learned(_ told: [NodeAddress], from channel: Channel) {
+    /// connected one first, then the mount's own that it did not name; and
+    /// whether to connect with MPTCP (from the next connection on).
+    fileprivate func learned(_ told: [NodeAddress], multipath: Bool, from channel: Channel) {
         let changed = state.withLockedValue { state -> [NodeAddress]? in
             guard state.channel === channel || state.connecting else { return nil }
+            state.multipath = multipath
             var addresses = told
             for address in state.addresses where !addresses.contains(address) { addresses.append(address) }
             guard addresses != state.addresses else { return nil }
@@ -288,6 +300,48 @@ public final class ServerConnection: @unchecked Sendable {
 
     fileprivate func refused(_ refusal: Refusal, detail: String) {
         state.withLockedValue { $0.lastRefusal = "\(refusal): \(detail)" }
+    }
+
+    // MARK: Multipath
+
+    static let subflowCheckInterval = TimeAmount.seconds(5)
+    /// A connection that cannot gain its subflow (the other path is still
+    /// down) is made again at most this often.
+    static let subflowReconnectInterval = TimeAmount.seconds(15)
+
+    /// An MPTCP connection made while the server's other path was down has
+    /// no subflow there, and the kernel does not try again once the path is
+    /// back: a later fault of its one path would stall it. Every few seconds
+    /// the connection asks the kernel (MPTCP_INFO); when the server announced
+    /// another address but no subflow goes there, it is made again, to the
+    /// same address, and gains the subflow if the path is back (the
+    /// unanswered requests are re-sent, as after any reconnection).
+    private func scheduleSubflowCheck() {
+        group.next().scheduleTask(in: Self.subflowCheckInterval) { [self] in
+            let (channel, closed, due) = state.withLockedValue { state -> (Channel?, Bool, Bool) in
+                let due = state.multipath && state.lastSubflowReconnect.map { NIODeadline.now() - $0 >= Self.subflowReconnectInterval } ?? true
+                return (state.channel, state.closed, due)
+            }
+            if closed { return }
+            defer { scheduleSubflowCheck() }
+            guard due, let channel, let provider = channel as? SocketOptionProvider else { return }
+            let info: EventLoopFuture<MultipathInfo> = provider.unsafeGetSocketOption(
+                level: SocketOptionLevel(Multipath.socketOptionLevel), name: SocketOptionName(Multipath.infoOption))
+            info.whenSuccess { [self] info in
+                guard info.announcedAddressesAccepted > 0, info.extraSubflows == 0 else { return }
+                let reconnect = state.withLockedValue { state -> Bool in
+                    guard state.channel === channel else { return false }
+                    state.reconnectingInPlace = true
+                    state.lastSubflowReconnect = NIODeadline.now()
+                    return true
+                }
+                guard reconnect else { return }
+                logger.notice("connection has no subflow on the server's other path: connecting again to gain it", metadata: [
+                    "export": "\(configuration.exportName)", "address": "\(channel.remoteAddress.map { "\($0)" } ?? "?")",
+                ])
+                channel.close(promise: nil)
+            }
+        }
     }
 
     /// Fails requests whose timeout has passed, so no application waits forever.
@@ -324,10 +378,10 @@ public final class ServerConnection: @unchecked Sendable {
             return (state.highestEpoch, true)
         }
         guard start else { return }
+        // Plain TCP: a short look, over whichever path the address is on.
         let addresses = state.withLockedValue { $0.addresses }
         let answers = addresses.enumerated().map { index, address in
             ClientBootstrap(group: group)
-                .multipath()
                 .connectTimeout(.milliseconds(300))
                 .channelInitializer { channel in
                     channel.eventLoop.makeCompletedFuture {
@@ -398,8 +452,8 @@ private final class ReplyHandler: ChannelInboundHandler, @unchecked Sendable {
             context.close(promise: nil)
         case .reply(let sequence, let epoch, let reply):
             connection.received(sequence: sequence, epoch: epoch, reply: reply)
-        case .exportAddresses(let addresses):
-            connection.learned(addresses, from: context.channel)
+        case .exportAddresses(let addresses, let multipath):
+            connection.learned(addresses, multipath: multipath, from: context.channel)
         default:
             // Nothing else is for a client: whoever sends it is not an export server.
             context.close(promise: nil)

@@ -8,7 +8,8 @@ import BatonCore
 /// Dispatch must not run before a fork, so this touches neither.
 public enum ServerProbe {
     public enum Answer: Equatable, Sendable {
-        case active(epoch: UInt64)
+        /// With what the server says next: every address of the export, and whether to use MPTCP.
+        case active(epoch: UInt64, addresses: [NodeAddress], multipath: Bool)
         case refused(Refusal, detail: String)
     }
 
@@ -16,7 +17,12 @@ public enum ServerProbe {
         let connection = try BlockingConnection(address, timeoutMilliseconds: timeoutMilliseconds)
         try connection.send(.hello(export: export, session: 0, version: Message.protocolVersion))
         switch try connection.receive(limitBytes: 64 * 1024) {
-        case .welcome(let epoch): return .active(epoch: epoch)
+        case .welcome(let epoch):
+            // A server of protocol 2 says the export's addresses at once, in the same write.
+            guard case .exportAddresses(let addresses, let multipath) = try? connection.receive(limitBytes: 64 * 1024) else {
+                return .active(epoch: epoch, addresses: [], multipath: false)
+            }
+            return .active(epoch: epoch, addresses: addresses, multipath: multipath)
         case .refused(let refusal, let detail): return .refused(refusal, detail: detail)
         default: throw ProbeError("\(address) answered hello with an unexpected message")
         }
