@@ -108,12 +108,38 @@ final class ReplicationLink: @unchecked Sendable {
     func start() {
         connect()
         watchdog = group.next().scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { [self] _ in connect() }
+        if configuration.multipath {
+            subflowCheck = group.next().scheduleRepeatedTask(initialDelay: Multipath.subflowCheckInterval,
+                                                             delay: Multipath.subflowCheckInterval) { [self] _ in healSubflows() }
+        }
         let limit = configuration.waitLimit
         let every = TimeAmount.nanoseconds(min(limit.nanoseconds / 5, TimeAmount.milliseconds(250).nanoseconds))
         lastWaitCheck.withLockedValue { $0 = .now() }
         waitCheck = group.next().scheduleRepeatedTask(initialDelay: every, delay: every) { [self] _ in
             restartWaitsAfterAGap(checkInterval: every)
             goAloneIfWaitedLongerThan(limit)
+        }
+    }
+
+    private var subflowCheck: RepeatedTask?
+    private let lastSubflowReconnect = NIOLockedValueBox<NIODeadline?>(nil)
+
+    /// A replication connection made while the standby's other path was
+    /// down lacks its subflow there (`Multipath.lacksAnnouncedSubflow`): it is
+    /// made again, at most every `Multipath.subflowReconnectInterval`, so
+    /// that a later fault of its one path does not hold sync replies. The
+    /// new session finds the standby in step; replies wait for it meanwhile.
+    private func healSubflows() {
+        guard let channel = state.withLockedValue({ $0.inStep ? $0.channel : nil }),
+              lastSubflowReconnect.withLockedValue({ $0.map { NIODeadline.now() - $0 >= Multipath.subflowReconnectInterval } ?? true })
+        else { return }
+        Multipath.lacksAnnouncedSubflow(channel).whenSuccess { [self] lacks in
+            guard lacks else { return }
+            lastSubflowReconnect.withLockedValue { $0 = .now() }
+            logger.notice("standby connection has no subflow on the standby's other path: connecting again to gain it", metadata: [
+                "export": "\(store.exportName)", "standby": "\(configuration.agent)",
+            ])
+            channel.close(promise: nil)
         }
     }
 
@@ -208,6 +234,7 @@ final class ReplicationLink: @unchecked Sendable {
         }
         watchdog?.cancel()
         waitCheck?.cancel()
+        subflowCheck?.cancel()
         try? channel?.close().wait()
         try? group.syncShutdownGracefully()
     }

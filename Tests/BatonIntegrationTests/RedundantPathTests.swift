@@ -13,6 +13,14 @@ import Foundation
 import XCTest
 
 final class RedundantPathTests: XCTestCase {
+    /// Node b's agent port in the cluster under test (set by `makeCluster`).
+    private var agentPortOfB: Int?
+
+    private func makeCluster(_ bed: TestBed) throws -> TwoNodeCluster {
+        let cluster = try TwoNodeCluster(self, bed: bed)
+        agentPortOfB = cluster.agentAddresses["b"]!.port
+        return cluster
+    }
     override func setUpWithError() throws {
         guard FileManager.default.isReadableFile(atPath: "/dev/fuse"), getuid() == 0 else {
             throw XCTSkip("needs root and /dev/fuse")
@@ -37,7 +45,7 @@ final class RedundantPathTests: XCTestCase {
     /// monitor misses the probes on the path that is left.
     func testAStalledServerFailsOverWithOnePathCut() throws {
         let bed = try TestBed(self)
-        let cluster = try TwoNodeCluster(self, bed: bed)
+        let cluster = try makeCluster(bed)
         let mount = try cluster.mount(self, "demo", onlyNodeA: true)
         let before = try XCTUnwrap(try cluster.server("demo"))
         try bed.cut(switch: 2)
@@ -61,7 +69,7 @@ final class RedundantPathTests: XCTestCase {
     /// kernel retries the subflow itself, with backoff, for about 2 minutes.)
     func testAConnectionMadeWhileAPathWasDownGainsItsSubflowWhenThePathIsBack() throws {
         let bed = try TestBed(self)
-        let cluster = try TwoNodeCluster(self, bed: bed)
+        let cluster = try makeCluster(bed)
         try bed.cut(switch: 2)
         try waitForLog(cluster, "network path down")
         try bed.exec(.client, ["ip", "neigh", "flush", "dev", "eth1"])
@@ -80,6 +88,42 @@ final class RedundantPathTests: XCTestCase {
             try bed.cut(switch: 1)
             try waitUntil("1 MiB more sent by the client on path 2 with switch 1 cut") {
                 try bytesSent(bed, from: .client, to: .a, paths: [2]) >= sent + (1 << 20)
+            }
+            try bed.restore(switch: 1)
+        }
+        XCTAssertEqual(try cluster.server("demo")?.epoch, before.epoch, cluster.logs)
+        try cluster.stopAllInStep("demo", unmounting: mount)
+        try cluster.assertSameFiles("demo")
+    }
+
+    /// The same for the server's replication connection to its standby:
+    /// made again while path 2 is down (the standby's agent restarts), it
+    /// lacks the subflow there; once path 2 is back the server makes it
+    /// again, and replication rides through a cut of path 1.
+    func testAReplicationConnectionMadeWhileAPathWasDownGainsItsSubflowWhenThePathIsBack() throws {
+        let bed = try TestBed(self)
+        let cluster = try makeCluster(bed)
+        let mount = try cluster.mount(self, "demo", onlyNodeA: true)
+        let before = try XCTUnwrap(try cluster.server("demo"))
+        try bed.cut(switch: 2)
+        try waitForLog(cluster, "network path down")
+        try bed.exec(.nodeA, ["ip", "neigh", "flush", "dev", "eth1"])
+        cluster.killAgent("b")
+        try cluster.startAgent("b")
+        try cluster.waitUntilReplicated("demo", epoch: before.epoch)
+        _ = try fioAcross(cluster, mount: mount) {
+            try waitUntil("the replication connection without its subflow on path 2") {
+                let info = try bed.exec(.nodeA, ["ss", "-MniH", "dst", TestBed.Node.b.address(nic: 1)]).output
+                return info.contains("add_addr_accepted:") && !info.contains("subflows:")
+            }
+            try bed.restore(switch: 2)
+            try waitUntil("a's replication subflow on path 2", timeout: 30) { try bytesSent(bed, from: .a, to: .b, paths: [2]) > 0 }
+            try waitForLog(cluster, "standby connection has no subflow on the standby's other path")
+            try cluster.waitUntilReplicated("demo", epoch: before.epoch)
+            let sent = try bytesSent(bed, from: .a, to: .b, paths: [2])
+            try bed.cut(switch: 1)
+            try waitUntil("1 MiB more replicated on path 2 with switch 1 cut") {
+                try bytesSent(bed, from: .a, to: .b, paths: [2]) >= sent + (1 << 20)
             }
             try bed.restore(switch: 1)
         }
@@ -142,7 +186,7 @@ final class RedundantPathTests: XCTestCase {
     /// writes went on over the other path during the cut, and the replicas agree.
     private func assertRidesThrough(cutting fault: Fault, times: Int = 1, file: StaticString = #filePath, line: UInt = #line) throws {
         let bed = try TestBed(self)
-        let cluster = try TwoNodeCluster(self, bed: bed)
+        let cluster = try makeCluster(bed)
         let mount = try cluster.mount(self, "demo", onlyNodeA: true)
         let before = try XCTUnwrap(try cluster.server("demo"))
         let otherPath = 3 - fault.path
@@ -221,9 +265,12 @@ final class RedundantPathTests: XCTestCase {
         }
     }
 
-    /// Bytes `from`'s sockets sent to `to` on `paths` (`ss`'s bytes_sent of each TCP socket, MPTCP subflows among them).
+    /// Bytes `from`'s sockets sent to `to` on `paths` (`ss`'s bytes_sent of
+    /// each TCP socket, MPTCP subflows among them); from a to b, those to b's
+    /// agent port only: the replication (not the monitor's heartbeats).
     private func bytesSent(_ bed: TestBed, from: TestBed.Node, to: TestBed.Node, paths: [Int]) throws -> Int {
-        let ends = paths.map { (local: from.address(nic: $0) + ":", peer: to.address(nic: $0) + ":") }
+        let port = to == .b ? agentPortOfB.map(String.init) ?? "" : ""
+        let ends = paths.map { (local: from.address(nic: $0) + ":", peer: to.address(nic: $0) + ":" + port) }
         let result = try bed.exec(from.namespace, ["ss", "-tinH", "state", "established"])
         var total = 0
         var counting = false
@@ -231,7 +278,10 @@ final class RedundantPathTests: XCTestCase {
             if !line.hasPrefix(" ") && !line.hasPrefix("\t") {
                 // "RECV-Q SEND-Q LOCAL:PORT PEER:PORT"
                 let words = line.split(whereSeparator: \.isWhitespace).map(String.init)
-                counting = words.count >= 4 && ends.contains { words[2].hasPrefix($0.local) && words[3].hasPrefix($0.peer) }
+                // A peer end "HOST:" matches any port, "HOST:PORT" that port.
+                counting = words.count >= 4 && ends.contains { end in
+                    words[2].hasPrefix(end.local) && (end.peer.hasSuffix(":") ? words[3].hasPrefix(end.peer) : words[3] == end.peer)
+                }
             } else if counting, let field = line.split(whereSeparator: \.isWhitespace).first(where: { $0.hasPrefix("bytes_sent:") }) {
                 total += Int(field.dropFirst("bytes_sent:".count)) ?? 0
             }

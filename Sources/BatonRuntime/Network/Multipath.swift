@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import NIOCore
 import NIOPosix
 
 /// Multipath TCP (issue 9, DESIGN.md §6): on nodes with two network paths,
@@ -52,6 +53,26 @@ public struct MultipathInfo: Sendable {
     public var extraSubflows: Int { Int(bytes.0) }
     /// Addresses the peer announced that this side accepted (mptcpi_add_addr_accepted).
     public var announcedAddressesAccepted: Int { Int(bytes.2) }
+}
+
+extension Multipath {
+    /// How often a long-lived connection asks whether it lacks a subflow,
+    /// and how often at most it is made again for that.
+    public static let subflowCheckInterval = TimeAmount.seconds(5)
+    public static let subflowReconnectInterval = TimeAmount.seconds(15)
+
+    /// Whether `channel`, an MPTCP connection, was told another address of
+    /// its peer and has no subflow there: made while the peer's other path
+    /// was down, the kernel gave that subflow up and does not try again once
+    /// the path is back; a later fault of its one path would stall it.
+    /// Made again, it gains the subflow if the path is back. False for a
+    /// plain TCP connection (the option fails).
+    public static func lacksAnnouncedSubflow(_ channel: Channel) -> EventLoopFuture<Bool> {
+        guard let provider = channel as? SocketOptionProvider else { return channel.eventLoop.makeSucceededFuture(false) }
+        let info: EventLoopFuture<MultipathInfo> = provider.unsafeGetSocketOption(
+            level: SocketOptionLevel(socketOptionLevel), name: SocketOptionName(infoOption))
+        return info.map { $0.announcedAddressesAccepted > 0 && $0.extraSubflows == 0 }.recover { _ in false }
+    }
 }
 
 extension ClientBootstrap {

@@ -304,31 +304,21 @@ public final class ServerConnection: @unchecked Sendable {
 
     // MARK: Multipath
 
-    static let subflowCheckInterval = TimeAmount.seconds(5)
-    /// A connection that cannot gain its subflow (the other path is still
-    /// down) is made again at most this often.
-    static let subflowReconnectInterval = TimeAmount.seconds(15)
-
-    /// An MPTCP connection made while the server's other path was down has
-    /// no subflow there, and the kernel does not try again once the path is
-    /// back: a later fault of its one path would stall it. Every few seconds
-    /// the connection asks the kernel (MPTCP_INFO); when the server announced
-    /// another address but no subflow goes there, it is made again, to the
-    /// same address, and gains the subflow if the path is back (the
-    /// unanswered requests are re-sent, as after any reconnection).
+    /// A connection that lacks the subflow to the server's other address
+    /// (`Multipath.lacksAnnouncedSubflow`) is made again, to the same
+    /// address; the unanswered requests are re-sent, as after any reconnection.
     private func scheduleSubflowCheck() {
-        group.next().scheduleTask(in: Self.subflowCheckInterval) { [self] in
+        group.next().scheduleTask(in: Multipath.subflowCheckInterval) { [self] in
             let (channel, closed, due) = state.withLockedValue { state -> (Channel?, Bool, Bool) in
-                let due = state.multipath && state.lastSubflowReconnect.map { NIODeadline.now() - $0 >= Self.subflowReconnectInterval } ?? true
+                let due = state.multipath
+                    && state.lastSubflowReconnect.map { NIODeadline.now() - $0 >= Multipath.subflowReconnectInterval } ?? true
                 return (state.channel, state.closed, due)
             }
             if closed { return }
             defer { scheduleSubflowCheck() }
-            guard due, let channel, let provider = channel as? SocketOptionProvider else { return }
-            let info: EventLoopFuture<MultipathInfo> = provider.unsafeGetSocketOption(
-                level: SocketOptionLevel(Multipath.socketOptionLevel), name: SocketOptionName(Multipath.infoOption))
-            info.whenSuccess { [self] info in
-                guard info.announcedAddressesAccepted > 0, info.extraSubflows == 0 else { return }
+            guard due, let channel else { return }
+            Multipath.lacksAnnouncedSubflow(channel).whenSuccess { [self] lacks in
+                guard lacks else { return }
                 let reconnect = state.withLockedValue { state -> Bool in
                     guard state.channel === channel else { return false }
                     state.reconnectingInPlace = true
