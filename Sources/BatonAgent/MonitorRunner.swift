@@ -24,6 +24,12 @@ final class MonitorRunner: @unchecked Sendable {
     private let onServerAnswersAlone: @Sendable () -> Void
     private let state: NIOLockedValueBox<State>
     private var ticker: RepeatedTask?
+    /// A path's connection silent this long (no answer, no heartbeat) is
+    /// made again. One that went dead during an outage of its path would
+    /// otherwise wait out TCP's retransmission backoff (up to minutes) after
+    /// the path is back, and a fault of the other path meanwhile would look
+    /// like a failed server.
+    private let pathSilenceLimit: TimeAmount
     static let tickInterval = TimeAmount.milliseconds(10)
 
     private struct State {
@@ -31,6 +37,8 @@ final class MonitorRunner: @unchecked Sendable {
         /// By index in `server`.
         var channels: [Int: Channel] = [:]
         var connecting: Set<Int> = []
+        /// When each path's connection was made or last brought a message.
+        var heardAt: [Int: NIODeadline] = [:]
         var stopped = false
         var lastRoundTrip: TimeSpan?
         /// The server's journal position, as its last heartbeat said.
@@ -49,6 +57,7 @@ final class MonitorRunner: @unchecked Sendable {
         self.onFailure = onFailure
         self.onStandDown = onStandDown
         self.onServerAnswersAlone = onServerAnswersAlone
+        pathSilenceLimit = .nanoseconds(Int64(timings.heartbeatGrace.nanoseconds))
         var monitor = Monitor(secret: secret, timings: timings)
         _ = monitor.handle(.started(epoch: epoch), at: Self.now())
         state = NIOLockedValueBox(State(monitor: monitor))
@@ -87,6 +96,7 @@ final class MonitorRunner: @unchecked Sendable {
         for action in actions {
             switch action {
             case .sendProbe(let key):
+                remakeSilentPaths()
                 for channel in channels {
                     channel.writeAndFlush(Message.probe(key: key).frame(allocator: channel.allocator), promise: nil)
                 }
@@ -137,7 +147,10 @@ final class MonitorRunner: @unchecked Sendable {
                         .frame(allocator: channel.allocator), promise: nil)
                     let stopped = state.withLockedValue { state -> Bool in
                         state.connecting.remove(path)
-                        if !state.stopped { state.channels[path] = channel }
+                        if !state.stopped {
+                            state.channels[path] = channel
+                            state.heardAt[path] = .now()
+                        }
                         return state.stopped
                     }
                     if stopped { channel.close(promise: nil) }
@@ -160,6 +173,28 @@ final class MonitorRunner: @unchecked Sendable {
         onServerAnswersAlone()
     }
 
+    /// Closes the connections of paths silent past `pathSilenceLimit` (see
+    /// there); the next probe makes them again. While the server is silent on
+    /// every path this changes nothing the `Monitor` decides.
+    private func remakeSilentPaths() {
+        let now = NIODeadline.now()
+        let silent = state.withLockedValue { state -> [(Int, Channel)] in
+            let silent = state.channels.filter { now - (state.heardAt[$0.key] ?? now) > pathSilenceLimit }
+            for path in silent.keys { state.channels[path] = nil }
+            return silent.map { ($0.key, $0.value) }
+        }
+        for (path, channel) in silent {
+            logger.debug("monitor connection silent: making it again", metadata: ["export": "\(exportName)", "server": "\(server[path])"])
+            channel.close(promise: nil)
+        }
+    }
+
+    fileprivate func heard(_ channel: Channel) {
+        state.withLockedValue { state in
+            if let path = state.channels.first(where: { $0.value === channel })?.key { state.heardAt[path] = .now() }
+        }
+    }
+
     fileprivate func lost(_ channel: Channel) {
         state.withLockedValue { state in
             if let path = state.channels.first(where: { $0.value === channel })?.key { state.channels[path] = nil }
@@ -174,6 +209,7 @@ private final class MonitorHandler: ChannelInboundHandler, @unchecked Sendable {
     init(runner: MonitorRunner) { self.runner = runner }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        runner.heard(context.channel)
         switch unwrapInboundIn(data) {
         case .probeAnswer(let key, let epoch, let sequence, let response):
             runner.handle(.probeAnswered(key: key, epoch: epoch, journalSequence: sequence, response: response))

@@ -196,7 +196,9 @@ final class PeerWatch: @unchecked Sendable {
                      "state": state.silentPaths.contains(path) ? "down" : "up",
                      "since_ms_ago": Int((now - min(now, state.pathChangedAt[path])).nanoseconds / 1_000_000),
                      "connections": connections[myPaths[path]] ?? [:],
-                     "carries": ["heartbeats"] + (connections[myPaths[path]] ?? [:]).filter { $0.value > 0 }.keys.sorted()]
+                     // A cut path's subflows stay established until they time out: they carry nothing.
+                     "carries": state.silentPaths.contains(path)
+                         ? [] : ["heartbeats"] + (connections[myPaths[path]] ?? [:]).filter { $0.value > 0 }.keys.sorted()]
                 },
                 "peer_gone": state.peerGone, "self_fenced": state.selfFenced,
             ]

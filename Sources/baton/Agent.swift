@@ -121,8 +121,7 @@ struct Status: ParsableCommand {
             let each = (view["paths"] as? [[String: Any]] ?? []).map { path -> String in
                 let state = path["state"] as? String ?? "?"
                 let since = (path["since_ms_ago"] as? Int).map { String(format: "%.1f s", Double($0) / 1000) } ?? "?"
-                return "path \(path["path"] ?? "?") \(state == "down" ? "DOWN" : state) for \(since)"
-                    + " (\((path["carries"] as? [String])?.joined(separator: ", ") ?? "?"))"
+                return "path \(path["path"] ?? "?") \(state == "down" ? "DOWN" : state) for \(since) (carries \(Diagnose.carried(path)))"
             }
             print("node \(view["node"]!) to \(view["peer"]!): \(each.joined(separator: "; "))")
         }

@@ -39,7 +39,7 @@ struct Diagnose: ParsableCommand {
             print("node \(view["node"]!) (agent \(view["agent"]!)), peer \(peer["name"] ?? "?"):")
             for path in peer["paths"] as? [[String: Any]] ?? [] {
                 let switchText = (path["switch"] as? String).flatMap { $0.isEmpty ? nil : ", switch \($0)" } ?? ""
-                let carries = (path["carries"] as? [String])?.joined(separator: ", ") ?? "?"
+                let carries = Self.carried(path)
                 print("  path \(path["path"]!): \(path["local"]!) -> \(path["peer"]!)\(switchText): \(path["state"] ?? "?") for "
                       + "\(Self.seconds(path["since_ms_ago"])), last heard \(path["last_heard_ms_ago"]!) ms ago; carries \(carries)")
             }
@@ -57,6 +57,12 @@ struct Diagnose: ParsableCommand {
             }
             print("")
         }
+    }
+
+    /// What a path of an agent's status carries, in words.
+    static func carried(_ path: [String: Any]) -> String {
+        guard let kinds = path["carries"] as? [String] else { return "?" }
+        return kinds.isEmpty ? "nothing" : kinds.joined(separator: ", ")
     }
 
     /// "12.3 s" from milliseconds.

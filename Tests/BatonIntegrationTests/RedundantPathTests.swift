@@ -75,25 +75,7 @@ final class RedundantPathTests: XCTestCase {
         try bed.exec(.client, ["ip", "neigh", "flush", "dev", "eth1"])
         let mount = try cluster.mount(self, "demo", onlyNodeA: true)
         let before = try XCTUnwrap(try cluster.server("demo"))
-        _ = try fioAcross(cluster, mount: mount) {
-            // The kernel gave the second subflow up: the server's address on path 2 was accepted, yet no subflow goes there.
-            try waitUntil("the client's connection without its subflow on path 2: "
-                          + ((try? bed.exec(.client, ["ss", "-MniH"]).output) ?? "") + ((try? bed.exec(.client, ["ss", "-tniH"]).output) ?? "")) {
-                let info = try bed.exec(.client, ["ss", "-MniH"]).output
-                return info.contains("add_addr_accepted:") && !info.contains("subflows:")
-            }
-            try bed.restore(switch: 2)
-            try waitUntil("the client's subflow on path 2", timeout: 30) { try bytesSent(bed, from: .client, to: .a, paths: [2]) > 0 }
-            let sent = try bytesSent(bed, from: .client, to: .a, paths: [2])
-            try bed.cut(switch: 1)
-            try waitUntil("1 MiB more sent by the client on path 2 with switch 1 cut") {
-                try bytesSent(bed, from: .client, to: .a, paths: [2]) >= sent + (1 << 20)
-            }
-            try bed.restore(switch: 1)
-        }
-        XCTAssertEqual(try cluster.server("demo")?.epoch, before.epoch, cluster.logs)
-        try cluster.stopAllInStep("demo", unmounting: mount)
-        try cluster.assertSameFiles("demo")
+        try assertHealsThenRidesThroughACutOfSwitch1(bed, cluster, mount: mount, epoch: before.epoch, from: .client, to: .a)
     }
 
     /// The same for the server's replication connection to its standby:
@@ -111,23 +93,70 @@ final class RedundantPathTests: XCTestCase {
         cluster.killAgent("b")
         try cluster.startAgent("b")
         try cluster.waitUntilReplicated("demo", epoch: before.epoch)
+        try assertHealsThenRidesThroughACutOfSwitch1(bed, cluster, mount: mount, epoch: before.epoch, from: .a, to: .b,
+                                                     healed: "standby connection has no subflow on the standby's other path")
+    }
+
+    /// The monitor's connection on a path that was down for long is made
+    /// again: the old one would wait out TCP's retransmission backoff (the
+    /// next try some seconds after the path is back), and a cut of the other
+    /// path meanwhile would fail the healthy server over. Found by the test
+    /// above, which failed once that way.
+    func testAMonitorConnectionThatDiedWithItsPathIsMadeAgain() throws {
+        let bed = try TestBed(self)
+        let cluster = try makeCluster(bed)
+        let mount = try cluster.mount(self, "demo", onlyNodeA: true)
+        let before = try XCTUnwrap(try cluster.server("demo"))
+        let monitorPort = cluster.exports[0].monitorPort
         _ = try fioAcross(cluster, mount: mount) {
-            try waitUntil("the replication connection without its subflow on path 2") {
-                let info = try bed.exec(.nodeA, ["ss", "-MniH", "dst", TestBed.Node.b.address(nic: 1)]).output
-                return info.contains("add_addr_accepted:") && !info.contains("subflows:")
+            try bed.cut(switch: 2)
+            // Long enough for the probes' retransmissions on path 2 to back off to seconds.
+            try waitUntil("path 2 down for 8 s", timeout: 30) {
+                try pathStatus(cluster).contains { $0.path == 2 && $0.state == "down" && $0.downFor >= 8 }
             }
             try bed.restore(switch: 2)
-            try waitUntil("a's replication subflow on path 2", timeout: 30) { try bytesSent(bed, from: .a, to: .b, paths: [2]) > 0 }
-            try waitForLog(cluster, "standby connection has no subflow on the standby's other path")
-            try cluster.waitUntilReplicated("demo", epoch: before.epoch)
-            let sent = try bytesSent(bed, from: .a, to: .b, paths: [2])
+            try waitUntil("the monitor's connection on path 2") {
+                try !bed.exec(.nodeB, ["ss", "-tnH", "state", "established", "dst", "\(TestBed.Node.a.address(nic: 2)):\(monitorPort)"])
+                    .output.isEmpty
+            }
+            let sent = try bytesSent(bed, from: .client, to: .a, paths: [2])
             try bed.cut(switch: 1)
-            try waitUntil("1 MiB more replicated on path 2 with switch 1 cut") {
-                try bytesSent(bed, from: .a, to: .b, paths: [2]) >= sent + (1 << 20)
+            try waitUntil("1 MiB more from the client on path 2 with switch 1 cut") {
+                try bytesSent(bed, from: .client, to: .a, paths: [2]) >= sent + (1 << 20)
             }
             try bed.restore(switch: 1)
         }
         XCTAssertEqual(try cluster.server("demo")?.epoch, before.epoch, cluster.logs)
+        XCTAssertFalse(cluster.logs.contains("export server failed"), cluster.logs)
+        try cluster.stopAllInStep("demo", unmounting: mount)
+        try cluster.assertSameFiles("demo")
+    }
+
+    /// Under fio: `from`'s MPTCP connection to `to` lacks its subflow on
+    /// path 2 (the kernel gave it up: the address was accepted, yet no
+    /// subflow goes there); switch 2 comes back; the connection is made
+    /// again and carries traffic on path 2 (`healed` logged by an agent's
+    /// server, if given); a cut of switch 1 is then ridden through. The
+    /// epoch stays, the replicas agree.
+    private func assertHealsThenRidesThroughACutOfSwitch1(_ bed: TestBed, _ cluster: TwoNodeCluster, mount: MountProcess, epoch: Int,
+                                                          from: TestBed.Node, to: TestBed.Node, healed: String? = nil) throws {
+        _ = try fioAcross(cluster, mount: mount) {
+            try waitUntil("\(from)'s connection to \(to) without its subflow on path 2") {
+                let info = try bed.exec(from.namespace, ["ss", "-MniH", "dst", to.address(nic: 1)]).output
+                return info.contains("add_addr_accepted:") && !info.contains("subflows:")
+            }
+            try bed.restore(switch: 2)
+            try waitUntil("\(from)'s subflow to \(to) on path 2", timeout: 30) { try bytesSent(bed, from: from, to: to, paths: [2]) > 0 }
+            if let healed { try waitForLog(cluster, healed) }
+            try cluster.waitUntilReplicated("demo", epoch: epoch)
+            let sent = try bytesSent(bed, from: from, to: to, paths: [2])
+            try bed.cut(switch: 1)
+            try waitUntil("1 MiB more from \(from) to \(to) on path 2 with switch 1 cut") {
+                try bytesSent(bed, from: from, to: to, paths: [2]) >= sent + (1 << 20)
+            }
+            try bed.restore(switch: 1)
+        }
+        XCTAssertEqual(try cluster.server("demo")?.epoch, epoch, cluster.logs)
         try cluster.stopAllInStep("demo", unmounting: mount)
         try cluster.assertSameFiles("demo")
     }
@@ -258,10 +287,17 @@ final class RedundantPathTests: XCTestCase {
 
     /// "PATH STATE" of each path as each agent sees it (`baton status --json`).
     private func pathStates(_ cluster: TwoNodeCluster) throws -> [String] {
+        try pathStatus(cluster).map { "\($0.path) \($0.state)" }
+    }
+
+    /// Each path as each agent sees it: its number, state, and how long (s) in that state.
+    private func pathStatus(_ cluster: TwoNodeCluster) throws -> [(path: Int, state: String, downFor: Double)] {
         let result = try cluster.admin(["status", "--json"])
         let json = try JSONSerialization.jsonObject(with: Data(result.output.utf8)) as? [String: Any] ?? [:]
         return (json["paths"] as? [[String: Any]] ?? []).flatMap { view in
-            (view["paths"] as? [[String: Any]] ?? []).map { "\($0["path"] ?? "?") \($0["state"] ?? "?")" }
+            (view["paths"] as? [[String: Any]] ?? []).map {
+                ($0["path"] as? Int ?? 0, $0["state"] as? String ?? "?", Double($0["since_ms_ago"] as? Int ?? 0) / 1000)
+            }
         }
     }
 
