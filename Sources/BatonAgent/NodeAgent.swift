@@ -39,8 +39,6 @@ public final class NodeAgent: @unchecked Sendable {
     }
     /// Heartbeats with the peer's agent and the diagnostic ladder (DESIGN.md §6).
     private(set) var peerWatch: PeerWatch!
-    /// The kernel's MPTCP settings here, for a node with two path addresses.
-    private var multipathEndpoints: MultipathEndpoints?
 
     public init(configuration: ClusterConfiguration, node: String, secret: [UInt8], executable: String, logger: Logger) throws {
         guard let me = configuration.node(named: node) else {
@@ -102,8 +100,7 @@ public final class NodeAgent: @unchecked Sendable {
         // A server that exits before its go-ahead is written must not take the agent with it.
         signal(SIGPIPE, SIG_IGN)
         if let addresses = multipathAddresses {
-            multipathEndpoints = MultipathEndpoints(logger: logger)
-            if let endpoints = multipathEndpoints {
+            if let endpoints = MultipathEndpoints(logger: logger) {
                 endpoints.announce(addresses)
             } else {
                 logger.warning("no MPTCP here: a connection stays on the path it was made on", metadata: [

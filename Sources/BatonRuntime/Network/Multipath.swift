@@ -47,8 +47,6 @@ public enum Multipath {
 public struct MultipathInfo: Sendable {
     private var bytes: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8) = (0, 0, 0, 0, 0, 0, 0, 0)
 
-    public init() {}
-
     /// Subflows besides the first (mptcpi_subflows).
     public var extraSubflows: Int { Int(bytes.0) }
     /// Addresses the peer announced that this side accepted (mptcpi_add_addr_accepted).
