@@ -491,10 +491,18 @@ TOML
   cluster_wait_served 1 "${BATON_START_TIMEOUT:-30}"
 }
 
-# cluster_status_json: the cluster's status as JSON on stdout.
-cluster_status_json() {
-  timeout 10 "${BATON:?set BATON from baton_find_bin}" status --config "${CLUSTER_CONFIG:?no cluster}" --json
+# baton_status_json ARGS...: `baton status --json ARGS` on stdout. Succeeds
+# whenever an agent answered: status exits 1 (degraded) or 2 (an export
+# unserved) with a full answer, and only 3 (no agent answered) or a timeout
+# mean there is none.
+baton_status_json() {
+  local rc=0
+  timeout 10 "${BATON:?set BATON from baton_find_bin}" status --json "$@" || rc=$?
+  ((rc <= 2))
 }
+
+# cluster_status_json: the cluster's status as JSON on stdout.
+cluster_status_json() { baton_status_json --config "${CLUSTER_CONFIG:?no cluster}"; }
 
 # cluster_field FIELD: prints a dotted field (epoch, server.pid, server.node,
 # monitor.watching, ...) of the export's entry in the status; empty if absent.

@@ -292,7 +292,7 @@ def agent_roles(baton, config_dir, export, addrs):
     procs = {}
     for node, (ns, hosts) in addrs.items():
         cmd = "; ".join(f"timeout 0.8 nsenter --net=/run/netns/{ns} {baton} status --agent {h} "
-                        f"--secret-file {config_dir}/secret --json 2>/dev/null && exit 0" for h in hosts) + "; exit 1"
+                        f"--secret-file {config_dir}/secret --json 2>/dev/null; [ $? -le 2 ] && exit 0" for h in hosts) + "; exit 1"
         procs[node] = subprocess.Popen(["sh", "-c", cmd], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     roles = {}
     for node, p in procs.items():

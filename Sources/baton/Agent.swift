@@ -59,7 +59,11 @@ struct AgentOptions: ParsableArguments {
 }
 
 struct Status: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "Show where each export is served and monitored.")
+    static let configuration = CommandConfiguration(
+        abstract: "Show where each export is served and monitored.",
+        discussion: "Exits 0 when every export is served and monitored, every agent answered and every path is up; "
+            + "1 (degraded) when an export is unmonitored or answers without its standby, an agent did not answer "
+            + "or a path is down; 2 when an export is not served; 3 when no agent answered.")
 
     @OptionGroup var agents: AgentOptions
 
@@ -87,12 +91,37 @@ struct Status: ParsableCommand {
             }
         }
         let ordered = exports.keys.sorted().map { exports[$0]! }
+        let (health, findings) = Self.assess(ordered, agentsAsked: addresses.count, unreachable: unreachable, paths: paths)
         if json {
-            let object: [String: Any] = ["exports": ordered, "unreachable_agents": unreachable, "paths": paths]
+            let object: [String: Any] = ["exports": ordered, "unreachable_agents": unreachable, "paths": paths,
+                                         "health": health.description, "findings": findings]
             let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .prettyPrinted])
             print(String(decoding: data, as: UTF8.self))
-            return
+        } else {
+            printTable(ordered, paths: paths, unreachable: unreachable)
+            print("health: \(health)" + (findings.isEmpty ? "" : ": " + findings.joined(separator: "; ")))
         }
+        if health != .ok { throw ExitCode(health.rawValue) }
+    }
+
+    static func assess(_ exports: [[String: Any]], agentsAsked: Int, unreachable: [String],
+                       paths: [[String: Any]]) -> (ClusterHealth, [String]) {
+        let conditions = exports.map { entry in
+            ClusterHealth.Export(
+                name: entry["name"] as? String ?? "?", served: entry["server"] != nil,
+                monitored: (entry["monitor"] as? [String: Any])?["watching"] as? Bool == true,
+                answeringAlone: entry["answering_alone"] as? Bool == true, waitingForPeer: entry["waiting"] != nil)
+        }
+        let pathsDown = paths.flatMap { view in
+            (view["paths"] as? [[String: Any]] ?? []).filter { $0["state"] as? String == "down" }.map {
+                "node \(view["node"] ?? "?") to \(view["peer"] ?? "?"), path \($0["path"] ?? "?")"
+            }
+        }
+        return ClusterHealth.assess(exports: conditions, agentsAsked: agentsAsked, agentsUnreachable: unreachable,
+                                    pathsDown: pathsDown)
+    }
+
+    private func printTable(_ ordered: [[String: Any]], paths: [[String: Any]], unreachable: [String]) {
         print("EXPORT".padding(16) + "EPOCH".padding(7) + "SERVER".padding(28) + "MONITOR".padding(10)
               + "JOURNAL SERVER/STANDBY".padding(24) + "PROBE RTT".padding(11) + "LAST FAILOVER")
         for entry in ordered {

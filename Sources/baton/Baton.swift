@@ -6,6 +6,7 @@ struct Baton: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "baton",
         abstract: "Baton, a failover file system: export servers, mounts and node agents.",
+        version: BatonVersion.description,
         subcommands: [Serve.self, Mount.self, Agent.self, Status.self, Migrate.self, ForceServe.self, Diagnose.self])
 
     static func main() {

@@ -1,5 +1,6 @@
 import ArgumentParser
 import BatonClient
+import BatonCore
 import BatonRuntime
 import Foundation
 import Logging
@@ -14,8 +15,9 @@ struct Mount: ParsableCommand {
             restart before it fails with EIO; default 60), attr_timeout=SECONDS, entry_timeout=SECONDS
             (kernel caching; default 1), write_behind=SIZE (writes answered before the server has them,
             errors reported by the file's next write, fsync or close; default 8M, 0 turns it off),
-            writeback_cache, max_threads=N, log_file=PATH (where a
-            backgrounded mount logs), log_level=LEVEL. Other options go to FUSE (allow_other,
+            writeback_cache, max_threads=N, log_file=PATH|syslog (where a mount in the background
+            logs; default: the system log when /dev/log exists, else /var/log/baton/mount-EXPORT.log),
+            log_level=LEVEL. Other options go to FUSE (allow_other,
             default_permissions, ro, ...); allow_other and default_permissions are on by default.
             """)
 
@@ -56,6 +58,9 @@ struct Mount: ParsableCommand {
         let parts = source.split(separator: "@", maxSplits: 1).map(String.init)
         guard parts.count == 2, !parts[0].isEmpty else {
             throw ValidationError("source must be EXPORT@HOST:PORT[,HOST:PORT...], not '\(source)'")
+        }
+        if let problem = ClusterConfiguration.exportNameProblem(parts[0]) {
+            throw ValidationError("export name '\(parts[0])' in '\(source)' \(problem)")
         }
         var addresses: [NodeAddress] = []
         for text in parts[1].split(separator: ",") {
@@ -125,11 +130,12 @@ struct Mount: ParsableCommand {
         if !foreground && !backgroundChild {
             // fork() and Swift's runtimes (Dispatch, NIO threads) do not mix:
             // the background mount is a fresh copy of this program instead.
-            throw ExitCode(try BackgroundMount.start(arguments: CommandLine.arguments, logFile: settings.logFile))
+            throw ExitCode(try BackgroundMount.start(arguments: CommandLine.arguments))
         }
         var logging = self.logging
         if let level = settings.logLevel { logging.logLevel = level }
-        let logger = logging.bootstrap(label: "baton.mount")
+        let log = backgroundChild ? BackgroundMount.log(settings.logFile, exportName: settings.exportName) : nil
+        let logger = logging.bootstrap(label: "baton.mount", to: log == .systemLog ? .systemLog(identifier: "baton-mount") : .standardError)
         let told = try checkServers(settings, logger: logger)
         // A connection gains its subflow on the other path only if this side
         // accepts the server's announcement of it (issue 9).
@@ -152,7 +158,7 @@ struct Mount: ParsableCommand {
             requestTimeout: .nanoseconds(Int64(settings.requestTimeoutSeconds * 1e9)))
         configuration.multipath = told.multipath
         let connection = ServerConnection(configuration: configuration, logger: logger)
-        if backgroundChild { BackgroundMount.detach(logFile: settings.logFile) }
+        if let log { BackgroundMount.detach(log: log, logger: logger) }
         logger.info("mounted", metadata: [
             "export": "\(settings.exportName)", "mountpoint": "\(mountpoint)",
             "servers": "\(settings.addresses.map(\.description).joined(separator: ","))", "session": "\(connection.session)",
@@ -193,7 +199,7 @@ struct Mount: ParsableCommand {
 enum BackgroundMount {
     static let readyLine = "baton-mount-ready"
 
-    static func start(arguments: [String], logFile: String?) throws -> Int32 {
+    static func start(arguments: [String]) throws -> Int32 {
         // The background copy must hold none of the caller's descriptors: a
         // caller reading our output to its end (a script, mount(8)'s caller)
         // would wait for as long as the mount lives.
@@ -229,16 +235,42 @@ enum BackgroundMount {
         return exitCode == 0 ? 1 : exitCode
     }
 
+    enum Log: Equatable { case systemLog, file(String) }
+
+    static let defaultLogDirectory = "/var/log/baton"
+
+    /// Where a mount in the background logs: `log_file=syslog` or a path if
+    /// given; else the system log where one listens, else a file of its own.
+    static func log(_ logFile: String?, exportName: String,
+                    systemLogListens: Bool = access(SyslogLogHandler.socketPath, W_OK) == 0) -> Log {
+        switch logFile {
+        case "syslog"?: return .systemLog
+        case let path?: return .file(path)
+        case nil: return systemLogListens ? .systemLog : .file("\(defaultLogDirectory)/mount-\(exportName).log")
+        }
+    }
+
     /// In the copy, once mounted: leave the caller's session and terminal,
-    /// log to `logFile` (or nowhere), and tell the caller all is well.
-    static func detach(logFile: String?) {
+    /// send stderr to the log file, and tell the caller all is well. A log
+    /// file that cannot be opened is said on the caller's terminal first.
+    static func detach(log: Log, logger: Logger) {
+        var fd: Int32 = -1
+        if case .file(let path) = log {
+            if path.hasPrefix(defaultLogDirectory + "/") { mkdir(defaultLogDirectory, 0o755) }
+            fd = open(path, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o640)
+            if fd < 0 {
+                logger.warning("the mount cannot open its log file: it logs nowhere", metadata: [
+                    "log_file": "\(path)", "error": "\(String(cString: strerror(errno)))",
+                    "action": "give -o log_file=PATH (a file this user may write) or log_file=syslog",
+                ])
+            }
+        }
         FileHandle.standardOutput.write(Data((readyLine + "\n").utf8))
         let null = open("/dev/null", O_RDWR)
-        let log = logFile.map { open($0, O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0o640) } ?? -1
         dup2(null, 0)
         dup2(null, 1)
-        dup2(log >= 0 ? log : null, 2)
-        if log >= 0 { close(log) }
+        dup2(fd >= 0 ? fd : null, 2)
+        if fd >= 0 { close(fd) }
         close(null)
         _ = chdir("/")
     }

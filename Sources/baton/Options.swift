@@ -9,14 +9,39 @@ struct LoggingOptions: ParsableArguments {
     @Option(help: "Log level: trace, debug, info, notice, warning, error, critical.")
     var logLevel: Logger.Level = .info
 
-    func bootstrap(label: String) -> Logger {
+    @Option(help: ArgumentHelp(
+        "Log format: text (for people) or json (one object per line, for collectors).",
+        discussion: "The servers an agent starts log in the same format (\(LogFormat.environmentVariable) carries it)."))
+    var logFormat: LogFormat = LogFormat.inherited
+
+    enum Destination { case standardError, systemLog(identifier: String) }
+
+    func bootstrap(label: String, to destination: Destination = .standardError) -> Logger {
         let level = logLevel
+        let format = logFormat
+        // Children (the servers an agent starts) inherit the environment.
+        setenv(LogFormat.environmentVariable, format.rawValue, 1)
         LoggingSystem.bootstrap { label in
-            var handler = StreamLogHandler.standardError(label: label)
+            var handler: any LogHandler = switch (destination, format) {
+            case (.systemLog(let identifier), _): SyslogLogHandler(label: label, identifier: identifier)
+            case (.standardError, .json): JSONLogHandler(label: label)
+            case (.standardError, .text): StreamLogHandler.standardError(label: label)
+            }
             handler.logLevel = level
             return handler
         }
         return Logger(label: label)
+    }
+}
+
+enum LogFormat: String, CaseIterable, ExpressibleByArgument {
+    case text, json
+
+    static let environmentVariable = "BATON_LOG_FORMAT"
+
+    /// The format of the agent that started this process, else text.
+    static var inherited: LogFormat {
+        ProcessInfo.processInfo.environment[environmentVariable].flatMap(LogFormat.init(rawValue:)) ?? .text
     }
 }
 

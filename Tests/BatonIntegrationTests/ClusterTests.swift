@@ -46,6 +46,29 @@ final class ClusterTests: XCTestCase {
         try cluster.assertSameFiles("demo")
     }
 
+    /// `baton agent --log-format json`: the agent and the servers it starts
+    /// write one JSON object per line, the export as a field of its own.
+    func testAnAgentAndItsServersLogOneJSONObjectPerLine() throws {
+        let cluster = try TwoNodeCluster(self, agentArguments: ["a": ["--log-format", "json"]])
+        try cluster.waitUntilStandbyHasEverything("demo")
+        cluster.stopAll()
+        let text = try String(contentsOfFile: cluster.directory + "/a.log", encoding: .utf8)
+        var objects: [[String: Any]] = []
+        for line in text.split(separator: "\n") {
+            guard let object = try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any] else {
+                XCTFail("not one JSON object: \(line)")
+                continue
+            }
+            objects.append(object)
+        }
+        let started = objects.first { $0["message"] as? String == "export server started" }
+        XCTAssertEqual(started?["export"] as? String, "demo", text)
+        XCTAssertEqual(started?["label"] as? String, "baton.agent", text)
+        // The server's own lines (its label is baton.serve) come through in JSON too.
+        XCTAssertTrue(objects.contains { ($0["label"] as? String)?.hasPrefix("baton.serve") == true && $0["export"] as? String == "demo" },
+                      text)
+    }
+
     /// Ends both nodes as a power cut of the site would, with b's agent
     /// frozen first so that neither sees the other go: a served with b in step.
     private func stopBothAtOnce(_ cluster: TwoNodeCluster) {
@@ -79,8 +102,11 @@ final class ClusterTests: XCTestCase {
         let waiting = try waitUntilWaitingForThePeer(cluster, "demo")
         XCTAssertEqual(waiting["node"] as? String, "a")
         XCTAssertNil(try cluster.server("demo"), "a serves while it waits for its peer")
-        let table = try cluster.admin(["status"]).output
+        let status = try cluster.admin(["status"])
+        let table = status.output
         XCTAssertTrue(table.contains("a waits for its peer before serving") && table.contains("baton force-serve demo --node a"), table)
+        XCTAssertEqual(status.status, ClusterHealth.unserved.rawValue, table)
+        XCTAssertTrue(table.contains("health: unserved: demo is not served: a node waits for its peer"), table)
         XCTAssertTrue(cluster.logs.contains("waiting for the peer"), cluster.logs)
         try cluster.startAgent("b")
         try cluster.waitUntilReplicated("demo")
@@ -90,7 +116,12 @@ final class ClusterTests: XCTestCase {
         let deadline = Date().addingTimeInterval(20)
         while !cluster.logs.contains("answering without a standby"), Date() < deadline { usleep(50_000) }
         XCTAssertTrue(cluster.logs.contains("answering without a standby"), cluster.logs)
+        let alone = try cluster.admin(["status", "--json"])
+        XCTAssertEqual(alone.status, ClusterHealth.degraded.rawValue, alone.output)
+        XCTAssertTrue(alone.output.contains("agent unreachable: \(cluster.agentAddresses["b"]!)"), alone.output)
         cluster.killAgent("a")
+        let nobody = try cluster.admin(["status"])
+        XCTAssertEqual(nobody.status, ClusterHealth.unknown.rawValue, nobody.output)
         try cluster.startAgent("a")
         try cluster.waitUntilServed("demo", on: "a")
     }
@@ -264,7 +295,8 @@ final class ClusterTests: XCTestCase {
         defer { flood.forEach { close($0) } }
         XCTAssertEqual(flood.count, 300)
         let status = try cluster.admin(["status"])
-        XCTAssertEqual(status.status, 0, status.output)
+        XCTAssertEqual(status.status, ClusterHealth.ok.rawValue, status.output)
+        XCTAssertTrue(status.output.contains("health: ok"), status.output)
         // The agent closed the oldest: they read its challenge, then the end of the stream.
         let deadline = Date().addingTimeInterval(5)
         var closedByAgent = Set<Int32>()

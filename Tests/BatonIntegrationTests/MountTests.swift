@@ -4,6 +4,7 @@
 // Method: `baton serve` and `baton mount -f` as processes, fio, cp and diff,
 // the repo's posix-check script; all removed at teardown by PID.
 import BatonCore
+import BatonRuntime
 import Foundation
 import XCTest
 
@@ -195,5 +196,57 @@ final class MountHelperTests: XCTestCase {
             XCTAssertEqual(unmounted.status, 0, unmounted.output)
             XCTAssertFalse(MountProcess.isMounted(mountpoint))
         }
+    }
+}
+
+/// Issue 10: a mount in the background logs somewhere an admin finds it:
+/// the file of `log_file=`, else the system log where one listens, else
+/// /var/log/baton/mount-EXPORT.log; never nowhere.
+final class BackgroundMountLogTests: XCTestCase {
+    override func setUpWithError() throws {
+        guard FileManager.default.isReadableFile(atPath: "/dev/fuse"), getuid() == 0 else {
+            throw XCTSkip("needs root and /dev/fuse")
+        }
+    }
+
+    /// Mounts in the background (no -f), writes a file, unmounts; returns once the mount has logged its end.
+    private func mountAndUnmount(export: String, options: [String], log: String) throws {
+        let directory = try temporaryDirectory(self)
+        let server = try ServerProcess(self, export: export, data: directory + "/data")
+        let mountpoint = directory + "/mnt"
+        try FileManager.default.createDirectory(atPath: mountpoint, withIntermediateDirectories: true)
+        addTeardownBlock {
+            if MountProcess.isMounted(mountpoint) { _ = try? runCommand("/bin/umount", ["-l", mountpoint]) }
+        }
+        let arguments = ["mount", "\(export)@\(server.address)", mountpoint] + (options.isEmpty ? [] : ["-o", options.joined(separator: ",")])
+        let mounted = try runCommand(BatonBinary.path, arguments)
+        XCTAssertEqual(mounted.status, 0, mounted.output)
+        XCTAssertTrue(FileManager.default.createFile(atPath: mountpoint + "/f", contents: Data("x".utf8)))
+        let unmounted = try runCommand("/bin/umount", [mountpoint])
+        XCTAssertEqual(unmounted.status, 0, unmounted.output)
+        let deadline = Date().addingTimeInterval(10)
+        var text = ""
+        while Date() < deadline {
+            text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
+            if text.contains("unmounted") { break }
+            usleep(20_000)
+        }
+        XCTAssertTrue(text.contains("mounted") && text.contains("export=\(export)"), "log \(log): \(text)")
+        XCTAssertTrue(text.contains("unmounted"), "log \(log): \(text)")
+    }
+
+    func testABackgroundMountLogsToItsLogFile() throws {
+        let log = try temporaryDirectory(self) + "/mount.log"
+        try mountAndUnmount(export: "logged", options: ["log_file=\(log)"], log: log)
+    }
+
+    func testABackgroundMountWithoutALogFileLogsToTheDefaultFileWhereNoSystemLogListens() throws {
+        guard access(SyslogLogHandler.socketPath, W_OK) != 0 else {
+            throw XCTSkip("a system log listens at /dev/log here: the mount logs there")
+        }
+        let export = "logdefault\(getpid())"
+        let log = "/var/log/baton/mount-\(export).log"
+        addTeardownBlock { try? FileManager.default.removeItem(atPath: log) }
+        try mountAndUnmount(export: export, options: [], log: log)
     }
 }

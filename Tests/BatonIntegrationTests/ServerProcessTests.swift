@@ -274,7 +274,7 @@ final class ServerProcessTests: XCTestCase {
         let monitor = try monitorConnection(server)
         var heartbeats = 0
         XCTAssertNotNil(try challenge(monitor, secret: secret, patience: .seconds(2), heartbeats: &heartbeats), "before the hang")
-        FileManager.default.createFile(atPath: hold, contents: nil)
+        XCTAssertTrue(FileManager.default.createFile(atPath: hold, contents: nil))
         let readDone = ManagedAtomicCounter()
         DispatchQueue.global().async {
             _ = client.call(.read(file.inode, handle: handle, offset: 0, size: 3))

@@ -405,3 +405,11 @@ extension ClusterTimings {
          ("standby_wait_limit_ms", \.standbyWaitLimitMilliseconds)]
     }
 }
+
+extension ClusterConfiguration {
+    /// Nil when `name` may name an export; else what is wrong and the rule
+    /// (for names that come from elsewhere than a cluster file: a mount's source).
+    public static func exportNameProblem(_ name: String) -> String? {
+        ClusterValidator.nameProblem(name).map { "\($0); \(ClusterValidator.nameRule)" }
+    }
+}
