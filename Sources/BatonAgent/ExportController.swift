@@ -138,7 +138,7 @@ final class ExportController: @unchecked Sendable {
             secretFile: agent.configuration.secretFile, standby: agent.peerAgentAddress, node: agent.me.name,
             replication: export.replication,
             standbyWaitLimitMilliseconds: agent.configuration.timings.standbyWaitLimitMilliseconds,
-            awaitPromotion: awaitPromotion, logger: logger
+            metrics: agent.me.metrics != nil, awaitPromotion: awaitPromotion, logger: logger
         ) { [weak self] status in self?.serverExited(status) }
     }
 
@@ -276,6 +276,14 @@ final class ExportController: @unchecked Sendable {
                     "export": "\(export.name)", "error": "\(error)", "action": "see the log above, then restart this agent",
                 ])
             }
+        }
+    }
+
+    /// Where the server running here serves its metrics, if it does.
+    var serverMetricsAddress: NodeAddress? {
+        lock.withLock {
+            guard case .serving(let process) = role else { return nil }
+            return process.metricsAddress
         }
     }
 
@@ -434,6 +442,17 @@ final class ExportController: @unchecked Sendable {
             switch self {
             case .failed(let reason): "\(reason)"
             case .planned: "planned migration"
+            }
+        }
+
+        /// A word per kind of reason, for metrics (bounded: one series each).
+        var cause: String {
+            switch self {
+            case .failed(.probesMissed): "probes_missed"
+            case .failed(.wrongResponses): "wrong_responses"
+            case .failed(.heartbeatGap): "heartbeat_gap"
+            case .failed(.olderEpochSeen): "older_epoch_seen"
+            case .planned: "planned"
             }
         }
     }
@@ -695,6 +714,7 @@ final class ExportController: @unchecked Sendable {
             }
             let at = ISO8601DateFormatter().string(from: Date())
             lock.withLock { lastFailover = (at, "\(swap.reason)") }
+            AgentMetrics.swapDone(export: export.name, cause: swap.reason.cause)
             logger.warning("swap done: the export is served here", metadata: [
                 "export": "\(export.name)", "epoch": "\(newEpoch)",
                 "duration": "\(SwapTimes.milliseconds(ContinuousClock.now - swap.started))",

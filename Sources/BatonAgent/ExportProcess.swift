@@ -3,6 +3,7 @@ import BatonRuntime
 import Dispatch
 import Foundation
 import Logging
+import NIOConcurrencyHelpers
 
 /// One export server process (`baton serve`) started by this node's agent:
 /// a process of its own per export, so one export can be fenced without
@@ -30,7 +31,7 @@ final class ExportProcess: @unchecked Sendable {
     init(executable: String, exportName: String, dataDirectory: String, listen: NodeAddress, monitorListen: NodeAddress,
          pathAddresses: [String], exportAddresses: [NodeAddress], multipath: Bool, secretFile: String,
          standby: NodeAddress, node: String, replication: ReplicationMode, standbyWaitLimitMilliseconds: Int,
-         awaitPromotion: Bool = false, logger: Logger,
+         metrics: Bool = false, awaitPromotion: Bool = false, logger: Logger,
          onExit: @escaping @Sendable (Int32) -> Void) throws {
         self.exportName = exportName
         self.logger = logger
@@ -47,6 +48,8 @@ final class ExportProcess: @unchecked Sendable {
             "--replication", replication.rawValue, "--standby-wait-limit-ms", String(standbyWaitLimitMilliseconds),
         ]
         if multipath { arguments.append("--multipath") }
+        // On loopback, for the agent's page only (the agent serves the node's metrics).
+        if metrics { arguments += ["--metrics-listen", "127.0.0.1:0"] }
         arguments.append(awaitPromotion ? "--await-promotion" : "--until-stdin-ends")
         process.arguments = arguments
         awaitsPromotion = awaitPromotion
@@ -63,7 +66,21 @@ final class ExportProcess: @unchecked Sendable {
             process.waitUntilExit()
             throw ProbeError("export server for '\(exportName)' did not start (exit \(process.terminationStatus)); see the agent's log")
         }
-        if !awaitPromotion { logStarted() }
+        if !awaitPromotion {
+            noteMetricsAddress(line)
+            logStarted()
+        }
+    }
+
+    private let metricsAddressBox = NIOLockedValueBox<NodeAddress?>(nil)
+    /// Where the server serves its metrics (from its "listening ... metrics HOST:PORT" line).
+    var metricsAddress: NodeAddress? { metricsAddressBox.withLockedValue { $0 } }
+
+    private func noteMetricsAddress(_ listeningLine: String) {
+        let words = listeningLine.split(separator: " ")
+        guard let index = words.firstIndex(of: "metrics"), index + 1 < words.count else { return }
+        let address = NodeAddress(String(words[index + 1]))
+        metricsAddressBox.withLockedValue { $0 = address }
     }
 
     private func logStarted() {
@@ -92,6 +109,7 @@ final class ExportProcess: @unchecked Sendable {
             kill()
             throw ProbeError("export server for '\(exportName)' did not open the export (exit \(process.terminationStatus)); see the agent's log")
         }
+        noteMetricsAddress(line)
         logStarted()
     }
 

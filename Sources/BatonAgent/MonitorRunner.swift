@@ -103,6 +103,7 @@ final class MonitorRunner: @unchecked Sendable {
                 if channels.count < server.count { connectMissingPaths() }
             case .reportRoundTrip(let span):
                 state.withLockedValue { $0.lastRoundTrip = span }
+                AgentMetrics.probeAnswered(export: exportName, roundTrip: span)
             case .declareFailed(let reason):
                 logger.error("export server failed", metadata: [
                     "export": "\(exportName)", "server": "\(serverText)", "reason": "\(reason)",

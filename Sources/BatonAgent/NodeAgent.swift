@@ -2,6 +2,7 @@ import BatonCore
 import BatonRuntime
 import Foundation
 import Logging
+import Metrics
 import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
@@ -39,6 +40,7 @@ public final class NodeAgent: @unchecked Sendable {
     }
     /// Heartbeats with the peer's agent and the diagnostic ladder (DESIGN.md §6).
     private(set) var peerWatch: PeerWatch!
+    private var metricsEndpoint: MetricsEndpoint?
 
     public init(configuration: ClusterConfiguration, node: String, secret: [UInt8], executable: String, logger: Logger) throws {
         guard let me = configuration.node(named: node) else {
@@ -99,6 +101,8 @@ public final class NodeAgent: @unchecked Sendable {
     public func run() throws {
         // A server that exits before its go-ahead is written must not take the agent with it.
         signal(SIGPIPE, SIG_IGN)
+        // Before any series is made: those made earlier would count nowhere.
+        if me.metrics != nil { ProcessMetrics.bootstrap() }
         if let addresses = multipathAddresses {
             if let endpoints = MultipathEndpoints(logger: logger) {
                 endpoints.announce(addresses)
@@ -143,12 +147,38 @@ public final class NodeAgent: @unchecked Sendable {
             controller.start(peerServes: peerExports.map { $0.contains(controller.export.name) })
         }
         try peerWatch.start()
+        if let address = me.metrics { try serveMetrics(on: NodeAddress(host: address.host, port: address.port)) }
         for listener in listeners { try listener.closeFuture.wait() }
+    }
+
+    /// The node's page: the agent's series, then those of each server it
+    /// runs (asked on loopback), as one page. A server that does not answer
+    /// in time is left out, and says so in `baton_metrics_scrape_failed`.
+    private func serveMetrics(on address: NodeAddress) throws {
+        metricsEndpoint = try MetricsEndpoint(listen: address, logger: logger) { [self] in
+            AgentMetrics.refresh(exports: configuration.exports.compactMap { controllers[$0.name]?.status() },
+                                 peer: peerWatch.status())
+            var pages: [String] = []
+            var failed: [String] = []
+            for controller in controllers.values {
+                guard let server = controller.serverMetricsAddress else { continue }
+                switch MetricsEndpoint.scrape(server, timeoutMilliseconds: 500) {
+                case .success(let page): pages.append(page)
+                case .failure: failed.append(controller.export.name)
+                }
+            }
+            for export in configuration.exports {
+                Gauge(label: "baton_metrics_scrape_failed", dimensions: [("export", export.name)])
+                    .record(failed.contains(export.name) ? 1 : 0)
+            }
+            return MetricsExposition.merge([ProcessMetrics.page()] + pages)
+        }
     }
 
     /// Stops the agent and the export servers it started (their clients
     /// wait for them, up to their mount's timeout, or follow a failover).
     public func stop() {
+        metricsEndpoint?.stop()
         peerWatch.stop()
         for controller in controllers.values { controller.stopServer() }
         for listener in listeners { try? listener.close().wait() }

@@ -231,6 +231,8 @@ final class PeerWatch: @unchecked Sendable {
             for path in distinct ? NetworkPath.allCases : [.first] {
                 send(.heartbeat(node: me.name, incarnation: incarnation, sequence: heartbeatSequence), on: path)
             }
+            // (one datagram serves both paths when they share addresses: the peer hears it on both)
+            for path in NetworkPath.allCases { AgentMetrics.heartbeatSent(peer: peer.name, path: path) }
         }
         if let lastHeard = liveness.silenceToDiagnose(at: now) {
             logger.warning("peer heartbeats missing: diagnosing", metadata: [
@@ -301,6 +303,7 @@ final class PeerWatch: @unchecked Sendable {
             let heardBefore = liveness.lastHeard
             var back = false
             for path in paths where liveness.heard(path, incarnation: incarnation, sequence: sequence, at: now) {
+                AgentMetrics.heartbeatHeard(peer: peer.name, path: path)
                 guard wasSilent.contains(path) else { continue }
                 back = true
                 pathHeardAgain(path, silence: now - min(now, heardBefore[path]), at: now)

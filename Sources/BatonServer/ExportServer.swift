@@ -50,6 +50,7 @@ public final class ExportServer: @unchecked Sendable {
     let admission: ConnectionAdmission
     /// The monitor port's own limits: a flood of clients does not keep the monitor out.
     let monitorAdmission: ConnectionAdmission
+    private let metrics: ServerMetrics
     static let heartbeatInterval = TimeAmount.milliseconds(100)
 
     public static let defaultStallLimit = TimeAmount.seconds(10)
@@ -65,6 +66,7 @@ public final class ExportServer: @unchecked Sendable {
         self.admission = ConnectionAdmission(limits: connectionLimits, subject: ["export": "\(exportName)"], logger: logger)
         self.monitorAdmission = ConnectionAdmission(limits: .monitor, subject: ["export": "\(exportName)", "listener": "monitor"],
                                                     logger: logger)
+        self.metrics = ServerMetrics(export: exportName)
         self.network = MultiThreadedEventLoopGroup(numberOfThreads: 2)
         self.networkTurns = network.makeIterator().map { _ in NIOLockedValueBox(NIODeadline.now().uptimeNanoseconds) }
         let mutations = MutationPath()
@@ -90,6 +92,12 @@ public final class ExportServer: @unchecked Sendable {
             return !seen
         }
         if first { onFirstWelcome?() }
+    }
+
+    /// Sets the gauges of this server's metrics (before a page is emitted).
+    public func refreshMetrics() {
+        let status = replication?.status
+        metrics.refresh(store: store, clients: admission.clientCount, replication: status.map { ($0.acknowledged, $0.alone) })
     }
 
     /// The agent declared the peer node gone: stop waiting for the standby.
@@ -237,9 +245,13 @@ public final class ExportServer: @unchecked Sendable {
     /// Answers one request, on the calling network thread.
     func handle(_ operation: Operation, session: UInt64, sequence: UInt64, oldestUnanswered: UInt64,
                 channel: Channel, order: MutationPath.Order) {
+        let meter = metrics.started(operation.name)
         switch operation {
         case .read(let ino, _, let offset, let size):
-            channel.writeAndFlush(read(ino, offset: offset, size: size, sequence: sequence, allocator: channel.allocator), promise: nil)
+            let answer = read(ino, offset: offset, size: size, sequence: sequence, allocator: channel.allocator)
+            metrics.bytesRead.increment(by: max(0, answer.readableBytes - Self.readReplyHeaderBytes))
+            channel.writeAndFlush(answer, promise: nil)
+            meter.answered()
         case .statfs:
             let reply: Reply
             do {
@@ -248,7 +260,7 @@ public final class ExportServer: @unchecked Sendable {
                 logger.warning("statfs failed", metadata: ["export": "\(exportName)", "error": "\(error)"])
                 reply = .error(.EIO)
             }
-            respond(channel, sequence, reply)
+            respond(channel, sequence, reply, meter)
         case .fsync:
             mutations.run(order, waitsForDisk: true, { [self] () -> (Reply, UInt64) in
                 do {
@@ -264,13 +276,13 @@ public final class ExportServer: @unchecked Sendable {
             }, then: { [self] reply, position in
                 // Durable on both disks before the answer (DESIGN.md §4.1).
                 if let replication, reply == .done {
-                    replication.whenDurable(position) { self.respond(channel, sequence, reply) }
+                    replication.whenDurable(position) { self.respond(channel, sequence, reply, meter) }
                 } else {
-                    respond(channel, sequence, reply)
+                    respond(channel, sequence, reply, meter)
                 }
             })
         case _ where !operation.isMutation:
-            respond(channel, sequence, store.withAllocatedBlocks(store.withNamespace { $0.query(operation) }))
+            respond(channel, sequence, store.withAllocatedBlocks(store.withNamespace { $0.query(operation) }), meter)
         default:
             mutations.run(order, { [self] () -> (Reply, UInt64) in
                 if failed { return (.error(.EIO), 0) }
@@ -292,7 +304,7 @@ public final class ExportServer: @unchecked Sendable {
                     return (.error(.EIO), 0)
                 }
             }, then: { [self] reply, position in
-                answerAfterReplication(channel, sequence, store.withAllocatedBlocks(reply), position: position)
+                answerAfterReplication(channel, sequence, store.withAllocatedBlocks(reply), position: position, meter)
             })
         }
     }
@@ -300,6 +312,8 @@ public final class ExportServer: @unchecked Sendable {
     /// A write whose data is still in the receive buffer.
     func handleWrite(_ ino: InodeNumber, handle: UInt64, offset: UInt64, data: ByteBuffer, session: UInt64, sequence: UInt64,
                      oldestUnanswered: UInt64, channel: Channel, order: MutationPath.Order) {
+        let meter = metrics.started("write")
+        metrics.bytesWritten.increment(by: data.readableBytes)
         mutations.run(order, { [self] () -> (Reply, UInt64) in
             if failed { return (.error(.EIO), 0) }
             store.forgetReplies(session: session, below: oldestUnanswered)
@@ -317,21 +331,23 @@ public final class ExportServer: @unchecked Sendable {
                 return (.error(.EIO), 0)
             }
         }, then: { [self] reply, position in
-            answerAfterReplication(channel, sequence, reply, position: position)
+            answerAfterReplication(channel, sequence, reply, position: position, meter)
         })
     }
 
     /// Answers a mutation once the standby has it (sync mode), at once otherwise.
-    private func answerAfterReplication(_ channel: Channel, _ sequence: UInt64, _ reply: Reply, position: UInt64) {
+    private func answerAfterReplication(_ channel: Channel, _ sequence: UInt64, _ reply: Reply, position: UInt64,
+                                        _ meter: RequestMeter) {
         if let replication, position > 0 {
-            replication.whenReplicated(position) { self.respond(channel, sequence, reply) }
+            replication.whenReplicated(position) { self.respond(channel, sequence, reply, meter) }
         } else {
-            respond(channel, sequence, reply)
+            respond(channel, sequence, reply, meter)
         }
     }
 
-    private func respond(_ channel: Channel, _ sequence: UInt64, _ reply: Reply) {
+    private func respond(_ channel: Channel, _ sequence: UInt64, _ reply: Reply, _ meter: RequestMeter) {
         channel.writeAndFlush(frame(sequence: sequence, reply, allocator: channel.allocator), promise: nil)
+        meter.answered()
     }
 
     /// A monitor's challenge, answered on the monitor's thread, then
@@ -389,6 +405,9 @@ public final class ExportServer: @unchecked Sendable {
     }
 
     /// A read reply framed with the data read straight into the frame.
+    /// A read's answer before its data: length, message tag, sequence, epoch, reply tag, data length.
+    static let readReplyHeaderBytes = 4 + 1 + 8 + 8 + 1 + 4
+
     private func read(_ ino: InodeNumber, offset: UInt64, size: UInt32, sequence: UInt64, allocator: ByteBufferAllocator) -> ByteBuffer {
         let count = Int(min(size, UInt32(WireLimits.maxDataBytes)))
         var buffer = allocator.buffer(capacity: 64 + count)

@@ -43,6 +43,12 @@ struct Serve: ParsableCommand {
             + "monitor can watch this server."))
     var monitorListen: NodeAddress?
 
+    @Option(help: ArgumentHelp(
+        "Serve Prometheus metrics (HTTP GET /metrics) at HOST:PORT (port 0 picks a free port).",
+        discussion: "Requests, bytes and latency by operation, journal bytes, checkpoint age, clients, the standby's lag. "
+            + "The agent starts its servers with a loopback address and serves their series on its own page."))
+    var metricsListen: NodeAddress?
+
     @Option(help: "Journal bytes after which a checkpoint is written and older journal deleted.")
     var checkpointBytes: Int = 64 << 20
 
@@ -102,6 +108,8 @@ struct Serve: ParsableCommand {
 
     func run() throws {
         let logger = logging.bootstrap(label: "baton.serve")
+        // Before any series is made: those made earlier would count nowhere.
+        if metricsListen != nil { ProcessMetrics.bootstrap() }
         try prepareDiskOwner(logger: logger)
         let secret = try secretFile.map { try SecretFile.read($0) }
         var monitor: ExportServer.Listener?
@@ -187,8 +195,15 @@ struct Serve: ParsableCommand {
         server.multipath = multipath
         if goAlone { server.continueWithoutStandby() }
         let bound = try server.start(clients: clients, monitor: monitor, otherPaths: otherPaths)
+        let metrics = try metricsListen.map { address in
+            try MetricsEndpoint(listen: address, logger: logger) {
+                server.refreshMetrics()
+                return ProcessMetrics.page()
+            }
+        }
         // Tests and scripts read the bound ports from here when they asked for port 0.
-        FileHandle.standardOutput.write(Data("listening \(bound.clients)\(bound.monitor.map { " monitor \($0)" } ?? "")\n".utf8))
+        FileHandle.standardOutput.write(Data(("listening \(bound.clients)\(bound.monitor.map { " monitor \($0)" } ?? "")"
+            + "\(metrics.map { " metrics \($0.address)" } ?? "")\n").utf8))
         if awaitPromotion {
             logger.info("promoted: serving", metadata: ["export": "\(export)", "afterGoAhead": "\(ContinuousClock.now - promoted)",
                                                "opening": "\(opened - promoted)"])
@@ -198,7 +213,7 @@ struct Serve: ParsableCommand {
             server.stop()
         }
         try server.wait()
-        withExtendedLifetime((signals, alone, handOver)) {}
+        withExtendedLifetime((signals, alone, handOver, metrics)) {}
     }
 
     /// DESIGN.md §4.7: an export server does not outlive its agent. The

@@ -102,6 +102,7 @@ final class ClusterConfigurationTests: XCTestCase {
             agent = "198.18.1.1:7100"
             paths = ["198.18.2.1", "fd00::1"]
             data_dir = "/var/lib/baton"
+            metrics = "0.0.0.0:9464"
             [[nodes]]
             name = "b"
             site = "lan2"
@@ -130,7 +131,8 @@ final class ClusterConfigurationTests: XCTestCase {
             selffenceDelayMilliseconds: 2200, takeoverDelayMilliseconds: 3000))
         XCTAssertEqual(configuration.nodes, [
             NodeConfiguration(name: "a", site: "lan1", agent: HostAndPort(host: "198.18.1.1", port: 7100),
-                              paths: ["198.18.2.1", "fd00::1"], dataDirectory: "/var/lib/baton"),
+                              paths: ["198.18.2.1", "fd00::1"], dataDirectory: "/var/lib/baton",
+                              metrics: HostAndPort(host: "0.0.0.0", port: 9464)),
             NodeConfiguration(name: "b", site: "lan2", agent: HostAndPort(host: "fd00::2", port: 7100),
                               dataDirectory: "/var/lib/baton"),
         ])
@@ -154,7 +156,7 @@ final class ClusterConfigurationTests: XCTestCase {
 
     func testUnknownKeysAreNamedWithTheKnownOnes() {
         XCTAssertEqual(failure(edited("name = \"a\"", "name = \"a\"\nnmae = \"x\"")),
-                       "cluster file line 5, column 1: node \"a\": unknown key 'nmae' (did you mean 'name'?); a [[nodes]] table takes name, site, agent, paths and data_dir")
+                       "cluster file line 5, column 1: node \"a\": unknown key 'nmae' (did you mean 'name'?); a [[nodes]] table takes name, site, agent, paths, data_dir and metrics")
         XCTAssertEqual(failure(edited("port = 7000", "port = 7000\nmode = \"sync\"")),
                        "cluster file line 17, column 1: export \"demo\": unknown key 'mode'; a [[exports]] table takes name, preferred, port, monitor_port and replication")
         XCTAssertEqual(failure(edited("port = 7000", "port = 7000\nreplicaton = \"sync\"")),
@@ -171,7 +173,7 @@ final class ClusterConfigurationTests: XCTestCase {
         XCTAssertEqual(failure(edited("secret_file", "secret_flie")),
                        "cluster file line 1, column 1: unknown key 'secret_flie' (did you mean 'secret_file'?); the top level takes secret_file, switches, [timings], [[nodes]] and [[exports]]")
         XCTAssertEqual(failure(edited("name = \"b\"", "nane = \"b\"")),
-                       "cluster file line 9, column 1: the [[nodes]] table on line 8: unknown key 'nane' (did you mean 'name'?); a [[nodes]] table takes name, site, agent, paths and data_dir")
+                       "cluster file line 9, column 1: the [[nodes]] table on line 8: unknown key 'nane' (did you mean 'name'?); a [[nodes]] table takes name, site, agent, paths, data_dir and metrics")
     }
 
     func testMissingKeys() {
@@ -252,6 +254,18 @@ final class ClusterConfigurationTests: XCTestCase {
         XCTAssertEqual(failure(edited("127.0.0.1:7200", "127.0.0.1:65536")),
                        "cluster file line 10, column 9: node \"b\": agent port 65536 is out of range; use a port from 1 to 65535")
         XCTAssertEqual(try ClusterConfiguration.parse(edited("127.0.0.1:7200", "127.0.0.1:65535")).nodes[1].agent.port, 65535)
+    }
+
+    func testMetricsAddress() {
+        let withMetrics = { (value: String) in edited("agent = \"127.0.0.1:7200\"", "agent = \"127.0.0.1:7200\"\nmetrics = \"\(value)\"") }
+        XCTAssertEqual(try ClusterConfiguration.parse(withMetrics("127.0.0.2:9464")).nodes[1].metrics, HostAndPort(host: "127.0.0.2", port: 9464))
+        XCTAssertNil(try ClusterConfiguration.parse(base).nodes[1].metrics)
+        XCTAssertEqual(failure(withMetrics("9464")),
+                       "cluster file line 11, column 11: node \"b\": metrics \"9464\" has no port; write metrics = \"HOST:PORT\", like \"127.0.0.1:7100\"")
+        XCTAssertEqual(failure(withMetrics("127.0.0.1:7200")),
+                       "cluster file line 11, column 11: node \"b\": metrics port 7200 is the agent's port; use a port of its own from 1 to 65535, like 9464")
+        XCTAssertEqual(failure(withMetrics("my host:9464")),
+                       "cluster file line 11, column 11: node \"b\": metrics host \"my host\" contains white space; write metrics = \"HOST:PORT\", like \"0.0.0.0:9464\"")
     }
 
     // MARK: Rules on nodes

@@ -22,14 +22,17 @@ final class TwoNodeCluster {
     var agentEnvironment: [String: [String: String]]
     /// Extra arguments of each node's `baton agent`.
     let agentArguments: [String: [String]]
+    /// Where each node's agent serves metrics (`metrics: true`).
+    private(set) var metricsAddresses: [String: NodeAddress] = [:]
 
     init(_ test: XCTestCase, exports names: [String] = ["demo"], replication: String = "sync", bed: TestBed? = nil,
-         agentEnvironment: [String: [String: String]] = [:], agentArguments: [String: [String]] = [:], timings: [String: Int] = [:], name: String = #function) throws {
+         agentEnvironment: [String: [String: String]] = [:], agentArguments: [String: [String]] = [:], timings: [String: Int] = [:], metrics: Bool = false,
+         name: String = #function) throws {
         directory = try temporaryDirectory(test, name)
         self.agentEnvironment = agentEnvironment
         self.agentArguments = agentArguments
         self.bed = bed
-        let ports = try freePorts(2 + 2 * names.count)
+        let ports = try freePorts(2 + 2 * names.count + 2)
         exports = names.enumerated().map { ($0.element, ports[2 + 2 * $0.offset], ports[3 + 2 * $0.offset]) }
         let hosts = bed == nil ? ["a": "127.0.0.1", "b": "127.0.0.2"]
             : ["a": TestBed.Node.a.address(nic: 1), "b": TestBed.Node.b.address(nic: 1)]
@@ -40,6 +43,10 @@ final class TwoNodeCluster {
         if !timings.isEmpty { text += "[timings]\n" + timings.sorted { $0.key < $1.key }.map { "\($0.key) = \($0.value)\n" }.joined() }
         for node in ["a", "b"] {
             text += "[[nodes]]\nname = \"\(node)\"\nagent = \"\(agentAddresses[node]!)\"\ndata_dir = \"\(directory)/\(node)\"\n"
+            if metrics {
+                metricsAddresses[node] = NodeAddress(host: hosts[node]!, port: ports[ports.count - (node == "a" ? 2 : 1)])
+                text += "metrics = \"\(metricsAddresses[node]!)\"\n"
+            }
             if bed != nil, let machine = TestBed.Node(rawValue: node) {
                 text += "paths = [\"\(machine.address(nic: 1))\", \"\(machine.address(nic: 2))\"]\n"
             }

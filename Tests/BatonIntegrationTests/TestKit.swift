@@ -37,6 +37,8 @@ final class ServerProcess {
     private(set) var address: NodeAddress
     /// Where the monitor's challenges go (started with --monitor-listen).
     private(set) var monitorAddress: NodeAddress?
+    /// Where it serves metrics (started with --metrics-listen).
+    private(set) var metricsAddress: NodeAddress?
     private let stderrPipe = Pipe()
 
     init(_ test: XCTestCase, export: String, data: String, listen: NodeAddress = NodeAddress(host: "127.0.0.1", port: 0),
@@ -63,7 +65,11 @@ final class ServerProcess {
             throw TestError("baton serve did not start (exit \(process.terminationStatus)): \(log)")
         }
         address = bound
-        monitorAddress = words.count == 4 && words[2] == "monitor" ? NodeAddress(words[3]) : nil
+        func after(_ word: String) -> NodeAddress? {
+            words.firstIndex(of: word).flatMap { $0 + 1 < words.count ? NodeAddress(words[$0 + 1]) : nil }
+        }
+        monitorAddress = after("monitor")
+        metricsAddress = after("metrics")
     }
 
     func kill9() {

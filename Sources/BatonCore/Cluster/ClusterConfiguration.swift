@@ -128,16 +128,19 @@ public struct NodeConfiguration: Hashable, Sendable {
     public var paths: [String]
     /// Where the node keeps the data directories of its exports; an absolute path.
     public var dataDirectory: String
+    /// Where the node's agent serves Prometheus metrics (HTTP `/metrics`), if anywhere.
+    public var metrics: HostAndPort?
 
     public static let defaultSite = "default"
 
     public init(name: String, site: String = NodeConfiguration.defaultSite, agent: HostAndPort, paths: [String] = [],
-                dataDirectory: String) {
+                dataDirectory: String, metrics: HostAndPort? = nil) {
         self.name = name
         self.site = site
         self.agent = agent
         self.paths = paths
         self.dataDirectory = dataDirectory
+        self.metrics = metrics
     }
 
     /// Where the node's agent answers: its agent address, then each of its

@@ -61,19 +61,24 @@ enum ClusterFileReader {
     private static func readNode(_ table: TOMLTable, index: Int,
                                  positions: inout ClusterSourcePositions) throws(ClusterConfigurationError) -> NodeConfiguration {
         let reader = TableReader(table: table, kind: "nodes")
-        try reader.checkKeys(["name", "site", "agent", "paths", "data_dir"])
+        try reader.checkKeys(["name", "site", "agent", "paths", "data_dir", "metrics"])
         let name = try reader.string("name", required: "name = \"...\" with a name unique among the nodes")
         let site = try reader.string("site") ?? NodeConfiguration.defaultSite
         let agentText = try reader.string("agent", required: "agent = \"HOST:PORT\" with the address of the node's agent, like \"127.0.0.1:7100\"")
         let paths = try reader.strings("paths", like: "[\"198.18.1.1\", \"198.18.2.1\"]") ?? []
         let dataDirectory = try reader.string(
             "data_dir", required: "data_dir = \"...\" with the directory where the node keeps export data, like \"/var/lib/baton/\(name)\"")
-        for key in ["name", "site", "agent", "paths", "data_dir"] {
+        let metricsText = try reader.string("metrics")
+        for key in ["name", "site", "agent", "paths", "data_dir", "metrics"] {
             positions[.node(index, key)] = table[key]?.value.position
         }
         for (pathIndex, place) in elementPositions(table, "paths").enumerated() { positions[.nodePath(index, pathIndex)] = place }
-        let agent = try hostAndPort(agentText, subject: reader.subject, at: table["agent"]!.value.position)
-        return NodeConfiguration(name: name, site: site, agent: agent, paths: paths, dataDirectory: dataDirectory)
+        let agent = try hostAndPort(agentText, key: "agent", subject: reader.subject, at: table["agent"]!.value.position)
+        var metrics: HostAndPort?
+        if let metricsText {
+            metrics = try hostAndPort(metricsText, key: "metrics", subject: reader.subject, at: table["metrics"]!.value.position)
+        }
+        return NodeConfiguration(name: name, site: site, agent: agent, paths: paths, dataDirectory: dataDirectory, metrics: metrics)
     }
 
     private static func readExport(_ table: TOMLTable, index: Int,
@@ -109,11 +114,11 @@ enum ClusterFileReader {
     }
 
     /// `HOST:PORT`, or `[IPV6]:PORT`. The host's and port's ranges are the validator's.
-    private static func hostAndPort(_ text: String, subject: String,
+    private static func hostAndPort(_ text: String, key: String, subject: String,
                                     at place: TOMLPosition) throws(ClusterConfigurationError) -> HostAndPort {
         func fail(_ problem: String) -> ClusterConfigurationError {
             ClusterConfigurationError(
-                "\(subject): agent \(ClusterValidator.quoted(text)) \(problem)", line: place.line, column: place.column)
+                "\(subject): \(key) \(ClusterValidator.quoted(text)) \(problem)", line: place.line, column: place.column)
         }
         let host: Substring
         let portText: Substring
@@ -125,7 +130,7 @@ enum ClusterFileReader {
             portText = text[text.index(close, offsetBy: 2)...]
         } else {
             guard let colon = text.lastIndex(of: ":") else {
-                throw fail("has no port; write agent = \"HOST:PORT\", like \"127.0.0.1:7100\"")
+                throw fail("has no port; write \(key) = \"HOST:PORT\", like \"127.0.0.1:7100\"")
             }
             host = text[..<colon]
             portText = text[text.index(after: colon)...]
@@ -135,7 +140,7 @@ enum ClusterFileReader {
         }
         // Five digits at most: anything longer is out of range anyway, and cannot overflow here.
         guard (1...5).contains(portText.count), portText.allSatisfy({ ("0"..."9").contains($0) }), let port = Int(portText) else {
-            throw fail("does not end in a port number; write agent = \"HOST:PORT\" with a port from 1 to 65535")
+            throw fail("does not end in a port number; write \(key) = \"HOST:PORT\" with a port from 1 to 65535")
         }
         return HostAndPort(host: String(host), port: port)
     }

@@ -175,6 +175,16 @@ struct ClusterValidator {
                            at: .node(index, "agent"))
             }
             agentIndex[node.agent] = index
+            if let metrics = node.metrics {
+                if let problem = Self.hostProblem(metrics.host) {
+                    throw fail("\(subject): metrics host \(Self.quoted(metrics.host)) \(problem); write metrics = \"HOST:PORT\", like \"0.0.0.0:9464\"",
+                               at: .node(index, "metrics"))
+                }
+                guard Self.portRange.contains(metrics.port), metrics.port != node.agent.port else {
+                    throw fail("\(subject): metrics port \(metrics.port) is \(metrics.port == node.agent.port ? "the agent's port" : "out of range"); use a port of its own from 1 to 65535, like 9464",
+                               at: .node(index, "metrics"))
+                }
+            }
 
             try check(paths: node.paths, of: index, subject: subject)
 

@@ -84,10 +84,51 @@ extension Operation {
     /// The wire tag of `.write`, for a server that decodes write data in place.
     public static let writeTag = Tag.write.rawValue
 
-    enum Tag: UInt8 {
+    enum Tag: UInt8, CaseIterable {
         case lookup = 1, getattr, readlink, read, readdir, statfs, getxattr, listxattr, fsync
         case setattr = 20, mknod, mkdir, symlink, link, unlink, rmdir, rename, create, open, release, write, setxattr, removexattr
         case forget
+    }
+
+    /// Every operation's name (the FUSE operation's), for metrics by operation.
+    public static let names: [String] = Tag.allCases.map { "\($0)" }
+
+    /// This operation's name, one of `names` (a table: it is asked once per request).
+    public var name: String { Self.namesByTag[Int(tag.rawValue)] }
+
+    private static let namesByTag: [String] = {
+        var names = [String](repeating: "unknown", count: 256)
+        for tag in Tag.allCases { names[Int(tag.rawValue)] = "\(tag)" }
+        return names
+    }()
+
+    var tag: Tag {
+        switch self {
+        case .lookup: .lookup
+        case .getattr: .getattr
+        case .readlink: .readlink
+        case .read: .read
+        case .readdir: .readdir
+        case .statfs: .statfs
+        case .getxattr: .getxattr
+        case .listxattr: .listxattr
+        case .fsync: .fsync
+        case .setattr: .setattr
+        case .mknod: .mknod
+        case .mkdir: .mkdir
+        case .symlink: .symlink
+        case .link: .link
+        case .unlink: .unlink
+        case .rmdir: .rmdir
+        case .rename: .rename
+        case .create: .create
+        case .open: .open
+        case .release: .release
+        case .write: .write
+        case .setxattr: .setxattr
+        case .removexattr: .removexattr
+        case .forget: .forget
+        }
     }
 
     public func encode(to w: inout ByteWriter) {

@@ -4,6 +4,7 @@ import Glibc
 import BatonCore
 import CLinuxExtras
 import Logging
+import Synchronization
 
 /// Why an export's data directory cannot be served. Each names the file and
 /// what to do, for the admin who reads it.
@@ -110,7 +111,24 @@ public final class ExportStore: @unchecked Sendable {
     /// this process; each record says so (`JournalCodec`). 0 after open: what
     /// was replayed may still be only in the page cache.
     private var segmentDurableOffset = 0
-    private var journalBytesSinceCheckpoint = 0
+    /// Written under the mutation lock; atomic so that metrics read it from any thread.
+    private let journalBytesCount = Atomic<Int>(0)
+    private var journalBytesSinceCheckpoint: Int {
+        get { journalBytesCount.load(ordering: .relaxed) }
+        set { journalBytesCount.store(newValue, ordering: .relaxed) }
+    }
+    /// Journal bytes since the last checkpoint (what a restart replays).
+    public var journalBytes: Int { journalBytesSinceCheckpoint }
+    /// When the checkpoint was last written (seconds since 1970; 0: never).
+    private let checkpointWrittenAt = Atomic<Int>(0)
+    public var checkpointWrittenSeconds: Int {
+        if checkpointWrittenAt.load(ordering: .relaxed) == 0 {
+            // A checkpoint of an earlier process: the file's time.
+            var info = stat()
+            if stat(checkpointPath, &info) == 0 { checkpointWrittenAt.store(info.st_mtim.tv_sec, ordering: .relaxed) }
+        }
+        return checkpointWrittenAt.load(ordering: .relaxed)
+    }
     /// Where each file was written by immediate writes since the checkpoint.
     /// Replay re-applies those writes; a later write that overlaps one must be
     /// immediate too, or replay would put older data over it.
@@ -981,6 +999,7 @@ public final class ExportStore: @unchecked Sendable {
             for name in old { try Disk.remove(journalDirectory + "/" + name) }
             try Disk.syncDirectory(journalDirectory)
             journalBytesSinceCheckpoint = 0
+            checkpointWrittenAt.store(time(nil), ordering: .relaxed)
             checkpointNotBefore = 0
             immediateRanges = [:]
             immediateRangeCount = 0

@@ -24,10 +24,10 @@ public struct JSONLogHandler: LogHandler {
         set { metadata[key] = newValue }
     }
 
-    public func log(level: Logger.Level, message: Logger.Message, metadata explicit: Logger.Metadata?,
-                    source: String, file: String, function: String, line: UInt) {
+    public func log(event: LogEvent) {
+        let (level, message) = (event.level, event.message)
         var fields = self.metadata
-        if let explicit { fields.merge(explicit) { $1 } }
+        if let explicit = event.metadata { fields.merge(explicit) { $1 } }
         var text = "{\"time\":\(Self.quoted(Self.timestamp()))"
         text += ",\"level\":\(Self.quoted(level.rawValue)),\"label\":\(Self.quoted(label))"
         text += ",\"message\":\(Self.quoted(message.description))"
@@ -123,10 +123,10 @@ public struct SyslogLogHandler: LogHandler {
         set { metadata[key] = newValue }
     }
 
-    public func log(level: Logger.Level, message: Logger.Message, metadata explicit: Logger.Metadata?,
-                    source: String, file: String, function: String, line: UInt) {
+    public func log(event: LogEvent) {
+        let (level, message) = (event.level, event.message)
         var fields = self.metadata
-        if let explicit { fields.merge(explicit) { $1 } }
+        if let explicit = event.metadata { fields.merge(explicit) { $1 } }
         let tail = fields.keys.sorted().map { "\($0)=\(fields[$0]!)" }.joined(separator: " ")
         let text = tail.isEmpty ? "\(message)" : "\(message) \(tail)"
         text.withCString { pointer in

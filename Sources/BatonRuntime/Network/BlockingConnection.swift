@@ -54,6 +54,31 @@ public final class BlockingConnection {
         }
     }
 
+    /// Raw bytes, for a request of another protocol than Baton's (an HTTP scrape).
+    public func send(bytes: [UInt8]) throws {
+        var done = 0
+        while done < bytes.count {
+            let sent = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress! + done, bytes.count - done, Int32(MSG_NOSIGNAL)) }
+            if sent < 0 && errno == EINTR { continue }
+            guard sent > 0 else { throw ProbeError("send to \(address): \(String(cString: strerror(errno)))") }
+            done += sent
+        }
+    }
+
+    /// Everything up to the peer's end of the stream, at most `limitBytes`.
+    public func receiveToEnd(limitBytes: Int) throws -> [UInt8] {
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 64 << 10)
+        while true {
+            let got = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if got < 0 && errno == EINTR { continue }
+            if got == 0 { return bytes }
+            guard got > 0 else { throw ProbeError("no answer from \(address): \(String(cString: strerror(errno)))") }
+            bytes += chunk[0..<got]
+            guard bytes.count <= limitBytes else { throw ProbeError("\(address) sent more than \(limitBytes) bytes") }
+        }
+    }
+
     public func receive(limitBytes: Int = WireLimits.maxFrameBytes) throws -> Message {
         let header = try receive(count: 4)
         let length = Int(header.withUnsafeBytes { $0.loadUnaligned(as: UInt32.self).littleEndian })

@@ -91,6 +91,9 @@ public final class ConnectionAdmission: @unchecked Sendable {
         return admitted
     }
 
+    /// Clients welcomed and still connected.
+    public var clientCount: Int { state.withLockedValue { $0.clients } }
+
     /// The connection closed; `welcomed`: it was counted as a client.
     public func closed(_ channel: Channel, welcomed: Bool) {
         state.withLockedValue { state in
