@@ -16,6 +16,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log.git", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-metrics.git", from: "2.13.0"),
         .package(url: "https://github.com/swift-server/swift-prometheus.git", from: "2.4.1"),
+        .package(url: "https://github.com/apple/swift-crypto.git", from: "4.5.2"),
     ],
     targets: [
         .systemLibrary(name: "CFuse3", pkgConfig: "fuse3", providers: [.apt(["libfuse3-dev"])]),
@@ -33,6 +34,7 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "CoreMetrics", package: "swift-metrics"),
                 .product(name: "Prometheus", package: "swift-prometheus"),
+                .product(name: "Crypto", package: "swift-crypto"),
             ]),
         .target(
             name: "BatonServer",
@@ -58,7 +60,8 @@ let package = Package(
                 "BatonServer", "BatonClient", "BatonRuntime", "BatonAgent",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]),
-        .testTarget(name: "BatonCoreTests", dependencies: ["BatonCore"]),
+        // The core's tests make their authenticator with swift-crypto too (the core has none).
+        .testTarget(name: "BatonCoreTests", dependencies: ["BatonCore", .product(name: "Crypto", package: "swift-crypto")]),
         .testTarget(
             name: "BatonIntegrationTests",
             dependencies: [

@@ -1033,7 +1033,7 @@ final class ExportController: @unchecked Sendable {
         lock.withLock {
             guard case .standby(let store, nil) = role else { return }
             let monitor = MonitorRunner(
-                exportName: export.name, server: peerMonitorAddresses, epoch: store.epoch, secret: agent.secret,
+                exportName: export.name, server: peerMonitorAddresses, epoch: store.epoch, authenticator: agent.authenticator,
                 timings: agent.monitorTimings, group: agent.monitorGroup, logger: logger,
                 onFailure: { [self] reason in
                     self.beginSwap(.failed(reason))

@@ -45,7 +45,7 @@ final class MonitorRunner: @unchecked Sendable {
         var serverSequence: UInt64?
     }
 
-    init(exportName: String, server: [NodeAddress], epoch: UInt64, secret: [UInt8], timings: MonitorTimings,
+    init(exportName: String, server: [NodeAddress], epoch: UInt64, authenticator: MessageAuthenticator, timings: MonitorTimings,
          group: EventLoopGroup, logger: Logger,
          onFailure: @escaping @Sendable (Monitor.FailureReason) -> Void,
          onStandDown: @escaping @Sendable (UInt64) -> Void,
@@ -58,7 +58,7 @@ final class MonitorRunner: @unchecked Sendable {
         self.onStandDown = onStandDown
         self.onServerAnswersAlone = onServerAnswersAlone
         pathSilenceLimit = .nanoseconds(Int64(timings.heartbeatGrace.nanoseconds))
-        var monitor = Monitor(secret: secret, timings: timings)
+        var monitor = Monitor(authenticator: authenticator, timings: timings)
         _ = monitor.handle(.started(epoch: epoch), at: Self.now())
         state = NIOLockedValueBox(State(monitor: monitor))
         connectMissingPaths()

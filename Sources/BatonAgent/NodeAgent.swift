@@ -15,6 +15,8 @@ public final class NodeAgent: @unchecked Sendable {
     let me: NodeConfiguration
     let peer: NodeConfiguration
     let secret: [UInt8]
+    /// The secret as an authenticator (heartbeats, challenges, session proofs).
+    let authenticator: MessageAuthenticator
     let executable: String
     let logger: Logger
     let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
@@ -51,6 +53,7 @@ public final class NodeAgent: @unchecked Sendable {
         self.me = me
         self.peer = peer
         self.secret = secret
+        self.authenticator = .hmacSHA256(secret: secret)
         self.executable = executable
         self.logger = logger
         let t = configuration.timings
@@ -60,7 +63,7 @@ public final class NodeAgent: @unchecked Sendable {
             heartbeatGrace: .milliseconds(UInt64(t.heartbeatGraceMilliseconds)),
             tickGapLimit: .milliseconds(UInt64(max(250, 2 * t.probeIntervalMilliseconds + 1))))
         peerWatch = PeerWatch(
-            me: me, peer: peer, switches: configuration.switches, secret: secret, timings: t.diagnosisTimings, logger: logger,
+            me: me, peer: peer, switches: configuration.switches, authenticator: authenticator, timings: t.diagnosisTimings, logger: logger,
             actions: PeerWatch.Actions(
                 peerGone: { [unowned self] _ in for controller in controllers.values { controller.peerGone() } },
                 selfFence: { [unowned self] in for controller in controllers.values { controller.selfFence() } },
@@ -324,7 +327,7 @@ private final class AgentSessionHandler: ChannelInboundHandler, @unchecked Senda
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let message = unwrapInboundIn(data)
         if case .authenticate(let node, let proof) = message {
-            guard peerNode == nil, ChallengeMAC.matches(proof, AgentAuthentication.proof(secret: agent.secret, nonce: nonce, node: node)) else {
+            guard peerNode == nil, MessageAuthenticator.matches(proof, AgentAuthentication.proof(agent.authenticator, nonce: nonce, node: node)) else {
                 return refuse(context, .unauthenticated, "authentication failed for '\(node)': wrong shared secret")
             }
             authenticationDeadline?.cancel()

@@ -24,7 +24,7 @@ final class PeerWatch: @unchecked Sendable {
 
     private let me: NodeConfiguration
     private let peer: NodeConfiguration
-    private let secret: [UInt8]
+    private let authenticator: MessageAuthenticator
     private let timings: DiagnosisTimings
     private let logger: Logger
     private let actions: Actions
@@ -73,11 +73,11 @@ final class PeerWatch: @unchecked Sendable {
         PerPath(node.paths.first ?? node.agent.host, node.paths.dropFirst().first ?? node.paths.first ?? node.agent.host)
     }
 
-    init(me: NodeConfiguration, peer: NodeConfiguration, switches: [String], secret: [UInt8], timings: DiagnosisTimings,
+    init(me: NodeConfiguration, peer: NodeConfiguration, switches: [String], authenticator: MessageAuthenticator, timings: DiagnosisTimings,
          logger: Logger, actions: Actions) {
         self.me = me
         self.peer = peer
-        self.secret = secret
+        self.authenticator = authenticator
         self.timings = timings
         self.logger = logger
         self.actions = actions
@@ -262,7 +262,7 @@ final class PeerWatch: @unchecked Sendable {
     private func send(_ datagram: AgentDatagram, on path: NetworkPath, to address: SocketAddress? = nil) {
         guard let target = address ?? peerSockets[path],
               let channel = channels.first(where: { $0.address == myPaths[path] })?.channel else { return }
-        let bytes = datagram.encode(secret: secret)
+        let bytes = datagram.encode(authenticator)
         let envelope = AddressedEnvelope(remoteAddress: target, data: channel.allocator.buffer(bytes: bytes))
         // A path that is down fails the send: its silence is what the ladder looks at.
         channel.writeAndFlush(envelope, promise: nil)
@@ -284,7 +284,7 @@ final class PeerWatch: @unchecked Sendable {
     fileprivate func received(_ bytes: [UInt8], from sender: SocketAddress, localAddress: String) {
         let datagram: AgentDatagram
         do {
-            datagram = try AgentDatagram.decode(bytes, secret: secret)
+            datagram = try AgentDatagram.decode(bytes, authenticator)
         } catch {
             logRefusal("agent datagram refused", [
                 "from": "\(sender)", "error": "\(error)", "action": "check that every node has the same secret_file",

@@ -45,7 +45,8 @@ public final class ExportServer: @unchecked Sendable {
     /// wedged and the challenge goes unanswered (DESIGN.md §2 "Monitor").
     private let stallLimit: TimeAmount
     /// The monitor's challenges are answered with this secret (nil: no monitor).
-    private let secret: [UInt8]?
+    /// The cluster's shared secret as an authenticator: answers the monitor's challenges.
+    private let authenticator: MessageAuthenticator?
     private let replication: ReplicationLink?
     let admission: ConnectionAdmission
     /// The monitor port's own limits: a flood of clients does not keep the monitor out.
@@ -61,7 +62,7 @@ public final class ExportServer: @unchecked Sendable {
         self.exportName = exportName
         self.store = store
         self.logger = logger
-        self.secret = secret
+        self.authenticator = secret.map { MessageAuthenticator.hmacSHA256(secret: $0) }
         self.stallLimit = stallLimit
         self.admission = ConnectionAdmission(limits: connectionLimits, subject: ["export": "\(exportName)"], logger: logger)
         self.monitorAdmission = ConnectionAdmission(limits: .monitor, subject: ["export": "\(exportName)", "listener": "monitor"],
@@ -136,7 +137,7 @@ public final class ExportServer: @unchecked Sendable {
                       otherPaths: [(clients: Listener, monitor: Listener?)] = []) throws -> (clients: NodeAddress, monitor: NodeAddress?) {
         try stampNewExportRoot()
         if let monitor {
-            guard secret != nil else { throw ProbeError("a monitor listener needs the cluster's secret (--secret-file)") }
+            guard authenticator != nil else { throw ProbeError("a monitor listener needs the cluster's secret (--secret-file)") }
             let channel = try bind(monitor, bootstrap(group: monitorThread, for: .monitor))
             monitorListener = channel
             for (loop, turn) in zip(network.makeIterator(), networkTurns) {
@@ -358,11 +359,11 @@ public final class ExportServer: @unchecked Sendable {
     /// a busy thread is not a failure). A server wedged longer than that
     /// answers when it comes free, too late for the monitor's deadline.
     func probe(key: [UInt8], channel: Channel, startHeartbeats: Bool) {
-        guard let secret else {
+        guard let authenticator else {
             channel.close(promise: nil)
             return
         }
-        answerChallenge(key: key, secret: secret, channel: channel, checksLeft: Self.maxChallengeChecks)
+        answerChallenge(key: key, authenticator: authenticator, channel: channel, checksLeft: Self.maxChallengeChecks)
         guard startHeartbeats else { return }
         let task = channel.eventLoop.scheduleRepeatedTask(initialDelay: .zero, delay: Self.heartbeatInterval) { [store, replication] _ in
             let alone = replication?.status.alone ?? false
@@ -377,7 +378,7 @@ public final class ExportServer: @unchecked Sendable {
     static let challengeCheckInterval = TimeAmount.milliseconds(10)
     static let maxChallengeChecks = 200
 
-    private func answerChallenge(key: [UInt8], secret: [UInt8], channel: Channel, checksLeft: Int) {
+    private func answerChallenge(key: [UInt8], authenticator: MessageAuthenticator, channel: Channel, checksLeft: Int) {
         let mutationsProgress: Bool
         if mutations.tryLock() {
             mutations.unlock()
@@ -392,14 +393,14 @@ public final class ExportServer: @unchecked Sendable {
         guard mutationsProgress && clientThreadsProgress else {
             guard checksLeft > 0 else { return }
             channel.eventLoop.scheduleTask(in: Self.challengeCheckInterval) { [self] in
-                answerChallenge(key: key, secret: secret, channel: channel, checksLeft: checksLeft - 1)
+                answerChallenge(key: key, authenticator: authenticator, channel: channel, checksLeft: checksLeft - 1)
             }
             return
         }
         // The journal position as of the last committed record: a mutation
         // in flight changes it under the namespace's lock, never half-way.
         let (epoch, position) = (store.epoch, store.appliedSequence)
-        let response = ChallengeMAC.response(secret: secret, key: key, epoch: epoch, journalSequence: position)
+        let response = ChallengeMAC.response(authenticator, key: key, epoch: epoch, journalSequence: position)
         channel.writeAndFlush(Message.probeAnswer(key: key, epoch: epoch, sequence: position, response: response)
             .frame(allocator: channel.allocator), promise: nil)
     }

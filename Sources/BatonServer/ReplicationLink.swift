@@ -444,7 +444,7 @@ final class ReplicationLink: @unchecked Sendable {
     }
 
     fileprivate func challenged(_ channel: Channel, nonce: [UInt8]) {
-        let proof = HMACSHA256.authenticationCode(secret: configuration.secret, message: nonce + Array(configuration.node.utf8))
+        let proof = AgentAuthentication.proof(.hmacSHA256(secret: configuration.secret), nonce: nonce, node: configuration.node)
         channel.write(Message.authenticate(node: configuration.node, proof: proof).frame(allocator: channel.allocator), promise: nil)
         channel.writeAndFlush(Message.replicaHello(export: store.exportName, epoch: store.epoch).frame(allocator: channel.allocator),
                               promise: nil)

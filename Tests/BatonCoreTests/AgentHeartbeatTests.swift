@@ -16,32 +16,32 @@ final class AgentHeartbeatTests: XCTestCase {
             .probeAnswer(node: "b", nonce: 0),
         ]
         for datagram in datagrams {
-            XCTAssertEqual(try AgentDatagram.decode(datagram.encode(secret: secret), secret: secret), datagram)
+            XCTAssertEqual(try AgentDatagram.decode(datagram.encode(.testing(secret)), .testing(secret)), datagram)
         }
     }
 
     func testAnotherSecretOrAnyChangedBitIsRefused() {
-        let bytes = AgentDatagram.heartbeat(node: "a", incarnation: 7, sequence: 9).encode(secret: secret)
-        XCTAssertThrowsError(try AgentDatagram.decode(bytes, secret: Array("another secret, also long enough..".utf8))) {
+        let bytes = AgentDatagram.heartbeat(node: "a", incarnation: 7, sequence: 9).encode(.testing(secret))
+        XCTAssertThrowsError(try AgentDatagram.decode(bytes, .testing(Array("another secret, also long enough..".utf8)))) {
             XCTAssertEqual($0 as? AgentDatagram.Refusal, .unauthenticated)
         }
         for index in bytes.indices {
             var changed = bytes
             changed[index] ^= 0x10
-            XCTAssertThrowsError(try AgentDatagram.decode(changed, secret: secret), "bit flipped at byte \(index) accepted")
+            XCTAssertThrowsError(try AgentDatagram.decode(changed, .testing(secret)), "bit flipped at byte \(index) accepted")
         }
     }
 
     func testCutOrOversizedDatagramsAreRefused() {
-        let bytes = AgentDatagram.probe(node: "a", nonce: 3).encode(secret: secret)
+        let bytes = AgentDatagram.probe(node: "a", nonce: 3).encode(.testing(secret))
         for count in 0..<bytes.count {
-            XCTAssertThrowsError(try AgentDatagram.decode(Array(bytes.prefix(count)), secret: secret))
+            XCTAssertThrowsError(try AgentDatagram.decode(Array(bytes.prefix(count)), .testing(secret)))
         }
-        XCTAssertThrowsError(try AgentDatagram.decode([UInt8](repeating: 1, count: AgentDatagram.maxBytes + 1), secret: secret))
+        XCTAssertThrowsError(try AgentDatagram.decode([UInt8](repeating: 1, count: AgentDatagram.maxBytes + 1), .testing(secret)))
         // A valid code over a body that does not decode (a future version) is malformed, not a crash.
         let body: [UInt8] = [99, 0, 0, 0, 0]
-        let unknown = body + HMACSHA256.authenticationCode(secret: secret, message: body)
-        XCTAssertThrowsError(try AgentDatagram.decode(unknown, secret: secret)) {
+        let unknown = body + MessageAuthenticator.testing(secret).code(body)
+        XCTAssertThrowsError(try AgentDatagram.decode(unknown, .testing(secret))) {
             guard case .malformed = $0 as? AgentDatagram.Refusal else { return XCTFail("\($0)") }
         }
     }

@@ -10,7 +10,7 @@ import XCTest
 private let secret = Array("export-secret".utf8)
 
 private struct MonitorHarness {
-    var monitor = Monitor(secret: secret)
+    var monitor = Monitor(authenticator: .testing(secret))
     var now = Instant.zero
     var keyCounter: UInt8 = 0
     /// Probes sent, in order, with the instant each went out.
@@ -49,7 +49,7 @@ private struct MonitorHarness {
     mutating func answer(probe index: Int, epoch: UInt64? = nil, wrong: Bool = false) {
         let key = probes[index].key
         let claimed = epoch ?? self.epoch
-        var response = ChallengeMAC.response(secret: secret, key: key, epoch: claimed, journalSequence: 9)
+        var response = ChallengeMAC.response(.testing(secret), key: key, epoch: claimed, journalSequence: 9)
         if wrong { response[0] ^= 1 }
         record(monitor.handle(.probeAnswered(key: key, epoch: claimed, journalSequence: 9, response: response), at: now))
     }

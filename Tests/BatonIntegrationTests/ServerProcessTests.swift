@@ -164,7 +164,7 @@ final class ServerProcessTests: XCTestCase {
         while ContinuousClock.now - sent < patience {
             switch try monitor.receive() {
             case .probeAnswer(let got, let epoch, let sequence, let response) where got == key:
-                XCTAssertTrue(ChallengeMAC.matches(response, ChallengeMAC.response(secret: secret, key: key, epoch: epoch,
+                XCTAssertTrue(MessageAuthenticator.matches(response, ChallengeMAC.response(.hmacSHA256(secret: secret), key: key, epoch: epoch,
                                                                                  journalSequence: sequence)))
                 return ContinuousClock.now - sent
             case .heartbeat:

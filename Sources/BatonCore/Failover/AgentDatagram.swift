@@ -22,7 +22,7 @@ public enum AgentDatagram: Hashable, Sendable {
     /// Far below any path MTU: one datagram, never fragmented.
     public static let maxBytes = 512
 
-    public func encode(secret: [UInt8]) -> [UInt8] {
+    public func encode(_ authenticator: MessageAuthenticator) -> [UInt8] {
         var w = ByteWriter(capacity: 96)
         switch self {
         case .heartbeat(let node, let incarnation, let sequence):
@@ -30,7 +30,7 @@ public enum AgentDatagram: Hashable, Sendable {
         case .probe(let node, let nonce): w.write(Tag.probe.rawValue); w.write(node); w.write(nonce)
         case .probeAnswer(let node, let nonce): w.write(Tag.probeAnswer.rawValue); w.write(node); w.write(nonce)
         }
-        return w.bytes + HMACSHA256.authenticationCode(secret: secret, message: w.bytes)
+        return w.bytes + authenticator.code(w.bytes)
     }
 
     public enum Refusal: Error, Hashable, Sendable {
@@ -40,16 +40,14 @@ public enum AgentDatagram: Hashable, Sendable {
         case unauthenticated
     }
 
-    public static func decode(_ bytes: [UInt8], secret: [UInt8]) throws(Refusal) -> AgentDatagram {
-        guard bytes.count > SHA256.digestBytes, bytes.count <= maxBytes else {
-            throw .malformed("\(bytes.count) bytes, expected \(SHA256.digestBytes + 1) to \(maxBytes)")
+    public static func decode(_ bytes: [UInt8], _ authenticator: MessageAuthenticator) throws(Refusal) -> AgentDatagram {
+        let codeBytes = MessageAuthenticator.codeBytes
+        guard bytes.count > codeBytes, bytes.count <= maxBytes else {
+            throw .malformed("\(bytes.count) bytes, expected \(codeBytes + 1) to \(maxBytes)")
         }
-        let body = Array(bytes.dropLast(SHA256.digestBytes))
-        let expected = HMACSHA256.authenticationCode(secret: secret, message: body)
+        let body = Array(bytes.dropLast(codeBytes))
         // Compared in full whatever differs first: the time says nothing of the code.
-        guard zip(expected, bytes.suffix(SHA256.digestBytes)).reduce(UInt8(0), { $0 | ($1.0 ^ $1.1) }) == 0 else {
-            throw .unauthenticated
-        }
+        guard MessageAuthenticator.matches(authenticator.code(body), bytes.suffix(codeBytes)) else { throw .unauthenticated }
         do {
             return try ByteReader.decode(body) { r throws(DecodeError) -> AgentDatagram in
                 let raw = try r.readUInt8()

@@ -125,12 +125,11 @@ public struct Monitor: Sendable {
     }
 
     public let timings: MonitorTimings
-    private let secret: [UInt8]
+    private let authenticator: MessageAuthenticator
     private(set) var state: State = .idle
 
-    public init(secret: [UInt8], timings: MonitorTimings = .defaults) {
-        precondition(!secret.isEmpty)
-        self.secret = secret
+    public init(authenticator: MessageAuthenticator, timings: MonitorTimings = .defaults) {
+        self.authenticator = authenticator
         self.timings = timings
     }
 
@@ -206,8 +205,8 @@ public struct Monitor: Sendable {
         // Unknown keys are answers to probes already counted as missed (late) or already answered (duplicates).
         guard let index = watch.outstanding.firstIndex(where: { $0.key == key }) else { return [] }
         let probe = watch.outstanding.remove(at: index)
-        let expected = ChallengeMAC.response(secret: secret, key: key, epoch: epoch, journalSequence: journalSequence)
-        guard ChallengeMAC.matches(expected, response) else {
+        let expected = ChallengeMAC.response(authenticator, key: key, epoch: epoch, journalSequence: journalSequence)
+        guard MessageAuthenticator.matches(expected, response) else {
             if let reason = miss(&watch, number: probe.number, wrong: true) { return declare(reason) }
             return []
         }

@@ -41,7 +41,7 @@ public enum PeerClient {
         guard case .challenge(let nonce) = try connection.receive() else {
             throw ProbeError("\(address) did not challenge: it is not a Baton agent")
         }
-        try connection.send(.authenticate(node: node, proof: AgentAuthentication.proof(secret: secret, nonce: nonce, node: node)))
+        try connection.send(.authenticate(node: node, proof: AgentAuthentication.proof(.hmacSHA256(secret: secret), nonce: nonce, node: node)))
         try connection.send(.agentRequest(request))
         switch try connection.receive() {
         case .agentReply(let ok, let text): return (ok, text)
@@ -53,7 +53,7 @@ public enum PeerClient {
 
 /// How a peer proves it holds the cluster's shared secret.
 public enum AgentAuthentication {
-    public static func proof(secret: [UInt8], nonce: [UInt8], node: String) -> [UInt8] {
-        HMACSHA256.authenticationCode(secret: secret, message: nonce + Array(node.utf8))
+    public static func proof(_ authenticator: MessageAuthenticator, nonce: [UInt8], node: String) -> [UInt8] {
+        authenticator.code(nonce + Array(node.utf8))
     }
 }

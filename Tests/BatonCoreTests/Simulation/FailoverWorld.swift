@@ -555,7 +555,7 @@ struct FailoverWorld {
     }
 
     private mutating func startMonitor(on node: Int, epoch: UInt64) {
-        var monitor = Monitor(secret: Self.secret)
+        var monitor = Monitor(authenticator: .testing(Self.secret))
         _ = monitor.handle(.started(epoch: epoch), at: now)
         nodes[node].monitor = monitor
         note("node \(node) monitors epoch \(epoch)")
@@ -792,7 +792,7 @@ struct FailoverWorld {
                 }
             case .probe(let key):
                 let sequence = UInt64(nodes[node].journal.count)
-                let response = ChallengeMAC.response(secret: Self.secret, key: key, epoch: server.epoch, journalSequence: sequence)
+                let response = ChallengeMAC.response(.testing(Self.secret), key: key, epoch: server.epoch, journalSequence: sequence)
                 send(from: node, to: peer, .probeAnswer(key: key, epoch: server.epoch, journalSequence: sequence, response: response))
             default:
                 break
