@@ -10,17 +10,18 @@ struct Agent: ParsableCommand {
         abstract: "Run a node's agent: its export servers, the standby replicas and monitors of its peer's exports.")
 
     @Option(help: "The cluster file (see mountscripts/cluster.example.toml).")
-    var config: String
+    var config = DefaultClusterFile.path
 
-    @Option(help: "This node's name in the cluster file.")
-    var node: String
+    @Option(help: "This node's name in the cluster file (default: this machine's short host name).")
+    var node: String?
 
     @OptionGroup var logging: LoggingOptions
 
     func run() throws {
         let logger = logging.bootstrap(label: "baton.agent")
         try prepareDiskOwner(logger: logger)
-        let cluster = try ClusterFile.load(config)
+        let cluster = try DefaultClusterFile.load(config)
+        let node = try node ?? Self.hostNode(in: cluster, config: config)
         let secret = try SecretFile.read(cluster.secretFile)
         let executable = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
         let agent = try NodeAgent(configuration: cluster, node: node, secret: secret, executable: executable, logger: logger)
@@ -31,11 +32,38 @@ struct Agent: ParsableCommand {
         try agent.run()
         withExtendedLifetime(signals) {}
     }
+
+    /// The node named as this machine, or an error that says how to name it.
+    static func hostNode(in cluster: ClusterConfiguration, config: String) throws -> String {
+        // gethostname, not ProcessInfo.hostName: that one may resolve the name
+        // through DNS into another one, and this must be what uname -n says.
+        var buffer = [CChar](repeating: 0, count: 256)
+        let hostname = gethostname(&buffer, buffer.count - 1) == 0 ? buffer.withUnsafeBufferPointer { String(cString: $0.baseAddress!) } : ""
+        if let node = cluster.node(forHostname: hostname) { return node.name }
+        throw ValidationError("this machine's host name '\(hostname)' is not a node in \(config) "
+            + "(nodes: \(cluster.nodes.map(\.name).joined(separator: ", "))): give --node NAME "
+            + "(with systemd: BATON_AGENT_ARGS=\"--node NAME\" in /etc/default/baton)")
+    }
+}
+
+/// Where the agent and the admin commands find the cluster file without
+/// --config, as other storage daemons keep theirs in /etc.
+enum DefaultClusterFile {
+    static let path = "/etc/baton/cluster.toml"
+
+    /// `ClusterFile.load`, saying what to do when the default file is missing.
+    static func load(_ config: String) throws -> ClusterConfiguration {
+        if config == path, !FileManager.default.fileExists(atPath: path) {
+            throw ValidationError("no cluster file at \(path) (the default): give --config FILE, or write one there "
+                + "(mountscripts/install puts an example at \(path).example)")
+        }
+        return try ClusterFile.load(config)
+    }
 }
 
 /// Where admin commands find agents and the secret.
 struct AgentOptions: ParsableArguments {
-    @Option(help: "The cluster file: every node's agent is asked.")
+    @Option(help: "The cluster file: every node's agent is asked (default: \(DefaultClusterFile.path)).")
     var config: String?
 
     @Option(help: "Ask this agent only (HOST:PORT); needs --secret-file.")
@@ -45,15 +73,18 @@ struct AgentOptions: ParsableArguments {
     var secretFile: String?
 
     func validate() throws {
-        guard config != nil || (agent != nil && secretFile != nil) else {
-            throw ValidationError("give --config FILE, or --agent HOST:PORT with --secret-file FILE")
+        if agent != nil, config == nil, secretFile == nil {
+            throw ValidationError("--agent HOST:PORT needs --secret-file FILE")
         }
     }
+
+    /// The cluster file: --config, else the default.
+    var clusterFile: String { config ?? DefaultClusterFile.path }
 
     /// Each agent's addresses: its agent address, then its other paths' (a request goes over the first that connects).
     func targets() throws -> (agents: [[NodeAddress]], secret: [UInt8]) {
         if let agent, let secretFile { return ([[agent]], try SecretFile.read(secretFile)) }
-        let cluster = try ClusterFile.load(config!)
+        let cluster = try DefaultClusterFile.load(clusterFile)
         return (cluster.nodes.map(\.agentAddresses), try SecretFile.read(secretFile ?? cluster.secretFile))
     }
 }
@@ -205,13 +236,13 @@ struct ForceServe: ParsableCommand {
     var node: String
 
     @Option(help: "The cluster file.")
-    var config: String
+    var config = DefaultClusterFile.path
 
     @Option(help: "The shared secret file (default: the cluster file's secret_file).")
     var secretFile: String?
 
     func run() throws {
-        let cluster = try ClusterFile.load(config)
+        let cluster = try DefaultClusterFile.load(config)
         guard let target = cluster.node(named: node) else {
             throw ValidationError("no node '\(node)' in \(config) (nodes: \(cluster.nodes.map(\.name).joined(separator: ", ")))")
         }
@@ -234,15 +265,12 @@ struct Migrate: ParsableCommand {
 
     @OptionGroup var agents: AgentOptions
 
-    func validate() throws {
-        if to != nil && agents.config == nil { throw ValidationError("--to needs --config, to know where the node's agent is") }
-    }
-
     func run() throws {
         let (addresses, secret) = try agents.targets()
         var targets = addresses
-        if let to, let config = agents.config {
-            let cluster = try ClusterFile.load(config)
+        if let to {
+            let config = agents.clusterFile
+            let cluster = try DefaultClusterFile.load(config)
             guard let node = cluster.node(named: to) else {
                 throw ValidationError("no node '\(to)' in \(config) (nodes: \(cluster.nodes.map(\.name).joined(separator: ", ")))")
             }
