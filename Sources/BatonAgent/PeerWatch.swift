@@ -32,7 +32,8 @@ final class PeerWatch: @unchecked Sendable {
     private let myPaths: PerPath<String>
     private let peerPaths: PerPath<String>
     private let switches: PerPath<String?>
-    private let incarnation = UInt64.random(in: 1...UInt64.max)
+    /// This run's, above every earlier run's on this node (see `AgentIncarnation`).
+    private let incarnation: UInt64
 
     // Confined to the event loop.
     private var loop: EventLoop { group.next() }
@@ -81,6 +82,7 @@ final class PeerWatch: @unchecked Sendable {
         self.timings = timings
         self.logger = logger
         self.actions = actions
+        incarnation = Self.takeIncarnation(directory: me.dataDirectory, logger: logger)
         myPaths = Self.paths(of: me)
         peerPaths = Self.paths(of: peer)
         self.switches = PerPath(switches.first, switches.dropFirst().first)
@@ -88,6 +90,24 @@ final class PeerWatch: @unchecked Sendable {
         liveness = PeerLiveness(grace: timings.agentHeartbeatGrace, startedAt: now)
         diagnosis = Diagnosis(timings: timings)
         shared = NIOLockedValueBox(Shared(lastHeard: PerPath(now, now), pathChangedAt: PerPath(now, now)))
+    }
+
+    /// The next incarnation, kept in the node's data directory for the next run.
+    private static func takeIncarnation(directory: String, logger: Logger) -> UInt64 {
+        let path = directory + "/agent-incarnation"
+        let last = (try? String(contentsOfFile: path, encoding: .utf8)).flatMap { UInt64($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+        var now = timespec()
+        clock_gettime(CLOCK_REALTIME, &now)
+        let next = AgentIncarnation.next(after: last, clockNanoseconds: UInt64(now.tv_sec) * 1_000_000_000 + UInt64(now.tv_nsec))
+        do {
+            _ = try Disk.makeDirectory(directory)
+            try Disk.writeAtomically(Array("\(next)\n".utf8), to: path, directory: directory)
+        } catch {
+            logger.warning("cannot keep the agent's incarnation: a clock set back before the next start would make the peer ignore it", metadata: [
+                "file": "\(path)", "error": "\(error)", "action": "make the node's data_dir writable by the agent",
+            ])
+        }
+        return next
     }
 
     /// Binds a UDP socket at each of this node's path addresses (the agent's port) and starts the heartbeats.

@@ -95,5 +95,18 @@ final class AgentHeartbeatTests: XCTestCase {
         // The peer's agent restarted: its sequence starts again.
         XCTAssertTrue(liveness.heard(.first, incarnation: 2, sequence: 1, at: at(1600)))
         XCTAssertEqual(liveness.lastHeard.first, at(1600))
+        // A recording of the earlier run, replayed: it does not count, whatever its sequence.
+        XCTAssertFalse(liveness.heard(.first, incarnation: 1, sequence: 6, at: at(1700)), "an earlier run's heartbeat counted")
+        XCTAssertFalse(liveness.heard(.second, incarnation: 1, sequence: 1_000, at: at(1700)), "an earlier run's heartbeat counted")
+        XCTAssertEqual(liveness.lastHeard.first, at(1600))
+        XCTAssertTrue(liveness.heard(.first, incarnation: 2, sequence: 2, at: at(1800)))
+    }
+
+    func testAnIncarnationIsAboveTheLastOneWhateverTheClock() {
+        XCTAssertEqual(AgentIncarnation.next(after: nil, clockNanoseconds: 1_000), 1_000)
+        XCTAssertEqual(AgentIncarnation.next(after: 500, clockNanoseconds: 1_000), 1_000)
+        // The clock was set back between two runs: still above the last.
+        XCTAssertEqual(AgentIncarnation.next(after: 5_000, clockNanoseconds: 1_000), 5_001)
+        XCTAssertEqual(AgentIncarnation.next(after: .max, clockNanoseconds: 1_000), .max)
     }
 }

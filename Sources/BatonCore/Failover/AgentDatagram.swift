@@ -91,8 +91,13 @@ public struct PeerLiveness: Sendable {
     public var lastHeardOnAnyPath: Instant { max(lastHeard.first, lastHeard.second) }
 
     /// A heartbeat arrived on `path`. Returns false for a replayed or
-    /// reordered one (not newer than the last on that path from the same agent run).
+    /// reordered one: not newer than the last on that path from the same
+    /// agent run, or from an earlier run. Incarnations only grow (an agent
+    /// takes one above its last, `AgentIncarnation`): a recording of an
+    /// earlier run, replayed once the peer is dead, would otherwise keep it
+    /// alive here for as long as the recording lasts.
     public mutating func heard(_ path: NetworkPath, incarnation: UInt64, sequence: UInt64, at now: Instant) -> Bool {
+        if let current = self.incarnation, incarnation < current { return false }
         if incarnation != self.incarnation {
             self.incarnation = incarnation
             lastSequence = PerPath(0, 0)
@@ -133,5 +138,16 @@ public struct PeerLiveness: Sendable {
         defer { diagnosedSilence = silent }
         guard !silent.isEmpty, silent != diagnosedSilence else { return nil }
         return lastHeardOnAnyPath
+    }
+}
+
+/// Each run of an agent has an incarnation above its last run's, so that a
+/// peer can refuse heartbeats recorded from an earlier run (`PeerLiveness`).
+public enum AgentIncarnation {
+    /// The clock's nanoseconds, or one above `last` when the clock is behind it
+    /// (set back between two runs). `last` is what the previous run kept on disk.
+    public static func next(after last: UInt64?, clockNanoseconds: UInt64) -> UInt64 {
+        guard let last else { return clockNanoseconds }
+        return max(clockNanoseconds, last == .max ? .max : last + 1)
     }
 }
