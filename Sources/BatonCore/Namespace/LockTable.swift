@@ -1,0 +1,319 @@
+/// The byte-range and whole-file locks of one export, held by its server for
+/// every client (issue 12): POSIX record locks and OFD locks (`fcntl`), and
+/// `flock` locks, with the rules of a local Linux file system. A client's
+/// kernel alone cannot make two machines' locks exclude each other.
+///
+/// Pure state, changed by the server's lock requests in journal order, so
+/// that the standby holds the same table and a lock held before a failover
+/// is held after it (no grace period, no reclaim). Waiting requests are kept
+/// apart (`LockWaiters`): they are requests in flight, which the clients send
+/// again to the new server, not state.
+public struct LockTable: Hashable, Sendable {
+    public enum Kind: UInt8, Hashable, Sendable {
+        /// `F_RDLCK`, `LOCK_SH`: excludes exclusive locks of other owners.
+        case shared = 1
+        /// `F_WRLCK`, `LOCK_EX`: excludes every lock of other owners.
+        case exclusive = 2
+
+        func conflicts(with other: Kind) -> Bool { self == .exclusive || other == .exclusive }
+    }
+
+    /// fcntl locks (POSIX and OFD: they exclude each other) and flock locks
+    /// are separate on Linux: a lock of one family never conflicts with one of the other.
+    public enum Family: UInt8, Hashable, Sendable {
+        case fcntl = 1
+        case flock = 2
+    }
+
+    /// Who holds a lock: the client session and the owner its kernel names
+    /// (a process for POSIX locks, an open file description for OFD and
+    /// flock locks). Owner numbers are the client's own: the session tells
+    /// two clients' apart.
+    public struct Owner: Hashable, Sendable, Comparable, CustomStringConvertible {
+        public var session: UInt64
+        public var owner: UInt64
+
+        public init(session: UInt64, owner: UInt64) {
+            self.session = session
+            self.owner = owner
+        }
+
+        public static func < (a: Owner, b: Owner) -> Bool { (a.session, a.owner) < (b.session, b.owner) }
+
+        public var description: String { "session \(session) owner \(owner)" }
+    }
+
+    /// Bytes `start` through `end`, both included; `end == .max` runs to the
+    /// end of the file whatever its size (a length of 0 in `fcntl`).
+    public struct Range: Hashable, Sendable, CustomStringConvertible {
+        public var start: UInt64
+        public var end: UInt64
+
+        public init(start: UInt64, end: UInt64) {
+            precondition(start <= end, "an empty lock range")
+            self.start = start
+            self.end = end
+        }
+
+        public static let wholeFile = Range(start: 0, end: .max)
+
+        func overlaps(_ other: Range) -> Bool { start <= other.end && other.start <= end }
+
+        /// Touching or overlapping: two such ranges of one owner and kind are one lock.
+        func adjoins(_ other: Range) -> Bool {
+            overlaps(other) || (end != .max && end + 1 == other.start) || (other.end != .max && other.end + 1 == start)
+        }
+
+        public var description: String { end == .max ? "\(start)-EOF" : "\(start)-\(end)" }
+    }
+
+    public struct Lock: Hashable, Sendable, CustomStringConvertible {
+        public var owner: Owner
+        public var family: Family
+        public var kind: Kind
+        public var range: Range
+        /// The holder's process as its client saw it, for `F_GETLK`.
+        public var pid: UInt32
+
+        public init(owner: Owner, family: Family, kind: Kind, range: Range, pid: UInt32) {
+            self.owner = owner
+            self.family = family
+            self.kind = kind
+            self.range = range
+            self.pid = pid
+        }
+
+        public var description: String { "\(kind) \(family) lock \(range) of \(owner) (pid \(pid))" }
+    }
+
+    /// A lock request: to take `kind` over `range`, or with `kind == nil` to release it.
+    public struct Request: Hashable, Sendable {
+        public var owner: Owner
+        public var family: Family
+        public var kind: Kind?
+        public var range: Range
+        public var pid: UInt32
+
+        public init(owner: Owner, family: Family, kind: Kind?, range: Range, pid: UInt32) {
+            self.owner = owner
+            self.family = family
+            self.kind = kind
+            self.range = range
+            self.pid = pid
+        }
+    }
+
+    /// Each file's locks, each owner's in order of start and never adjoining
+    /// one of the same owner, family and kind (they merge, as Linux's do).
+    public private(set) var locks: [InodeNumber: [Lock]] = [:]
+
+    public init() {}
+
+    public var isEmpty: Bool { locks.isEmpty }
+
+    /// The lock that keeps `request` from being granted now, if any: what
+    /// `F_GETLK` reports (nil: `F_UNLCK`). An owner never conflicts with itself.
+    public func conflict(_ inode: InodeNumber, with request: Request) -> Lock? {
+        guard let kind = request.kind else { return nil }
+        return locks[inode]?.first { held in
+            held.owner != request.owner && held.family == request.family && held.range.overlaps(request.range)
+                && held.kind.conflicts(with: kind)
+        }
+    }
+
+    public enum Outcome: Hashable, Sendable {
+        case granted
+        /// Held by another owner: `F_SETLK` answers EAGAIN, `F_SETLKW` waits.
+        case conflicts(Lock)
+    }
+
+    /// Takes or releases `request`'s range for its owner. A lock replaces the
+    /// owner's own locks of that family in the range (an upgrade or a
+    /// downgrade, atomically), splitting those that stick out; a release
+    /// splits them the same way. Nothing changes on a conflict.
+    public mutating func apply(_ inode: InodeNumber, _ request: Request) -> Outcome {
+        if let blocking = conflict(inode, with: request) { return .conflicts(blocking) }
+        var kept: [Lock] = []
+        for held in locks[inode] ?? [] {
+            guard held.owner == request.owner, held.family == request.family, held.range.overlaps(request.range) else {
+                kept.append(held)
+                continue
+            }
+            // The parts of the owner's lock outside the request stay as they were.
+            if held.range.start < request.range.start {
+                kept.append(held.with(Range(start: held.range.start, end: request.range.start - 1)))
+            }
+            if held.range.end > request.range.end {
+                kept.append(held.with(Range(start: request.range.end + 1, end: held.range.end)))
+            }
+        }
+        if let kind = request.kind {
+            var taken = Lock(owner: request.owner, family: request.family, kind: kind, range: request.range, pid: request.pid)
+            // Merge with the owner's adjoining locks of the same kind.
+            kept.removeAll { held in
+                guard held.owner == taken.owner, held.family == taken.family, held.kind == taken.kind,
+                      held.range.adjoins(taken.range) else { return false }
+                taken.range = Range(start: min(held.range.start, taken.range.start), end: max(held.range.end, taken.range.end))
+                return true
+            }
+            kept.append(taken)
+        }
+        kept.sort { ($0.range.start, $0.owner, $0.family.rawValue) < ($1.range.start, $1.owner, $1.family.rawValue) }
+        locks[inode] = kept.isEmpty ? nil : kept
+        return .granted
+    }
+
+    /// POSIX: a process's record locks on a file go with any close of it
+    /// (FUSE's flush names the owner). flock locks go with the last close of
+    /// their open file description (FUSE's release with `flock_release`).
+    public mutating func release(_ inode: InodeNumber, owner: Owner, family: Family) {
+        _ = apply(inode, Request(owner: owner, family: family, kind: nil, range: .wholeFile, pid: 0))
+    }
+
+    /// Every lock of a client session (its lease ran out, or it said goodbye); returns the files that had some.
+    @discardableResult
+    public mutating func releaseSession(_ session: UInt64) -> [InodeNumber] {
+        var touched: [InodeNumber] = []
+        for (inode, held) in locks {
+            let kept = held.filter { $0.owner.session != session }
+            guard kept.count != held.count else { continue }
+            touched.append(inode)
+            locks[inode] = kept.isEmpty ? nil : kept
+        }
+        return touched.sorted()
+    }
+
+    /// A file's locks go with the file (its last link removed and closed).
+    public mutating func forget(_ inode: InodeNumber) { locks[inode] = nil }
+}
+
+extension LockTable.Lock {
+    fileprivate func with(_ range: LockTable.Range) -> LockTable.Lock {
+        var copy = self
+        copy.range = range
+        return copy
+    }
+}
+
+/// Lock requests that wait (`F_SETLKW`, blocking `flock`), in the order they
+/// came, per file. In memory only: after a failover the clients send them
+/// again, and they queue anew behind the locks the journal kept.
+public struct LockWaiters: Sendable {
+    public struct Waiter: Hashable, Sendable {
+        /// Tells the server which request to answer once granted.
+        public var id: UInt64
+        public var inode: InodeNumber
+        public var request: LockTable.Request
+
+        public init(id: UInt64, inode: InodeNumber, request: LockTable.Request) {
+            self.id = id
+            self.inode = inode
+            self.request = request
+        }
+    }
+
+    public private(set) var waiting: [Waiter] = []
+
+    public init() {}
+
+    public enum Admission: Hashable, Sendable {
+        case granted
+        case waits
+        /// Waiting would close a cycle of owners waiting for each other: `EDEADLK`.
+        case deadlock
+    }
+
+    /// Takes `waiter`'s lock at once if it is free, else queues it, unless
+    /// its owner would then wait, through other waiters, for itself.
+    public mutating func request(_ waiter: Waiter, in table: inout LockTable) -> Admission {
+        if !overtakes(waiter, waiting[...]), case .granted = table.apply(waiter.inode, waiter.request) { return .granted }
+        if waitsForItself(waiter, table) { return .deadlock }
+        waiting.append(waiter)
+        return .waits
+    }
+
+    /// Grants, in arrival order, every waiter whose lock has become free
+    /// (after a release, an unlock or a downgrade); returns those granted.
+    public mutating func grantFree(in table: inout LockTable) -> [Waiter] {
+        var granted: [Waiter] = []
+        var index = 0
+        while index < waiting.count {
+            let waiter = waiting[index]
+            if !overtakes(waiter, waiting[..<index]), case .granted = table.apply(waiter.inode, waiter.request) {
+                granted.append(waiter)
+                waiting.remove(at: index)
+                continue
+            }
+            index += 1
+        }
+        return granted
+    }
+
+    /// The client gave up (an interrupted `F_SETLKW`), or its session ended.
+    public mutating func cancel(id: UInt64) -> Waiter? {
+        guard let index = waiting.firstIndex(where: { $0.id == id }) else { return nil }
+        return waiting.remove(at: index)
+    }
+
+    public mutating func cancelSession(_ session: UInt64) -> [Waiter] {
+        let gone = waiting.filter { $0.request.owner.session == session }
+        waiting.removeAll { $0.request.owner.session == session }
+        return gone
+    }
+
+    /// An earlier waiter that `waiter` would exclude keeps its turn: readers
+    /// arriving one after another do not starve a writer.
+    private func overtakes(_ waiter: Waiter, _ earlier: ArraySlice<Waiter>) -> Bool {
+        earlier.contains { other in
+            other.inode == waiter.inode && other.request.family == waiter.request.family
+                && other.request.owner != waiter.request.owner && other.request.range.overlaps(waiter.request.range)
+                && (other.request.kind.map { waiter.request.kind?.conflicts(with: $0) ?? false } ?? false)
+        }
+    }
+
+    /// Whether `waiter`'s owner, once queued, would wait for a lock of an
+    /// owner that waits (directly or through others) for a lock of its own.
+    private func waitsForItself(_ waiter: Waiter, _ table: LockTable) -> Bool {
+        let me = waiter.request.owner
+        var seen: Set<LockTable.Owner> = []
+        var frontier = blockers(of: waiter, table)
+        while let owner = frontier.popLast() {
+            if owner == me { return true }
+            guard seen.insert(owner).inserted else { continue }
+            for other in waiting where other.request.owner == owner { frontier += blockers(of: other, table) }
+        }
+        return false
+    }
+
+    private func blockers(of waiter: Waiter, _ table: LockTable) -> [LockTable.Owner] {
+        guard let kind = waiter.request.kind else { return [] }
+        return (table.locks[waiter.inode] ?? []).filter {
+            $0.owner != waiter.request.owner && $0.family == waiter.request.family
+                && $0.range.overlaps(waiter.request.range) && $0.kind.conflicts(with: kind)
+        }.map(\.owner)
+    }
+}
+
+/// Each client session's lease on its locks: renewed by anything the
+/// session sends; a session silent for longer than the lease loses its
+/// locks (a client that died, or was cut off, must not hold them for good).
+/// In memory: a new server gives every session a full lease from its start.
+public struct LockLeases: Sendable {
+    public let lease: TimeSpan
+    private var renewed: [UInt64: Instant] = [:]
+
+    public init(lease: TimeSpan) { self.lease = lease }
+
+    public mutating func renew(_ session: UInt64, at now: Instant) {
+        renewed[session] = max(renewed[session] ?? now, now)
+    }
+
+    public mutating func forget(_ session: UInt64) { renewed[session] = nil }
+
+    /// The sessions whose lease ran out by `now`, oldest first; they are forgotten.
+    public mutating func expired(at now: Instant) -> [UInt64] {
+        let gone = renewed.filter { now - min(now, $0.value) > lease }.sorted { ($0.value, $0.key) < ($1.value, $1.key) }.map(\.key)
+        for session in gone { renewed[session] = nil }
+        return gone
+    }
+}
