@@ -312,11 +312,15 @@ fuse_stop() {
 
 # baton_serve_start EXPORT DATA_DIR HOST:PORT LOGFILE: starts `baton serve` and
 # waits until it accepts connections (at most BATON_START_TIMEOUT s, default 15).
+# BATON_SERVE_ARGS (words) go to `baton serve` too, e.g. "--metrics-listen
+# 127.0.0.1:0" to measure what the metrics cost.
 baton_serve_start() {
   local export="$1" data="$2" listen="$3" logf="$4"
+  local -a extra=()
+  read -r -a extra <<<"${BATON_SERVE_ARGS:-}"
   mkdir -p -- "$data"
   bg_start "$logf" "${BATON:?set BATON from baton_find_bin}" serve \
-    --export "$export" --data "$data" --listen "$listen"
+    --export "$export" --data "$data" --listen "$listen" "${extra[@]}"
   wait_for_port "${listen%:*}" "${listen##*:}" "${BATON_START_TIMEOUT:-15}" "$BG_PID"
 }
 

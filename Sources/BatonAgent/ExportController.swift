@@ -373,6 +373,7 @@ final class ExportController: @unchecked Sendable {
         if handOver { process.handOver() } else { process.kill() }
         logger.warning(handOver ? "export server handed over at the peer's request" : "export server fenced at the peer's request", metadata: [
             "export": "\(export.name)", "pid": "\(process.pid)", "epoch": "\(ownEpoch)",
+            "cause": "\(handOver ? "planned" : "the peer's monitor declared the server failed")",
         ])
         // The server answered without its standby (the marker stands until
         // the standby has every such write): a peer that took over now, its
@@ -716,7 +717,7 @@ final class ExportController: @unchecked Sendable {
             lock.withLock { lastFailover = (at, "\(swap.reason)") }
             AgentMetrics.swapDone(export: export.name, cause: swap.reason.cause)
             logger.warning("swap done: the export is served here", metadata: [
-                "export": "\(export.name)", "epoch": "\(newEpoch)",
+                "export": "\(export.name)", "epoch": "\(newEpoch)", "cause": "\(swap.reason.cause)", "reason": "\(swap.reason)",
                 "duration": "\(SwapTimes.milliseconds(ContinuousClock.now - swap.started))",
                 "pause": "\(SwapTimes.milliseconds(ContinuousClock.now - pauseBegan))", "steps": "\(swap.times.description)",
             ])

@@ -55,6 +55,9 @@ public final class NodeAgent: @unchecked Sendable {
         self.secret = secret
         self.authenticator = .hmacSHA256(secret: secret)
         self.executable = executable
+        // Every line names the node: logs of two nodes are read side by side.
+        var logger = logger
+        logger[metadataKey: "node"] = "\(me.name)"
         self.logger = logger
         let t = configuration.timings
         monitorTimings = try MonitorTimings(

@@ -64,6 +64,9 @@ final class ClusterTests: XCTestCase {
         let started = objects.first { $0["message"] as? String == "export server started" }
         XCTAssertEqual(started?["export"] as? String, "demo", text)
         XCTAssertEqual(started?["label"] as? String, "baton.agent", text)
+        // Every line of the agent names its node: two nodes' logs read side by side.
+        let unnamed = objects.filter { $0["label"] as? String == "baton.agent" && $0["node"] as? String != "a" }
+        XCTAssertEqual(unnamed.count, 0, "agent lines without node a: \(unnamed.prefix(3))")
         // The server's own lines (its label is baton.serve) come through in JSON too.
         XCTAssertTrue(objects.contains { ($0["label"] as? String)?.hasPrefix("baton.serve") == true && $0["export"] as? String == "demo" },
                       text)
