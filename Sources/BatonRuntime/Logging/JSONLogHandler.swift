@@ -25,9 +25,7 @@ public struct JSONLogHandler: LogHandler {
     }
 
     public func log(event: LogEvent) {
-        let (level, message) = (event.level, event.message)
-        var fields = self.metadata
-        if let explicit = event.metadata { fields.merge(explicit) { $1 } }
+        let (level, message, fields) = (event.level, event.message, fields(of: event))
         var text = "{\"time\":\(Self.quoted(Self.timestamp()))"
         text += ",\"level\":\(Self.quoted(level.rawValue)),\"label\":\(Self.quoted(label))"
         text += ",\"message\":\(Self.quoted(message.description))"
@@ -124,9 +122,7 @@ public struct SyslogLogHandler: LogHandler {
     }
 
     public func log(event: LogEvent) {
-        let (level, message) = (event.level, event.message)
-        var fields = self.metadata
-        if let explicit = event.metadata { fields.merge(explicit) { $1 } }
+        let (level, message, fields) = (event.level, event.message, fields(of: event))
         let tail = fields.keys.sorted().map { "\($0)=\(fields[$0]!)" }.joined(separator: " ")
         let text = tail.isEmpty ? "\(message)" : "\(message) \(tail)"
         text.withCString { pointer in
@@ -143,5 +139,14 @@ public struct SyslogLogHandler: LogHandler {
         case .error: LOG_ERR
         case .critical: LOG_CRIT
         }
+    }
+}
+
+extension LogHandler {
+    /// The handler's metadata, with the line's own over it.
+    fileprivate func fields(of event: LogEvent) -> Logger.Metadata {
+        var fields = metadata
+        if let explicit = event.metadata { fields.merge(explicit) { $1 } }
+        return fields
     }
 }
