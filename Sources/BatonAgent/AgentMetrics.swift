@@ -26,27 +26,23 @@ enum AgentMetrics {
         Counter(label: "baton_heartbeats_sent_total", dimensions: [("peer", peer), ("path", "\(path.rawValue)")]).increment()
     }
 
-    /// The roles an export takes on a node, each a series of its own (1 for the role it has).
-    static let roles = ["server", "standby", "swapping", "taking over", "starting", "waiting for the peer", "self-fenced"]
-
     /// Sets the gauges from the agent's status: its exports' and its peer's entries.
-    static func refresh(exports: [[String: Any]], peer: [String: Any]) {
-        for entry in exports {
-            guard let name = entry["name"] as? String else { continue }
-            let role = entry["role"] as? String ?? ""
-            for candidate in roles {
-                Gauge(label: "baton_export_role", dimensions: [("export", name), ("role", candidate)]).record(candidate == role ? 1 : 0)
+    static func refresh(_ status: AgentStatus) {
+        for entry in status.exports {
+            // One series per role (1 for the role the export has here), so a role change shows as one going to 0.
+            for role in ExportStatus.Role.allCases {
+                Gauge(label: "baton_export_role", dimensions: [("export", entry.name), ("role", role.rawValue)])
+                    .record(role == entry.role ? 1 : 0)
             }
-            Gauge(label: "baton_export_epoch", dimensions: [("export", name)]).record(entry["epoch"] as? Int ?? 0)
-            if role == "standby" {
-                Gauge(label: "baton_replica_lag_records", dimensions: [("export", name)]).record(entry["lag"] as? Int ?? 0)
+            Gauge(label: "baton_export_epoch", dimensions: [("export", entry.name)]).record(entry.epoch)
+            if entry.role == .standby {
+                Gauge(label: "baton_replica_lag_records", dimensions: [("export", entry.name)]).record(entry.lag ?? 0)
             }
         }
-        let peerName = peer["name"] as? String ?? "?"
-        for path in peer["paths"] as? [[String: Any]] ?? [] {
-            let labels = [("peer", peerName), ("path", "\(path["path"] ?? "?")")]
-            Gauge(label: "baton_path_up", dimensions: labels).record(path["state"] as? String == "up" ? 1 : 0)
-            Gauge(label: "baton_path_last_heard_seconds", dimensions: labels).record(Double(path["last_heard_ms_ago"] as? Int ?? 0) / 1000)
+        for path in status.peer.paths {
+            let labels = [("peer", status.peer.name), ("path", "\(path.path)")]
+            Gauge(label: "baton_path_up", dimensions: labels).record(path.isDown ? 0 : 1)
+            Gauge(label: "baton_path_last_heard_seconds", dimensions: labels).record(Double(path.lastHeardMsAgo) / 1000)
         }
     }
 }

@@ -23,7 +23,7 @@ final class ExportController: @unchecked Sendable {
     /// The copy arriving from the server, while one does (for `baton status`).
     private var copy: CopyProgress?
     /// The last catch-up's outcome, for `baton status`.
-    private var lastCatchUp: [String: Any]?
+    private var lastCatchUp: ExportStatus.CatchUpDone?
     /// The last record the replica shares with the server, from the
     /// server's catch-up question: the replica's records after it are dropped.
     private var sharedUpTo: UInt64?
@@ -990,9 +990,8 @@ final class ExportController: @unchecked Sendable {
                 defer { copy = nil }
                 let received = copy?.receivedBytes ?? 0
                 let dropped = partial ? old.appliedSequence - min(old.appliedSequence, sharedUpTo ?? 0) : nil
-                var outcome: [String: Any] = ["kind": kind, "sequence": Int(sequence), "received_bytes": received]
-                if let dropped { outcome["dropped_records"] = Int(dropped) }
-                lastCatchUp = outcome
+                lastCatchUp = ExportStatus.CatchUpDone(kind: kind, sequence: Int(sequence), receivedBytes: received,
+                                                       droppedRecords: dropped.map { Int($0) })
                 return (received, dropped)
             }
             logger.info("\(kind) copy installed", metadata: [
@@ -1047,41 +1046,38 @@ final class ExportController: @unchecked Sendable {
 
     // MARK: - Status
 
-    func status() -> [String: Any] {
+    func status() -> ExportStatus {
         lock.withLock {
-            var entry: [String: Any] = ["name": export.name, "node": agent.me.name]
+            var entry = ExportStatus(name: export.name, node: agent.me.name, role: .starting, epoch: Int(currentEpoch))
             switch role {
-            case .starting: entry["role"] = "starting"
-            case .selfFenced: entry["role"] = "self-fenced"
+            case .starting: entry.role = .starting
+            case .selfFenced: entry.role = .selfFenced
             case .waitingForPeer(let why):
-                entry["role"] = "waiting for the peer"
-                entry["waiting"] = ["node": agent.me.name, "why": why, "force": "baton force-serve \(export.name) --node \(agent.me.name)"]
-            case .swapping: entry["role"] = "swapping"
-            case .handingOver: entry["role"] = "taking over"
+                entry.role = .waitingForPeer
+                entry.waiting = .init(node: agent.me.name, why: why, force: "baton force-serve \(export.name) --node \(agent.me.name)")
+            case .swapping: entry.role = .swapping
+            case .handingOver: entry.role = .takingOver
             case .serving(let process):
-                entry["role"] = "server"
-                entry["server"] = ["node": agent.me.name, "address": clientAddress.description, "pid": Int(process.pid)] as [String: Any]
-                entry["monitor"] = ["node": agent.peer.name]
+                entry.role = .server
+                entry.server = .init(node: agent.me.name, address: clientAddress.description, pid: Int(process.pid))
+                entry.monitor = .init(node: agent.peer.name)
                 // The server answers without its standby (the peer gone, its disk failed, just after a swap).
-                if Disk.exists(standbyOutdatedMarker) { entry["answering_alone"] = true }
+                if Disk.exists(standbyOutdatedMarker) { entry.answeringAlone = true }
             case .standby(let store, let monitor):
-                entry["role"] = "standby"
-                entry["epoch"] = Int(store.epoch)
-                entry["sequence"] = Int(store.appliedSequence)
-                entry["monitor"] = ["node": agent.me.name, "watching": monitor != nil] as [String: Any]
+                entry.role = .standby
+                entry.sequence = Int(store.appliedSequence)
+                entry.monitor = .init(node: agent.me.name, watching: monitor != nil)
                 if let copy {
-                    entry["catching_up"] = ["kind": copy.kind, "received_bytes": copy.receivedBytes,
-                                            "expected_bytes": Int(copy.expectedBytes)] as [String: Any]
+                    entry.catchingUp = .init(kind: copy.kind, receivedBytes: copy.receivedBytes, expectedBytes: Int(copy.expectedBytes))
                 }
-                if let lastCatchUp { entry["last_catch_up"] = lastCatchUp }
-                if let rtt = monitor?.lastRoundTrip { entry["probe_rtt_ms"] = Double(rtt.nanoseconds) / 1e6 }
+                entry.lastCatchUp = lastCatchUp
+                if let rtt = monitor?.lastRoundTrip { entry.probeRttMs = Double(rtt.nanoseconds) / 1e6 }
                 if let position = monitor?.serverSequence {
-                    entry["server_sequence"] = Int(position)
-                    entry["lag"] = Int(position) - Int(store.appliedSequence)
+                    entry.serverSequence = Int(position)
+                    entry.lag = Int(position) - Int(store.appliedSequence)
                 }
             }
-            entry["epoch"] = Int(currentEpoch)
-            if let lastFailover { entry["last_failover"] = ["at": lastFailover.at, "reason": lastFailover.reason] }
+            entry.lastFailover = lastFailover.map { .init(at: $0.at, reason: $0.reason) }
             return entry
         }
     }

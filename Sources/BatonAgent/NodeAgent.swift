@@ -162,8 +162,7 @@ public final class NodeAgent: @unchecked Sendable {
     /// in time is left out, and says so in `baton_metrics_scrape_failed`.
     private func serveMetrics(on address: NodeAddress) throws {
         metricsEndpoint = try MetricsEndpoint(listen: address, logger: logger) { [self] in
-            AgentMetrics.refresh(exports: configuration.exports.compactMap { controllers[$0.name]?.status() },
-                                 peer: peerWatch.status())
+            AgentMetrics.refresh(status())
             var pages: [String] = []
             var failed: [String] = []
             for controller in controllers.values {
@@ -190,19 +189,23 @@ public final class NodeAgent: @unchecked Sendable {
         for listener in listeners { try? listener.close().wait() }
     }
 
-    /// The exports the peer serves, or nil when its agent does not answer.
-    func peerServedExports() -> Set<String>? {
-        guard let (ok, text) = try? askPeer(.status), ok,
-              let json = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any],
-              let exports = json["exports"] as? [[String: Any]] else { return nil }
-        return Set(exports.compactMap { Self.peerRolesThatServe.contains($0["role"] as? String ?? "") ? $0["name"] as? String : nil })
+    /// This agent's answer to `status`.
+    func status(connections: [String: [String: Int]] = [:]) -> AgentStatus {
+        AgentStatus(node: me.name, exports: configuration.exports.compactMap { controllers[$0.name]?.status() },
+                    peer: peerWatch.status(connections: connections))
     }
 
+    /// The exports the peer serves, or nil when its agent does not answer.
     /// A peer in the middle of a swap (or a planned migration) serves the
     /// export in a moment, at a newer epoch: an agent that starts then and
     /// served the export last must not serve it too (a soak saw two servers
     /// for an instant after an agent was killed and started again).
-    static let peerRolesThatServe: Set<String> = ["server", "swapping", "taking over"]
+    func peerServedExports() -> Set<String>? {
+        guard let (ok, text) = try? askPeer(.status), ok, let answer = try? StatusJSON.decode(AgentStatus.self, from: text) else {
+            return nil
+        }
+        return Set(answer.exports.filter(\.role.serves).map(\.name))
+    }
 
     /// Asks the peer's agent at each of its addresses in turn (a path may be
     /// down). Fencing waits for a process to exit, so its answer may take
@@ -252,10 +255,7 @@ public final class NodeAgent: @unchecked Sendable {
     func answer(_ request: AgentRequest) -> (Bool, String) {
         switch request {
         case .status:
-            let exports = configuration.exports.compactMap { controllers[$0.name]?.status() }
-            let json = ["node": me.name, "exports": exports, "peer": peerWatch.status(connections: connectionsByAddress())] as [String: Any]
-            let data = (try? JSONSerialization.data(withJSONObject: json, options: [.sortedKeys])) ?? Data("{}".utf8)
-            return (true, String(decoding: data, as: UTF8.self))
+            return (true, StatusJSON.encode(status(connections: connectionsByAddress())))
         case .fence(let export, let epoch):
             guard let controller = controllers[export] else { return (false, "unknown export '\(export)'") }
             return controller.fence(epoch: epoch)

@@ -204,31 +204,27 @@ final class PeerWatch: @unchecked Sendable {
 
     /// For `baton status` and `baton diagnose`; `connections`: the TCP
     /// connections (MPTCP subflows among them) at each local address, by what they carry.
-    func status(connections: [String: [String: Int]] = [:]) -> [String: Any] {
+    func status(connections: [String: [String: Int]] = [:]) -> PeerStatus {
         let now = MonitorRunner.now()
         return shared.withLockedValue { state in
-            var entry: [String: Any] = [
-                "name": peer.name,
-                "paths": NetworkPath.allCases.map { path -> [String: Any] in
-                    ["path": path.rawValue, "local": myPaths[path], "peer": peerPaths[path], "switch": switches[path] ?? "",
-                     "last_heard_ms_ago": Int((now - min(now, state.lastHeard[path])).nanoseconds / 1_000_000),
-                     "silent": state.silentPaths.contains(path),
-                     "state": state.silentPaths.contains(path) ? "down" : "up",
-                     "since_ms_ago": Int((now - min(now, state.pathChangedAt[path])).nanoseconds / 1_000_000),
-                     "connections": connections[myPaths[path]] ?? [:],
-                     // A cut path's subflows stay established until they time out: they carry nothing.
-                     "carries": state.silentPaths.contains(path)
-                         ? [] : ["heartbeats"] + (connections[myPaths[path]] ?? [:]).filter { $0.value > 0 }.keys.sorted()]
+            var status = PeerStatus(
+                name: peer.name,
+                paths: NetworkPath.allCases.map { path in
+                    let silent = state.silentPaths.contains(path)
+                    let counts = connections[myPaths[path]] ?? [:]
+                    return PeerStatus.Path(
+                        path: path.rawValue, local: myPaths[path], peer: peerPaths[path], switch: switches[path] ?? "",
+                        lastHeardMsAgo: Int((now - min(now, state.lastHeard[path])).nanoseconds / 1_000_000), silent: silent,
+                        sinceMsAgo: Int((now - min(now, state.pathChangedAt[path])).nanoseconds / 1_000_000), connections: counts,
+                        // A cut path's subflows stay established until they time out: they carry nothing.
+                        carries: silent ? [] : ["heartbeats"] + counts.filter { $0.value > 0 }.keys.sorted())
                 },
-                "peer_gone": state.peerGone, "self_fenced": state.selfFenced,
-            ]
+                peerGone: state.peerGone, selfFenced: state.selfFenced)
             if let last = state.lastVerdict {
-                entry["diagnosis"] = [
-                    "verdict": Self.describe(last.verdict), "ms_ago": Int((now - min(now, last.at)).nanoseconds / 1_000_000),
-                    "findings": Self.describe(last.findings),
-                ] as [String: Any]
+                status.diagnosis = .init(verdict: Self.describe(last.verdict), msAgo: Int((now - min(now, last.at)).nanoseconds / 1_000_000),
+                                         findings: Self.describe(last.findings))
             }
-            return entry
+            return status
         }
     }
 

@@ -103,122 +103,53 @@ struct Status: ParsableCommand {
 
     func run() throws {
         let (addresses, secret) = try agents.targets()
-        var exports: [String: [String: Any]] = [:]
+        var answers: [AgentStatus] = []
         var unreachable: [String] = []
-        var paths: [[String: Any]] = []
         for agent in addresses {
             do {
                 let (_, text) = try PeerClient.request(.status, toAnyOf: agent, node: "admin", secret: secret)
-                let view = try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any] ?? [:]
-                if let peer = view["peer"] as? [String: Any] {
-                    paths.append(["node": view["node"] ?? "?", "peer": peer["name"] ?? "?", "paths": peer["paths"] ?? []])
-                }
-                for entry in view["exports"] as? [[String: Any]] ?? [] {
-                    guard let name = entry["name"] as? String else { continue }
-                    exports[name] = StatusMerge.merge(exports[name] ?? ["name": name], entry)
-                }
+                answers.append(try StatusJSON.decode(AgentStatus.self, from: text))
             } catch {
                 unreachable.append("\(agent[0]): \(error)")
             }
         }
-        let ordered = exports.keys.sorted().map { exports[$0]! }
-        let (health, findings) = Self.assess(ordered, agentsAsked: addresses.count, unreachable: unreachable, paths: paths)
+        let cluster = ClusterStatus(answers: answers, unreachable: unreachable)
         if json {
-            let object: [String: Any] = ["exports": ordered, "unreachable_agents": unreachable, "paths": paths,
-                                         "health": health.description, "findings": findings]
-            let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .prettyPrinted])
-            print(String(decoding: data, as: UTF8.self))
+            print(StatusJSON.encode(cluster, pretty: true))
         } else {
-            printTable(ordered, paths: paths, unreachable: unreachable)
-            print("health: \(health)" + (findings.isEmpty ? "" : ": " + findings.joined(separator: "; ")))
+            printTable(cluster)
+            print("health: \(cluster.health)" + (cluster.findings.isEmpty ? "" : ": " + cluster.findings.joined(separator: "; ")))
         }
-        if health != .ok { throw ExitCode(health.rawValue) }
+        if cluster.healthLevel != .ok { throw ExitCode(cluster.healthLevel.rawValue) }
     }
 
-    static func assess(_ exports: [[String: Any]], agentsAsked: Int, unreachable: [String],
-                       paths: [[String: Any]]) -> (ClusterHealth, [String]) {
-        let conditions = exports.map { entry in
-            ClusterHealth.Export(
-                name: entry["name"] as? String ?? "?", served: entry["server"] != nil,
-                monitored: (entry["monitor"] as? [String: Any])?["watching"] as? Bool == true,
-                answeringAlone: entry["answering_alone"] as? Bool == true, waitingForPeer: entry["waiting"] != nil)
-        }
-        let pathsDown = paths.flatMap { view in
-            (view["paths"] as? [[String: Any]] ?? []).filter { $0["state"] as? String == "down" }.map {
-                "node \(view["node"] ?? "?") to \(view["peer"] ?? "?"), path \($0["path"] ?? "?")"
-            }
-        }
-        return ClusterHealth.assess(exports: conditions, agentsAsked: agentsAsked, agentsUnreachable: unreachable,
-                                    pathsDown: pathsDown)
-    }
-
-    private func printTable(_ ordered: [[String: Any]], paths: [[String: Any]], unreachable: [String]) {
+    private func printTable(_ cluster: ClusterStatus) {
         print("EXPORT".padding(16) + "EPOCH".padding(7) + "SERVER".padding(28) + "MONITOR".padding(10)
               + "JOURNAL SERVER/STANDBY".padding(24) + "PROBE RTT".padding(11) + "LAST FAILOVER")
-        for entry in ordered {
-            let server = entry["server"] as? [String: Any]
-            let serverText = server.map { "\($0["node"] ?? "?") \($0["address"] ?? "") pid \($0["pid"] ?? "?")" } ?? "none"
-            let monitor = (entry["monitor"] as? [String: Any])?["node"] as? String ?? "none"
-            let failover = (entry["last_failover"] as? [String: Any]).map { "\($0["at"] ?? "") \($0["reason"] ?? "")" } ?? "-"
-            let journal = entry["journal"] as? [String: Any] ?? [:]
-            let copying = (entry["catching_up"] as? [String: Any]).map {
-                "\($0["kind"] ?? "") copy \(($0["received_bytes"] as? Int ?? 0) >> 20)/\(($0["expected_bytes"] as? Int ?? 0) >> 20) MiB"
+        for entry in cluster.exports {
+            let serverText = entry.server.map { "\($0.node) \($0.address) pid \($0.pid)" } ?? "none"
+            let failover = entry.lastFailover.map { "\($0.at) \($0.reason)" } ?? "-"
+            let copying = entry.catchingUp.map { "\($0.kind) copy \($0.receivedBytes >> 20)/\($0.expectedBytes >> 20) MiB" }
+            let positions = copying ?? "\(entry.journal?.server.map(String.init) ?? "-")/\(entry.journal?.standby.map(String.init) ?? "-")"
+            let rtt = entry.probeRttMs.map { String(format: "%.2f ms", $0) } ?? "-"
+            print(entry.name.padding(16) + "\(entry.epoch)".padding(7) + serverText.padding(28)
+                  + (entry.monitor?.node ?? "none").padding(10) + positions.padding(24) + rtt.padding(11) + failover)
+        }
+        for entry in cluster.exports where entry.answeringAlone == true {
+            print("\(entry.name): the server answers without its standby: acknowledged writes are on one node until it is in step")
+        }
+        for entry in cluster.exports {
+            guard let waiting = entry.waiting else { continue }
+            print("\(entry.name): \(waiting.node) waits for its peer before serving: \(waiting.why) (to serve without it: \(waiting.force))")
+        }
+        for view in cluster.paths {
+            let each = view.paths.map { path in
+                "path \(path.path) \(path.isDown ? "DOWN" : path.state) for \(String(format: "%.1f s", Double(path.sinceMsAgo) / 1000))"
+                    + " (carries \(Diagnose.carried(path)))"
             }
-            let positions = copying ?? "\(journal["server"] ?? "-")/\(journal["standby"] ?? "-")"
-            let rtt = (entry["probe_rtt_ms"] as? Double).map { String(format: "%.2f ms", $0) } ?? "-"
-            print("\(entry["name"]!)".padding(16) + "\(entry["epoch"] ?? "?")".padding(7) + serverText.padding(28)
-                  + monitor.padding(10) + positions.padding(24) + rtt.padding(11) + failover)
+            print("node \(view.node) to \(view.peer): \(each.joined(separator: "; "))")
         }
-        for entry in ordered where entry["answering_alone"] as? Bool == true {
-            print("\(entry["name"]!): the server answers without its standby: acknowledged writes are on one node until it is in step")
-        }
-        for entry in ordered {
-            guard let waiting = entry["waiting"] as? [String: Any] else { continue }
-            print("\(entry["name"]!): \(waiting["node"] ?? "?") waits for its peer before serving: \(waiting["why"] ?? "")"
-                  + " (to serve without it: \(waiting["force"] ?? ""))")
-        }
-        for view in paths {
-            let each = (view["paths"] as? [[String: Any]] ?? []).map { path -> String in
-                let state = path["state"] as? String ?? "?"
-                let since = (path["since_ms_ago"] as? Int).map { String(format: "%.1f s", Double($0) / 1000) } ?? "?"
-                return "path \(path["path"] ?? "?") \(state == "down" ? "DOWN" : state) for \(since) (carries \(Diagnose.carried(path)))"
-            }
-            print("node \(view["node"]!) to \(view["peer"]!): \(each.joined(separator: "; "))")
-        }
-        for problem in unreachable { print("agent unreachable: \(problem)") }
-    }
-}
-
-/// Each agent knows its own side of an export; `status` joins the two.
-enum StatusMerge {
-    static func merge(_ into: [String: Any], _ entry: [String: Any]) -> [String: Any] {
-        var merged = into
-        // During a swap both nodes may claim the server: the newer epoch wins.
-        let entryEpoch = entry["epoch"] as? Int ?? 0
-        if entry["server"] != nil, entryEpoch >= merged["server_epoch"] as? Int ?? 0 {
-            merged["server"] = entry["server"]
-            merged["server_epoch"] = entryEpoch
-            merged["answering_alone"] = entry["answering_alone"]
-        }
-        // Each node knows the swaps it ran: the later one (ISO 8601 times sort as text).
-        if let failover = entry["last_failover"] as? [String: Any],
-           failover["at"] as? String ?? "" >= (merged["last_failover"] as? [String: Any])?["at"] as? String ?? "" {
-            merged["last_failover"] = failover
-        }
-        merged["epoch"] = max(entryEpoch, merged["epoch"] as? Int ?? 0)
-        if entry["role"] as? String == "standby" {
-            merged["monitor"] = entry["monitor"]
-            var journal = merged["journal"] as? [String: Any] ?? [:]
-            journal["standby"] = entry["sequence"]
-            journal["server"] = entry["server_sequence"]
-            journal["lag"] = entry["lag"]
-            merged["journal"] = journal
-            if let rtt = entry["probe_rtt_ms"] { merged["probe_rtt_ms"] = rtt }
-            if let copy = entry["catching_up"] { merged["catching_up"] = copy }
-            if let last = entry["last_catch_up"] { merged["last_catch_up"] = last }
-        }
-        if let waiting = entry["waiting"] { merged["waiting"] = waiting }
-        return merged
+        for problem in cluster.unreachableAgents { print("agent unreachable: \(problem)") }
     }
 }
 
@@ -275,9 +206,8 @@ struct Migrate: ParsableCommand {
                 throw ValidationError("no node '\(to)' in \(config) (nodes: \(cluster.nodes.map(\.name).joined(separator: ", ")))")
             }
             let (_, text) = try PeerClient.request(.status, toAnyOf: node.agentAddresses, node: "admin", secret: secret)
-            let view = try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any] ?? [:]
-            let entry = (view["exports"] as? [[String: Any]])?.first { $0["name"] as? String == export }
-            if entry?["role"] as? String == "server" {
+            let answer = try StatusJSON.decode(AgentStatus.self, from: text)
+            if answer.exports.first(where: { $0.name == export })?.role == .server {
                 print("\(export) is served on \(to) already")
                 return
             }

@@ -1,5 +1,5 @@
 import ArgumentParser
-import BatonAgent
+import BatonCore
 import BatonRuntime
 import Foundation
 
@@ -16,40 +16,37 @@ struct Diagnose: ParsableCommand {
 
     func run() throws {
         let (addresses, secret) = try agents.targets()
-        var views: [[String: Any]] = []
+        var views: [DiagnoseView] = []
         for agent in addresses {
             do {
                 let (_, text) = try PeerClient.request(.status, toAnyOf: agent, node: "admin", secret: secret)
-                let view = try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any] ?? [:]
-                views.append(["agent": agent[0].description, "node": view["node"] ?? "?", "peer": view["peer"] ?? [:]])
+                let answer = try StatusJSON.decode(AgentStatus.self, from: text)
+                views.append(DiagnoseView(agent: agent[0].description, node: answer.node, peer: answer.peer))
             } catch {
-                views.append(["agent": agent[0].description, "unreachable": "\(error)"])
+                views.append(DiagnoseView(agent: agent[0].description, unreachable: "\(error)"))
             }
         }
         if json {
-            let data = try JSONSerialization.data(withJSONObject: ["agents": views], options: [.sortedKeys, .prettyPrinted])
-            print(String(decoding: data, as: UTF8.self))
+            print(StatusJSON.encode(["agents": views], pretty: true))
             return
         }
         for view in views {
-            guard let peer = view["peer"] as? [String: Any] else {
-                print("agent \(view["agent"]!): unreachable (\(view["unreachable"] ?? "?"))\n")
+            guard let peer = view.peer else {
+                print("agent \(view.agent): unreachable (\(view.unreachable ?? "?"))\n")
                 continue
             }
-            print("node \(view["node"]!) (agent \(view["agent"]!)), peer \(peer["name"] ?? "?"):")
-            for path in peer["paths"] as? [[String: Any]] ?? [] {
-                let switchText = (path["switch"] as? String).flatMap { $0.isEmpty ? nil : ", switch \($0)" } ?? ""
-                let carries = Self.carried(path)
-                print("  path \(path["path"]!): \(path["local"]!) -> \(path["peer"]!)\(switchText): \(path["state"] ?? "?") for "
-                      + "\(Self.seconds(path["since_ms_ago"])), last heard \(path["last_heard_ms_ago"]!) ms ago; carries \(carries)")
+            print("node \(view.node ?? "?") (agent \(view.agent)), peer \(peer.name):")
+            for path in peer.paths {
+                let switchText = path.switch.isEmpty ? "" : ", switch \(path.switch)"
+                print("  path \(path.path): \(path.local) -> \(path.peer)\(switchText): \(path.state) for "
+                      + "\(Self.seconds(path.sinceMsAgo)), last heard \(path.lastHeardMsAgo) ms ago; carries \(Self.carried(path))")
             }
-            if peer["self_fenced"] as? Bool == true { print("  this node is isolated and has stopped its export servers") }
-            if peer["peer_gone"] as? Bool == true { print("  the peer is gone: its exports are taken over, servers here go on alone") }
-            if let diagnosis = peer["diagnosis"] as? [String: Any] {
-                print("  last diagnosis \(diagnosis["ms_ago"]!) ms ago: \(diagnosis["verdict"]!)")
-                let findings = diagnosis["findings"] as? [String: String] ?? [:]
+            if peer.selfFenced { print("  this node is isolated and has stopped its export servers") }
+            if peer.peerGone { print("  the peer is gone: its exports are taken over, servers here go on alone") }
+            if let diagnosis = peer.diagnosis {
+                print("  last diagnosis \(diagnosis.msAgo) ms ago: \(diagnosis.verdict)")
                 for rung in Self.rungs {
-                    let found = rung.keys.compactMap { key in findings[key].map { "\(key.split(separator: "_").last!): \($0)" } }
+                    let found = rung.keys.compactMap { key in diagnosis.findings[key].map { "\(key.split(separator: "_").last!): \($0)" } }
                     print("    \(rung.name.padding(16))\(found.joined(separator: ", "))")
                 }
             } else {
@@ -59,18 +56,21 @@ struct Diagnose: ParsableCommand {
         }
     }
 
+    /// One agent's view, or why it gave none.
+    struct DiagnoseView: Encodable {
+        var agent: String
+        var node: String?
+        var peer: PeerStatus?
+        var unreachable: String?
+    }
+
     /// What a path of an agent's status carries, in words.
-    static func carried(_ path: [String: Any]) -> String {
-        guard let kinds = path["carries"] as? [String] else { return "?" }
-        return kinds.isEmpty ? "nothing" : kinds.joined(separator: ", ")
+    static func carried(_ path: PeerStatus.Path) -> String {
+        path.carries.isEmpty ? "nothing" : path.carries.joined(separator: ", ")
     }
 
     /// "12.3 s" from milliseconds.
-    private static func seconds(_ milliseconds: Any?) -> String {
-        guard let milliseconds = milliseconds as? Int else { return "?" }
-        return String(format: "%.1f s", Double(milliseconds) / 1000)
-    }
-
+    private static func seconds(_ milliseconds: Int) -> String { String(format: "%.1f s", Double(milliseconds) / 1000) }
     /// The ladder's rungs in the order it climbs them.
     private static let rungs: [(name: String, keys: [String])] = [
         ("1 peer agent", ["peer_agent_1", "peer_agent_2"]), ("2 peer OS", ["peer_os"]),

@@ -1,7 +1,7 @@
 /// What `baton status` tells a script or a monitoring system by its exit
 /// code. The values are the plugin convention Nagios, Icinga and their kin
 /// read: 0 ok, 1 warning, 2 critical, 3 unknown.
-public enum ClusterHealth: Int32, Comparable, Sendable, CustomStringConvertible {
+public enum ClusterHealth: Int32, Comparable, Sendable, CaseIterable, CustomStringConvertible {
     /// Every export is served and monitored, every agent answered, every path is up.
     case ok = 0
     /// Everything is served, but a guarantee is thinner than it should be:
