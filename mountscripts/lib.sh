@@ -469,6 +469,7 @@ cluster_start() {
   (umask 077 && head -c 64 /dev/urandom >"$work/secret")
   cat >"$CLUSTER_CONFIG" <<TOML
 secret_file = "$work/secret"
+plaintext = true
 [[nodes]]
 name = "a"
 agent = "127.0.0.1:$agent_a"

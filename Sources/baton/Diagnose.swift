@@ -15,11 +15,11 @@ struct Diagnose: ParsableCommand {
     var json = false
 
     func run() throws {
-        let (addresses, secret) = try agents.targets()
+        let (addresses, secret, tls) = try agents.targets()
         var views: [[String: Any]] = []
         for agent in addresses {
             do {
-                let (_, text) = try PeerClient.request(.status, toAnyOf: agent, node: "admin", secret: secret)
+                let (_, text) = try PeerClient.request(.status, toAnyOf: agent, node: "admin", secret: secret, tls: tls)
                 let view = try JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any] ?? [:]
                 views.append(["agent": agent[0].description, "node": view["node"] ?? "?", "peer": view["peer"] ?? [:]])
             } catch {
