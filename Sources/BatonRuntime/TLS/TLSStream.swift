@@ -40,7 +40,11 @@ final class TLSStream: @unchecked Sendable {
 
     deinit { channel.close(promise: nil) }
 
+    /// Once the peer has closed (a refusal, then the close), what is sent is
+    /// dropped: the caller's next receive reads the refusal, which says more
+    /// than "closed channel".
     func send(_ bytes: [UInt8]) throws {
+        if inbox.hasEnded { return }
         // A peer that reads nothing must not hold the caller forever.
         let channel = channel
         let deadline = channel.eventLoop.scheduleTask(in: timeout) { channel.close(promise: nil) }
@@ -48,7 +52,8 @@ final class TLSStream: @unchecked Sendable {
         do {
             try channel.writeAndFlush(channel.allocator.buffer(bytes: bytes)).wait()
         } catch {
-            throw ProbeError("send to \(address): \(inbox.failure ?? "\(error)")")
+            if inbox.hasEnded { return }
+            throw ProbeError("send to \(address): \(error)")
         }
     }
 
@@ -71,7 +76,13 @@ private final class Inbox: @unchecked Sendable {
     private let condition = ConditionLock(value: false)
     private var bytes: [UInt8] = []
     private var ended = false
-    private(set) var failure: String?
+    private var failure: String?
+
+    var hasEnded: Bool {
+        condition.lock()
+        defer { condition.unlock() }
+        return ended
+    }
 
     func append(_ buffer: ByteBuffer) {
         condition.lock()
