@@ -588,7 +588,12 @@ final class ClientConnectionHandler: ChannelInboundHandler, @unchecked Sendable 
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        refuse(context, .malformed, "\(error)")
+        guard TLSFailure.isTLS(error) else { return refuse(context, .malformed, "\(error)") }
+        // Nothing can be said over a session that failed; one line per 10 s, since anyone can start handshakes.
+        admission.logHit("tls", "TLS session failed: closing it", [
+            "peer": "\(context.remoteAddress.map { "\($0)" } ?? "?")", "detail": "\(TLSFailure.describe(error))",
+        ])
+        context.close(promise: nil)
     }
 
     private func refuse(_ context: ChannelHandlerContext, _ refusal: Refusal, _ detail: String) {

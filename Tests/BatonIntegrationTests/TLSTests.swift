@@ -72,6 +72,7 @@ final class TLSTests: XCTestCase {
         XCTAssertNotEqual(foreign.status, 0, foreign.output)
         XCTAssertTrue(foreign.output.contains("not of one CA"), foreign.output)
         XCTAssertFalse(MountProcess.isMounted(mountpoint))
+        try waitFor("the server logs the failed handshake", cluster) { $0.contains("TLS session failed") && $0.contains("not of one CA") }
 
         let tls = cluster.tlsDirectory
         let agent = try XCTUnwrap(cluster.agentAddresses["a"])

@@ -133,6 +133,9 @@ private final class InboxHandler: ChannelInboundHandler, @unchecked Sendable {
 
 /// A TLS error in words an admin can act on.
 public enum TLSFailure {
+    /// The TLS layer's own error (a handshake with a certificate of another CA, a torn session).
+    public static func isTLS(_ error: any Error) -> Bool { error is NIOSSLError }
+
     public static func describe(_ error: any Error) -> String {
         guard let error = error as? NIOSSLError else { return "\(error)" }
         switch error {
