@@ -47,6 +47,10 @@ public final class NodeAgent: @unchecked Sendable {
     private var metricsEndpoint: MetricsEndpoint?
 
     public init(configuration: ClusterConfiguration, node: String, secret: [UInt8], executable: String, logger: Logger) throws {
+        guard let me = configuration.node(named: node) else {
+            throw ProbeError("node '\(node)' is not in the cluster file (nodes: \(configuration.nodes.map(\.name).joined(separator: ", ")))")
+        }
+        guard let peer = configuration.peer(of: node) else { throw ProbeError("node '\(node)' has no peer in the cluster file") }
         switch configuration.transport {
         case .tls(let files):
             let (certificate, key) = files.nodeFiles(node)
@@ -54,10 +58,6 @@ public final class NodeAgent: @unchecked Sendable {
         case .plaintext:
             tls = nil
         }
-        guard let me = configuration.node(named: node) else {
-            throw ProbeError("node '\(node)' is not in the cluster file (nodes: \(configuration.nodes.map(\.name).joined(separator: ", ")))")
-        }
-        guard let peer = configuration.peer(of: node) else { throw ProbeError("node '\(node)' has no peer in the cluster file") }
         self.configuration = configuration
         self.me = me
         self.peer = peer
