@@ -310,17 +310,18 @@ fuse_stop() {
 # --- baton daemons -----------------------------------------------------------
 # Both use $BATON (set it from baton_find_bin) and set BG_PID.
 
-# baton_serve_start EXPORT DATA_DIR HOST:PORT LOGFILE: starts `baton serve` and
+# baton_serve_start EXPORT DATA_DIR HOST:PORT LOGFILE [ARGS...]: starts `baton serve` (ARGS appended) and
 # waits until it accepts connections (at most BATON_START_TIMEOUT s, default 15).
 # BATON_SERVE_ARGS (words) go to `baton serve` too, e.g. "--metrics-listen
 # 127.0.0.1:0" to measure what the metrics cost.
 baton_serve_start() {
   local export="$1" data="$2" listen="$3" logf="$4"
+  shift 4
   local -a extra=()
   read -r -a extra <<<"${BATON_SERVE_ARGS:-}"
   mkdir -p -- "$data"
   bg_start "$logf" "${BATON:?set BATON from baton_find_bin}" serve \
-    --export "$export" --data "$data" --listen "$listen" "${extra[@]}"
+    --export "$export" --data "$data" --listen "$listen" "$@" "${extra[@]}"
   wait_for_port "${listen%:*}" "${listen##*:}" "${BATON_START_TIMEOUT:-15}" "$BG_PID"
 }
 
@@ -456,11 +457,14 @@ proc_children() {
 # WORK/cluster.toml (data in WORK/a and WORK/b), starts both agents (logs
 # LOGDIR/agent-a.log, agent-b.log; registered for cleanup), and waits until
 # the export is served at epoch 1 and watched by its standby (at most
-# BATON_START_TIMEOUT s, default 30). WORK must exist and be canonical. Sets:
+# BATON_START_TIMEOUT s, default 30). WORK must exist and be canonical. With
+# BATON_TLS=1 the cluster runs TLS, with certificates by `baton cert` in
+# WORK/tls; otherwise plain TCP (plaintext = true). Sets:
 #   CLUSTER_WORK CLUSTER_CONFIG CLUSTER_EXPORT CLUSTER_PORT
 #   CLUSTER_MONITOR_PORT the export's monitor port (challenges, heartbeats)
 #   CLUSTER_SOURCE      what to mount: EXPORT@127.0.0.1:PORT,127.0.0.2:PORT
 #   CLUSTER_AGENT_PIDS  (array) agent a, agent b
+#   CLUSTER_MOUNT_OPTS  the -o options a mount needs (TLS: cert, key, ca; else empty)
 cluster_start() {
   local work="$1" export="${2:-demo}" logdir="${3:-$1}" agent_a agent_b node
   : "${BATON:?set BATON from baton_find_bin}"
@@ -471,8 +475,25 @@ cluster_start() {
   CLUSTER_SOURCE="$export@127.0.0.1:$CLUSTER_PORT,127.0.0.2:$CLUSTER_PORT"
   CLUSTER_AGENT_PIDS=()
   (umask 077 && head -c 64 /dev/urandom >"$work/secret")
+  local transport="plaintext = true" name
+  CLUSTER_MOUNT_OPTS=""
+  if [[ "${BATON_TLS:-0}" == 1 ]]; then
+    "$BATON" cert ca --out "$work/tls" >/dev/null
+    for name in node:a node:b admin:admin client:client; do
+      "$BATON" cert issue --ca "$work/tls" --role "${name%%:*}" --name "${name#*:}" --out "$work/tls" >/dev/null
+    done
+    transport="[tls]
+ca = \"$work/tls/ca.pem\"
+cert = \"$work/tls/{node}.pem\"
+key = \"$work/tls/{node}.key\"
+admin_cert = \"$work/tls/admin.pem\"
+admin_key = \"$work/tls/admin.key\""
+    # shellcheck disable=SC2034 # for the caller
+    CLUSTER_MOUNT_OPTS="cert=$work/tls/client.pem,key=$work/tls/client.key,ca=$work/tls/ca.pem"
+  fi
   cat >"$CLUSTER_CONFIG" <<TOML
 secret_file = "$work/secret"
+$transport
 [[nodes]]
 name = "a"
 agent = "127.0.0.1:$agent_a"

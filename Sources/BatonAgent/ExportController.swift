@@ -135,7 +135,7 @@ final class ExportController: @unchecked Sendable {
             pathAddresses: agent.me.agentAddresses.dropFirst().map(\.host),
             exportAddresses: [agent.me, agent.peer].flatMap(\.agentAddresses).map { NodeAddress(host: $0.host, port: export.port) },
             multipath: agent.isMultipath,
-            secretFile: agent.configuration.secretFile, standby: agent.peerAgentAddress, node: agent.me.name,
+            secretFile: agent.configuration.secretFile, tls: agent.tls?.files, standby: agent.peerAgentAddress, node: agent.me.name,
             replication: export.replication,
             standbyWaitLimitMilliseconds: agent.configuration.timings.standbyWaitLimitMilliseconds,
             metrics: agent.me.metrics != nil, awaitPromotion: awaitPromotion, logger: logger
@@ -1034,7 +1034,7 @@ final class ExportController: @unchecked Sendable {
             guard case .standby(let store, nil) = role else { return }
             let monitor = MonitorRunner(
                 exportName: export.name, server: peerMonitorAddresses, epoch: store.epoch, authenticator: agent.authenticator,
-                timings: agent.monitorTimings, group: agent.monitorGroup, logger: logger,
+                timings: agent.monitorTimings, group: agent.monitorGroup, tls: agent.tls, logger: logger,
                 onFailure: { [self] reason in
                     self.beginSwap(.failed(reason))
                 },

@@ -29,7 +29,7 @@ final class ExportProcess: @unchecked Sendable {
     /// and waits for `promote` (ahead of a swap: the process start is then
     /// out of the pause).
     init(executable: String, exportName: String, dataDirectory: String, listen: NodeAddress, monitorListen: NodeAddress,
-         pathAddresses: [String], exportAddresses: [NodeAddress], multipath: Bool, secretFile: String,
+         pathAddresses: [String], exportAddresses: [NodeAddress], multipath: Bool, secretFile: String, tls: TLSFiles?,
          standby: NodeAddress, node: String, replication: ReplicationMode, standbyWaitLimitMilliseconds: Int,
          metrics: Bool = false, awaitPromotion: Bool = false, logger: Logger,
          onExit: @escaping @Sendable (Int32) -> Void) throws {
@@ -47,6 +47,7 @@ final class ExportProcess: @unchecked Sendable {
             "--secret-file", secretFile, "--standby", standby.description, "--node", node,
             "--replication", replication.rawValue, "--standby-wait-limit-ms", String(standbyWaitLimitMilliseconds),
         ]
+        if let tls { arguments += ["--tls-cert", tls.certificate, "--tls-key", tls.key, "--tls-ca", tls.authority] }
         if multipath { arguments.append("--multipath") }
         // On loopback, for the agent's page only (the agent serves the node's metrics).
         if metrics { arguments += ["--metrics-listen", "127.0.0.1:0"] }

@@ -18,6 +18,8 @@ final class MonitorRunner: @unchecked Sendable {
     /// The server's monitor address on each path (one where the paths are one).
     private let server: [NodeAddress]
     private let group: EventLoopGroup
+    /// The node's certificate: the server's monitor port takes node certificates only.
+    private let tls: TLSIdentity?
     private let logger: Logger
     private let onFailure: @Sendable (Monitor.FailureReason) -> Void
     private let onStandDown: @Sendable (UInt64) -> Void
@@ -46,13 +48,14 @@ final class MonitorRunner: @unchecked Sendable {
     }
 
     init(exportName: String, server: [NodeAddress], epoch: UInt64, authenticator: MessageAuthenticator, timings: MonitorTimings,
-         group: EventLoopGroup, logger: Logger,
+         group: EventLoopGroup, tls: TLSIdentity?, logger: Logger,
          onFailure: @escaping @Sendable (Monitor.FailureReason) -> Void,
          onStandDown: @escaping @Sendable (UInt64) -> Void,
          onServerAnswersAlone: @escaping @Sendable () -> Void) {
         self.exportName = exportName
         self.server = server
         self.group = group
+        self.tls = tls
         self.logger = logger
         self.onFailure = onFailure
         self.onStandDown = onStandDown
@@ -136,6 +139,7 @@ final class MonitorRunner: @unchecked Sendable {
             .channelOption(.socketOption(.tcp_nodelay), value: 1)
             .channelInitializer { [self] channel in
                 channel.eventLoop.makeCompletedFuture {
+                    try tls.addClientHandlers(to: channel.pipeline.syncOperations)
                     try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(MessageDecoder()))
                     try channel.pipeline.syncOperations.addHandler(MonitorHandler(runner: self))
                 }

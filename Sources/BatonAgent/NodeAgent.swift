@@ -17,6 +17,8 @@ public final class NodeAgent: @unchecked Sendable {
     let secret: [UInt8]
     /// The secret as an authenticator (heartbeats, challenges, session proofs).
     let authenticator: MessageAuthenticator
+    /// This node's certificate on a TLS cluster (`[tls]`); nil with `plaintext = true`.
+    let tls: TLSIdentity?
     let executable: String
     let logger: Logger
     let group = MultiThreadedEventLoopGroup(numberOfThreads: 2)
@@ -49,6 +51,13 @@ public final class NodeAgent: @unchecked Sendable {
             throw ProbeError("node '\(node)' is not in the cluster file (nodes: \(configuration.nodes.map(\.name).joined(separator: ", ")))")
         }
         guard let peer = configuration.peer(of: node) else { throw ProbeError("node '\(node)' has no peer in the cluster file") }
+        switch configuration.transport {
+        case .tls(let files):
+            let (certificate, key) = files.nodeFiles(node)
+            tls = try TLSIdentity(TLSFiles(certificate: certificate, key: key, authority: files.ca), roles: [.node])
+        case .plaintext:
+            tls = nil
+        }
         self.configuration = configuration
         self.me = me
         self.peer = peer
@@ -130,10 +139,16 @@ public final class NodeAgent: @unchecked Sendable {
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelInitializer { [self] channel in
                 channel.eventLoop.makeCompletedFuture {
+                    try tls.addServerHandlers(to: channel.pipeline.syncOperations, accepting: agentRoles)
                     try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(MessageDecoder()))
                     try channel.pipeline.syncOperations.addHandler(AgentSessionHandler(agent: self))
                 }
             }
+        if tls == nil {
+            logger.warning("plain TCP: the cluster file says plaintext = true, so clients, replication and admin commands travel unencrypted and unauthenticated by certificate", metadata: [
+                "node": "\(me.name)", "action": "make certificates with `baton cert` and replace plaintext = true with a [tls] table",
+            ])
+        }
         for address in me.agentAddresses {
             listeners.append(try bootstrap.bind(host: address.host, port: address.port).wait())
         }
@@ -220,7 +235,7 @@ public final class NodeAgent: @unchecked Sendable {
         var failures: [String] = []
         for address in peer.agentAddresses {
             do {
-                return try PeerClient.request(request, to: address, node: me.name, secret: secret, timeoutMilliseconds: timeout)
+                return try PeerClient.request(request, to: address, node: me.name, secret: secret, tls: tls, timeoutMilliseconds: timeout)
             } catch {
                 failures.append("\(error)")
             }
@@ -229,6 +244,34 @@ public final class NodeAgent: @unchecked Sendable {
     }
 
     func controller(_ export: String) -> ExportController? { controllers[export] }
+
+    /// The agent's port takes nodes (its peer: replication, fences, hand-overs)
+    /// and admins (the admin commands); never clients.
+    var agentRoles: RolePolicy {
+        RolePolicy(accepting: [.node, .admin], place: "the agent's port", log: { [admission] kind, detail, peer in
+            admission.logHit(kind, "agent connection refused", ["peer": "\(peer)", "detail": "\(detail)"])
+        })
+    }
+
+    /// The roles that may ask `request`: an admin reads status and moves
+    /// exports; only a node fences or hands over (it is the peer in a swap).
+    static func roles(for request: AgentRequest) -> Set<PeerRole> {
+        switch request {
+        case .status, .migrate, .forceServe: [.node, .admin]
+        case .fence, .handOver: [.node]
+        }
+    }
+
+    /// For refusals: "a fence takes node certificates only".
+    static func describe(_ request: AgentRequest) -> String {
+        switch request {
+        case .status: "a status request"
+        case .migrate: "a migration"
+        case .forceServe: "a force-serve"
+        case .fence: "a fence"
+        case .handOver: "a hand-over"
+        }
+    }
 
     /// This node's TCP connections at each local address, by what they carry:
     /// clients and probes served here, probes of the peer's servers,
@@ -280,6 +323,8 @@ private final class AgentSessionHandler: ChannelInboundHandler, @unchecked Senda
     private let agent: NodeAgent
     private var nonce: [UInt8] = []
     private var peerNode: String?
+    /// Who the peer's certificate names (TLS); nil on plain TCP.
+    private var certified: PeerIdentity?
     private var export: ExportController?
     private var incoming: String?
     /// The epoch the server announced in its hello: a copy is installed at it.
@@ -327,6 +372,19 @@ private final class AgentSessionHandler: ChannelInboundHandler, @unchecked Senda
         }
     }
 
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let verified = event as? PeerVerified { certified = verified.identity }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    /// On TLS, whether the peer's certificate may do `what`; refuses it otherwise.
+    private func allowed(_ context: ChannelHandlerContext, _ roles: Set<PeerRole>, _ what: String) -> Bool {
+        guard let certified, !roles.contains(certified.role) else { return true }
+        let needed = roles.map(\.rawValue).sorted().joined(separator: " or ")
+        refuse(context, .unauthenticated, "\(certified.role) certificate '\(certified.name)' presented; \(what) takes \(needed) certificates only")
+        return false
+    }
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let message = unwrapInboundIn(data)
         if case .authenticate(let node, let proof) = message {
@@ -343,6 +401,7 @@ private final class AgentSessionHandler: ChannelInboundHandler, @unchecked Senda
         guard peerNode != nil else { return refuse(context, .unauthenticated, "authenticate first") }
         switch message {
         case .agentRequest(let request):
+            guard allowed(context, NodeAgent.roles(for: request), NodeAgent.describe(request)) else { return }
             // Fencing waits for a process to exit: not on the event loop.
             let channel = context.channel
             Thread.detachNewThread { [agent] in
@@ -350,6 +409,7 @@ private final class AgentSessionHandler: ChannelInboundHandler, @unchecked Senda
                 channel.writeAndFlush(Message.agentReply(ok: ok, text: text).frame(allocator: channel.allocator), promise: nil)
             }
         case .replicaHello(let name, let epoch):
+            guard allowed(context, [.node], "a replica session") else { return }
             guard let controller = agent.controller(name) else { return refuse(context, .unknownExport, "unknown export '\(name)'") }
             export = controller
             let answer = controller.replicaHello(epoch: epoch, channel: context.channel)

@@ -52,14 +52,17 @@ public final class ExportServer: @unchecked Sendable {
     /// The monitor port's own limits: a flood of clients does not keep the monitor out.
     let monitorAdmission: ConnectionAdmission
     private let metrics: ServerMetrics
+    /// The node's certificate on a TLS cluster; nil on plain TCP.
+    private let tls: TLSIdentity?
     static let heartbeatInterval = TimeAmount.milliseconds(100)
 
     public static let defaultStallLimit = TimeAmount.seconds(10)
 
     public init(exportName: String, store: ExportStore, secret: [UInt8]? = nil, standby: StandbyConfiguration? = nil,
                 stallLimit: TimeAmount = defaultStallLimit, connectionLimits: ConnectionAdmission.Limits = .init(),
-                logger: Logger) {
+                tls: TLSIdentity?, logger: Logger) {
         self.exportName = exportName
+        self.tls = tls
         self.store = store
         self.logger = logger
         self.authenticator = secret.map { MessageAuthenticator.hmacSHA256(secret: $0) }
@@ -72,7 +75,7 @@ public final class ExportServer: @unchecked Sendable {
         self.networkTurns = network.makeIterator().map { _ in NIOLockedValueBox(NIODeadline.now().uptimeNanoseconds) }
         let mutations = MutationPath()
         self.mutations = mutations
-        self.replication = standby.map { ReplicationLink(configuration: $0, store: store, mutationLock: mutations, logger: logger) }
+        self.replication = standby.map { ReplicationLink(configuration: $0, store: store, mutationLock: mutations, tls: tls, logger: logger) }
         store.checkpointRunner = { checkpoint in mutations.runOnMutationThread(checkpoint) }
     }
 
@@ -189,6 +192,11 @@ public final class ExportServer: @unchecked Sendable {
 
     private func bootstrap(group: MultiThreadedEventLoopGroup, for purpose: Purpose) -> ServerBootstrap {
         let admission = purpose == .clients ? admission : monitorAdmission
+        // Clients mount; only the peer node's monitor may probe.
+        let roles = RolePolicy(
+            accepting: purpose == .clients ? [.client] : [.node],
+            place: purpose == .clients ? "the export's client port" : "the export's monitor port",
+            log: { kind, detail, peer in admission.logHit(kind, "connection refused", ["peer": "\(peer)", "detail": "\(detail)"]) })
         return ServerBootstrap(group: group)
             // Out of descriptors (EMFILE), accept would fail at once, again and
             // again: a core spun and nothing was accepted. Back off instead.
@@ -213,6 +221,7 @@ public final class ExportServer: @unchecked Sendable {
             .childChannelOption(ChannelOptions.Types.SocketOption(level: .tcp, name: .init(rawValue: TCP_KEEPCNT)), value: 6)
             .childChannelInitializer { [self] channel in
                 channel.eventLoop.makeCompletedFuture {
+                    try tls.addServerHandlers(to: channel.pipeline.syncOperations, accepting: roles)
                     try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(RequestDecoder()))
                     try channel.pipeline.syncOperations.addHandler(ClientConnectionHandler(server: self, purpose: purpose))
                 }
@@ -579,7 +588,12 @@ final class ClientConnectionHandler: ChannelInboundHandler, @unchecked Sendable 
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
-        refuse(context, .malformed, "\(error)")
+        guard TLSFailure.isTLS(error) else { return refuse(context, .malformed, "\(error)") }
+        // Nothing can be said over a session that failed; one line per 10 s, since anyone can start handshakes.
+        admission.logHit("tls", "TLS session failed: closing it", [
+            "peer": "\(context.remoteAddress.map { "\($0)" } ?? "?")", "detail": "\(TLSFailure.describe(error))",
+        ])
+        context.close(promise: nil)
     }
 
     private func refuse(_ context: ChannelHandlerContext, _ refusal: Refusal, _ detail: String) {

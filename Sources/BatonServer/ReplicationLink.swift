@@ -43,6 +43,8 @@ final class ReplicationLink: @unchecked Sendable {
     private let configuration: StandbyConfiguration
     private let store: ExportStore
     private let mutationLock: MutationPath
+    /// The node's certificate: the standby's agent takes node certificates only.
+    private let tls: TLSIdentity?
     private let logger: Logger
     private let group = MultiThreadedEventLoopGroup(numberOfThreads: 1)
 
@@ -98,10 +100,11 @@ final class ReplicationLink: @unchecked Sendable {
 
     private let state = NIOLockedValueBox(State())
 
-    init(configuration: StandbyConfiguration, store: ExportStore, mutationLock: MutationPath, logger: Logger) {
+    init(configuration: StandbyConfiguration, store: ExportStore, mutationLock: MutationPath, tls: TLSIdentity?, logger: Logger) {
         self.configuration = configuration
         self.store = store
         self.mutationLock = mutationLock
+        self.tls = tls
         self.logger = logger
     }
 
@@ -424,6 +427,7 @@ final class ReplicationLink: @unchecked Sendable {
                     $0.connecting = false
                 }
                 return channel.eventLoop.makeCompletedFuture {
+                    try tls.addClientHandlers(to: channel.pipeline.syncOperations)
                     try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(MessageDecoder()))
                     try channel.pipeline.syncOperations.addHandler(StandbyHandler(link: self))
                 }

@@ -72,20 +72,56 @@ struct AgentOptions: ParsableArguments {
     @Option(help: "The shared secret file (default: the cluster file's secret_file).")
     var secretFile: String?
 
+    @Option(help: "The certificate to present (default: the cluster file's [tls] admin_cert); an admin's or a node's.")
+    var tlsCert: String?
+
+    @Option(help: "Its private key (default: the cluster file's [tls] admin_key).")
+    var tlsKey: String?
+
+    @Option(help: "The cluster's CA certificate (default: the cluster file's [tls] ca).")
+    var tlsCa: String?
+
     func validate() throws {
         if agent != nil, config == nil, secretFile == nil {
             throw ValidationError("--agent HOST:PORT needs --secret-file FILE")
         }
+        if (tlsCert == nil) != (tlsKey == nil) { throw ValidationError("--tls-cert and --tls-key go together") }
+        if agent != nil, config == nil, tlsCert != nil, tlsCa == nil { throw ValidationError("--agent with --tls-cert needs --tls-ca") }
     }
 
     /// The cluster file: --config, else the default.
     var clusterFile: String { config ?? DefaultClusterFile.path }
 
     /// Each agent's addresses: its agent address, then its other paths' (a request goes over the first that connects).
-    func targets() throws -> (agents: [[NodeAddress]], secret: [UInt8]) {
-        if let agent, let secretFile { return ([[agent]], try SecretFile.read(secretFile)) }
+    /// With the identity to present on a TLS cluster.
+    func targets() throws -> (agents: [[NodeAddress]], secret: [UInt8], tls: TLSIdentity?) {
+        if let agent, let secretFile, config == nil {
+            let tls = try tlsCert.map { try AdminIdentity.load(TLSFiles(certificate: $0, key: tlsKey!, authority: tlsCa!)) }
+            return ([[agent]], try SecretFile.read(secretFile), tls)
+        }
         let cluster = try DefaultClusterFile.load(clusterFile)
-        return (cluster.nodes.map(\.agentAddresses), try SecretFile.read(secretFile ?? cluster.secretFile))
+        let agents = agent.map { [[$0]] } ?? cluster.nodes.map(\.agentAddresses)
+        return (agents, try SecretFile.read(secretFile ?? cluster.secretFile),
+                try AdminIdentity.of(cluster, config: clusterFile, certificate: tlsCert, key: tlsKey, authority: tlsCa))
+    }
+}
+
+/// What the admin commands present on a TLS cluster.
+enum AdminIdentity {
+    /// An admin's certificate, or a node's (an admin at a node's console).
+    static func load(_ files: TLSFiles) throws -> TLSIdentity {
+        try TLSIdentity(files, roles: [.admin, .node])
+    }
+
+    /// The options' files, else the cluster file's admin_cert and admin_key; nil on a plain-TCP cluster.
+    static func of(_ cluster: ClusterConfiguration, config: String, certificate: String?, key: String?,
+                   authority: String?) throws -> TLSIdentity? {
+        guard case .tls(let tls) = cluster.transport else { return nil }
+        guard let certificate = certificate ?? tls.adminCert, let key = key ?? tls.adminKey else {
+            throw ValidationError("\(config) runs TLS and its [tls] table has no admin_cert and admin_key: add them "
+                + "(make the certificate with `baton cert issue --role admin`), or give --tls-cert and --tls-key")
+        }
+        return try load(TLSFiles(certificate: certificate, key: key, authority: authority ?? tls.ca))
     }
 }
 
@@ -102,12 +138,12 @@ struct Status: ParsableCommand {
     var json = false
 
     func run() throws {
-        let (addresses, secret) = try agents.targets()
+        let (addresses, secret, tls) = try agents.targets()
         var answers: [AgentStatus] = []
         var unreachable: [String] = []
         for agent in addresses {
             do {
-                let (_, text) = try PeerClient.request(.status, toAnyOf: agent, node: "admin", secret: secret)
+                let (_, text) = try PeerClient.request(.status, toAnyOf: agent, node: "admin", secret: secret, tls: tls)
                 answers.append(try StatusJSON.decode(AgentStatus.self, from: text))
             } catch {
                 unreachable.append("\(agent[0]): \(error)")
@@ -178,8 +214,9 @@ struct ForceServe: ParsableCommand {
             throw ValidationError("no node '\(node)' in \(config) (nodes: \(cluster.nodes.map(\.name).joined(separator: ", ")))")
         }
         let secret = try SecretFile.read(secretFile ?? cluster.secretFile)
+        let tls = try AdminIdentity.of(cluster, config: config, certificate: nil, key: nil, authority: nil)
         let (ok, text) = try PeerClient.request(.forceServe(export: export), toAnyOf: target.agentAddresses,
-                                                node: "admin", secret: secret, timeoutMilliseconds: 10_000)
+                                                node: "admin", secret: secret, tls: tls, timeoutMilliseconds: 10_000)
         guard ok else { throw ValidationError(text) }
         print("warning: \(text)")
     }
@@ -197,7 +234,7 @@ struct Migrate: ParsableCommand {
     @OptionGroup var agents: AgentOptions
 
     func run() throws {
-        let (addresses, secret) = try agents.targets()
+        let (addresses, secret, tls) = try agents.targets()
         var targets = addresses
         if let to {
             let config = agents.clusterFile
@@ -205,7 +242,7 @@ struct Migrate: ParsableCommand {
             guard let node = cluster.node(named: to) else {
                 throw ValidationError("no node '\(to)' in \(config) (nodes: \(cluster.nodes.map(\.name).joined(separator: ", ")))")
             }
-            let (_, text) = try PeerClient.request(.status, toAnyOf: node.agentAddresses, node: "admin", secret: secret)
+            let (_, text) = try PeerClient.request(.status, toAnyOf: node.agentAddresses, node: "admin", secret: secret, tls: tls)
             let answer = try StatusJSON.decode(AgentStatus.self, from: text)
             if answer.exports.first(where: { $0.name == export })?.role == .server {
                 print("\(export) is served on \(to) already")
@@ -217,7 +254,7 @@ struct Migrate: ParsableCommand {
         var answers: [String] = []
         for agent in targets {
             let (ok, text) = try PeerClient.request(.migrate(export: export), toAnyOf: agent, node: "admin", secret: secret,
-                                                    timeoutMilliseconds: 10_000)
+                                                    tls: tls, timeoutMilliseconds: 10_000)
             if ok {
                 print(text)
                 return

@@ -15,11 +15,11 @@ struct Diagnose: ParsableCommand {
     var json = false
 
     func run() throws {
-        let (addresses, secret) = try agents.targets()
+        let (addresses, secret, tls) = try agents.targets()
         var views: [DiagnoseView] = []
         for agent in addresses {
             do {
-                let (_, text) = try PeerClient.request(.status, toAnyOf: agent, node: "admin", secret: secret)
+                let (_, text) = try PeerClient.request(.status, toAnyOf: agent, node: "admin", secret: secret, tls: tls)
                 let answer = try StatusJSON.decode(AgentStatus.self, from: text)
                 views.append(DiagnoseView(agent: agent[0].description, node: answer.node, peer: answer.peer))
             } catch {

@@ -17,7 +17,9 @@ struct Mount: ParsableCommand {
             errors reported by the file's next write, fsync or close; default 8M, 0 turns it off),
             writeback_cache, max_threads=N, log_file=PATH|syslog (where a mount in the background
             logs; default: the system log when /dev/log exists, else /var/log/baton/mount-EXPORT.log),
-            log_level=LEVEL. Other options go to FUSE (allow_other,
+            log_level=LEVEL, cert=PATH,key=PATH,ca=PATH (TLS: a client certificate from `baton cert issue
+            --role client`, its key, and the cluster's CA; without them the mount speaks plain TCP, which a
+            TLS cluster refuses). Other options go to FUSE (allow_other,
             default_permissions, ro, ...); allow_other and default_permissions are on by default.
             """)
 
@@ -50,7 +52,16 @@ struct Mount: ParsableCommand {
         var maxThreads = 10
         var logFile: String?
         var logLevel: Logger.Level?
+        var certificate: String?
+        var key: String?
+        var authority: String?
         var fuseOptions: [String] = []
+
+        /// The TLS files when all three are given; nil for plain TCP.
+        var tls: TLSFiles? {
+            guard let certificate, let key, let authority else { return nil }
+            return TLSFiles(certificate: certificate, key: key, authority: authority)
+        }
     }
 
     /// Splits SOURCE and the -o list into Baton's settings and libfuse's options.
@@ -98,6 +109,9 @@ struct Mount: ParsableCommand {
                 }
                 settings.maxThreads = threads
             case "log_file": settings.logFile = value
+            case "cert": settings.certificate = value
+            case "key": settings.key = value
+            case "ca": settings.authority = value
             case "log_level":
                 guard let value, let level = Logger.Level(rawValue: value) else {
                     throw ValidationError("log_level must be one of \(Logger.Level.allCases.map(\.rawValue)): '\(option)'")
@@ -107,6 +121,10 @@ struct Mount: ParsableCommand {
             case "defaults", "_netdev", "auto", "noauto", "user", "users", "nofail", "nouser": break
             default: if !fuse.contains(option) { fuse.append(option) }
             }
+        }
+        let tlsOptions = [settings.certificate, settings.key, settings.authority]
+        guard tlsOptions.allSatisfy({ $0 == nil }) || tlsOptions.allSatisfy({ $0?.isEmpty == false }) else {
+            throw ValidationError("TLS needs all three mount options cert=PATH,key=PATH,ca=PATH (or none of them for plain TCP)")
         }
         settings.fuseOptions = fuse
         return settings
@@ -136,7 +154,14 @@ struct Mount: ParsableCommand {
         if let level = settings.logLevel { logging.logLevel = level }
         let log = backgroundChild ? BackgroundMount.log(settings.logFile, exportName: settings.exportName) : nil
         let logger = logging.bootstrap(label: "baton.mount", to: log == .systemLog ? .systemLog(identifier: "baton-mount") : .standardError)
-        let told = try checkServers(settings, logger: logger)
+        let tls: TLSIdentity?
+        do {
+            tls = try settings.tls.map { try TLSIdentity($0, roles: [.client]) }
+        } catch {
+            logger.critical("cannot mount", metadata: ["mountpoint": "\(mountpoint)", "error": "\(error)"])
+            throw ExitCode(1)
+        }
+        let told = try checkServers(settings, tls: tls, logger: logger)
         // A connection gains its subflow on the other path only if this side
         // accepts the server's announcement of it (issue 9).
         if told.multipath, getuid() == 0 { MultipathEndpoints(logger: logger)?.raiseLimits() }
@@ -157,6 +182,7 @@ struct Mount: ParsableCommand {
             exportName: settings.exportName, addresses: settings.addresses + told.addresses.filter { !settings.addresses.contains($0) },
             requestTimeout: .nanoseconds(Int64(settings.requestTimeoutSeconds * 1e9)))
         configuration.multipath = told.multipath
+        configuration.tls = tls
         let connection = ServerConnection(configuration: configuration, logger: logger)
         if let log { BackgroundMount.detach(log: log, logger: logger) }
         logger.info("mounted", metadata: [
@@ -174,11 +200,11 @@ struct Mount: ParsableCommand {
     /// Fails in the foreground, with the servers' own words, when no server
     /// serves the export: a mount that hangs in the background helps nobody.
     /// Returns what the active server told: every address of the export, and whether to use MPTCP.
-    private func checkServers(_ settings: Settings, logger: Logger) throws -> (addresses: [NodeAddress], multipath: Bool) {
+    private func checkServers(_ settings: Settings, tls: TLSIdentity?, logger: Logger) throws -> (addresses: [NodeAddress], multipath: Bool) {
         var findings: [String] = []
         for address in settings.addresses {
             do {
-                switch try ServerProbe.hello(address, export: settings.exportName) {
+                switch try ServerProbe.hello(address, export: settings.exportName, tls: tls) {
                 case .active(_, let addresses, let multipath): return (addresses, multipath)
                 case .refused(let refusal, let detail): findings.append("\(address): \(refusal): \(detail)")
                 }

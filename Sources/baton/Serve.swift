@@ -58,6 +58,15 @@ struct Serve: ParsableCommand {
     @Option(help: "HOST:PORT of the peer's agent, which keeps the standby replica (started by 'baton agent').")
     var standby: NodeAddress?
 
+    @Option(help: "This node's certificate (PEM, from `baton cert issue --role node`): TLS on every listener and on replication.")
+    var tlsCert: String?
+
+    @Option(help: "The private key of --tls-cert (PEM).")
+    var tlsKey: String?
+
+    @Option(help: "The cluster's CA certificate (PEM): clients, monitors and the standby must present certificates it signed.")
+    var tlsCa: String?
+
     @Option(help: "This node's name, to authenticate to the standby.")
     var node: String = "server"
 
@@ -104,6 +113,9 @@ struct Serve: ParsableCommand {
         guard ["sync", "async"].contains(replication) else { throw ValidationError("--replication is sync or async, not '\(replication)'") }
         if standby != nil && secretFile == nil { throw ValidationError("--standby needs --secret-file") }
         if monitorListen != nil && secretFile == nil { throw ValidationError("--monitor-listen needs --secret-file") }
+        guard [tlsCert, tlsKey, tlsCa].allSatisfy({ $0 == nil }) || [tlsCert, tlsKey, tlsCa].allSatisfy({ $0 != nil }) else {
+            throw ValidationError("TLS needs all three of --tls-cert, --tls-key and --tls-ca (or none of them for plain TCP)")
+        }
     }
 
     func run() throws {
@@ -112,6 +124,13 @@ struct Serve: ParsableCommand {
         if metricsListen != nil { ProcessMetrics.bootstrap() }
         try prepareDiskOwner(logger: logger)
         let secret = try secretFile.map { try SecretFile.read($0) }
+        let tls: TLSIdentity?
+        do {
+            tls = try tlsCert.map { try TLSIdentity(TLSFiles(certificate: $0, key: tlsKey!, authority: tlsCa!), roles: [.node]) }
+        } catch {
+            logger.critical("cannot use the TLS files", metadata: ["export": "\(export)", "error": "\(error)"])
+            throw ExitCode(2)
+        }
         var monitor: ExportServer.Listener?
         var otherPaths: [(clients: ExportServer.Listener, monitor: ExportServer.Listener?)] = []
         var goAlone = false
@@ -164,7 +183,7 @@ struct Serve: ParsableCommand {
             return configuration
         }
         let server = ExportServer(exportName: export, store: store, secret: secret, standby: standbyConfiguration,
-                                  stallLimit: .milliseconds(Int64(stallLimitMs)), logger: logger)
+                                  stallLimit: .milliseconds(Int64(stallLimitMs)), tls: tls, logger: logger)
         // SIGUSR1 from the agent: go on without a standby. Handled before the
         // server says it listens, since the agent may send it right after.
         signal(SIGUSR1, SIG_IGN)

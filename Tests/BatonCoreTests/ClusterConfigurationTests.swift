@@ -9,11 +9,11 @@
 @testable import BatonCore
 import XCTest
 
-/// Lines: 1 secret_file, 3 [[nodes]] a (4 name, 5 agent, 6 data_dir),
+/// Lines: 1 secret_file, 2 plaintext, 3 [[nodes]] a (4 name, 5 agent, 6 data_dir),
 /// 8 [[nodes]] b (9 name, 10 agent, 11 data_dir), 13 [[exports]] (14 name, 15 preferred, 16 port).
 private let base = """
     secret_file = "/etc/baton/secret"
-
+    plaintext = true
     [[nodes]]
     name = "a"
     agent = "127.0.0.1:7100"
@@ -58,7 +58,8 @@ private func withSwitches(_ list: String) -> String {
 private func failure(building nodes: [NodeConfiguration], _ exports: [ExportConfiguration] = [demo], switches: [String] = [],
                      timings: ClusterTimings = .defaults, secretFile: String = "/etc/baton/secret") -> String {
     do {
-        _ = try ClusterConfiguration(secretFile: secretFile, switches: switches, timings: timings, nodes: nodes, exports: exports)
+        _ = try ClusterConfiguration(secretFile: secretFile, switches: switches, timings: timings, transport: .plaintext, nodes: nodes,
+                                     exports: exports)
         return "no error"
     } catch {
         return error.description
@@ -70,7 +71,7 @@ final class ClusterConfigurationTests: XCTestCase {
 
     func testMinimalFileTakesTheDefaults() throws {
         let configuration = try ClusterConfiguration.parse(base)
-        XCTAssertEqual(configuration, try ClusterConfiguration(secretFile: "/etc/baton/secret", nodes: [nodeA, nodeB], exports: [demo]))
+        XCTAssertEqual(configuration, try ClusterConfiguration(secretFile: "/etc/baton/secret", transport: .plaintext, nodes: [nodeA, nodeB], exports: [demo]))
         XCTAssertEqual(configuration.timings, ClusterTimings(
             probeIntervalMilliseconds: 100, probeDeadlineMilliseconds: 200, probeMisses: 3,
             heartbeatIntervalMilliseconds: 100, heartbeatGraceMilliseconds: 500,
@@ -86,6 +87,12 @@ final class ClusterConfigurationTests: XCTestCase {
         let text = """
             secret_file = "/etc/baton/secret"
             switches = ["198.18.1.254", "fd00::fe"]
+            [tls]
+            ca = "/etc/baton/tls/ca.pem"
+            cert = "/etc/baton/tls/{node}.pem"
+            key = "/etc/baton/tls/{node}.key"
+            admin_cert = "/etc/baton/tls/admin.pem"
+            admin_key = "/etc/baton/tls/admin.key"
             [timings]
             probe_interval_ms = 50
             probe_deadline_ms = 150
@@ -124,6 +131,11 @@ final class ClusterConfigurationTests: XCTestCase {
         let configuration = try ClusterConfiguration.parse(text)
         XCTAssertEqual(configuration.secretFile, "/etc/baton/secret")
         XCTAssertEqual(configuration.switches, ["198.18.1.254", "fd00::fe"])
+        let tls = ClusterTLS(ca: "/etc/baton/tls/ca.pem", cert: "/etc/baton/tls/{node}.pem", key: "/etc/baton/tls/{node}.key",
+                             adminCert: "/etc/baton/tls/admin.pem", adminKey: "/etc/baton/tls/admin.key")
+        XCTAssertEqual(configuration.transport, .tls(tls))
+        XCTAssertEqual(tls.nodeFiles("a").cert, "/etc/baton/tls/a.pem")
+        XCTAssertEqual(tls.nodeFiles("a").key, "/etc/baton/tls/a.key")
         XCTAssertEqual(configuration.timings, ClusterTimings(
             probeIntervalMilliseconds: 50, probeDeadlineMilliseconds: 150, probeMisses: 4,
             heartbeatIntervalMilliseconds: 60, heartbeatGraceMilliseconds: 300,
@@ -140,6 +152,46 @@ final class ClusterConfigurationTests: XCTestCase {
             ExportConfiguration(name: "projects", preferredNode: "b", port: 7000, monitorPort: 7500, replication: .async),
             ExportConfiguration(name: "home", preferredNode: "a", port: 7001, monitorPort: 7501, replication: .sync),
         ])
+    }
+
+    // MARK: Transport security
+
+    private static let tlsTable = """
+        [tls]
+        ca = "/etc/baton/tls/ca.pem"
+        cert = "/etc/baton/tls/{node}.pem"
+        key = "/etc/baton/tls/{node}.key"
+
+        """
+
+    /// `base` without plaintext, with `table` where it was (from line 2 on).
+    private func withTLS(_ table: String = tlsTable) -> String { edited("plaintext = true\n", table) }
+
+    func testTransportIsTLSOrExplicitlyPlaintext() throws {
+        XCTAssertEqual(try ClusterConfiguration.parse(base).transport, .plaintext)
+        XCTAssertEqual(try ClusterConfiguration.parse(withTLS()).transport,
+                       .tls(ClusterTLS(ca: "/etc/baton/tls/ca.pem", cert: "/etc/baton/tls/{node}.pem", key: "/etc/baton/tls/{node}.key")))
+        XCTAssertEqual(failure(edited("plaintext = true\n", "\n")),
+                       "cluster configuration: the file says neither [tls] nor plaintext; add a [tls] table with ca = \"/etc/baton/tls/ca.pem\", cert = \"/etc/baton/tls/{node}.pem\" and key = \"/etc/baton/tls/{node}.key\" (make them with `baton cert`), or plaintext = true to run without encryption")
+        XCTAssertEqual(failure(edited("plaintext = true", "plaintext = false")),
+                       "cluster file line 2, column 13: plaintext = false needs a [tls] table; add [tls] with ca, cert and key (make them with `baton cert`), or write plaintext = true to run without encryption")
+        XCTAssertEqual(failure(edited("plaintext = true", "plaintext = \"yes\"")),
+                       "cluster file line 2, column 13: plaintext must be true or false; found a string; write it without quotes")
+        XCTAssertEqual(failure(edited("plaintext = true\n", "plaintext = true\n" + Self.tlsTable)),
+                       "cluster file line 2, column 13: plaintext = true and a [tls] table contradict each other; remove plaintext to use TLS, or [tls] to run without encryption")
+    }
+
+    func testTLSTableNamesWhatIsMissingOrWrong() {
+        XCTAssertEqual(failure(withTLS(Self.tlsTable.replacing("ca = \"/etc/baton/tls/ca.pem\"\n", with: ""))),
+                       "cluster file line 2: [tls]: missing ca; add ca = \"/etc/baton/tls/ca.pem\", the path of the cluster's CA certificate")
+        XCTAssertEqual(failure(withTLS(Self.tlsTable.replacing("key = ", with: "keys = "))),
+                       "cluster file line 5, column 1: [tls]: unknown key 'keys' (did you mean 'key'?); [tls] takes ca, cert, key, admin_cert and admin_key")
+        XCTAssertEqual(failure(withTLS(Self.tlsTable.replacing("\"/etc/baton/tls/ca.pem\"", with: "\"ca.pem\""))),
+                       "cluster file line 3, column 6: [tls]: ca \"ca.pem\" is not an absolute path; give the full path, from '/', of the cluster's CA certificate, like \"/etc/baton/tls/ca.pem\"")
+        XCTAssertEqual(failure(withTLS(Self.tlsTable + "admin_cert = \"/etc/baton/tls/admin.pem\"\n")),
+                       "cluster file line 6, column 14: [tls]: admin_cert is given without admin_key; give both (the admin commands present them) or neither")
+        XCTAssertEqual(failure("tls = \"/etc/baton/tls\"\n" + base),
+                       "cluster file line 1, column 1: tls must be one [tls] header with its keys on the lines below; found a string")
     }
 
     func testTimingsTableMayGiveSomeKeys() throws {
@@ -164,14 +216,14 @@ final class ClusterConfigurationTests: XCTestCase {
         XCTAssertEqual(failure(base + "[timings]\nprobe_interval = 100\n"),
                        "cluster file line 18, column 1: [timings]: unknown key 'probe_interval' (did you mean 'probe_interval_ms'?); [timings] takes probe_interval_ms, probe_deadline_ms, probe_misses, heartbeat_interval_ms, heartbeat_grace_ms, agent_heartbeat_interval_ms, agent_heartbeat_grace_ms, selffence_delay_ms, takeover_delay_ms and standby_wait_limit_ms")
         XCTAssertEqual(failure("debug = true\n" + base),
-                       "cluster file line 1, column 1: unknown key 'debug'; the top level takes secret_file, switches, [timings], [[nodes]] and [[exports]]")
+                       "cluster file line 1, column 1: unknown key 'debug'; the top level takes secret_file, switches, plaintext, [tls], [timings], [[nodes]] and [[exports]]")
         XCTAssertEqual(failure(base + "[export]\n"),
-                       "cluster file line 17, column 1: unknown key 'export' (did you mean 'exports'?); the top level takes secret_file, switches, [timings], [[nodes]] and [[exports]]")
+                       "cluster file line 17, column 1: unknown key 'export' (did you mean 'exports'?); the top level takes secret_file, switches, plaintext, [tls], [timings], [[nodes]] and [[exports]]")
     }
 
     func testAnUnknownKeyIsReportedBeforeTheKeyItMisspells() {
         XCTAssertEqual(failure(edited("secret_file", "secret_flie")),
-                       "cluster file line 1, column 1: unknown key 'secret_flie' (did you mean 'secret_file'?); the top level takes secret_file, switches, [timings], [[nodes]] and [[exports]]")
+                       "cluster file line 1, column 1: unknown key 'secret_flie' (did you mean 'secret_file'?); the top level takes secret_file, switches, plaintext, [tls], [timings], [[nodes]] and [[exports]]")
         XCTAssertEqual(failure(edited("name = \"b\"", "nane = \"b\"")),
                        "cluster file line 9, column 1: the [[nodes]] table on line 8: unknown key 'nane' (did you mean 'name'?); a [[nodes]] table takes name, site, agent, paths, data_dir and metrics")
     }
@@ -218,9 +270,9 @@ final class ClusterConfigurationTests: XCTestCase {
         XCTAssertEqual(failure(edited("[[exports]]", "[exports]")),
                        "cluster file line 13, column 1: exports must be a [[exports]] header (two pairs of brackets) before each entry; found a [table]")
         XCTAssertEqual(failure(edited("[[nodes]]", "[[nodez]]")),
-                       "cluster file line 3, column 1: unknown key 'nodez' (did you mean 'nodes'?); the top level takes secret_file, switches, [timings], [[nodes]] and [[exports]]")
-        XCTAssertEqual(failure("secret_file = \"/s\"\n" + #"nodes = ["a", "b"]"# + "\n"),
-                       "cluster file line 2, column 1: nodes must be a [[nodes]] header (two pairs of brackets) before each entry; found a list")
+                       "cluster file line 3, column 1: unknown key 'nodez' (did you mean 'nodes'?); the top level takes secret_file, switches, plaintext, [tls], [timings], [[nodes]] and [[exports]]")
+        XCTAssertEqual(failure("secret_file = \"/s\"\nplaintext = true\n" + #"nodes = ["a", "b"]"# + "\n"),
+                       "cluster file line 3, column 1: nodes must be a [[nodes]] header (two pairs of brackets) before each entry; found a list")
     }
 
     func testReplicationIsSyncOrAsync() {
@@ -274,7 +326,7 @@ final class ClusterConfigurationTests: XCTestCase {
         let oneNode = edited("[[nodes]]\nname = \"b\"\nagent = \"127.0.0.1:7200\"\ndata_dir = \"/var/lib/baton/b\"\n", "")
         XCTAssertEqual(failure(oneNode),
                        "cluster configuration: the cluster has 1 node; add [[nodes]] tables for at least two, so that each export's monitor runs on another node than its server")
-        XCTAssertEqual(failure("secret_file = \"/s\"\n"),
+        XCTAssertEqual(failure("secret_file = \"/s\"\nplaintext = true\n"),
                        "cluster configuration: the cluster has 0 nodes; add [[nodes]] tables for at least two, so that each export's monitor runs on another node than its server")
     }
 
@@ -397,7 +449,7 @@ final class ClusterConfigurationTests: XCTestCase {
         XCTAssertEqual(failure(withSwitches("[1]")),
                        "cluster file line 2, column 13: switches must be a list of \"strings\"; found a number; write each element in double quotes")
         XCTAssertEqual(failure(edited("secret_file = \"/etc/baton/secret\"\n", "secret_file = \"/etc/baton/secret\"\nswitch = [\"198.18.1.254\"]\n")),
-                       "cluster file line 2, column 1: unknown key 'switch' (did you mean 'switches'?); the top level takes secret_file, switches, [timings], [[nodes]] and [[exports]]")
+                       "cluster file line 2, column 1: unknown key 'switch' (did you mean 'switches'?); the top level takes secret_file, switches, plaintext, [tls], [timings], [[nodes]] and [[exports]]")
     }
 
     func testSwitchesBuiltInCodeFollowTheSameRules() throws {
@@ -406,7 +458,7 @@ final class ClusterConfigurationTests: XCTestCase {
         XCTAssertEqual(failure(building: [nodeA, nodeB], switches: ["198.18.1.254", "198.18.1.254:22"]),
                        "cluster configuration: switch \"198.18.1.254:22\" has a port; write the switch's management address alone, like \"198.18.1.254\"")
         let built = try ClusterConfiguration(secretFile: "/etc/baton/secret", switches: ["198.18.1.254", "198.18.2.254"],
-                                             nodes: [nodeA, nodeB], exports: [demo])
+                                             transport: .plaintext, nodes: [nodeA, nodeB], exports: [demo])
         XCTAssertEqual(built.switches, ["198.18.1.254", "198.18.2.254"])
         XCTAssertEqual(built, try ClusterConfiguration.parse(withSwitches(#"["198.18.1.254", "198.18.2.254"]"#)))
     }
@@ -587,7 +639,7 @@ final class ClusterConfigurationTests: XCTestCase {
                             roundDeadline: .milliseconds(100), agentHeartbeatInterval: .milliseconds(UInt64(interval)),
                             agentHeartbeatGrace: .milliseconds(UInt64(grace)), selffenceDelay: .milliseconds(UInt64(selffence)),
                             takeoverDelay: .milliseconds(UInt64(takeover)))
-                        let built = try? ClusterConfiguration(secretFile: "/s", timings: timings, nodes: [nodeA, nodeB], exports: [demo])
+                        let built = try? ClusterConfiguration(secretFile: "/s", timings: timings, transport: .plaintext, nodes: [nodeA, nodeB], exports: [demo])
                         XCTAssertEqual(built?.timings.diagnosisTimings, expected, "\(timings)")
                         if built == nil { refused += 1 } else { accepted += 1 }
                     }
@@ -631,7 +683,7 @@ final class ClusterConfigurationTests: XCTestCase {
 
     func testNoSinglePeerInALargerCluster() throws {
         let nodeC = NodeConfiguration(name: "c", agent: HostAndPort(host: "127.0.0.1", port: 7300), dataDirectory: "/var/lib/baton/c")
-        let configuration = try ClusterConfiguration(secretFile: "/s", nodes: [nodeA, nodeB, nodeC], exports: [demo])
+        let configuration = try ClusterConfiguration(secretFile: "/s", transport: .plaintext, nodes: [nodeA, nodeB, nodeC], exports: [demo])
         XCTAssertNil(configuration.peer(of: "a"))
     }
 

@@ -1,5 +1,6 @@
 // Goal: the example cluster file shipped in mountscripts/ stays valid and says
-// what it claims: two nodes on loopback without switches, the DESIGN.md §8
+// what it claims: two nodes on loopback without switches, TLS with per-node
+// certificates, the DESIGN.md §8
 // timings and the diagnosis defaults, one export "demo" on port 7000
 // preferred on "a"; and its commented settings (switches, the ladder's delays,
 // paths, a second export) are valid and say the same when an admin
@@ -23,6 +24,8 @@ final class ClusterExampleFileTests: XCTestCase {
         let expected = try ClusterConfiguration(
             secretFile: "/etc/baton/secret",
             timings: .defaults,
+            transport: .tls(ClusterTLS(ca: "/etc/baton/tls/ca.pem", cert: "/etc/baton/tls/{node}.pem", key: "/etc/baton/tls/{node}.key",
+                                       adminCert: "/etc/baton/tls/admin.pem", adminKey: "/etc/baton/tls/admin.key")),
             nodes: [
                 NodeConfiguration(name: "a", site: "lan1", agent: HostAndPort(host: "127.0.0.1", port: 7100), dataDirectory: "/var/lib/baton/a"),
                 NodeConfiguration(name: "b", site: "lan1", agent: HostAndPort(host: "127.0.0.2", port: 7200), dataDirectory: "/var/lib/baton/b"),

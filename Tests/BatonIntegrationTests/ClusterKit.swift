@@ -24,10 +24,13 @@ final class TwoNodeCluster {
     let agentArguments: [String: [String]]
     /// Where each node's agent serves metrics (`metrics: true`).
     private(set) var metricsAddresses: [String: NodeAddress] = [:]
+    /// With `tls: true`: the CA and certificates `baton cert` made (ca.pem;
+    /// a.pem, b.pem for the nodes; admin.pem; client.pem for mounts), each with its .key.
+    var tlsDirectory: String { directory + "/tls" }
 
     init(_ test: XCTestCase, exports names: [String] = ["demo"], replication: String = "sync", bed: TestBed? = nil,
          agentEnvironment: [String: [String: String]] = [:], agentArguments: [String: [String]] = [:], timings: [String: Int] = [:], metrics: Bool = false,
-         name: String = #function) throws {
+         tls: Bool = false, name: String = #function) throws {
         directory = try temporaryDirectory(test, name)
         self.agentEnvironment = agentEnvironment
         self.agentArguments = agentArguments
@@ -39,6 +42,14 @@ final class TwoNodeCluster {
         agentAddresses = ["a": NodeAddress(host: hosts["a"]!, port: ports[0]), "b": NodeAddress(host: hosts["b"]!, port: ports[1])]
         _ = FileManager.default.createFile(atPath: directory + "/secret", contents: Data((0..<64).map { _ in UInt8.random(in: 0...255) }))
         var text = "secret_file = \"\(directory)/secret\"\n"
+        if tls {
+            let certificates = directory + "/tls"
+            try makeCertificates(in: certificates, [("node", "a"), ("node", "b"), ("admin", "admin"), ("client", "client")])
+            text += "[tls]\nca = \"\(certificates)/ca.pem\"\ncert = \"\(certificates)/{node}.pem\"\nkey = \"\(certificates)/{node}.key\"\n"
+                + "admin_cert = \"\(certificates)/admin.pem\"\nadmin_key = \"\(certificates)/admin.key\"\n"
+        } else {
+            text += "plaintext = true\n"
+        }
         if bed != nil { text += "switches = [\"\(TestBed.switchAddress(1))\", \"\(TestBed.switchAddress(2))\"]\n" }
         if !timings.isEmpty { text += "[timings]\n" + timings.sorted { $0.key < $1.key }.map { "\($0.key) = \($0.value)\n" }.joined() }
         for node in ["a", "b"] {
@@ -60,6 +71,11 @@ final class TwoNodeCluster {
         try startAgent("a")
         try startAgent("b")
         for export in exports { try waitUntilReplicated(export.name) }
+    }
+
+    /// The mount options that present `name`'s certificate (client.pem: the cluster's client).
+    func tlsMountOptions(_ name: String = "client", ca: String? = nil) -> String {
+        "cert=\(tlsDirectory)/\(name).pem,key=\(tlsDirectory)/\(name).key,ca=\(ca ?? tlsDirectory + "/ca.pem")"
     }
 
     /// `baton ARGUMENTS` as run on `node` (loopback: here; test bed: in its namespace).

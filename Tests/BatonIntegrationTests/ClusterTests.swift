@@ -260,7 +260,7 @@ final class ClusterTests: XCTestCase {
         XCTAssertTrue(FileManager.default.createFile(atPath: mount.mountpoint + "/f", contents: Data("only on a".utf8)))
         let secret = [UInt8](try Data(contentsOf: URL(fileURLWithPath: cluster.directory + "/secret")))
         let (fenced, text) = try PeerClient.request(.fence(export: "demo", epoch: UInt64(before.epoch)), to: cluster.agentAddresses["a"]!,
-                                                    node: "b", secret: secret)
+                                                    node: "b", secret: secret, tls: nil)
         XCTAssertFalse(fenced, "a server that answered without its standby was fenced for it: \(text)")
         XCTAssertTrue(text.contains("without its standby"), text)
         try cluster.waitUntilServed("demo", on: "a", epoch: before.epoch)

@@ -93,6 +93,16 @@ struct CommandResult {
     var output: String
 }
 
+/// A CA in `directory` and a certificate for each (role, name), by `baton cert`.
+func makeCertificates(in directory: String, _ identities: [(role: String, name: String)]) throws {
+    let made = try runCommand(BatonBinary.path, ["cert", "ca", "--out", directory])
+    guard made.status == 0 else { throw TestError("baton cert ca failed: \(made.output)") }
+    for (role, name) in identities {
+        let issued = try runCommand(BatonBinary.path, ["cert", "issue", "--ca", directory, "--role", role, "--name", name, "--out", directory])
+        guard issued.status == 0 else { throw TestError("baton cert issue failed: \(issued.output)") }
+    }
+}
+
 /// Runs a program to completion, capturing stdout and stderr together.
 @discardableResult
 func runCommand(_ executable: String, _ arguments: [String], environment: [String: String]? = nil) throws -> CommandResult {

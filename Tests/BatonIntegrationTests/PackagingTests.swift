@@ -25,6 +25,7 @@ final class PackagingTests: XCTestCase {
     func testTheDefaultNodeIsTheShortHostName() throws {
         let cluster = try ClusterConfiguration.parse("""
             secret_file = "/etc/baton/secret"
+            plaintext = true
             [[nodes]]
             name = "a"
             agent = "127.0.0.1:7100"
@@ -230,6 +231,7 @@ final class PackagingTests: XCTestCase {
         _ = FileManager.default.createFile(atPath: directory + "/secret", contents: Data((0..<64).map { _ in UInt8.random(in: 0...255) }))
         try """
             secret_file = "\(directory)/secret"
+            plaintext = true
             [[nodes]]
             name = "a"
             agent = "127.0.0.1:\(ports[0])"

@@ -177,6 +177,41 @@ public struct ExportConfiguration: Hashable, Sendable {
     }
 }
 
+/// How the cluster's TCP connections are carried: TLS 1.3 with the
+/// certificates of `[tls]`, or plain TCP, which a file must ask for
+/// (`plaintext = true`) so that no cluster runs unencrypted by omission.
+public enum TransportSecurity: Hashable, Sendable {
+    case tls(ClusterTLS)
+    case plaintext
+}
+
+/// The `[tls]` table: paths of PEM files. One cluster file serves every
+/// node, so `{node}` in `cert` and `key` stands for the node's name.
+public struct ClusterTLS: Hashable, Sendable {
+    /// The cluster's certificate authority: peers' certificates must be signed by it.
+    public var ca: String
+    public var cert: String
+    public var key: String
+    /// What the admin commands (`baton status`, `migrate`, ...) present; nil: they cannot be run with this file.
+    public var adminCert: String?
+    public var adminKey: String?
+
+    public static let nodePlaceholder = "{node}"
+
+    public init(ca: String, cert: String, key: String, adminCert: String? = nil, adminKey: String? = nil) {
+        self.ca = ca
+        self.cert = cert
+        self.key = key
+        self.adminCert = adminCert
+        self.adminKey = adminKey
+    }
+
+    /// The certificate and key paths of `node`.
+    public func nodeFiles(_ node: String) -> (cert: String, key: String) {
+        (cert.replacing(Self.nodePlaceholder, with: node), key.replacing(Self.nodePlaceholder, with: node))
+    }
+}
+
 /// The cluster file, checked: every rule below holds for any value of this
 /// type, whether parsed from text or built in code.
 ///
@@ -193,7 +228,8 @@ public struct ExportConfiguration: Hashable, Sendable {
 ///   grace is longer than its heartbeat interval;
 /// - the self-fence and takeover delays follow the rules of `DiagnosisTimings`, so
 ///   `timings.diagnosisTimings` is valid;
-/// - at most `maxSwitches` switches, like a node's paths: hosts without a port, each listed once.
+/// - at most `maxSwitches` switches, like a node's paths: hosts without a port, each listed once;
+/// - the paths of `[tls]` are absolute; `admin_cert` and `admin_key` come together.
 ///
 /// The secret file's contents (at least `minSecretBytes`) are checked by the
 /// caller that reads it: the core does no IO.
@@ -207,6 +243,7 @@ public struct ClusterConfiguration: Hashable, Sendable {
     /// it is isolated.
     public private(set) var switches: [String]
     public private(set) var timings: ClusterTimings
+    public private(set) var transport: TransportSecurity
     /// In file order.
     public private(set) var nodes: [NodeConfiguration]
     /// In file order.
@@ -222,19 +259,20 @@ public struct ClusterConfiguration: Hashable, Sendable {
     public static let maxNameBytes = 255
 
     /// Checks the rules listed on the type; errors carry no line.
-    public init(secretFile: String, switches: [String] = [], timings: ClusterTimings = .defaults, nodes: [NodeConfiguration],
-                exports: [ExportConfiguration]) throws(ClusterConfigurationError) {
-        try self.init(secretFile: secretFile, switches: switches, timings: timings, nodes: nodes, exports: exports,
-                      positions: ClusterSourcePositions())
+    public init(secretFile: String, switches: [String] = [], timings: ClusterTimings = .defaults, transport: TransportSecurity,
+                nodes: [NodeConfiguration], exports: [ExportConfiguration]) throws(ClusterConfigurationError) {
+        try self.init(secretFile: secretFile, switches: switches, timings: timings, transport: transport, nodes: nodes,
+                      exports: exports, positions: ClusterSourcePositions())
     }
 
-    init(secretFile: String, switches: [String], timings: ClusterTimings, nodes: [NodeConfiguration], exports: [ExportConfiguration],
-         positions: ClusterSourcePositions) throws(ClusterConfigurationError) {
+    init(secretFile: String, switches: [String], timings: ClusterTimings, transport: TransportSecurity, nodes: [NodeConfiguration],
+         exports: [ExportConfiguration], positions: ClusterSourcePositions) throws(ClusterConfigurationError) {
         try ClusterValidator(positions: positions).check(secretFile: secretFile, switches: switches, timings: timings,
-                                                         nodes: nodes, exports: exports)
+                                                         transport: transport, nodes: nodes, exports: exports)
         self.secretFile = secretFile
         self.switches = switches
         self.timings = timings
+        self.transport = transport
         self.nodes = nodes
         self.exports = exports
     }

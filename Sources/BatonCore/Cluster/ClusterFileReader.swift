@@ -6,8 +6,8 @@ enum ClusterFileReader {
     static func read(_ root: TOMLTable) throws(ClusterConfigurationError) -> ClusterConfiguration {
         var positions = ClusterSourcePositions()
         let top = TableReader(table: root, subject: "", headerLine: nil, name: "the top level")
-        try top.checkKeys(["secret_file", "switches", "timings", "nodes", "exports"],
-                          described: "secret_file, switches, [timings], [[nodes]] and [[exports]]")
+        try top.checkKeys(["secret_file", "switches", "plaintext", "tls", "timings", "nodes", "exports"],
+                          described: "secret_file, switches, plaintext, [tls], [timings], [[nodes]] and [[exports]]")
 
         let secretFile = try top.string(
             "secret_file", required: "secret_file = \"/etc/baton/secret\", the path of a file of at least \(ClusterConfiguration.minSecretBytes) random bytes, the same on every node")
@@ -33,6 +33,8 @@ enum ClusterFileReader {
             }
         }
 
+        let transport = try readTransport(root, top: top, positions: &positions)
+
         let nodeTables = try tables(of: root, key: "nodes")
         var nodes: [NodeConfiguration] = []
         for (index, table) in nodeTables.enumerated() {
@@ -43,8 +45,43 @@ enum ClusterFileReader {
         for (index, table) in exportTables.enumerated() {
             exports.append(try readExport(table, index: index, positions: &positions))
         }
-        return try ClusterConfiguration(secretFile: secretFile, switches: switches, timings: timings, nodes: nodes, exports: exports,
-                                        positions: positions)
+        return try ClusterConfiguration(secretFile: secretFile, switches: switches, timings: timings, transport: transport,
+                                        nodes: nodes, exports: exports, positions: positions)
+    }
+
+    /// `[tls]`, or `plaintext = true`; exactly one of them.
+    private static func readTransport(_ root: TOMLTable, top: TableReader,
+                                      positions: inout ClusterSourcePositions) throws(ClusterConfigurationError) -> TransportSecurity {
+        let plaintext = try top.boolean("plaintext") ?? false
+        guard let entry = root["tls"] else {
+            if plaintext { return .plaintext }
+            if let place = root["plaintext"]?.value.position {
+                throw ClusterConfigurationError(
+                    "plaintext = false needs a [tls] table; add [tls] with ca, cert and key (make them with `baton cert`), or write plaintext = true to run without encryption",
+                    line: place.line, column: place.column)
+            }
+            throw ClusterConfigurationError(
+                "the file says neither [tls] nor plaintext; add a [tls] table with ca = \"/etc/baton/tls/ca.pem\", cert = \"/etc/baton/tls/{node}.pem\" and key = \"/etc/baton/tls/{node}.key\" (make them with `baton cert`), or plaintext = true to run without encryption")
+        }
+        guard case .table(let table) = entry.value.kind else {
+            throw ClusterConfigurationError(
+                "tls must be one [tls] header with its keys on the lines below; found \(entry.value.kindName)",
+                line: entry.keyPosition.line, column: entry.keyPosition.column)
+        }
+        if plaintext, let place = root["plaintext"]?.value.position {
+            throw ClusterConfigurationError(
+                "plaintext = true and a [tls] table contradict each other; remove plaintext to use TLS, or [tls] to run without encryption",
+                line: place.line, column: place.column)
+        }
+        let reader = TableReader(table: table, subject: "[tls]", headerLine: table.position.line, name: "[tls]")
+        let keys = ["ca", "cert", "key", "admin_cert", "admin_key"]
+        try reader.checkKeys(keys)
+        for key in keys { positions[.tls(key)] = table[key]?.value.position }
+        return .tls(ClusterTLS(
+            ca: try reader.string("ca", required: "ca = \"/etc/baton/tls/ca.pem\", the path of the cluster's CA certificate"),
+            cert: try reader.string("cert", required: "cert = \"/etc/baton/tls/{node}.pem\", the path of each node's certificate ({node} stands for its name)"),
+            key: try reader.string("key", required: "key = \"/etc/baton/tls/{node}.key\", the path of each node's private key"),
+            adminCert: try reader.string("admin_cert"), adminKey: try reader.string("admin_key")))
     }
 
     /// The tables of `[[key]]` headers; none when the key is absent (the validator counts them).
@@ -199,6 +236,14 @@ private struct TableReader {
     func string(_ key: String, required hint: String) throws(ClusterConfigurationError) -> String {
         guard let text = try string(key) else { throw missing(key, hint: hint) }
         return text
+    }
+
+    func boolean(_ key: String) throws(ClusterConfigurationError) -> Bool? {
+        guard let value = table[key]?.value else { return nil }
+        guard case .boolean(let flag) = value.kind else {
+            throw wrongType(key, value, expected: "true or false", hint: Self.isString(value) ? "; write it without quotes" : "")
+        }
+        return flag
     }
 
     func integer(_ key: String) throws(ClusterConfigurationError) -> Int? {

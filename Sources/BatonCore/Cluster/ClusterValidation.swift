@@ -10,6 +10,8 @@ struct ClusterSourcePositions: Hashable, Sendable {
         case networkSwitch(Int)
         /// By TOML key, e.g. "probe_interval_ms".
         case timing(String)
+        /// By TOML key, e.g. "ca"; "" for the `[tls]` header.
+        case tls(String)
         /// Node by index, TOML key.
         case node(Int, String)
         /// Node by index, path by index.
@@ -33,14 +35,15 @@ struct ClusterValidator {
 
     init(positions: ClusterSourcePositions) { self.positions = positions }
 
-    func check(secretFile: String, switches: [String], timings: ClusterTimings, nodes: [NodeConfiguration],
-               exports: [ExportConfiguration]) throws(ClusterConfigurationError) {
+    func check(secretFile: String, switches: [String], timings: ClusterTimings, transport: TransportSecurity,
+               nodes: [NodeConfiguration], exports: [ExportConfiguration]) throws(ClusterConfigurationError) {
         if let problem = Self.pathProblem(secretFile) {
             throw fail("secret_file \(problem); give the full path, from '/', of a file of at least \(ClusterConfiguration.minSecretBytes) random bytes, the same on every node",
                        at: .secretFile)
         }
         try check(switches: switches)
         try check(timings)
+        if case .tls(let tls) = transport { try check(tls) }
         try check(nodes)
         try check(exports, nodes: nodes)
     }
@@ -65,6 +68,27 @@ struct ClusterValidator {
         case .listedTwice:
             throw fail("switch \(written) is listed twice; each network path has its own switch, so list each once, path 1's first",
                        at: .networkSwitch(index))
+        }
+    }
+
+    // MARK: TLS
+
+    private func check(_ tls: ClusterTLS) throws(ClusterConfigurationError) {
+        let files: [(key: String, path: String?, what: String)] = [
+            ("ca", tls.ca, "the cluster's CA certificate, like \"/etc/baton/tls/ca.pem\""),
+            ("cert", tls.cert, "each node's certificate, like \"/etc/baton/tls/{node}.pem\" ({node} stands for the node's name)"),
+            ("key", tls.key, "each node's private key, like \"/etc/baton/tls/{node}.key\""),
+            ("admin_cert", tls.adminCert, "the admin certificate, like \"/etc/baton/tls/admin.pem\""),
+            ("admin_key", tls.adminKey, "the admin private key, like \"/etc/baton/tls/admin.key\""),
+        ]
+        for file in files {
+            guard let path = file.path, let problem = Self.pathProblem(path) else { continue }
+            throw fail("[tls]: \(file.key) \(problem); give the full path, from '/', of \(file.what)", at: .tls(file.key))
+        }
+        guard (tls.adminCert == nil) == (tls.adminKey == nil) else {
+            let (given, missing) = tls.adminCert == nil ? ("admin_key", "admin_cert") : ("admin_cert", "admin_key")
+            throw fail("[tls]: \(given) is given without \(missing); give both (the admin commands present them) or neither",
+                       at: .tls(given))
         }
     }
 

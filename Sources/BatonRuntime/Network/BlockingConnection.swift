@@ -4,17 +4,30 @@ import Glibc
 import BatonCore
 import Foundation
 
-/// A TCP connection with blocking sockets and timeouts, for short exchanges
-/// that must not start threads (before a fork) or are too rare to deserve
-/// an event loop (admin requests, the mount's first check).
+/// A TCP connection with blocking calls and timeouts, for short exchanges
+/// too rare to deserve an event loop of their own (admin requests, agents'
+/// questions, the mount's first check). Plain TCP on a blocking socket, or
+/// TLS (`TLSStream`) when given an identity.
 public final class BlockingConnection {
-    private let fd: Int32
+    private enum Transport {
+        case socket(Int32)
+        case tls(TLSStream)
+    }
+
+    private let transport: Transport
     public let address: NodeAddress
 
     /// `connectTimeoutMilliseconds` (at most the whole timeout) bounds the
     /// connect alone: an address on a path that is down should fail fast.
-    public init(_ address: NodeAddress, timeoutMilliseconds: Int32, connectTimeoutMilliseconds: Int32? = nil) throws {
+    /// With `tls`, the peer must present a node certificate of the cluster's CA.
+    public init(_ address: NodeAddress, timeoutMilliseconds: Int32, connectTimeoutMilliseconds: Int32? = nil,
+                tls: TLSIdentity? = nil) throws {
         self.address = address
+        if let tls {
+            transport = .tls(try TLSStream(address, identity: tls, timeoutMilliseconds: timeoutMilliseconds,
+                                           connectTimeoutMilliseconds: min(connectTimeoutMilliseconds ?? timeoutMilliseconds, timeoutMilliseconds)))
+            return
+        }
         var hints = addrinfo()
         hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
         var list: UnsafeMutablePointer<addrinfo>?
@@ -42,40 +55,57 @@ public final class BlockingConnection {
             throw ProbeError("connect to \(address): \(reason)")
         }
         setTimeout(SO_SNDTIMEO, timeoutMilliseconds)
-        self.fd = fd
+        transport = .socket(fd)
     }
 
-    deinit { close(fd) }
+    deinit {
+        if case .socket(let fd) = transport { close(fd) }
+    }
 
     public func send(_ message: Message) throws {
-        let frame = message.frame()
-        guard frame.withUnsafeBytes({ Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }) == frame.count else {
-            throw ProbeError("send to \(address): \(String(cString: strerror(errno)))")
-        }
+        try send(bytes: message.frame())
     }
 
     /// Raw bytes, for a request of another protocol than Baton's (an HTTP scrape).
     public func send(bytes: [UInt8]) throws {
-        var done = 0
-        while done < bytes.count {
-            let sent = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress! + done, bytes.count - done, Int32(MSG_NOSIGNAL)) }
-            if sent < 0 && errno == EINTR { continue }
-            guard sent > 0 else { throw ProbeError("send to \(address): \(String(cString: strerror(errno)))") }
-            done += sent
+        switch transport {
+        case .tls(let stream):
+            try stream.send(bytes)
+        case .socket(let fd):
+            var done = 0
+            while done < bytes.count {
+                let sent = bytes.withUnsafeBytes { Glibc.send(fd, $0.baseAddress! + done, bytes.count - done, Int32(MSG_NOSIGNAL)) }
+                if sent < 0 && errno == EINTR { continue }
+                guard sent > 0 else { throw ProbeError("send to \(address): \(String(cString: strerror(errno)))") }
+                done += sent
+            }
         }
     }
 
     /// Everything up to the peer's end of the stream, at most `limitBytes`.
     public func receiveToEnd(limitBytes: Int) throws -> [UInt8] {
         var bytes: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 64 << 10)
         while true {
-            let got = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
-            if got < 0 && errno == EINTR { continue }
-            if got == 0 { return bytes }
-            guard got > 0 else { throw ProbeError("no answer from \(address): \(String(cString: strerror(errno)))") }
-            bytes += chunk[0..<got]
+            let chunk = try receive(upTo: 64 << 10)
+            if chunk.isEmpty { return bytes }
+            bytes += chunk
             guard bytes.count <= limitBytes else { throw ProbeError("\(address) sent more than \(limitBytes) bytes") }
+        }
+    }
+
+    /// At least one byte, at most `limit`; none at the peer's end of the stream.
+    private func receive(upTo limit: Int) throws -> [UInt8] {
+        switch transport {
+        case .tls(let stream):
+            return try stream.receive(upTo: limit)
+        case .socket(let fd):
+            var chunk = [UInt8](repeating: 0, count: limit)
+            while true {
+                let got = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+                if got < 0 && errno == EINTR { continue }
+                guard got >= 0 else { throw ProbeError("no answer from \(address): \(String(cString: strerror(errno)))") }
+                return Array(chunk[0..<got])
+            }
         }
     }
 
@@ -88,15 +118,11 @@ public final class BlockingConnection {
     }
 
     private func receive(count: Int) throws -> [UInt8] {
-        var bytes = [UInt8](repeating: 0, count: count)
-        var done = 0
-        while done < count {
-            let got = bytes.withUnsafeMutableBytes { recv(fd, $0.baseAddress! + done, count - done, 0) }
-            if got < 0 && errno == EINTR { continue }
-            guard got > 0 else {
-                throw ProbeError("no answer from \(address): " + (got == 0 ? "connection closed" : String(cString: strerror(errno))))
-            }
-            done += got
+        var bytes: [UInt8] = []
+        while bytes.count < count {
+            let chunk = try receive(upTo: count - bytes.count)
+            guard !chunk.isEmpty else { throw ProbeError("no answer from \(address): connection closed") }
+            bytes += chunk
         }
         return bytes
     }

@@ -2,16 +2,17 @@ import BatonCore
 import BatonRuntime
 import Foundation
 
-/// One authenticated request to an agent, with plain blocking sockets: used
+/// One authenticated request to an agent, with blocking calls: used
 /// by the admin CLI and by agents asking each other (fence, status). Short
 /// and rare, so a connection per request is fine.
 public enum PeerClient {
     /// An agent on a working path accepts at once (its kernel does, even when it is stalled).
     public static let connectTimeoutMilliseconds: Int32 = 500
 
-    public static func request(_ request: AgentRequest, to address: NodeAddress, node: String, secret: [UInt8],
+    /// `tls`: this process's identity on a TLS cluster (a node's or an admin's), nil on plain TCP.
+    public static func request(_ request: AgentRequest, to address: NodeAddress, node: String, secret: [UInt8], tls: TLSIdentity?,
                                timeoutMilliseconds: Int32 = 2000) throws -> (ok: Bool, text: String) {
-        try self.request(request, toAnyOf: [address], node: node, secret: secret, timeoutMilliseconds: timeoutMilliseconds)
+        try self.request(request, toAnyOf: [address], node: node, secret: secret, tls: tls, timeoutMilliseconds: timeoutMilliseconds)
     }
 
     /// The same, to the first of `addresses` (one agent's addresses, one per
@@ -19,13 +20,13 @@ public enum PeerClient {
     /// request goes over the other. Once connected it is sent there alone,
     /// so a request is never carried out twice.
     public static func request(_ request: AgentRequest, toAnyOf addresses: [NodeAddress], node: String, secret: [UInt8],
-                               timeoutMilliseconds: Int32 = 2000) throws -> (ok: Bool, text: String) {
+                               tls: TLSIdentity?, timeoutMilliseconds: Int32 = 2000) throws -> (ok: Bool, text: String) {
         var failures: [String] = []
         for address in addresses {
             let connection: BlockingConnection
             do {
                 connection = try BlockingConnection(address, timeoutMilliseconds: timeoutMilliseconds,
-                                                    connectTimeoutMilliseconds: connectTimeoutMilliseconds)
+                                                    connectTimeoutMilliseconds: connectTimeoutMilliseconds, tls: tls)
             } catch {
                 failures.append("\(error)")
                 continue

@@ -29,6 +29,8 @@ public final class ServerConnection: @unchecked Sendable {
         /// Connect with MPTCP: the export's nodes have two network paths (a
         /// server says so after its welcome; see `Multipath`).
         public var multipath = false
+        /// The mount's client certificate on a TLS cluster; nil: plain TCP.
+        public var tls: TLSIdentity?
 
         public init(exportName: String, addresses: [NodeAddress], requestTimeout: TimeAmount = .seconds(60)) {
             self.exportName = exportName
@@ -186,6 +188,7 @@ public final class ServerConnection: @unchecked Sendable {
             .channelOption(.recvAllocator, value: AdaptiveRecvByteBufferAllocator(minimum: 4096, initial: 65536, maximum: 1 << 20))
             .channelInitializer { [self] channel in
                 channel.eventLoop.makeCompletedFuture {
+                    try configuration.tls.addClientHandlers(to: channel.pipeline.syncOperations)
                     try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(MessageDecoder()))
                     try channel.pipeline.syncOperations.addHandler(ReplyHandler(connection: self, welcomed: welcomed))
                 }
@@ -368,13 +371,14 @@ public final class ServerConnection: @unchecked Sendable {
             return (state.highestEpoch, true)
         }
         guard start else { return }
-        // Plain TCP: a short look, over whichever path the address is on.
+        // Not MPTCP: a short look, over whichever path the address is on.
         let addresses = state.withLockedValue { $0.addresses }
         let answers = addresses.enumerated().map { index, address in
             ClientBootstrap(group: group)
                 .connectTimeout(.milliseconds(300))
-                .channelInitializer { channel in
+                .channelInitializer { [configuration] channel in
                     channel.eventLoop.makeCompletedFuture {
+                        try configuration.tls.addClientHandlers(to: channel.pipeline.syncOperations)
                         try channel.pipeline.syncOperations.addHandler(ByteToMessageHandler(MessageDecoder()))
                         try channel.pipeline.syncOperations.addHandler(EpochProbeHandler())
                     }
@@ -455,7 +459,9 @@ private final class ReplyHandler: ChannelInboundHandler, @unchecked Sendable {
         connection.lost(context.channel, reason: "connection closed")
     }
 
+    /// A TLS failure says why the connection ended (the mount shows it when no server welcomes it).
     func errorCaught(context: ChannelHandlerContext, error: any Error) {
+        welcomed.fail(RefusedError(refusal: .unauthenticated, detail: TLSFailure.describe(error)))
         context.close(promise: nil)
     }
 }

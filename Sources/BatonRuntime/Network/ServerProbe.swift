@@ -3,9 +3,8 @@ import Glibc
 #endif
 import BatonCore
 
-/// Asks one server, with plain blocking sockets, whether it serves an export
-/// and is active. Used before a mount forks into the background: SwiftNIO and
-/// Dispatch must not run before a fork, so this touches neither.
+/// Asks one server, with blocking calls, whether it serves an export and is
+/// active: the mount's check before it mounts.
 public enum ServerProbe {
     public enum Answer: Equatable, Sendable {
         /// With what the server says next: every address of the export, and whether to use MPTCP.
@@ -13,8 +12,8 @@ public enum ServerProbe {
         case refused(Refusal, detail: String)
     }
 
-    public static func hello(_ address: NodeAddress, export: String, timeoutMilliseconds: Int32 = 2000) throws -> Answer {
-        let connection = try BlockingConnection(address, timeoutMilliseconds: timeoutMilliseconds)
+    public static func hello(_ address: NodeAddress, export: String, tls: TLSIdentity?, timeoutMilliseconds: Int32 = 2000) throws -> Answer {
+        let connection = try BlockingConnection(address, timeoutMilliseconds: timeoutMilliseconds, tls: tls)
         try connection.send(.hello(export: export, session: 0, version: Message.protocolVersion))
         switch try connection.receive(limitBytes: 64 * 1024) {
         case .welcome(let epoch):

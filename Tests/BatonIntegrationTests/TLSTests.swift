@@ -1,0 +1,140 @@
+// Goal: on a cluster with [tls], every TCP connection is mutual TLS 1.3 with
+// certificates from `baton cert`, and each listener takes only the roles it
+// is for: a mount with a client certificate reads, writes and follows a
+// failover and a migration; admin commands work with the admin certificate;
+// a mount without a certificate or with one of another CA is refused with
+// its reason, and so are a client certificate at an agent's port (admin
+// request or replication) and an admin certificate that fences or opens a
+// replica session. A plain-TCP cluster says so at start.
+// Method: real agents and servers (TwoNodeCluster), a real FUSE mount, raw
+// TLS sessions through BlockingConnection presenting a chosen certificate.
+import BatonCore
+import BatonRuntime
+import Foundation
+import XCTest
+
+final class TLSTests: XCTestCase {
+    func testBatonCertMakesCertificatesThatNIOSSLLoadsWithTheirRole() throws {
+        let directory = try temporaryDirectory(self) + "/tls"
+        try makeCertificates(in: directory, [("node", "a"), ("client", "laptop"), ("admin", "ops")])
+        for (name, role) in [("a", PeerRole.node), ("laptop", .client), ("ops", .admin)] {
+            let identity = try TLSIdentity(files(directory, name), roles: [role])
+            XCTAssertEqual(identity.identity, PeerIdentity(role: role, name: name))
+            let mode = try FileManager.default.attributesOfItem(atPath: "\(directory)/\(name).key")[.posixPermissions] as? Int
+            XCTAssertEqual(mode, 0o600, "the private key of \(name) is readable by others")
+        }
+        XCTAssertEqual(try FileManager.default.attributesOfItem(atPath: directory + "/ca.key")[.posixPermissions] as? Int, 0o600)
+        XCTAssertThrowsError(try TLSIdentity(files(directory, "laptop"), roles: [.node])) { error in
+            XCTAssertTrue("\(error)".contains("is a client certificate ('laptop'); this needs a node certificate"), "\(error)")
+        }
+    }
+
+    func testATLSClusterServesAMountThroughAFailoverAndAMigration() throws {
+        let cluster = try TwoNodeCluster(self, tls: true)
+        XCTAssertFalse(cluster.logs.contains("plain TCP"), cluster.logs)
+        let mount = try cluster.mount(self, "demo", options: [cluster.tlsMountOptions()])
+        let file = mount.mountpoint + "/before"
+        try Data("written over TLS".utf8).write(to: URL(fileURLWithPath: file))
+        let before = try XCTUnwrap(try cluster.server("demo"))
+        XCTAssertEqual(before.node, "a")
+        kill(before.pid, SIGSTOP)
+        try cluster.waitUntilReplicated("demo", epoch: before.epoch + 1)
+        XCTAssertEqual(try cluster.server("demo")?.node, "b", cluster.logs)
+        XCTAssertEqual(try String(contentsOfFile: file, encoding: .utf8), "written over TLS")
+        try Data("after the failover".utf8).write(to: URL(fileURLWithPath: mount.mountpoint + "/after"))
+        let migrated = try cluster.admin(["migrate", "demo"])
+        XCTAssertEqual(migrated.status, 0, migrated.output)
+        try cluster.waitUntilReplicated("demo", epoch: before.epoch + 2)
+        XCTAssertEqual(try cluster.server("demo")?.node, "a", cluster.logs)
+        XCTAssertEqual(try String(contentsOfFile: mount.mountpoint + "/after", encoding: .utf8), "after the failover")
+        let status = try cluster.admin(["status"])
+        XCTAssertEqual(status.status, 0, status.output)
+        try cluster.stopAllInStep("demo", unmounting: mount)
+        try cluster.assertSameFiles("demo")
+    }
+
+    func testATLSClusterRefusesWrongCertificatesWithTheirReason() throws {
+        let cluster = try TwoNodeCluster(self, tls: true)
+        let port = try XCTUnwrap(cluster.exports.first?.port)
+        let source = "demo@127.0.0.1:\(port)"
+        let mountpoint = cluster.directory + "/refused"
+        try FileManager.default.createDirectory(atPath: mountpoint, withIntermediateDirectories: true)
+
+        let plain = try runCommand(BatonBinary.path, ["mount", source, mountpoint, "-f"])
+        XCTAssertNotEqual(plain.status, 0, plain.output)
+        XCTAssertTrue(plain.output.contains("this port takes TLS only") && plain.output.contains("-o cert=PATH,key=PATH,ca=PATH"), plain.output)
+        try waitFor("the server logs the plain connection", cluster) { $0.contains("a connection without TLS") }
+
+        let other = cluster.directory + "/other-ca"
+        try makeCertificates(in: other, [("client", "client")])
+        let foreign = try runCommand(BatonBinary.path, ["mount", source, mountpoint, "-f", "-o",
+                                                        "cert=\(other)/client.pem,key=\(other)/client.key,ca=\(other)/ca.pem"])
+        XCTAssertNotEqual(foreign.status, 0, foreign.output)
+        XCTAssertTrue(foreign.output.contains("not of one CA"), foreign.output)
+        XCTAssertFalse(MountProcess.isMounted(mountpoint))
+        try waitFor("the server logs the failed handshake", cluster) { $0.contains("TLS session failed") && $0.contains("not of one CA") }
+
+        let tls = cluster.tlsDirectory
+        let agent = try XCTUnwrap(cluster.agentAddresses["a"])
+        let client = try TLSIdentity(files(tls, "client"), roles: [.client])
+        let admin = try TLSIdentity(files(tls, "admin"), roles: [.admin])
+        let secret = Array(try Data(contentsOf: URL(fileURLWithPath: cluster.directory + "/secret")))
+
+        // A client certificate at the agent's port: an admin request, and a replica session.
+        XCTAssertThrowsError(try PeerClient.request(.status, to: agent, node: "admin", secret: secret, tls: client)) { error in
+            XCTAssertTrue("\(error)".contains("client certificate 'client' presented; the agent's port takes admin or node certificates only"), "\(error)")
+        }
+        let replication = try replicaSession(to: agent, presenting: client, secret: secret)
+        XCTAssertTrue(replication.contains("client certificate 'client' presented; the agent's port takes admin or node certificates only"), replication)
+        try waitFor("the agent logs the client certificate refused, with the peer's address", cluster) {
+            $0.contains("agent connection refused") && $0.contains("client certificate 'client' presented") && $0.contains("127.0.0.1:")
+        }
+
+        // An admin certificate may ask for status, but neither fence nor replicate.
+        XCTAssertTrue(try PeerClient.request(.status, to: agent, node: "admin", secret: secret, tls: admin).ok)
+        XCTAssertThrowsError(try PeerClient.request(.fence(export: "demo", epoch: 1), to: agent, node: "admin", secret: secret, tls: admin)) { error in
+            XCTAssertTrue("\(error)".contains("admin certificate 'admin' presented; a fence takes node certificates only"), "\(error)")
+        }
+        let adminReplication = try replicaSession(to: agent, presenting: admin, secret: secret)
+        XCTAssertTrue(adminReplication.contains("admin certificate 'admin' presented; a replica session takes node certificates only"), adminReplication)
+        XCTAssertEqual(try cluster.server("demo")?.node, "a", "a refused fence moved the export: \(cluster.logs)")
+    }
+
+    func testAPlainTCPClusterWarnsAtStart() throws {
+        let cluster = try TwoNodeCluster(self)
+        try waitFor("both agents warn", cluster) { $0.components(separatedBy: "plain TCP: the cluster file says plaintext = true").count == 3 }
+    }
+
+    // MARK: Helpers
+
+    private func files(_ directory: String, _ name: String) -> TLSFiles {
+        TLSFiles(certificate: "\(directory)/\(name).pem", key: "\(directory)/\(name).key", authority: directory + "/ca.pem")
+    }
+
+    /// Opens a replica session as the peer's server would (secret proof, then
+    /// replicaHello), presenting `identity`; returns the refusal's words.
+    private func replicaSession(to agent: NodeAddress, presenting identity: TLSIdentity, secret: [UInt8]) throws -> String {
+        let connection = try BlockingConnection(agent, timeoutMilliseconds: 3000, tls: identity)
+        do {
+            while true {
+                switch try connection.receive() {
+                case .challenge(let nonce):
+                    try connection.send(.authenticate(node: "b", proof: AgentAuthentication.proof(.hmacSHA256(secret: secret), nonce: nonce, node: "b")))
+                    try connection.send(.replicaHello(export: "demo", epoch: 1))
+                case .refused(_, let detail): return detail
+                case let other: return "not refused: \(other)"
+                }
+            }
+        } catch {
+            return "\(error)"
+        }
+    }
+
+    private func waitFor(_ what: String, _ cluster: TwoNodeCluster, timeout: TimeInterval = 10, _ holds: (String) -> Bool) throws {
+        let deadline = Date().addingTimeInterval(timeout)
+        while !holds(cluster.logs) {
+            guard Date() < deadline else { throw TestError("\(what): not within \(timeout) s\n\(cluster.logs)") }
+            usleep(50_000)
+        }
+    }
+}
