@@ -30,6 +30,7 @@ final class ExportProcess: @unchecked Sendable {
     /// out of the pause).
     init(executable: String, exportName: String, dataDirectory: String, listen: NodeAddress, monitorListen: NodeAddress,
          pathAddresses: [String], exportAddresses: [NodeAddress], multipath: Bool, secretFile: String, tls: TLSFiles?,
+         access: ClientAccess,
          standby: NodeAddress, node: String, replication: ReplicationMode, standbyWaitLimitMilliseconds: Int,
          metrics: Bool = false, awaitPromotion: Bool = false, logger: Logger,
          onExit: @escaping @Sendable (Int32) -> Void) throws {
@@ -48,6 +49,10 @@ final class ExportProcess: @unchecked Sendable {
             "--replication", replication.rawValue, "--standby-wait-limit-ms", String(standbyWaitLimitMilliseconds),
         ]
         if let tls { arguments += ["--tls-cert", tls.certificate, "--tls-key", tls.key, "--tls-ca", tls.authority] }
+        if access != .everyone {
+            for pattern in access.readWrite { arguments += ["--client", pattern] }
+            for pattern in access.readOnly { arguments += ["--read-only-client", pattern] }
+        }
         if multipath { arguments.append("--multipath") }
         // On loopback, for the agent's page only (the agent serves the node's metrics).
         if metrics { arguments += ["--metrics-listen", "127.0.0.1:0"] }

@@ -88,6 +88,8 @@ public final class ExportServer: @unchecked Sendable {
     /// This node has two network paths: listeners bound here are MPTCP, and
     /// clients are told to connect with MPTCP (see `Multipath`).
     public var multipath = false
+    /// Which clients may mount, by their certificate's name (TLS only); set before `start`.
+    public var access = ClientAccess.everyone
     private let welcomedOnce = NIOLockedValueBox(false)
 
     func welcomed() {
@@ -487,6 +489,10 @@ final class ClientConnectionHandler: ChannelInboundHandler, @unchecked Sendable 
     private var helloDeadline: Scheduled<Void>?
     /// A client listener's connection takes requests; a monitor listener's, probes.
     private let purpose: ExportServer.Purpose
+    /// The client's certificate, once TLS has checked it (nil on plain TCP).
+    private var peer: PeerIdentity?
+    /// Its certificate is on the export's read-only list: changes are answered EROFS.
+    private var readOnly = false
     private var admission: ConnectionAdmission { purpose == .clients ? server.admission : server.monitorAdmission }
 
     init(server: ExportServer, purpose: ExportServer.Purpose) {
@@ -541,6 +547,7 @@ final class ClientConnectionHandler: ChannelInboundHandler, @unchecked Sendable 
         case .write(let sequence, let oldest, let ino, let handle, let offset, let bytes):
             guard purpose == .clients else { return refuse(context, .malformed, "a request on the monitor port; clients connect to the export's port") }
             guard let session else { return refuse(context, .malformed, "request before hello") }
+            if readOnly { return answerReadOnly(context, sequence) }
             server.handleWrite(ino, handle: handle, offset: offset, data: bytes, session: session, sequence: sequence,
                                oldestUnanswered: oldest, channel: context.channel, order: order)
             return
@@ -554,6 +561,14 @@ final class ClientConnectionHandler: ChannelInboundHandler, @unchecked Sendable 
             guard export == server.exportName else {
                 refuse(context, .unknownExport, "this server serves export '\(server.exportName)', not '\(export)'")
                 return
+            }
+            if purpose == .clients, let peer {
+                switch server.access.grant(peer.name) {
+                case .readWrite: readOnly = false
+                case .readOnly: readOnly = true
+                case .refused(let why):
+                    return refuse(context, .notAllowed, "export '\(server.exportName)' does not let this client mount: \(why)")
+                }
             }
             helloDeadline?.cancel()
             guard welcomed || admission.welcome(context.channel) else {
@@ -575,6 +590,7 @@ final class ClientConnectionHandler: ChannelInboundHandler, @unchecked Sendable 
                 refuse(context, .malformed, "request before hello")
                 return
             }
+            if readOnly, operation.modifiesExport { return answerReadOnly(context, sequence) }
             server.handle(operation, session: session, sequence: sequence, oldestUnanswered: oldest, channel: context.channel,
                           order: order)
         case .probe(let key):
@@ -585,6 +601,17 @@ final class ClientConnectionHandler: ChannelInboundHandler, @unchecked Sendable 
         default:
             refuse(context, .malformed, "unexpected message from a client")
         }
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let verified = event as? PeerVerified { peer = verified.identity }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    /// A change asked by a client of the export's read-only list: refused before it reaches the journal.
+    private func answerReadOnly(_ context: ChannelHandlerContext, _ sequence: UInt64) {
+        let reply = Message.reply(sequence: sequence, epoch: server.epoch, .error(.EROFS))
+        context.writeAndFlush(wrapOutboundOut(reply.frame(allocator: context.channel.allocator)), promise: nil)
     }
 
     func errorCaught(context: ChannelHandlerContext, error: any Error) {

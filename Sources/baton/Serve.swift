@@ -61,6 +61,14 @@ struct Serve: ParsableCommand {
     @Option(help: "This node's certificate (PEM, from `baton cert issue --role node`): TLS on every listener and on replication.")
     var tlsCert: String?
 
+    @Option(name: .customLong("client"), help: ArgumentHelp(
+        "A client that may mount and write, by its certificate's name or a pattern with * and ? (repeatable; TLS only).",
+        discussion: "With neither --client nor --read-only-client every client certificate of the CA may mount and write."))
+    var clients: [String] = []
+
+    @Option(name: .customLong("read-only-client"), help: "A client that may mount and only read (repeatable; TLS only).")
+    var readOnlyClients: [String] = []
+
     @Option(help: "The private key of --tls-cert (PEM).")
     var tlsKey: String?
 
@@ -115,6 +123,9 @@ struct Serve: ParsableCommand {
         if monitorListen != nil && secretFile == nil { throw ValidationError("--monitor-listen needs --secret-file") }
         guard [tlsCert, tlsKey, tlsCa].allSatisfy({ $0 == nil }) || [tlsCert, tlsKey, tlsCa].allSatisfy({ $0 != nil }) else {
             throw ValidationError("TLS needs all three of --tls-cert, --tls-key and --tls-ca (or none of them for plain TCP)")
+        }
+        if !(clients.isEmpty && readOnlyClients.isEmpty), tlsCert == nil {
+            throw ValidationError("--client and --read-only-client need TLS (--tls-cert, --tls-key, --tls-ca): over plain TCP a client has no name")
         }
     }
 
@@ -212,6 +223,7 @@ struct Serve: ParsableCommand {
         }
         server.exportAddresses = Array(exportAddresses.prefix(Message.maxExportAddresses))
         server.multipath = multipath
+        if !(self.clients.isEmpty && readOnlyClients.isEmpty) { server.access = ClientAccess(readWrite: self.clients, readOnly: readOnlyClients) }
         if goAlone { server.continueWithoutStandby() }
         let bound = try server.start(clients: clients, monitor: monitor, otherPaths: otherPaths)
         let metrics = try metricsListen.map { address in

@@ -167,6 +167,21 @@ final class ClusterConfigurationTests: XCTestCase {
     /// `base` without plaintext, with `table` where it was (from line 2 on).
     private func withTLS(_ table: String = tlsTable) -> String { edited("plaintext = true\n", table) }
 
+    func testClientListsNeedTLSAndNameSomeone() throws {
+        let lists = "port = 7000\nclients = [\"laptop-*\", \"build\"]\nread_only_clients = [\"backup\"]"
+        let parsed = try ClusterConfiguration.parse(edited("port = 7000", lists, in: withTLS()))
+        XCTAssertEqual(parsed.exports[0].access, ClientAccess(readWrite: ["laptop-*", "build"], readOnly: ["backup"]))
+        XCTAssertEqual(try ClusterConfiguration.parse(withTLS()).exports[0].access, .everyone)
+        let readOnlyOnly = try ClusterConfiguration.parse(edited("port = 7000", "port = 7000\nread_only_clients = [\"backup\"]", in: withTLS()))
+        XCTAssertEqual(readOnlyOnly.exports[0].access, ClientAccess(readWrite: [], readOnly: ["backup"]), "only the read-only clients may mount")
+        XCTAssertEqual(failure(edited("port = 7000", lists)),
+                       "cluster file line 17, column 11: export \"demo\": clients needs [tls]: over plain TCP a client has no certificate, so no name to check; add a [tls] table or remove the list")
+        XCTAssertEqual(failure(edited("port = 7000", "port = 7000\nclients = []", in: withTLS())).hasSuffix(
+            "export \"demo\": clients lists no client, so no one could mount it; list client certificate names or patterns, like [\"laptop-*\"]"), true)
+        XCTAssertEqual(failure(edited("port = 7000", "port = 7000\nclients = [\"\"]", in: withTLS())).contains(
+            "export \"demo\": clients entry \"\" is empty"), true)
+    }
+
     func testTransportIsTLSOrExplicitlyPlaintext() throws {
         XCTAssertEqual(try ClusterConfiguration.parse(base).transport, .plaintext)
         XCTAssertEqual(try ClusterConfiguration.parse(withTLS()).transport,
@@ -210,9 +225,9 @@ final class ClusterConfigurationTests: XCTestCase {
         XCTAssertEqual(failure(edited("name = \"a\"", "name = \"a\"\nnmae = \"x\"")),
                        "cluster file line 5, column 1: node \"a\": unknown key 'nmae' (did you mean 'name'?); a [[nodes]] table takes name, site, agent, paths, data_dir and metrics")
         XCTAssertEqual(failure(edited("port = 7000", "port = 7000\nmode = \"sync\"")),
-                       "cluster file line 17, column 1: export \"demo\": unknown key 'mode'; a [[exports]] table takes name, preferred, port, monitor_port and replication")
+                       "cluster file line 17, column 1: export \"demo\": unknown key 'mode'; a [[exports]] table takes name, preferred, port, monitor_port, replication, clients and read_only_clients")
         XCTAssertEqual(failure(edited("port = 7000", "port = 7000\nreplicaton = \"sync\"")),
-                       "cluster file line 17, column 1: export \"demo\": unknown key 'replicaton' (did you mean 'replication'?); a [[exports]] table takes name, preferred, port, monitor_port and replication")
+                       "cluster file line 17, column 1: export \"demo\": unknown key 'replicaton' (did you mean 'replication'?); a [[exports]] table takes name, preferred, port, monitor_port, replication, clients and read_only_clients")
         XCTAssertEqual(failure(base + "[timings]\nprobe_interval = 100\n"),
                        "cluster file line 18, column 1: [timings]: unknown key 'probe_interval' (did you mean 'probe_interval_ms'?); [timings] takes probe_interval_ms, probe_deadline_ms, probe_misses, heartbeat_interval_ms, heartbeat_grace_ms, agent_heartbeat_interval_ms, agent_heartbeat_grace_ms, selffence_delay_ms, takeover_delay_ms and standby_wait_limit_ms")
         XCTAssertEqual(failure("debug = true\n" + base),

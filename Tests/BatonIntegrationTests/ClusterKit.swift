@@ -25,12 +25,13 @@ final class TwoNodeCluster {
     /// Where each node's agent serves metrics (`metrics: true`).
     private(set) var metricsAddresses: [String: NodeAddress] = [:]
     /// With `tls: true`: the CA and certificates `baton cert` made (ca.pem;
-    /// a.pem, b.pem for the nodes; admin.pem; client.pem for mounts), each with its .key.
+    /// a.pem, b.pem for the nodes; admin.pem; client.pem and one per `clientNames` for mounts), each with its .key.
+    /// `exportLines` go into every [[exports]] table (client lists, say).
     var tlsDirectory: String { directory + "/tls" }
 
     init(_ test: XCTestCase, exports names: [String] = ["demo"], replication: String = "sync", bed: TestBed? = nil,
          agentEnvironment: [String: [String: String]] = [:], agentArguments: [String: [String]] = [:], timings: [String: Int] = [:], metrics: Bool = false,
-         tls: Bool = false, name: String = #function) throws {
+         tls: Bool = false, clientNames: [String] = [], exportLines: String = "", name: String = #function) throws {
         directory = try temporaryDirectory(test, name)
         self.agentEnvironment = agentEnvironment
         self.agentArguments = agentArguments
@@ -42,15 +43,17 @@ final class TwoNodeCluster {
         agentAddresses = ["a": NodeAddress(host: hosts["a"]!, port: ports[0]), "b": NodeAddress(host: hosts["b"]!, port: ports[1])]
         _ = FileManager.default.createFile(atPath: directory + "/secret", contents: Data((0..<64).map { _ in UInt8.random(in: 0...255) }))
         var text = "secret_file = \"\(directory)/secret\"\n"
+        // Top-level keys before the first table header.
+        if bed != nil { text += "switches = [\"\(TestBed.switchAddress(1))\", \"\(TestBed.switchAddress(2))\"]\n" }
         if tls {
             let certificates = directory + "/tls"
-            try makeCertificates(in: certificates, [("node", "a"), ("node", "b"), ("admin", "admin"), ("client", "client")])
+            try makeCertificates(in: certificates, [("node", "a"), ("node", "b"), ("admin", "admin")]
+                                 + (["client"] + clientNames).map { ("client", $0) })
             text += "[tls]\nca = \"\(certificates)/ca.pem\"\ncert = \"\(certificates)/{node}.pem\"\nkey = \"\(certificates)/{node}.key\"\n"
                 + "admin_cert = \"\(certificates)/admin.pem\"\nadmin_key = \"\(certificates)/admin.key\"\n"
         } else {
-            text += "plaintext = true\n"
+            text = "plaintext = true\n" + text
         }
-        if bed != nil { text += "switches = [\"\(TestBed.switchAddress(1))\", \"\(TestBed.switchAddress(2))\"]\n" }
         if !timings.isEmpty { text += "[timings]\n" + timings.sorted { $0.key < $1.key }.map { "\($0.key) = \($0.value)\n" }.joined() }
         for node in ["a", "b"] {
             text += "[[nodes]]\nname = \"\(node)\"\nagent = \"\(agentAddresses[node]!)\"\ndata_dir = \"\(directory)/\(node)\"\n"
@@ -64,6 +67,7 @@ final class TwoNodeCluster {
         }
         for export in exports {
             text += "[[exports]]\nname = \"\(export.name)\"\npreferred = \"a\"\nport = \(export.port)\nmonitor_port = \(export.monitorPort)\nreplication = \"\(replication)\"\n"
+                + exportLines
         }
         configPath = directory + "/cluster.toml"
         try text.write(toFile: configPath, atomically: true, encoding: .utf8)
@@ -176,11 +180,13 @@ final class TwoNodeCluster {
     }
 
     /// `onlyNodeA`: the source names node a's first address alone; the mount learns the rest from the server.
-    func mount(_ test: XCTestCase, _ export: String, options: [String] = [], onlyNodeA: Bool = false) throws -> MountProcess {
+    /// `mountpoint`: a name of its own under the cluster's directory (two mounts of one export).
+    func mount(_ test: XCTestCase, _ export: String, options: [String] = [], onlyNodeA: Bool = false,
+               mountpoint: String? = nil) throws -> MountProcess {
         let port = exports.first { $0.name == export }!.port
         let hosts = (onlyNodeA ? ["a"] : ["a", "b"]).map { agentAddresses[$0]!.host }
         return try MountProcess(test, source: "\(export)@" + hosts.map { "\($0):\(port)" }.joined(separator: ","),
-                                mountpoint: directory + "/mnt-\(export)", options: options,
+                                mountpoint: directory + "/mnt-\(mountpoint ?? export)", options: options,
                                 networkNamespace: bed?.name(.client))
     }
 

@@ -107,6 +107,44 @@ final class TLSTests: XCTestCase {
 
     // MARK: Helpers
 
+    /// Issue 10: an export's client lists, by certificate name: a listed
+    /// client reads and writes, a read-only one reads and is answered EROFS
+    /// for every change (open for reading still works), and one on neither
+    /// list is refused at mount time with the export and the rule, and the
+    /// server logs it. The lists follow the export through a failover.
+    func testAnExportsClientListsDecideWhoMountsAndWhoWrites() throws {
+        let cluster = try TwoNodeCluster(self, tls: true, clientNames: ["laptop-1", "backup", "intruder"],
+                                         exportLines: "clients = [\"laptop-*\"]\nread_only_clients = [\"backup\"]\n")
+        let writer = try cluster.mount(self, "demo", options: [cluster.tlsMountOptions("laptop-1")], mountpoint: "laptop")
+        try Data("from the laptop".utf8).write(to: URL(fileURLWithPath: writer.mountpoint + "/f"))
+        let reader = try cluster.mount(self, "demo", options: [cluster.tlsMountOptions("backup")], mountpoint: "backup")
+        XCTAssertEqual(try String(contentsOfFile: reader.mountpoint + "/f", encoding: .utf8), "from the laptop")
+        for change in [["/bin/sh", "-c", "echo x > \(reader.mountpoint)/new"], ["/bin/sh", "-c", "echo x >> \(reader.mountpoint)/f"],
+                       ["/bin/mkdir", "\(reader.mountpoint)/d"], ["/bin/rm", "\(reader.mountpoint)/f"],
+                       ["/bin/chmod", "600", "\(reader.mountpoint)/f"]] {
+            let result = try runCommand(change[0], Array(change.dropFirst()))
+            XCTAssertNotEqual(result.status, 0, "a read-only client changed the export: \(change)")
+            XCTAssertTrue(result.output.contains("Read-only file system"), "\(change): \(result.output)")
+        }
+        XCTAssertEqual(try String(contentsOfFile: writer.mountpoint + "/f", encoding: .utf8), "from the laptop")
+
+        // A deadline, not a measurement: a mount that is let in would stay in the foreground.
+        let refused = try runCommand("/usr/bin/timeout", ["30", BatonBinary.path, "mount", "demo@\(cluster.agentAddresses["a"]!.host):\(cluster.exports[0].port)",
+                                                       cluster.directory + "/mnt-intruder", "-f", "-o", cluster.tlsMountOptions("intruder")])
+        XCTAssertNotEqual(refused.status, 0)
+        XCTAssertTrue(refused.output.contains("export 'demo' does not let this client mount: client \"intruder\" is in neither clients"),
+                      refused.output)
+        XCTAssertTrue(cluster.logs.contains("does not let this client mount"), cluster.logs)
+
+        let before = try XCTUnwrap(try cluster.server("demo"))
+        kill(before.pid, SIGSTOP)
+        try cluster.waitUntilReplicated("demo", epoch: before.epoch + 1)
+        let afterFailover = try runCommand("/bin/sh", ["-c", "echo x > \(reader.mountpoint)/after"])
+        XCTAssertTrue(afterFailover.output.contains("Read-only file system"), "the new server let a read-only client write: \(afterFailover.output)")
+        try Data("still writing".utf8).write(to: URL(fileURLWithPath: writer.mountpoint + "/g"))
+        XCTAssertEqual(try String(contentsOfFile: reader.mountpoint + "/g", encoding: .utf8), "still writing")
+    }
+
     private func files(_ directory: String, _ name: String) -> TLSFiles {
         TLSFiles(certificate: "\(directory)/\(name).pem", key: "\(directory)/\(name).key", authority: directory + "/ca.pem")
     }

@@ -166,14 +166,18 @@ public struct ExportConfiguration: Hashable, Sendable {
     /// thread of their own, which no client's requests can hold up.
     public var monitorPort: Int
     public var replication: ReplicationMode
+    /// Which clients (by their certificate's name) may mount it, and which only read.
+    public var access: ClientAccess
 
     /// `monitorPort` defaults to the port after `port`.
-    public init(name: String, preferredNode: String, port: Int, monitorPort: Int? = nil, replication: ReplicationMode = .sync) {
+    public init(name: String, preferredNode: String, port: Int, monitorPort: Int? = nil, replication: ReplicationMode = .sync,
+                access: ClientAccess = .everyone) {
         self.name = name
         self.preferredNode = preferredNode
         self.port = port
         self.monitorPort = monitorPort ?? port + 1
         self.replication = replication
+        self.access = access
     }
 }
 

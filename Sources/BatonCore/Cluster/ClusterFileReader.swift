@@ -121,7 +121,7 @@ enum ClusterFileReader {
     private static func readExport(_ table: TOMLTable, index: Int,
                                    positions: inout ClusterSourcePositions) throws(ClusterConfigurationError) -> ExportConfiguration {
         let reader = TableReader(table: table, kind: "exports")
-        try reader.checkKeys(["name", "preferred", "port", "monitor_port", "replication"])
+        try reader.checkKeys(["name", "preferred", "port", "monitor_port", "replication", "clients", "read_only_clients"])
         let name = try reader.string("name", required: "name = \"...\" with a name unique among the exports")
         let preferred = try reader.string(
             "preferred", required: "preferred = \"...\" with the name of the node that serves the export when the cluster starts")
@@ -137,11 +137,16 @@ enum ClusterFileReader {
             }
             replication = mode
         }
-        for key in ["name", "preferred", "port", "monitor_port", "replication"] {
+        let clients = try reader.strings("clients", like: "[\"laptop-*\", \"build\"]")
+        let readOnlyClients = try reader.strings("read_only_clients", like: "[\"backup\"]")
+        for key in ["name", "preferred", "port", "monitor_port", "replication", "clients", "read_only_clients"] {
             positions[.export(index, key)] = table[key]?.value.position
         }
+        // Without lists every client of the CA may write; with read-only clients only, only they may mount.
+        let access = clients == nil && readOnlyClients == nil
+            ? ClientAccess.everyone : ClientAccess(readWrite: clients ?? [], readOnly: readOnlyClients ?? [])
         return ExportConfiguration(name: name, preferredNode: preferred, port: port, monitorPort: monitorPort,
-                                   replication: replication)
+                                   replication: replication, access: access)
     }
 
     /// Where each element of the list at `key` was written; none when the key is absent or not a list.

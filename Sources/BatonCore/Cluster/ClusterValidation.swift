@@ -46,6 +46,30 @@ struct ClusterValidator {
         if case .tls(let tls) = transport { try check(tls) }
         try check(nodes)
         try check(exports, nodes: nodes)
+        for (index, export) in exports.enumerated() { try check(export.access, of: export, at: index, transport: transport) }
+    }
+
+    private func check(_ access: ClientAccess, of export: ExportConfiguration, at index: Int,
+                       transport: TransportSecurity) throws(ClusterConfigurationError) {
+        let subject = "export \(Self.quoted(export.name))"
+        guard access != .everyone else { return }
+        let key = access.readWrite.isEmpty ? "read_only_clients" : "clients"
+        guard !(access.readWrite.isEmpty && access.readOnly.isEmpty) else {
+            throw fail("\(subject): clients lists no client, so no one could mount it; list client certificate names or patterns, like [\"laptop-*\"]",
+                       at: .export(index, "clients"))
+        }
+        if case .plaintext = transport {
+            throw fail("\(subject): \(key) needs [tls]: over plain TCP a client has no certificate, so no name to check; add a [tls] table or remove the list",
+                       at: .export(index, key))
+        }
+        for (list, patterns) in [("clients", access.readWrite), ("read_only_clients", access.readOnly)] {
+            for pattern in patterns {
+                if let problem = Self.labelProblem(pattern) {
+                    throw fail("\(subject): \(list) entry \(Self.quoted(pattern)) \(problem); list client certificate names or patterns with * and ?",
+                               at: .export(index, list))
+                }
+            }
+        }
     }
 
     // MARK: Switches

@@ -101,6 +101,8 @@ public enum Refusal: UInt8, Hashable, Sendable {
     /// The replica's node runs a swap against this server: its replies must
     /// keep waiting (not answer alone) until the swap ends.
     case swapUnderWay
+    /// The export's client lists do not let this client mount (its certificate's name is on neither).
+    case notAllowed
 }
 
 /// What an agent is asked to do.

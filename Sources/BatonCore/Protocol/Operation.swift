@@ -44,6 +44,18 @@ public enum Operation: Hashable, Sendable {
         }
     }
 
+    /// Whether the operation changes the export's files, names or
+    /// attributes: what a read-only client may not ask. Opening for reading,
+    /// closing and forgetting are journaled mutations, but change nothing a
+    /// reader could see.
+    public var modifiesExport: Bool {
+        switch self {
+        case .open(_, let flags): flags & OpenFlags.accessMask != 0 || flags & OpenFlags.truncate != 0
+        case .release, .forget: false
+        default: isMutation
+        }
+    }
+
     /// Whether the operation changes the namespace and so goes into the journal.
     public var isMutation: Bool {
         switch self {
