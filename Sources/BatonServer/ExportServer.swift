@@ -261,7 +261,7 @@ public final class ExportServer: @unchecked Sendable {
         switch operation {
         case .read(let ino, _, let offset, let size):
             let answer = read(ino, offset: offset, size: size, sequence: sequence, allocator: channel.allocator)
-            metrics.bytesRead.increment(by: max(0, answer.readableBytes - Self.readReplyHeaderBytes))
+            if metrics.enabled { metrics.bytesRead.increment(by: max(0, answer.readableBytes - Self.readReplyHeaderBytes)) }
             channel.writeAndFlush(answer, promise: nil)
             meter.answered()
         case .statfs:
@@ -325,7 +325,7 @@ public final class ExportServer: @unchecked Sendable {
     func handleWrite(_ ino: InodeNumber, handle: UInt64, offset: UInt64, data: ByteBuffer, session: UInt64, sequence: UInt64,
                      oldestUnanswered: UInt64, channel: Channel, order: MutationPath.Order) {
         let meter = metrics.started("write")
-        metrics.bytesWritten.increment(by: data.readableBytes)
+        if metrics.enabled { metrics.bytesWritten.increment(by: data.readableBytes) }
         mutations.run(order, { [self] () -> (Reply, UInt64) in
             if failed { return (.error(.EIO), 0) }
             store.forgetReplies(session: session, below: oldestUnanswered)

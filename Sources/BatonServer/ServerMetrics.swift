@@ -12,6 +12,8 @@ final class ServerMetrics: Sendable {
         let latency: Metrics.Timer
     }
 
+    /// Off when the process serves no metrics: requests are then not metered at all.
+    let enabled = ProcessMetrics.isBootstrapped
     private let operations: [String: PerOperation]
     let bytesRead: Counter
     let bytesWritten: Counter
@@ -43,6 +45,7 @@ final class ServerMetrics: Sendable {
 
     /// Counts a request and starts its clock.
     func started(_ operation: String) -> RequestMeter {
+        guard enabled else { return RequestMeter(latency: nil, started: 0) }
         let metrics = operations[operation]
         metrics?.requests.increment()
         return RequestMeter(latency: metrics?.latency, started: DispatchTime.now().uptimeNanoseconds)

@@ -31,6 +31,9 @@ public enum ProcessMetrics {
         }
     }
 
+    /// Whether series count anywhere: a process without it skips metering its hot path.
+    public static var isBootstrapped: Bool { lock.withLock { bootstrapped != nil } }
+
     /// Every series of this process, in the text format (empty before `bootstrap`).
     public static func page() -> String { lock.withLock { bootstrapped }?.emitToString() ?? "" }
 }
