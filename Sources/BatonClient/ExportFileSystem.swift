@@ -58,62 +58,62 @@ public final class ExportFileSystem: FuseOperations {
     /// the inode if it has no name and no open handle left (an orphan).
     public func forget(_ request: FuseRequest, inode: UInt64, lookups: UInt64) {
         guard lookupCounts.forget(inode, lookups) else { return }
-        transport.send(.forget(inode)) { _ in }
+        transport.send(.forget(inode), caller: nil) { _ in }
     }
 
     // MARK: - Names
 
     public func lookup(_ request: FuseRequest, parent: UInt64, name: [UInt8], reply: consuming FuseEntryReply) {
-        sendEntry(.lookup(parent: parent, name: FileName(name)), reply)
+        sendEntry(request, .lookup(parent: parent, name: FileName(name)), reply)
     }
 
     public func mknod(_ request: FuseRequest, parent: UInt64, name: [UInt8], mode: UInt32, rdev: UInt64,
                       reply: consuming FuseEntryReply) {
-        sendEntry(.mknod(parent: parent, name: FileName(name), mode: mode, rdev: rdev, caller(request)), reply)
+        sendEntry(request, .mknod(parent: parent, name: FileName(name), mode: mode, rdev: rdev, caller(request)), reply)
     }
 
     public func mkdir(_ request: FuseRequest, parent: UInt64, name: [UInt8], mode: UInt32,
                       reply: consuming FuseEntryReply) {
-        sendEntry(.mkdir(parent: parent, name: FileName(name), mode: mode, caller(request)), reply)
+        sendEntry(request, .mkdir(parent: parent, name: FileName(name), mode: mode, caller(request)), reply)
     }
 
     public func symlink(_ request: FuseRequest, parent: UInt64, name: [UInt8], target: [UInt8],
                         reply: consuming FuseEntryReply) {
-        sendEntry(.symlink(parent: parent, name: FileName(name), target: target, caller(request)), reply)
+        sendEntry(request, .symlink(parent: parent, name: FileName(name), target: target, caller(request)), reply)
     }
 
     public func link(_ request: FuseRequest, inode: UInt64, newParent: UInt64, newName: [UInt8],
                      reply: consuming FuseEntryReply) {
-        sendEntry(.link(inode, newParent: newParent, newName: FileName(newName)), reply)
+        sendEntry(request, .link(inode, newParent: newParent, newName: FileName(newName)), reply)
     }
 
     public func unlink(_ request: FuseRequest, parent: UInt64, name: [UInt8], reply: consuming FuseEmptyReply) {
-        sendDone(.unlink(parent: parent, name: FileName(name)), reply)
+        sendDone(request, .unlink(parent: parent, name: FileName(name)), reply)
     }
 
     public func rmdir(_ request: FuseRequest, parent: UInt64, name: [UInt8], reply: consuming FuseEmptyReply) {
-        sendDone(.rmdir(parent: parent, name: FileName(name)), reply)
+        sendDone(request, .rmdir(parent: parent, name: FileName(name)), reply)
     }
 
     public func rename(_ request: FuseRequest, parent: UInt64, name: [UInt8], newParent: UInt64, newName: [UInt8],
                        flags: UInt32, reply: consuming FuseEmptyReply) {
-        sendDone(.rename(parent: parent, name: FileName(name), newParent: newParent, newName: FileName(newName),
+        sendDone(request, .rename(parent: parent, name: FileName(name), newParent: newParent, newName: FileName(newName),
                          flags: flags), reply)
     }
 
     // MARK: - Attributes
 
     public func getattr(_ request: FuseRequest, inode: UInt64, reply: consuming FuseAttributesReply) {
-        sendAttributes(.getattr(inode), reply)
+        sendAttributes(request, .getattr(inode), reply)
     }
 
     public func setattr(_ request: FuseRequest, inode: UInt64, changes: FuseAttributeChanges,
                         reply: consuming FuseAttributesReply) {
-        sendAttributes(.setattr(inode, AttributeChanges(changes), caller(request)), reply)
+        sendAttributes(request, .setattr(inode, AttributeChanges(changes), caller(request)), reply)
     }
 
     public func readlink(_ request: FuseRequest, inode: UInt64, reply: consuming FuseDataReply) {
-        send(.readlink(inode), reply) { reply, result in
+        send(request, .readlink(inode), reply) { reply, result in
             switch result {
             case .bytes(let target): reply.data(target)
             default: reply.error(errorCode(result))
@@ -122,7 +122,7 @@ public final class ExportFileSystem: FuseOperations {
     }
 
     public func statfs(_ request: FuseRequest, inode: UInt64, reply: consuming FuseStatisticsReply) {
-        send(.statfs, reply) { reply, result in
+        send(request, .statfs, reply) { reply, result in
             switch result {
             case .statfs(let s):
                 reply.statistics(FuseStatistics(
@@ -137,10 +137,10 @@ public final class ExportFileSystem: FuseOperations {
     // MARK: - Files
 
     public func open(_ request: FuseRequest, inode: UInt64, flags: Int32, reply: consuming FuseOpenReply) {
-        send(.open(inode, flags: serverFlags(flags)), reply) { [transport] reply, result in
+        send(request, .open(inode, flags: serverFlags(flags)), reply) { [transport] reply, result in
             switch result {
             case .opened(let handle):
-                if !reply.opened(handle: handle) { transport.send(.release(inode, handle: handle)) { _ in } }
+                if !reply.opened(handle: handle) { transport.send(.release(inode, handle: handle), caller: nil) { _ in } }
             default: reply.error(errorCode(result))
             }
         }
@@ -150,14 +150,14 @@ public final class ExportFileSystem: FuseOperations {
                        reply: consuming FuseCreateReply) {
         let operation = Operation.create(parent: parent, name: FileName(name), mode: mode, flags: serverFlags(flags),
                                          caller(request))
-        send(operation, reply) { [self] reply, result in
+        send(request, operation, reply) { [self] reply, result in
             switch result {
             case .created(let attributes, let handle):
                 // Counted before the kernel can see it, so its FORGET never finds no count.
                 lookupCounts.remember(attributes.inode)
                 if !reply.created(entry(attributes), handle: handle) {
                     _ = lookupCounts.forget(attributes.inode, 1)
-                    transport.send(.release(attributes.inode, handle: handle)) { _ in }
+                    transport.send(.release(attributes.inode, handle: handle), caller: nil) { _ in }
                 }
             default: reply.error(errorCode(result))
             }
@@ -166,7 +166,7 @@ public final class ExportFileSystem: FuseOperations {
 
     public func read(_ request: FuseRequest, inode: UInt64, handle: UInt64, offset: UInt64, size: UInt32,
                      reply: consuming FuseDataReply) {
-        send(.read(inode, handle: handle, offset: offset, size: size), reply) { reply, result in
+        send(request, .read(inode, handle: handle, offset: offset, size: size), reply) { reply, result in
             switch result {
             // More than asked for would make the kernel fail the read anyway.
             case .bytes(let data) where data.count <= Int(size): reply.data(data)
@@ -228,14 +228,14 @@ public final class ExportFileSystem: FuseOperations {
     }
 
     public func release(_ request: FuseRequest, inode: UInt64, handle: UInt64, reply: consuming FuseEmptyReply) {
-        sendDone(.release(inode, handle: handle), reply)
+        sendDone(request, .release(inode, handle: handle), reply)
     }
 
     /// The server syncs after every write sent before; the file's writes
     /// answered early report their errors here too.
     public func fsync(_ request: FuseRequest, inode: UInt64, handle: UInt64, dataOnly: Bool,
                       reply: consuming FuseEmptyReply) {
-        send(.fsync(inode), reply) { [self] reply, result in
+        send(request, .fsync(inode), reply) { [self] reply, result in
             whenWritesSettled(inode, reply) { reply, error in
                 if let error { return reply.error(error) }
                 switch result {
@@ -256,7 +256,7 @@ public final class ExportFileSystem: FuseOperations {
     public func readdir(_ request: FuseRequest, inode: UInt64, handle: UInt64, offset: UInt64,
                         reply: consuming FuseDirectoryReply) {
         let operation = Operation.readdir(inode, cookie: offset, maxBytes: UInt32(clamping: reply.sizeBytes))
-        send(operation, reply) { reply, result in
+        send(request, operation, reply) { reply, result in
             switch result {
             case .directory(let entries):
                 reply.entries { buffer in
@@ -277,7 +277,7 @@ public final class ExportFileSystem: FuseOperations {
 
     public func fsyncdir(_ request: FuseRequest, inode: UInt64, handle: UInt64, dataOnly: Bool,
                          reply: consuming FuseEmptyReply) {
-        sendDone(.fsync(inode), reply)
+        sendDone(request, .fsync(inode), reply)
     }
 
     // MARK: - Extended attributes
@@ -285,42 +285,42 @@ public final class ExportFileSystem: FuseOperations {
     public func setxattr(_ request: FuseRequest, inode: UInt64, name: [UInt8], value: [UInt8], flags: Int32,
                          reply: consuming FuseEmptyReply) {
         if name == CapabilityCache.name { capabilities.forget(inode) }
-        sendDone(.setxattr(inode, name: FileName(name), value: value, flags: UInt32(bitPattern: flags)), reply)
+        sendDone(request, .setxattr(inode, name: FileName(name), value: value, flags: UInt32(bitPattern: flags)), reply)
     }
 
     public func getxattr(_ request: FuseRequest, inode: UInt64, name: [UInt8], size: UInt32,
                          reply: consuming FuseXattrReply) {
         let isCapability = name == CapabilityCache.name
         if isCapability && capabilities.knownAbsent(inode) { return reply.error(ENODATA) }
-        send(.getxattr(inode, name: FileName(name), size: size), reply) { [capabilities] reply, result in
+        send(request, .getxattr(inode, name: FileName(name), size: size), reply) { [capabilities] reply, result in
             if isCapability, result == .error(.ENODATA) { capabilities.rememberAbsent(inode) }
             answerXattr(reply, result, size: size)
         }
     }
 
     public func listxattr(_ request: FuseRequest, inode: UInt64, size: UInt32, reply: consuming FuseXattrReply) {
-        send(.listxattr(inode, size: size), reply) { reply, result in
+        send(request, .listxattr(inode, size: size), reply) { reply, result in
             answerXattr(reply, result, size: size)
         }
     }
 
     public func removexattr(_ request: FuseRequest, inode: UInt64, name: [UInt8], reply: consuming FuseEmptyReply) {
         if name == CapabilityCache.name { capabilities.forget(inode) }
-        sendDone(.removexattr(inode, name: FileName(name)), reply)
+        sendDone(request, .removexattr(inode, name: FileName(name)), reply)
     }
 
     // MARK: - Sending
 
     /// Sends `operation` and answers `reply` from the completion. The reply
     /// waits in a box because an escaping closure cannot consume it directly.
-    private func send<R: ~Copyable & Sendable>(_ operation: Operation, _ reply: consuming R,
+    private func send<R: ~Copyable & Sendable>(_ request: FuseRequest, _ operation: Operation, _ reply: consuming R,
                                                _ answer: @escaping @Sendable (consuming R, Reply) -> Void) {
         let deferred = FuseDeferredReply(reply)
-        transport.send(operation) { result in answer(deferred.take(), result) }
+        transport.send(operation, caller: Credentials(uid: request.uid, gid: request.gid)) { result in answer(deferred.take(), result) }
     }
 
-    private func sendEntry(_ operation: Operation, _ reply: consuming FuseEntryReply) {
-        send(operation, reply) { [self] reply, result in
+    private func sendEntry(_ request: FuseRequest, _ operation: Operation, _ reply: consuming FuseEntryReply) {
+        send(request, operation, reply) { [self] reply, result in
             switch result {
             case .entry(let attributes):
                 lookupCounts.remember(attributes.inode)
@@ -330,8 +330,8 @@ public final class ExportFileSystem: FuseOperations {
         }
     }
 
-    private func sendAttributes(_ operation: Operation, _ reply: consuming FuseAttributesReply) {
-        send(operation, reply) { [attributeTimeoutSeconds] reply, result in
+    private func sendAttributes(_ request: FuseRequest, _ operation: Operation, _ reply: consuming FuseAttributesReply) {
+        send(request, operation, reply) { [attributeTimeoutSeconds] reply, result in
             switch result {
             case .attributes(let attributes):
                 reply.attributes(FuseAttributes(attributes), timeoutSeconds: attributeTimeoutSeconds)
@@ -340,8 +340,8 @@ public final class ExportFileSystem: FuseOperations {
         }
     }
 
-    private func sendDone(_ operation: Operation, _ reply: consuming FuseEmptyReply) {
-        send(operation, reply) { reply, result in
+    private func sendDone(_ request: FuseRequest, _ operation: Operation, _ reply: consuming FuseEmptyReply) {
+        send(request, operation, reply) { reply, result in
             switch result {
             case .done: reply.ok()
             default: reply.error(errorCode(result))

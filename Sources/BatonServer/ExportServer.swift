@@ -90,6 +90,9 @@ public final class ExportServer: @unchecked Sendable {
     public var multipath = false
     /// Which clients may mount, by their certificate's name (TLS only); set before `start`.
     public var access = ClientAccess.everyone
+    /// Whose identity the server maps to the anonymous user (and then checks
+    /// permissions for); set before `start`.
+    public var squash = Squash.rootToNobody
     private let welcomedOnce = NIOLockedValueBox(false)
 
     func welcomed() {
@@ -254,10 +257,15 @@ public final class ExportServer: @unchecked Sendable {
 
     var epoch: UInt64 { store.epoch }
 
-    /// Answers one request, on the calling network thread.
+    /// Answers one request, on the calling network thread. `squashedTo`:
+    /// the identity a squashed caller acts as, whose permissions the server
+    /// checks; nil when the client's kernel has checked them.
     func handle(_ operation: Operation, session: UInt64, sequence: UInt64, oldestUnanswered: UInt64,
-                channel: Channel, order: MutationPath.Order) {
+                squashedTo identity: Credentials?, channel: Channel, order: MutationPath.Order) {
         let meter = metrics.started(operation.name)
+        if let identity, !operation.isMutation, let problem = store.withNamespace({ $0.permissionProblem(operation, by: identity) }) {
+            return respond(channel, sequence, .error(problem), meter)
+        }
         switch operation {
         case .read(let ino, _, let offset, let size):
             let answer = read(ino, offset: offset, size: size, sequence: sequence, allocator: channel.allocator)
@@ -301,6 +309,12 @@ public final class ExportServer: @unchecked Sendable {
                 store.forgetReplies(session: session, below: oldestUnanswered)
                 // A re-sent request: its first reply, once the standby has everything so far.
                 if let cached = store.cachedReply(session: session, request: sequence) { return (cached, store.appliedSequence) }
+                var operation = operation
+                if let identity {
+                    // Checked here, on the mutation thread, against the namespace the mutation would change.
+                    if let problem = store.withNamespace({ $0.permissionProblem(operation, by: identity) }) { return (.error(problem), 0) }
+                    operation = operation.acting(as: identity)
+                }
                 do {
                     let applied = try store.apply(operation, session: session, requestSequence: sequence)
                     if let record = applied.record, let replication {
@@ -493,6 +507,8 @@ final class ClientConnectionHandler: ChannelInboundHandler, @unchecked Sendable 
     private var peer: PeerIdentity?
     /// Its certificate is on the export's read-only list: changes are answered EROFS.
     private var readOnly = false
+    /// Which of its callers the server squashes (decided at hello, from its certificate's name).
+    private var squashScope = Squash.Scope.none
     private var admission: ConnectionAdmission { purpose == .clients ? server.admission : server.monitorAdmission }
 
     init(server: ExportServer, purpose: ExportServer.Purpose) {
@@ -570,6 +586,14 @@ final class ClientConnectionHandler: ChannelInboundHandler, @unchecked Sendable 
                     return refuse(context, .notAllowed, "export '\(server.exportName)' does not let this client mount: \(why)")
                 }
             }
+            if purpose == .clients {
+                squashScope = server.squash.scope(forClient: peer?.name)
+                if squashScope != .none, version < Message.callerVersion {
+                    return refuse(context, .badVersion, "export '\(server.exportName)' squashes \(squashScope == .all ? "every caller" : "root") "
+                        + "and needs clients that name their caller (protocol \(Message.callerVersion), baton 0.22 or later); "
+                        + "this client speaks protocol \(version): upgrade it")
+                }
+            }
             helloDeadline?.cancel()
             guard welcomed || admission.welcome(context.channel) else {
                 context.close(promise: nil)
@@ -584,15 +608,15 @@ final class ClientConnectionHandler: ChannelInboundHandler, @unchecked Sendable 
             }
             context.flush()
             if purpose == .clients { server.welcomed() }
-        case .request(let sequence, let oldest, let operation):
+        case .request(let sequence, let oldest, let operation, let caller):
             guard purpose == .clients else { return refuse(context, .malformed, "a request on the monitor port; clients connect to the export's port") }
             guard let session else {
                 refuse(context, .malformed, "request before hello")
                 return
             }
             if readOnly, operation.modifiesExport { return answerReadOnly(context, sequence) }
-            server.handle(operation, session: session, sequence: sequence, oldestUnanswered: oldest, channel: context.channel,
-                          order: order)
+            server.handle(operation, session: session, sequence: sequence, oldestUnanswered: oldest,
+                          squashedTo: server.squash.squashed(caller, scope: squashScope), channel: context.channel, order: order)
         case .probe(let key):
             guard purpose == .monitor else { return refuse(context, .malformed, "a probe on the clients' port; monitors connect to the monitor port") }
             guard session != nil else { return refuse(context, .malformed, "probe before hello") }

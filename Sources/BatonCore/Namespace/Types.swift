@@ -139,6 +139,25 @@ public struct Caller: Hashable, Sendable {
     public static let root = Caller(uid: 0, gid: 0)
 }
 
+/// Who sends a request: the uid and primary gid of the process on the client
+/// (from the FUSE request context). A server that squashes (`Squash`) checks
+/// permissions for the identity these map to; one that does not leaves the
+/// checks to the client's kernel (`default_permissions`), which also knows
+/// the caller's supplementary groups.
+public struct Credentials: Hashable, Sendable, CustomStringConvertible {
+    public var uid: UInt32
+    public var gid: UInt32
+    public init(uid: UInt32, gid: UInt32) {
+        self.uid = uid
+        self.gid = gid
+    }
+    public static let root = Credentials(uid: 0, gid: 0)
+    /// NFS's default `anonuid`/`anongid`: the user "nobody".
+    public static let nobody = Credentials(uid: 65534, gid: 65534)
+
+    public var description: String { "uid \(uid) gid \(gid)" }
+}
+
 /// A time to set with `utimensat`: a given value, or the server's time of the change.
 public enum TimeChange: Hashable, Sendable {
     case now

@@ -14,7 +14,11 @@ public enum Message: Hashable, Sendable {
     /// `multipath`: the nodes have two paths; connect with MPTCP.
     case exportAddresses([HostAndPort], multipath: Bool)
     /// Client → server. `oldestUnanswered` lets the server drop cached replies below it.
-    case request(sequence: UInt64, oldestUnanswered: UInt64, Operation)
+    /// `caller` (protocol 3): who on the client asks, for a server that
+    /// squashes identities (`Squash`); a write, checked when its handle was
+    /// opened, goes without one, so its frame keeps the layout the server
+    /// decodes in place.
+    case request(sequence: UInt64, oldestUnanswered: UInt64, Operation, caller: Credentials? = nil)
     /// Server → client.
     case reply(sequence: UInt64, epoch: UInt64, Reply)
 
@@ -74,9 +78,13 @@ public enum Message: Hashable, Sendable {
     case agentReply(ok: Bool, text: String)
 
     /// 2: the server sends `exportAddresses` after `welcome`.
-    public static let protocolVersion: UInt32 = 2
-    /// What a server accepts in `hello`: a client of protocol 1 gets no `exportAddresses`.
-    public static let supportedVersions: ClosedRange<UInt32> = 1...2
+    /// 3: requests name their caller (`request`'s `caller`).
+    public static let protocolVersion: UInt32 = 3
+    /// What a server accepts in `hello`: a client of protocol 1 gets no
+    /// `exportAddresses`; one older than 3 cannot mount an export that squashes.
+    public static let supportedVersions: ClosedRange<UInt32> = 1...3
+    /// The first protocol whose requests name their caller.
+    public static let callerVersion: UInt32 = 3
     public static let maxExportAddresses = 16
     /// `snapshotData` of this inode carries the checkpoint.
     public static let snapshotCheckpointInode: InodeNumber = 0
@@ -123,7 +131,7 @@ public enum AgentRequest: Hashable, Sendable {
 extension Message {
     /// Wire tags; public so a server can frame read data in place.
     public enum Tag: UInt8 {
-        case hello = 1, welcome, refused, request, reply, exportAddresses
+        case hello = 1, welcome, refused, request, reply, exportAddresses, requestWithCaller
         case probe = 10, probeAnswer, heartbeat
         case challenge = 20, authenticate
         case replicaHello = 30, replicaPosition, snapshotData, snapshotEnd, replicate, replicated, replicaSync, replicaSynced
@@ -141,8 +149,11 @@ extension Message {
             w.write(Tag.exportAddresses.rawValue); w.write(UInt32(addresses.count))
             for address in addresses { w.write(address.description) }
             w.write(multipath)
-        case .request(let sequence, let oldest, let operation):
+        case .request(let sequence, let oldest, let operation, nil):
             w.write(Tag.request.rawValue); w.write(sequence); w.write(oldest); operation.encode(to: &w)
+        case .request(let sequence, let oldest, let operation, let caller?):
+            w.write(Tag.requestWithCaller.rawValue); w.write(sequence); w.write(oldest); w.write(caller.uid); w.write(caller.gid)
+            operation.encode(to: &w)
         case .reply(let sequence, let epoch, let reply):
             w.write(Tag.reply.rawValue); w.write(sequence); w.write(epoch); reply.encode(to: &w)
         case .probe(let key): w.write(Tag.probe.rawValue); w.write(bytes: key)
@@ -224,6 +235,10 @@ extension Message {
             message = .exportAddresses(addresses, multipath: try r.readBool())
         case .request:
             message = .request(sequence: try r.readUInt64(), oldestUnanswered: try r.readUInt64(), try Operation.decode(from: &r))
+        case .requestWithCaller:
+            let sequence = try r.readUInt64(), oldest = try r.readUInt64()
+            let caller = Credentials(uid: try r.readUInt32(), gid: try r.readUInt32())
+            message = .request(sequence: sequence, oldestUnanswered: oldest, try Operation.decode(from: &r), caller: caller)
         case .reply:
             message = .reply(sequence: try r.readUInt64(), epoch: try r.readUInt64(), try Reply.decode(from: &r))
         case .probe: message = .probe(key: try r.readBytes(exactly: ChallengeMAC.keyBytes, kind: "probe key"))

@@ -109,7 +109,7 @@ extension Message {
         writer.write(UInt32(0))
         let data: [UInt8]
         switch self {
-        case .request(let sequence, let oldest, .write(let ino, let handle, let offset, let bytes)):
+        case .request(let sequence, let oldest, .write(let ino, let handle, let offset, let bytes), nil):
             Message.request(sequence: sequence, oldestUnanswered: oldest, .write(ino, handle: handle, offset: offset, data: []))
                 .encode(to: &writer)
             data = bytes

@@ -85,9 +85,9 @@ public final class ServerConnection: @unchecked Sendable {
 
     // MARK: Requests
 
-    public func send(_ operation: Operation, completion: @escaping @Sendable (Reply) -> Void) {
+    public func send(_ operation: Operation, caller: Credentials? = nil, completion: @escaping @Sendable (Reply) -> Void) {
         enqueue(completion) { [allocator] sequence, oldest in
-            Message.request(sequence: sequence, oldestUnanswered: oldest, operation).frame(allocator: allocator)
+            Message.request(sequence: sequence, oldestUnanswered: oldest, operation, caller: caller).frame(allocator: allocator)
         }
     }
 
