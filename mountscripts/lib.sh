@@ -320,8 +320,9 @@ baton_serve_start() {
   local -a extra=()
   read -r -a extra <<<"${BATON_SERVE_ARGS:-}"
   mkdir -p -- "$data"
+  # The test bed's workloads run as root: root keeps its uid (no root_squash).
   bg_start "$logf" "${BATON:?set BATON from baton_find_bin}" serve \
-    --export "$export" --data "$data" --listen "$listen" "$@" "${extra[@]}"
+    --export "$export" --data "$data" --listen "$listen" --squash none "$@" "${extra[@]}"
   wait_for_port "${listen%:*}" "${listen##*:}" "${BATON_START_TIMEOUT:-15}" "$BG_PID"
 }
 
@@ -507,6 +508,8 @@ name = "$export"
 preferred = "a"
 port = $CLUSTER_PORT
 monitor_port = $CLUSTER_MONITOR_PORT
+# The test bed's workloads run as root: root keeps its uid.
+squash = "none"
 TOML
   mkdir -p -- "$logdir"
   for node in a b; do

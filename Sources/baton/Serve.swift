@@ -69,6 +69,20 @@ struct Serve: ParsableCommand {
     @Option(name: .customLong("read-only-client"), help: "A client that may mount and only read (repeatable; TLS only).")
     var readOnlyClients: [String] = []
 
+    @Option(help: ArgumentHelp(
+        "Whose identity the server does not trust: root (root acts as --anonuid, as NFS's root_squash), all, or none.",
+        discussion: "A squashed caller's permissions are checked by the server, and what it creates belongs to --anonuid and --anongid."))
+    var squash = "root"
+
+    @Option(help: "The uid a squashed caller acts as (NFS's anonuid; 65534 is nobody).")
+    var anonuid: UInt32 = Credentials.nobody.uid
+
+    @Option(help: "The gid a squashed caller acts as (NFS's anongid).")
+    var anongid: UInt32 = Credentials.nobody.gid
+
+    @Option(name: .customLong("root-client"), help: "A client whose root keeps its root under --squash root, by certificate name or pattern (repeatable; TLS only).")
+    var rootClients: [String] = []
+
     @Option(help: "The private key of --tls-cert (PEM).")
     var tlsKey: String?
 
@@ -124,6 +138,11 @@ struct Serve: ParsableCommand {
         guard [tlsCert, tlsKey, tlsCa].allSatisfy({ $0 == nil }) || [tlsCert, tlsKey, tlsCa].allSatisfy({ $0 != nil }) else {
             throw ValidationError("TLS needs all three of --tls-cert, --tls-key and --tls-ca (or none of them for plain TCP)")
         }
+        guard Squash.Scope(rawValue: squash) != nil else { throw ValidationError("--squash is root, all or none, not '\(squash)'") }
+        if !rootClients.isEmpty, tlsCert == nil {
+            throw ValidationError("--root-client needs TLS (--tls-cert, --tls-key, --tls-ca): over plain TCP a client has no name")
+        }
+        if !rootClients.isEmpty, squash != "root" { throw ValidationError("--root-client needs --squash root") }
         if !(clients.isEmpty && readOnlyClients.isEmpty), tlsCert == nil {
             throw ValidationError("--client and --read-only-client need TLS (--tls-cert, --tls-key, --tls-ca): over plain TCP a client has no name")
         }
@@ -224,6 +243,8 @@ struct Serve: ParsableCommand {
         server.exportAddresses = Array(exportAddresses.prefix(Message.maxExportAddresses))
         server.multipath = multipath
         if !(self.clients.isEmpty && readOnlyClients.isEmpty) { server.access = ClientAccess(readWrite: self.clients, readOnly: readOnlyClients) }
+        server.squash = Squash(scope: Squash.Scope(rawValue: squash)!, anonymous: Credentials(uid: anonuid, gid: anongid),
+                               rootClients: rootClients)
         if goAlone { server.continueWithoutStandby() }
         let bound = try server.start(clients: clients, monitor: monitor, otherPaths: otherPaths)
         let metrics = try metricsListen.map { address in

@@ -4,7 +4,7 @@ import BatonCore
 /// this binary speaks (a mount and servers of two releases work together
 /// when their ranges meet).
 enum BatonVersion {
-    static let release = "0.21.0"
+    static let release = "0.22.0"
 
     static var description: String {
         "baton \(release) (protocol \(Message.supportedVersions.lowerBound)-\(Message.supportedVersions.upperBound))"

@@ -127,6 +127,10 @@ final class ClusterConfigurationTests: XCTestCase {
             port = 7001
             monitor_port = 7501
             replication = "sync"
+            squash = "root"
+            anonuid = 500
+            anongid = 600
+            root_clients = ["admin-*"]
             """
         let configuration = try ClusterConfiguration.parse(text)
         XCTAssertEqual(configuration.secretFile, "/etc/baton/secret")
@@ -150,8 +154,23 @@ final class ClusterConfigurationTests: XCTestCase {
         ])
         XCTAssertEqual(configuration.exports, [
             ExportConfiguration(name: "projects", preferredNode: "b", port: 7000, monitorPort: 7500, replication: .async),
-            ExportConfiguration(name: "home", preferredNode: "a", port: 7001, monitorPort: 7501, replication: .sync),
+            ExportConfiguration(name: "home", preferredNode: "a", port: 7001, monitorPort: 7501, replication: .sync,
+                                squash: Squash(scope: .root, anonymous: Credentials(uid: 500, gid: 600), rootClients: ["admin-*"])),
         ])
+    }
+
+    func testSquashIsRootByDefaultAndItsKeysAreChecked() throws {
+        XCTAssertEqual(try ClusterConfiguration.parse(base).exports[0].squash, .rootToNobody)
+        XCTAssertEqual(try ClusterConfiguration.parse(edited("port = 7000", "port = 7000\nsquash = \"all\"")).exports[0].squash,
+                       Squash(scope: .all))
+        XCTAssertEqual(failure(edited("port = 7000", "port = 7000\nsquash = \"root_squash\"")),
+                       "cluster file line 17, column 10: export \"demo\": squash must be \"root\" (root acts as anonuid, the default), \"all\" (every caller does) or \"none\" (callers keep their uid); found \"root_squash\"")
+        XCTAssertEqual(failure(edited("port = 7000", "port = 7000\nanonuid = -2")),
+                       "cluster file line 17, column 11: export \"demo\": anonuid must be a uid or gid from 0 to 4294967294; found -2")
+        XCTAssertEqual(failure(edited("port = 7000", "port = 7000\nroot_clients = [\"admin\"]")),
+                       "cluster file line 17, column 16: export \"demo\": root_clients needs [tls]: over plain TCP a client has no certificate, so no name to check; add a [tls] table or remove the list")
+        XCTAssertEqual(failure(edited("port = 7000", "port = 7000\nsquash = \"all\"\nroot_clients = [\"admin\"]", in: withTLS())).hasSuffix(
+            "export \"demo\": root_clients keep their root only under squash = \"root\", but squash is \"all\"; remove root_clients or the squash line"), true)
     }
 
     // MARK: Transport security
@@ -225,9 +244,9 @@ final class ClusterConfigurationTests: XCTestCase {
         XCTAssertEqual(failure(edited("name = \"a\"", "name = \"a\"\nnmae = \"x\"")),
                        "cluster file line 5, column 1: node \"a\": unknown key 'nmae' (did you mean 'name'?); a [[nodes]] table takes name, site, agent, paths, data_dir and metrics")
         XCTAssertEqual(failure(edited("port = 7000", "port = 7000\nmode = \"sync\"")),
-                       "cluster file line 17, column 1: export \"demo\": unknown key 'mode'; a [[exports]] table takes name, preferred, port, monitor_port, replication, clients and read_only_clients")
+                       "cluster file line 17, column 1: export \"demo\": unknown key 'mode'; a [[exports]] table takes name, preferred, port, monitor_port, replication, clients, read_only_clients, squash, anonuid, anongid and root_clients")
         XCTAssertEqual(failure(edited("port = 7000", "port = 7000\nreplicaton = \"sync\"")),
-                       "cluster file line 17, column 1: export \"demo\": unknown key 'replicaton' (did you mean 'replication'?); a [[exports]] table takes name, preferred, port, monitor_port, replication, clients and read_only_clients")
+                       "cluster file line 17, column 1: export \"demo\": unknown key 'replicaton' (did you mean 'replication'?); a [[exports]] table takes name, preferred, port, monitor_port, replication, clients, read_only_clients, squash, anonuid, anongid and root_clients")
         XCTAssertEqual(failure(base + "[timings]\nprobe_interval = 100\n"),
                        "cluster file line 18, column 1: [timings]: unknown key 'probe_interval' (did you mean 'probe_interval_ms'?); [timings] takes probe_interval_ms, probe_deadline_ms, probe_misses, heartbeat_interval_ms, heartbeat_grace_ms, agent_heartbeat_interval_ms, agent_heartbeat_grace_ms, selffence_delay_ms, takeover_delay_ms and standby_wait_limit_ms")
         XCTAssertEqual(failure("debug = true\n" + base),

@@ -50,6 +50,7 @@ final class CodecTests: XCTestCase {
             .agentRequest(.handOver(export: "projects", epoch: 4)), .agentRequest(.forceServe(export: "projects")),
         ]
         messages += Self.operations.enumerated().map { .request(sequence: UInt64($0.offset), oldestUnanswered: 1, $0.element) }
+        messages += Self.operations.map { .request(sequence: 5, oldestUnanswered: 2, $0, caller: Credentials(uid: 1000, gid: 100)) }
         messages += Self.replies.map { .reply(sequence: 9, epoch: 2, $0) }
         for message in messages {
             let frame = message.frame()

@@ -26,12 +26,14 @@ final class TwoNodeCluster {
     private(set) var metricsAddresses: [String: NodeAddress] = [:]
     /// With `tls: true`: the CA and certificates `baton cert` made (ca.pem;
     /// a.pem, b.pem for the nodes; admin.pem; client.pem and one per `clientNames` for mounts), each with its .key.
-    /// `exportLines` go into every [[exports]] table (client lists, say).
+    /// `exportLines` go into every [[exports]] table (client lists, say);
+    /// `squash` is each export's (tests write as root, so none by default).
     var tlsDirectory: String { directory + "/tls" }
 
     init(_ test: XCTestCase, exports names: [String] = ["demo"], replication: String = "sync", bed: TestBed? = nil,
          agentEnvironment: [String: [String: String]] = [:], agentArguments: [String: [String]] = [:], timings: [String: Int] = [:], metrics: Bool = false,
-         tls: Bool = false, clientNames: [String] = [], exportLines: String = "", name: String = #function) throws {
+         tls: Bool = false, clientNames: [String] = [], exportLines: String = "", squash: String = "none",
+         name: String = #function) throws {
         directory = try temporaryDirectory(test, name)
         self.agentEnvironment = agentEnvironment
         self.agentArguments = agentArguments
@@ -67,7 +69,7 @@ final class TwoNodeCluster {
         }
         for export in exports {
             text += "[[exports]]\nname = \"\(export.name)\"\npreferred = \"a\"\nport = \(export.port)\nmonitor_port = \(export.monitorPort)\nreplication = \"\(replication)\"\n"
-                + exportLines
+                + "squash = \"\(squash)\"\n" + exportLines
         }
         configPath = directory + "/cluster.toml"
         try text.write(toFile: configPath, atomically: true, encoding: .utf8)

@@ -43,7 +43,7 @@ final class FramingTests: XCTestCase {
         XCTAssertEqual(Array(data.readableBytesView), Array(0..<200))
         guard case .write(_, _, _, _, _, let empty)? = try channel.readInbound(as: InboundRequest.self) else { return XCTFail() }
         XCTAssertEqual(empty.readableBytes, 0)
-        guard case .message(.request(9, 3, .getattr(1)))? = try channel.readInbound(as: InboundRequest.self) else { return XCTFail() }
+        guard case .message(.request(9, 3, .getattr(1), nil))? = try channel.readInbound(as: InboundRequest.self) else { return XCTFail() }
         XCTAssertNil(try channel.readInbound(as: InboundRequest.self))
     }
 

@@ -245,6 +245,7 @@ final class PackagingTests: XCTestCase {
             preferred = "a"
             port = \(ports[2])
             monitor_port = \(ports[3])
+            squash = "none"
 
             """.write(toFile: directory + "/etc/baton/cluster.toml", atomically: true, encoding: .utf8)
     }

@@ -448,7 +448,7 @@ extension ServerProcessTests {
             let data = try temporaryDirectory(self)
             let process = Process()
             process.executableURL = URL(fileURLWithPath: BatonBinary.path)
-            process.arguments = ["serve", "--export", "data", "--data", data, "--listen", "127.0.0.1:0", mode]
+            process.arguments = ["serve", "--export", "data", "--data", data, "--listen", "127.0.0.1:0", "--squash", "none", mode]
             let agentPipe = Pipe(), output = Pipe()
             process.standardInput = agentPipe
             process.standardOutput = output

@@ -44,7 +44,9 @@ final class ServerProcess {
     init(_ test: XCTestCase, export: String, data: String, listen: NodeAddress = NodeAddress(host: "127.0.0.1", port: 0),
          extraArguments: [String] = [], environment: [String: String] = [:]) throws {
         process.executableURL = URL(fileURLWithPath: BatonBinary.path)
-        process.arguments = ["serve", "--export", export, "--data", data, "--listen", listen.description] + extraArguments
+        // Tests write as root: no root_squash unless `extraArguments` asks (the last --squash counts).
+        process.arguments = ["serve", "--export", export, "--data", data, "--listen", listen.description, "--squash", "none"]
+            + extraArguments
         if !environment.isEmpty { process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
         let stdout = Pipe()
         process.standardOutput = stdout

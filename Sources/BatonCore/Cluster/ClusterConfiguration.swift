@@ -168,16 +168,19 @@ public struct ExportConfiguration: Hashable, Sendable {
     public var replication: ReplicationMode
     /// Which clients (by their certificate's name) may mount it, and which only read.
     public var access: ClientAccess
+    /// Which callers act as the anonymous user (NFS's root_squash by default).
+    public var squash: Squash
 
     /// `monitorPort` defaults to the port after `port`.
     public init(name: String, preferredNode: String, port: Int, monitorPort: Int? = nil, replication: ReplicationMode = .sync,
-                access: ClientAccess = .everyone) {
+                access: ClientAccess = .everyone, squash: Squash = .rootToNobody) {
         self.name = name
         self.preferredNode = preferredNode
         self.port = port
         self.monitorPort = monitorPort ?? port + 1
         self.replication = replication
         self.access = access
+        self.squash = squash
     }
 }
 

@@ -121,7 +121,7 @@ enum ClusterFileReader {
     private static func readExport(_ table: TOMLTable, index: Int,
                                    positions: inout ClusterSourcePositions) throws(ClusterConfigurationError) -> ExportConfiguration {
         let reader = TableReader(table: table, kind: "exports")
-        try reader.checkKeys(["name", "preferred", "port", "monitor_port", "replication", "clients", "read_only_clients"])
+        try reader.checkKeys(Self.exportKeys)
         let name = try reader.string("name", required: "name = \"...\" with a name unique among the exports")
         let preferred = try reader.string(
             "preferred", required: "preferred = \"...\" with the name of the node that serves the export when the cluster starts")
@@ -139,14 +139,42 @@ enum ClusterFileReader {
         }
         let clients = try reader.strings("clients", like: "[\"laptop-*\", \"build\"]")
         let readOnlyClients = try reader.strings("read_only_clients", like: "[\"backup\"]")
-        for key in ["name", "preferred", "port", "monitor_port", "replication", "clients", "read_only_clients"] {
+        for key in Self.exportKeys {
             positions[.export(index, key)] = table[key]?.value.position
         }
+        var squash = Squash.rootToNobody
+        if let text = try reader.string("squash") {
+            guard let scope = Squash.Scope(rawValue: text) else {
+                let place = table["squash"]!.value.position
+                throw ClusterConfigurationError(
+                    "\(reader.subject): squash must be \"root\" (root acts as anonuid, the default), \"all\" (every caller does) "
+                        + "or \"none\" (callers keep their uid); found \(ClusterValidator.quoted(text))",
+                    line: place.line, column: place.column)
+            }
+            squash.scope = scope
+        }
+        if let uid = try reader.integer("anonuid") { squash.anonymous.uid = try identity(uid, "anonuid", reader, table) }
+        if let gid = try reader.integer("anongid") { squash.anonymous.gid = try identity(gid, "anongid", reader, table) }
+        squash.rootClients = try reader.strings("root_clients", like: "[\"admin-host\"]") ?? []
         // Without lists every client of the CA may write; with read-only clients only, only they may mount.
         let access = clients == nil && readOnlyClients == nil
             ? ClientAccess.everyone : ClientAccess(readWrite: clients ?? [], readOnly: readOnlyClients ?? [])
         return ExportConfiguration(name: name, preferredNode: preferred, port: port, monitorPort: monitorPort,
-                                   replication: replication, access: access)
+                                   replication: replication, access: access, squash: squash)
+    }
+
+    private static let exportKeys = ["name", "preferred", "port", "monitor_port", "replication", "clients", "read_only_clients",
+                                     "squash", "anonuid", "anongid", "root_clients"]
+
+    /// A uid or gid: 0 to 2^32 - 2 (2^32 - 1 is chown's "leave it").
+    private static func identity(_ number: Int, _ key: String, _ reader: TableReader,
+                                 _ table: TOMLTable) throws(ClusterConfigurationError) -> UInt32 {
+        guard number >= 0, number < Int(UInt32.max) else {
+            let place = table[key]!.value.position
+            throw ClusterConfigurationError("\(reader.subject): \(key) must be a uid or gid from 0 to \(UInt32.max - 1); found \(number)",
+                                            line: place.line, column: place.column)
+        }
+        return UInt32(number)
     }
 
     /// Where each element of the list at `key` was written; none when the key is absent or not a list.

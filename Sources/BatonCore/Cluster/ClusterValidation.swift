@@ -46,7 +46,30 @@ struct ClusterValidator {
         if case .tls(let tls) = transport { try check(tls) }
         try check(nodes)
         try check(exports, nodes: nodes)
-        for (index, export) in exports.enumerated() { try check(export.access, of: export, at: index, transport: transport) }
+        for (index, export) in exports.enumerated() {
+            try check(export.access, of: export, at: index, transport: transport)
+            try check(export.squash, of: export, at: index, transport: transport)
+        }
+    }
+
+    private func check(_ squash: Squash, of export: ExportConfiguration, at index: Int,
+                       transport: TransportSecurity) throws(ClusterConfigurationError) {
+        guard !squash.rootClients.isEmpty else { return }
+        let subject = "export \(Self.quoted(export.name))"
+        if squash.scope != .root {
+            throw fail("\(subject): root_clients keep their root only under squash = \"root\", but squash is \(Self.quoted(squash.scope.rawValue)); remove root_clients or the squash line",
+                       at: .export(index, "root_clients"))
+        }
+        if case .plaintext = transport {
+            throw fail("\(subject): root_clients needs [tls]: over plain TCP a client has no certificate, so no name to check; add a [tls] table or remove the list",
+                       at: .export(index, "root_clients"))
+        }
+        for pattern in squash.rootClients {
+            if let problem = Self.labelProblem(pattern) {
+                throw fail("\(subject): root_clients entry \(Self.quoted(pattern)) \(problem); list client certificate names or patterns with * and ?",
+                           at: .export(index, "root_clients"))
+            }
+        }
     }
 
     private func check(_ access: ClientAccess, of export: ExportConfiguration, at index: Int,
