@@ -89,6 +89,33 @@ final class ServerProcessTests: XCTestCase {
         }
     }
 
+    /// Issue 10: a server that squashes checks the squashed caller's
+    /// permissions itself (here all_squash to uid 1000, who may not write
+    /// root's 0755 root directory), and refuses, naming the export and
+    /// what to do, a client too old to name its callers.
+    func testASquashingServerChecksPermissionsAndRefusesClientsThatCannotNameTheirCaller() throws {
+        let server = try ServerProcess(self, export: "data", data: try temporaryDirectory(self),
+                                       extraArguments: ["--squash", "all", "--anonuid", "1000", "--anongid", "1000"])
+        let connection = try connect(server)
+        XCTAssertEqual(connection.call(.mkdir(parent: rootInode, name: FileName("d"), mode: 0o755, .root)), .error(.EACCES))
+        XCTAssertEqual(connection.call(.setattr(rootInode, AttributeChanges(mode: 0o777), .root)), .error(.EPERM))
+        guard case .attributes(let root) = connection.call(.getattr(rootInode)) else { return XCTFail("getattr") }
+        XCTAssertEqual(root.mode & Mode.permissionMask, 0o755, "a refused change is not applied")
+
+        let old = try BlockingConnection(server.address, timeoutMilliseconds: 5000)
+        try old.send(.hello(export: "data", session: 3, version: Message.callerVersion - 1))
+        guard case .refused(.badVersion, let detail) = try old.receive() else { return XCTFail("a protocol 2 client was let in") }
+        XCTAssertTrue(detail.contains("export 'data' squashes every caller") && detail.contains("upgrade it"), detail)
+
+        let trusting = try ServerProcess(self, export: "data", data: try temporaryDirectory(self, "trusting"))
+        let oldToTrusting = try BlockingConnection(trusting.address, timeoutMilliseconds: 5000)
+        try oldToTrusting.send(.hello(export: "data", session: 3, version: Message.callerVersion - 1))
+        guard case .welcome = try oldToTrusting.receive() else { return XCTFail("a server without squash refused a protocol 2 client") }
+        guard case .entry = try connect(trusting).call(.mkdir(parent: rootInode, name: FileName("d"), mode: 0o755, .root)) else {
+            return XCTFail("root could not mkdir on a server without squash")
+        }
+    }
+
     /// Garbage, oversized frames and unknown opcodes end that connection only.
     func testMalformedInputNeverCrashesTheServer() throws {
         let data = try temporaryDirectory(self)

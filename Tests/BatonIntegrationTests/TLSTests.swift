@@ -145,6 +145,43 @@ final class TLSTests: XCTestCase {
         XCTAssertEqual(try String(contentsOfFile: reader.mountpoint + "/g", encoding: .utf8), "still writing")
     }
 
+    /// Issue 10: root_squash. A client's root acts as nobody on the export:
+    /// the server refuses what nobody may not do (the client's kernel let
+    /// root do it), and what it creates belongs to nobody. A client on
+    /// root_clients keeps its root (to set directories up), and the rule
+    /// holds on the new server after a failover.
+    func testRootSquashMakesAClientsRootNobodyExceptOnRootClients() throws {
+        let cluster = try TwoNodeCluster(self, tls: true, clientNames: ["admin-host", "laptop"],
+                                         exportLines: "root_clients = [\"admin-*\"]\n", squash: "root")
+        let admin = try cluster.mount(self, "demo", options: [cluster.tlsMountOptions("admin-host")], mountpoint: "admin")
+        let laptop = try cluster.mount(self, "demo", options: [cluster.tlsMountOptions("laptop")], mountpoint: "laptop")
+        func sh(_ script: String) throws -> CommandResult { try runCommand("/bin/sh", ["-c", script]) }
+        let setUp = try sh("cd \(admin.mountpoint) && mkdir shared private && chmod 1777 shared && echo secret > private/key "
+                           + "&& chmod 600 private/key && echo root > shared/roots")
+        XCTAssertEqual(setUp.status, 0, "root on a root client: \(setUp.output)")
+
+        func refusedToRoot(_ script: String, _ error: String, _ line: UInt = #line) throws {
+            let result = try sh(script)
+            XCTAssertNotEqual(result.status, 0, "squashed root did: \(script)", line: line)
+            XCTAssertTrue(result.output.contains(error), "\(script): \(result.output)", line: line)
+        }
+        try refusedToRoot("mkdir \(laptop.mountpoint)/private/mine", "Permission denied")
+        try refusedToRoot("cat \(laptop.mountpoint)/private/key", "Permission denied")
+        try refusedToRoot("echo x >> \(laptop.mountpoint)/shared/roots", "Permission denied")
+        try refusedToRoot("rm \(laptop.mountpoint)/shared/roots", "Operation not permitted")
+        XCTAssertEqual(try sh("echo mine > \(laptop.mountpoint)/shared/nobodys").status, 0)
+        try refusedToRoot("chown 0 \(laptop.mountpoint)/shared/nobodys", "Operation not permitted")
+        let owner = try sh("stat -c %u:%g \(admin.mountpoint)/shared/nobodys")
+        XCTAssertEqual(owner.output.trimmingCharacters(in: .whitespacesAndNewlines), "65534:65534", "squashed root's file belongs to nobody")
+        XCTAssertEqual(try String(contentsOfFile: admin.mountpoint + "/private/key", encoding: .utf8), "secret\n")
+
+        let before = try XCTUnwrap(try cluster.server("demo"))
+        kill(before.pid, SIGSTOP)
+        try cluster.waitUntilReplicated("demo", epoch: before.epoch + 1)
+        try refusedToRoot("mkdir \(laptop.mountpoint)/private/after", "Permission denied")
+        XCTAssertEqual(try sh("mkdir \(admin.mountpoint)/private/admins").status, 0, "the new server lets the root client be root")
+    }
+
     private func files(_ directory: String, _ name: String) -> TLSFiles {
         TLSFiles(certificate: "\(directory)/\(name).pem", key: "\(directory)/\(name).key", authority: directory + "/ca.pem")
     }
