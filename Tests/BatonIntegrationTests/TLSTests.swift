@@ -90,6 +90,11 @@ final class TLSTests: XCTestCase {
             $0.contains("agent connection refused") && $0.contains("client certificate 'client' presented") && $0.contains("127.0.0.1:")
         }
 
+        // An admin command over plain TCP: the agent says nothing until a TLS handshake; the command says why it got nothing.
+        XCTAssertThrowsError(try PeerClient.request(.status, to: agent, node: "admin", secret: secret, tls: nil)) { error in
+            XCTAssertTrue("\(error)".contains("sent no challenge over plain TCP") && "\(error)".contains("give admin_cert and admin_key"), "\(error)")
+        }
+
         // An admin certificate may ask for status, but neither fence nor replicate.
         XCTAssertTrue(try PeerClient.request(.status, to: agent, node: "admin", secret: secret, tls: admin).ok)
         XCTAssertThrowsError(try PeerClient.request(.fence(export: "demo", epoch: 1), to: agent, node: "admin", secret: secret, tls: admin)) { error in

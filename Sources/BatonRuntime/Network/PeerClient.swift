@@ -31,15 +31,23 @@ public enum PeerClient {
                 failures.append("\(error)")
                 continue
             }
-            return try exchange(request, on: connection, node: node, secret: secret)
+            return try exchange(request, on: connection, node: node, secret: secret, plain: tls == nil)
         }
         throw ProbeError(failures.joined(separator: "; "))
     }
 
     private static func exchange(_ request: AgentRequest, on connection: BlockingConnection, node: String,
-                                 secret: [UInt8]) throws -> (ok: Bool, text: String) {
+                                 secret: [UInt8], plain: Bool) throws -> (ok: Bool, text: String) {
         let address = connection.address
-        guard case .challenge(let nonce) = try connection.receive() else {
+        let first: Message
+        do {
+            first = try connection.receive()
+        } catch where plain {
+            // A TLS agent waits for a ClientHello and says nothing to a plain connection.
+            throw ProbeError("\(address) sent no challenge over plain TCP (\(error)): if the cluster file has [tls], its agents take TLS "
+                             + "only; give admin_cert and admin_key in [tls], or --tls-cert, --tls-key and --tls-ca")
+        }
+        guard case .challenge(let nonce) = first else {
             throw ProbeError("\(address) did not challenge: it is not a Baton agent")
         }
         try connection.send(.authenticate(node: node, proof: AgentAuthentication.proof(.hmacSHA256(secret: secret), nonce: nonce, node: node)))
