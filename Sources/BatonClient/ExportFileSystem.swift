@@ -20,6 +20,14 @@ public final class ExportFileSystem: FuseOperations {
     private let lookupCounts = LookupCounts()
     private let capabilities: CapabilityCache
     private let writesBehind: Mutex<WriteBehind<@Sendable (Int32?) -> Void>>
+    /// The files and owners that took a record lock through this mount: only
+    /// their closes cost a round trip to release locks (issue 12).
+    private let fcntlLockers = Mutex<Set<FileOwner>>([])
+
+    private struct FileOwner: Hashable {
+        var inode: UInt64
+        var owner: UInt64
+    }
 
     /// The preferred I/O size shown in `st_blksize`.
     static let blockSizeBytes: UInt32 = 4096
@@ -41,7 +49,8 @@ public final class ExportFileSystem: FuseOperations {
     public func initialize(_ connection: inout FuseConnection) {
         // libfuse 3 always asks for big writes; max_write is what sets their size.
         connection.maxWriteBytes = Self.maxWriteBytes
-        connection.enable([.asyncRead, .atomicOpenTruncate, .exportSupport, .parallelDirectoryOperations])
+        // Locks go to the server, which holds them for every client (issue 12).
+        connection.enable([.asyncRead, .atomicOpenTruncate, .exportSupport, .parallelDirectoryOperations, .posixLocks, .flockLocks])
         // The server clears setuid/setgid bits only when asked: leave that to
         // the kernel, which then sends the mode change as a setattr.
         connection.disable(.handleKillPrivileges)
@@ -207,7 +216,12 @@ public final class ExportFileSystem: FuseOperations {
     /// close(2) promises no durability, but it is where the file's writes
     /// answered early reach the server (close-to-open) and where their
     /// errors are reported.
-    public func flush(_ request: FuseRequest, inode: UInt64, handle: UInt64, reply: consuming FuseEmptyReply) {
+    /// A close also ends the closing process's record locks on the file (POSIX).
+    public func flush(_ request: FuseRequest, inode: UInt64, handle: UInt64, lockOwner: UInt64, reply: consuming FuseEmptyReply) {
+        if fcntlLockers.withLock({ $0.remove(FileOwner(inode: inode, owner: lockOwner)) }) != nil {
+            let owner = LockTable.Owner(session: 0, owner: lockOwner)
+            transport.send(.releaseLocks(inode, owner: owner, family: .fcntl), caller: nil) { _ in }
+        }
         whenWritesSettled(inode, reply) { reply, error in
             if let error { reply.error(error) } else { reply.ok() }
         }
@@ -227,8 +241,72 @@ public final class ExportFileSystem: FuseOperations {
         if case .now(let error) = settlement { answer(deferred.take(), error) }
     }
 
-    public func release(_ request: FuseRequest, inode: UInt64, handle: UInt64, reply: consuming FuseEmptyReply) {
+    public func release(_ request: FuseRequest, inode: UInt64, handle: UInt64, flockOwner: UInt64?, reply: consuming FuseEmptyReply) {
+        // Sent before the release on the same connection: the server keeps their order.
+        if let flockOwner {
+            let owner = LockTable.Owner(session: 0, owner: flockOwner)
+            transport.send(.releaseLocks(inode, owner: owner, family: .flock), caller: nil) { _ in }
+        }
         sendDone(request, .release(inode, handle: handle), reply)
+    }
+
+    // MARK: - Locks (issue 12): held by the server for every client of the export
+
+    public func getlk(_ request: FuseRequest, inode: UInt64, lockOwner: UInt64, lock: FuseLock, reply: consuming FuseLockReply) {
+        guard let range = lockRange(lock) else { return reply.error(EINVAL) }
+        let asked = LockTable.Request(owner: LockTable.Owner(session: 0, owner: lockOwner), family: .fcntl,
+                                      kind: lockKind(lock.type), range: range, pid: UInt32(bitPattern: lock.pid))
+        send(request, .getLock(inode, asked), reply) { reply, result in
+            switch result {
+            case .lock(let held?):
+                let length = held.range.end == .max ? 0 : held.range.end - held.range.start + 1
+                reply.lock(FuseLock(type: held.kind == .exclusive ? Int32(F_WRLCK) : Int32(F_RDLCK), start: held.range.start,
+                                    length: length, pid: Int32(bitPattern: held.pid)))
+            case .lock(nil):
+                reply.lock(FuseLock(type: Int32(F_UNLCK), start: lock.start, length: lock.length, pid: 0))
+            default:
+                reply.error(errorCode(result))
+            }
+        }
+    }
+
+    public func setlk(_ request: FuseRequest, inode: UInt64, lockOwner: UInt64, lock: FuseLock, sleep: Bool,
+                      reply: consuming FuseEmptyReply) {
+        guard let range = lockRange(lock) else { return reply.error(EINVAL) }
+        let kind = lockKind(lock.type)
+        if kind != nil { fcntlLockers.withLock { _ = $0.insert(FileOwner(inode: inode, owner: lockOwner)) } }
+        let asked = LockTable.Request(owner: LockTable.Owner(session: 0, owner: lockOwner), family: .fcntl, kind: kind,
+                                      range: range, pid: UInt32(bitPattern: lock.pid))
+        sendDone(request, .setLock(inode, asked, wait: sleep), reply)
+    }
+
+    public func flock(_ request: FuseRequest, inode: UInt64, lockOwner: UInt64, operation: Int32, reply: consuming FuseEmptyReply) {
+        let kind: LockTable.Kind?
+        switch operation & ~LOCK_NB {
+        case LOCK_SH: kind = .shared
+        case LOCK_EX: kind = .exclusive
+        case LOCK_UN: kind = nil
+        default: return reply.error(EINVAL)
+        }
+        let asked = LockTable.Request(owner: LockTable.Owner(session: 0, owner: lockOwner), family: .flock, kind: kind,
+                                      range: .wholeFile, pid: UInt32(bitPattern: request.pid))
+        sendDone(request, .setLock(inode, asked, wait: operation & LOCK_NB == 0), reply)
+    }
+
+    private func lockKind(_ type: Int32) -> LockTable.Kind? {
+        switch type {
+        case Int32(F_RDLCK): .shared
+        case Int32(F_WRLCK): .exclusive
+        default: nil
+        }
+    }
+
+    /// The kernel gives absolute starts; a length of 0 runs to the end of the file.
+    private func lockRange(_ lock: FuseLock) -> LockTable.Range? {
+        guard lock.length > 0 else { return LockTable.Range(start: lock.start, end: .max) }
+        let (end, overflow) = lock.start.addingReportingOverflow(lock.length)
+        guard !overflow else { return nil }
+        return LockTable.Range(start: lock.start, end: end - 1)
     }
 
     /// The server syncs after every write sent before; the file's writes

@@ -133,12 +133,31 @@ func makeOperationTable() -> fuse_lowlevel_ops {
 
     table.flush = { request, inode, info in
         let (operations, caller, pending) = dispatch(request!)
-        operations.flush(caller, inode: inode, handle: info!.pointee.fh, reply: FuseEmptyReply(pending))
+        operations.flush(caller, inode: inode, handle: info!.pointee.fh, lockOwner: info!.pointee.lock_owner,
+                         reply: FuseEmptyReply(pending))
     }
 
     table.release = { request, inode, info in
         let (operations, caller, pending) = dispatch(request!)
-        operations.release(caller, inode: inode, handle: info!.pointee.fh, reply: FuseEmptyReply(pending))
+        let flockOwner = info!.pointee.flock_release != 0 ? info!.pointee.lock_owner : nil
+        operations.release(caller, inode: inode, handle: info!.pointee.fh, flockOwner: flockOwner, reply: FuseEmptyReply(pending))
+    }
+
+    table.getlk = { request, inode, info, lock in
+        let (operations, caller, pending) = dispatch(request!)
+        operations.getlk(caller, inode: inode, lockOwner: info!.pointee.lock_owner, lock: FuseLock(lock!.pointee),
+                         reply: FuseLockReply(pending))
+    }
+
+    table.setlk = { request, inode, info, lock, sleep in
+        let (operations, caller, pending) = dispatch(request!)
+        operations.setlk(caller, inode: inode, lockOwner: info!.pointee.lock_owner, lock: FuseLock(lock!.pointee), sleep: sleep != 0,
+                         reply: FuseEmptyReply(pending))
+    }
+
+    table.flock = { request, inode, info, operation in
+        let (operations, caller, pending) = dispatch(request!)
+        operations.flock(caller, inode: inode, lockOwner: info!.pointee.lock_owner, operation: operation, reply: FuseEmptyReply(pending))
     }
 
     table.fsync = { request, inode, dataOnly, info in

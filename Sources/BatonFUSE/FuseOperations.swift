@@ -59,10 +59,19 @@ public protocol FuseOperations: AnyObject, Sendable {
     /// the next request: copy what is needed before returning.
     func write(_ request: FuseRequest, inode: UInt64, handle: UInt64, offset: UInt64, data: UnsafeRawBufferPointer,
                reply: consuming FuseWriteReply)
-    /// Called on every close(2) of a descriptor, so possibly several times per open.
-    func flush(_ request: FuseRequest, inode: UInt64, handle: UInt64, reply: consuming FuseEmptyReply)
+    /// Called on every close(2) of a descriptor, so possibly several times
+    /// per open. `lockOwner`: the closing process's POSIX locks on the file go.
+    func flush(_ request: FuseRequest, inode: UInt64, handle: UInt64, lockOwner: UInt64, reply: consuming FuseEmptyReply)
     /// The last close of an open file; the kernel ignores the error if any.
-    func release(_ request: FuseRequest, inode: UInt64, handle: UInt64, reply: consuming FuseEmptyReply)
+    /// `flockOwner`: set when the open file description held flock locks, which go with it.
+    func release(_ request: FuseRequest, inode: UInt64, handle: UInt64, flockOwner: UInt64?, reply: consuming FuseEmptyReply)
+    /// F_GETLK: the lock that would keep `lock` from being taken, or none.
+    func getlk(_ request: FuseRequest, inode: UInt64, lockOwner: UInt64, lock: FuseLock, reply: consuming FuseLockReply)
+    /// F_SETLK, or F_SETLKW with `sleep`: answered once the lock is taken.
+    func setlk(_ request: FuseRequest, inode: UInt64, lockOwner: UInt64, lock: FuseLock, sleep: Bool,
+               reply: consuming FuseEmptyReply)
+    /// flock(2): `operation` is LOCK_SH, LOCK_EX or LOCK_UN, with LOCK_NB.
+    func flock(_ request: FuseRequest, inode: UInt64, lockOwner: UInt64, operation: Int32, reply: consuming FuseEmptyReply)
     func fsync(_ request: FuseRequest, inode: UInt64, handle: UInt64, dataOnly: Bool, reply: consuming FuseEmptyReply)
     func opendir(_ request: FuseRequest, inode: UInt64, flags: Int32, reply: consuming FuseOpenReply)
     /// `offset` is 0 or the `nextOffset` of an entry sent earlier.

@@ -176,6 +176,21 @@ public struct FuseXattrReply: ~Copyable, @unchecked Sendable {
     deinit { pending.error(EIO) }
 }
 
+/// For getlk: the conflicting lock, or F_UNLCK when there is none.
+public struct FuseLockReply: ~Copyable, @unchecked Sendable {
+    let pending: PendingRequest
+    init(_ pending: PendingRequest) { self.pending = pending }
+
+    public consuming func lock(_ lock: FuseLock) {
+        var parameters = lock.parameters
+        pending.answer { fuse_reply_lock($0, &parameters) }
+        discard self
+    }
+
+    public consuming func error(_ code: Int32) { pending.error(code); discard self }
+    deinit { pending.error(EIO) }
+}
+
 /// For readdir.
 public struct FuseDirectoryReply: ~Copyable, @unchecked Sendable {
     let pending: PendingRequest

@@ -101,6 +101,37 @@ public struct FuseEntry: Hashable, Sendable {
 }
 
 /// A time to set in `setattr`: the file system's current time, or a given one.
+/// A POSIX record lock as `struct flock` has it: `type` is F_RDLCK,
+/// F_WRLCK or F_UNLCK; `length` 0 runs to the end of the file.
+public struct FuseLock: Hashable, Sendable {
+    public var type: Int32
+    public var start: UInt64
+    public var length: UInt64
+    public var pid: Int32
+
+    public init(type: Int32, start: UInt64, length: UInt64, pid: Int32) {
+        self.type = type
+        self.start = start
+        self.length = length
+        self.pid = pid
+    }
+
+    init(_ lock: flock) {
+        self.init(type: Int32(lock.l_type), start: UInt64(clamping: lock.l_start), length: UInt64(clamping: lock.l_len),
+                  pid: lock.l_pid)
+    }
+
+    var parameters: flock {
+        var lock = flock()
+        lock.l_type = Int16(type)
+        lock.l_whence = Int16(SEEK_SET)
+        lock.l_start = off_t(clamping: start)
+        lock.l_len = off_t(clamping: length)
+        lock.l_pid = pid
+        return lock
+    }
+}
+
 public enum FuseTimeChange: Hashable, Sendable {
     case now
     case set(FuseTime)

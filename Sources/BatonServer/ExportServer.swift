@@ -94,6 +94,25 @@ public final class ExportServer: @unchecked Sendable {
     /// permissions for); set before `start`.
     public var squash = Squash.rootToNobody
     private let welcomedOnce = NIOLockedValueBox(false)
+    /// Lock requests that wait for another owner's lock (issue 12), and where
+    /// to answer each once it is granted. Touched on the mutation path only.
+    private var lockWaiters = LockWaiters()
+    private var waitingLocks: [UInt64: WaitingLock] = [:]
+    private var nextWaiterID: UInt64 = 1
+
+    private struct WaitingLock {
+        var session: UInt64
+        var sequence: UInt64
+        var channel: Channel
+        var meter: RequestMeter
+    }
+
+    /// What a lock request leads to: its own answer (nil while it waits) and
+    /// the answers of the waiters its change let in.
+    private struct LockAnswers: Sendable {
+        var own: (reply: Reply, position: UInt64)?
+        var woken: [(channel: Channel, sequence: UInt64, reply: Reply, position: UInt64, meter: RequestMeter)] = []
+    }
 
     func welcomed() {
         let first = welcomedOnce.withLockedValue { seen in
@@ -303,6 +322,9 @@ public final class ExportServer: @unchecked Sendable {
             })
         case _ where !operation.isMutation:
             respond(channel, sequence, store.withAllocatedBlocks(store.withNamespace { $0.query(operation) }), meter)
+        case .setLock, .releaseLocks:
+            handleLock(operation, session: session, sequence: sequence, oldestUnanswered: oldestUnanswered, channel: channel,
+                       order: order, meter: meter)
         default:
             mutations.run(order, { [self] () -> (Reply, UInt64) in
                 if failed { return (.error(.EIO), 0) }
@@ -333,6 +355,75 @@ public final class ExportServer: @unchecked Sendable {
                 answerAfterReplication(channel, sequence, store.withAllocatedBlocks(reply), position: position, meter)
             })
         }
+    }
+
+    /// A lock taken or released. A request that conflicts is answered EAGAIN,
+    /// or with `wait` queued in memory (`LockWaiters`) and journaled when a
+    /// release lets it in: the journal holds only granted locks, so the
+    /// standby's table is the server's, and a client whose waiting request
+    /// outlives this server sends it again to the next one.
+    private func handleLock(_ operation: Operation, session: UInt64, sequence: UInt64, oldestUnanswered: UInt64,
+                            channel: Channel, order: MutationPath.Order, meter: RequestMeter) {
+        mutations.run(order, { [self] () -> LockAnswers in
+            if failed { return LockAnswers(own: (.error(.EIO), 0)) }
+            store.forgetReplies(session: session, below: oldestUnanswered)
+            if let cached = store.cachedReply(session: session, request: sequence) { return LockAnswers(own: (cached, store.appliedSequence)) }
+            if case .setLock(let ino, let request, let wait) = operation, store.withNamespace({ $0.attributes(of: ino) }) != nil {
+                var table = store.withNamespace { $0.locks }
+                if !wait {
+                    if table.conflict(ino, with: request) != nil { return LockAnswers(own: (.error(.EAGAIN), 0)) }
+                } else if let id = waitingLocks.first(where: { $0.value.session == session && $0.value.sequence == sequence })?.key {
+                    // Sent again on a new connection to this server: answer it there.
+                    waitingLocks[id]?.channel = channel
+                    return LockAnswers(own: nil)
+                } else {
+                    let id = nextWaiterID
+                    nextWaiterID += 1
+                    switch lockWaiters.request(LockWaiters.Waiter(id: id, inode: ino, request: request), in: &table) {
+                    case .granted: break
+                    case .deadlock: return LockAnswers(own: (.error(.EDEADLK), 0))
+                    case .waits:
+                        waitingLocks[id] = WaitingLock(session: session, sequence: sequence, channel: channel, meter: meter)
+                        return LockAnswers(own: nil)
+                    }
+                }
+            }
+            do {
+                var answers = LockAnswers(own: try journal(operation, session: session, sequence: sequence))
+                answers.woken = try grantWaitingLocks()
+                return answers
+            } catch {
+                fail(error)
+                return LockAnswers(own: (.error(.EIO), 0))
+            }
+        }, then: { [self] answers in
+            if let own = answers.own { answerAfterReplication(channel, sequence, own.reply, position: own.position, meter) }
+            for woken in answers.woken {
+                answerAfterReplication(woken.channel, woken.sequence, woken.reply, position: woken.position, woken.meter)
+            }
+        })
+    }
+
+    /// Journals the waiting requests that a release or a downgrade let in, in
+    /// the order they came, each as its own client's request.
+    private func grantWaitingLocks() throws -> [(channel: Channel, sequence: UInt64, reply: Reply, position: UInt64, meter: RequestMeter)] {
+        guard !lockWaiters.waiting.isEmpty else { return [] }
+        var table = store.withNamespace { $0.locks }
+        var woken: [(channel: Channel, sequence: UInt64, reply: Reply, position: UInt64, meter: RequestMeter)] = []
+        for waiter in lockWaiters.grantFree(in: &table) {
+            guard let waiting = waitingLocks.removeValue(forKey: waiter.id) else { continue }
+            let (reply, position) = try journal(.setLock(waiter.inode, waiter.request, wait: true), session: waiting.session,
+                                                sequence: waiting.sequence)
+            woken.append((waiting.channel, waiting.sequence, reply, position, waiting.meter))
+        }
+        return woken
+    }
+
+    /// Applies and replicates one mutation (not a write), on the mutation path.
+    private func journal(_ operation: Operation, session: UInt64, sequence: UInt64) throws -> (reply: Reply, position: UInt64) {
+        let applied = try store.apply(operation, session: session, requestSequence: sequence)
+        if let record = applied.record, let replication { replication.send(record) }
+        return (applied.reply, applied.record?.sequence ?? 0)
     }
 
     /// A write whose data is still in the receive buffer.
@@ -615,7 +706,7 @@ final class ClientConnectionHandler: ChannelInboundHandler, @unchecked Sendable 
                 return
             }
             if readOnly, operation.modifiesExport { return answerReadOnly(context, sequence) }
-            server.handle(operation, session: session, sequence: sequence, oldestUnanswered: oldest,
+            server.handle(operation.inSession(session), session: session, sequence: sequence, oldestUnanswered: oldest,
                           squashedTo: server.squash.squashed(caller, scope: squashScope), channel: context.channel, order: order)
         case .probe(let key):
             guard purpose == .monitor else { return refuse(context, .malformed, "a probe on the clients' port; monitors connect to the monitor port") }

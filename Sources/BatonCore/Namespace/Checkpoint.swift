@@ -3,7 +3,8 @@
 /// record: magic, length, CRC-32C, payload.
 extension Namespace {
     static let checkpointMagic: UInt32 = 0x5043_4E42 // "BNCP"
-    static let checkpointVersion: UInt32 = 1
+    /// 2: the lock table follows the reply cache (a version 1 checkpoint has no locks).
+    static let checkpointVersion: UInt32 = 2
 
     public func checkpoint() -> [UInt8] {
         var w = ByteWriter(capacity: 64 + inodes.count * 96)
@@ -38,6 +39,7 @@ extension Namespace {
             w.write(handle.flags)
         }
         replyCache.encode(to: &w)
+        locks.encode(to: &w)
         var bytes = w.bytes
         let payload = 16
         let length = UInt64(bytes.count - payload)
@@ -60,7 +62,7 @@ extension Namespace {
             let actual = bytes.withUnsafeBytes { CRC32C.checksum(UnsafeRawBufferPointer(rebasing: $0[16...])) }
             guard actual == crc else { throw .invalid("checkpoint checksum mismatch") }
             let version = try r.readUInt32()
-            guard version == Self.checkpointVersion else { throw .invalid("checkpoint version \(version) is not supported") }
+            guard (1...Self.checkpointVersion).contains(version) else { throw .invalid("checkpoint version \(version) is not supported") }
             namespace.appliedSequence = try r.readUInt64()
             namespace.appliedEpoch = try r.readUInt64()
             namespace.nextInode = try r.readUInt64()
@@ -85,6 +87,7 @@ extension Namespace {
                 namespace.handles[id] = Handle(inode: try r.readUInt64(), flags: try r.readUInt32())
             }
             namespace.replyCache = try ReplyCache.decode(from: &r)
+            if version >= 2 { namespace.locks = try LockTable.decode(from: &r) }
             try r.expectEnd()
             return namespace
         }
@@ -109,6 +112,7 @@ extension Namespace {
         for id in Set(handles.keys).union(other.handles.keys).sorted() where handles[id] != other.handles[id] {
             return "handle \(id): \(handles[id].map { "\($0)" } ?? "absent") vs \(other.handles[id].map { "\($0)" } ?? "absent")"
         }
+        if locks != other.locks { return "locks \(locks.locks) vs \(other.locks.locks)" }
         if nextInode != other.nextInode { return "next inode \(nextInode) vs \(other.nextInode)" }
         if nextHandle != other.nextHandle { return "next handle \(nextHandle) vs \(other.nextHandle)" }
         return nil
@@ -120,6 +124,6 @@ extension Namespace: Equatable {
     /// same inodes, entries, cookies, handles and cached replies.
     public static func == (a: Namespace, b: Namespace) -> Bool {
         a.inodes == b.inodes && a.handles == b.handles && a.nextInode == b.nextInode && a.nextHandle == b.nextHandle
-            && a.replyCache == b.replyCache && a.appliedSequence == b.appliedSequence && a.appliedEpoch == b.appliedEpoch
+            && a.replyCache == b.replyCache && a.locks == b.locks && a.appliedSequence == b.appliedSequence && a.appliedEpoch == b.appliedEpoch
     }
 }

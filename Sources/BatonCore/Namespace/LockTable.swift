@@ -187,6 +187,35 @@ public struct LockTable: Hashable, Sendable {
     public mutating func forget(_ inode: InodeNumber) { locks[inode] = nil }
 }
 
+extension LockTable {
+    /// At most this many locks in a checkpoint: more is a damaged file, not a table.
+    static let maxCheckpointLocks = 1 << 24
+
+    func encode(to w: inout ByteWriter) {
+        let all = locks.sorted { $0.key < $1.key }.flatMap { inode, held in held.map { (inode, $0) } }
+        w.write(UInt64(all.count))
+        for (inode, lock) in all {
+            w.write(inode); w.write(lock.owner.session); w.write(lock.owner.owner); w.write(lock.family.rawValue)
+            w.write(lock.kind.rawValue); w.write(lock.range.start); w.write(lock.range.end); w.write(lock.pid)
+        }
+    }
+
+    static func decode(from r: inout ByteReader) throws(DecodeError) -> LockTable {
+        let count = try r.readUInt64()
+        guard count <= maxCheckpointLocks else { throw .tooLarge(kind: "lock table", size: Int(clamping: count), limit: maxCheckpointLocks) }
+        var table = LockTable()
+        for _ in 0..<count {
+            let inode = try r.readUInt64()
+            let owner = Owner(session: try r.readUInt64(), owner: try r.readUInt64())
+            let family = try r.readLockFamily(), kind = try r.readLockKind()
+            let lock = Lock(owner: owner, family: family, kind: kind, range: try r.readLockRange(), pid: try r.readUInt32())
+            // Written in the table's own order: kept as it was, not re-merged.
+            table.locks[inode, default: []].append(lock)
+        }
+        return table
+    }
+}
+
 extension LockTable.Lock {
     fileprivate func with(_ range: LockTable.Range) -> LockTable.Lock {
         var copy = self

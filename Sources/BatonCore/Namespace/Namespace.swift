@@ -25,6 +25,8 @@ public struct Namespace: Sendable {
     var nextInode: InodeNumber = rootInode + 1
     var nextHandle: UInt64 = 1
     var replyCache = ReplyCache()
+    /// Every client's locks (issue 12): journaled state, like the files.
+    public internal(set) var locks = LockTable()
     /// The sequence of the last journal record applied.
     public internal(set) var appliedSequence: UInt64 = 0
     /// The epoch of the last journal record applied.
@@ -93,6 +95,8 @@ public struct Namespace: Sendable {
             return result { try .directory(readdir(ino, after: cookie, maxBytes: maxBytes)) }
         case .statfs, .fsync:
             return .done
+        case .getLock(let ino, let request):
+            return result { _ = try existing(ino); return .lock(locks.conflict(ino, with: request)) }
         case .getxattr(let ino, let name, let size):
             return result {
                 guard let value = try existing(ino).xattrs[name] else { throw Errno.ENODATA }
@@ -181,8 +185,18 @@ public struct Namespace: Sendable {
         case .setxattr(let ino, let name, let value, let flags):
             try setxattr(ino, name, value, flags: flags, now)
             return .done
+        case .setLock(let ino, let request, _):
+            _ = try existing(ino)
+            // The server journals only what it can grant; a conflict here replays as it was answered.
+            guard case .granted = locks.apply(ino, request) else { throw .EAGAIN }
+            return .done
+        case .releaseLocks(let ino, let owner, let family):
+            _ = try existing(ino)
+            locks.release(ino, owner: owner, family: family)
+            return .done
         case .forget(let ino):
             if isOrphan(ino) {
+                locks.forget(ino)
                 let inode = inodes.removeValue(forKey: ino)!
                 if Mode.isRegular(inode.attributes.mode) { effects.append(.remove(ino)) }
             }

@@ -13,6 +13,8 @@ public enum Operation: Hashable, Sendable {
     case listxattr(InodeNumber, size: UInt32)
     /// Makes every acknowledged mutation durable on disk (fsync, fdatasync, syncfs).
     case fsync(InodeNumber)
+    /// `F_GETLK`: the lock that keeps `request` from being granted (issue 12).
+    case getLock(InodeNumber, LockTable.Request)
 
     // Mutations: journaled before they are acknowledged.
     case setattr(InodeNumber, AttributeChanges, Caller)
@@ -32,6 +34,15 @@ public enum Operation: Hashable, Sendable {
     /// The client's kernel holds the inode no longer: an inode with no link
     /// and no open handle may now be freed (FUSE's FORGET, lookup count 0).
     case forget(InodeNumber)
+    /// `F_SETLK`, `F_SETLKW`, `flock`: takes or releases a lock (issue 12).
+    /// Journaled, so a lock held before a failover is held after it. With
+    /// `wait`, a request that conflicts waits at the server and is journaled
+    /// when it is granted; without, it is answered EAGAIN. A request's owner
+    /// is in its session: the server sets the session, whatever the client says.
+    case setLock(InodeNumber, LockTable.Request, wait: Bool)
+    /// Every lock of one owner on the file: a close of it (FUSE's flush, for
+    /// fcntl locks) or the last close of an open file description (release, for flock).
+    case releaseLocks(InodeNumber, owner: LockTable.Owner, family: LockTable.Family)
 
     /// Whether the operation needs new space on the node's disk: names and
     /// data. On a full disk these are refused first, so that the space kept
@@ -46,12 +57,12 @@ public enum Operation: Hashable, Sendable {
 
     /// Whether the operation changes the export's files, names or
     /// attributes: what a read-only client may not ask. Opening for reading,
-    /// closing and forgetting are journaled mutations, but change nothing a
-    /// reader could see.
+    /// closing, forgetting and locking are journaled mutations, but change
+    /// nothing a reader could see.
     public var modifiesExport: Bool {
         switch self {
         case .open(_, let flags): flags & OpenFlags.accessMask != 0 || flags & OpenFlags.truncate != 0
-        case .release, .forget: false
+        case .release, .forget, .setLock, .releaseLocks: false
         default: isMutation
         }
     }
@@ -59,7 +70,7 @@ public enum Operation: Hashable, Sendable {
     /// Whether the operation changes the namespace and so goes into the journal.
     public var isMutation: Bool {
         switch self {
-        case .lookup, .getattr, .readlink, .read, .readdir, .statfs, .getxattr, .listxattr, .fsync: false
+        case .lookup, .getattr, .readlink, .read, .readdir, .statfs, .getxattr, .listxattr, .fsync, .getLock: false
         default: true
         }
     }
@@ -76,6 +87,8 @@ public enum Reply: Hashable, Sendable {
     case written(count: UInt32)
     /// File data, link targets and extended attribute values.
     case bytes([UInt8])
+    /// What `getLock` found: the conflicting lock, or nil (`F_UNLCK`).
+    case lock(LockTable.Lock?)
     /// The size an extended attribute value or list would need (a `size: 0` query).
     case size(UInt32)
     case directory([DirectoryEntry])
@@ -97,9 +110,9 @@ extension Operation {
     public static let writeTag = Tag.write.rawValue
 
     enum Tag: UInt8, CaseIterable {
-        case lookup = 1, getattr, readlink, read, readdir, statfs, getxattr, listxattr, fsync
+        case lookup = 1, getattr, readlink, read, readdir, statfs, getxattr, listxattr, fsync, getLock
         case setattr = 20, mknod, mkdir, symlink, link, unlink, rmdir, rename, create, open, release, write, setxattr, removexattr
-        case forget
+        case forget, setLock, releaseLocks
     }
 
     /// Every operation's name (the FUSE operation's), for metrics by operation.
@@ -140,6 +153,9 @@ extension Operation {
         case .setxattr: .setxattr
         case .removexattr: .removexattr
         case .forget: .forget
+        case .getLock: .getLock
+        case .setLock: .setLock
+        case .releaseLocks: .releaseLocks
         }
     }
 
@@ -180,6 +196,10 @@ extension Operation {
             w.write(Tag.setxattr.rawValue); w.write(ino); w.write(name); w.write(bytes: value); w.write(flags)
         case .removexattr(let ino, let name): w.write(Tag.removexattr.rawValue); w.write(ino); w.write(name)
         case .forget(let ino): w.write(Tag.forget.rawValue); w.write(ino)
+        case .getLock(let ino, let request): w.write(Tag.getLock.rawValue); w.write(ino); w.write(request)
+        case .setLock(let ino, let request, let wait): w.write(Tag.setLock.rawValue); w.write(ino); w.write(request); w.write(wait)
+        case .releaseLocks(let ino, let owner, let family):
+            w.write(Tag.releaseLocks.rawValue); w.write(ino); w.write(owner.session); w.write(owner.owner); w.write(family.rawValue)
         }
     }
 
@@ -224,6 +244,11 @@ extension Operation {
                              value: try r.readBytes(limit: WireLimits.maxXattrValueBytes, kind: "xattr value"), flags: try r.readUInt32())
         case .removexattr: return .removexattr(try r.readUInt64(), name: try r.readName())
         case .forget: return .forget(try r.readUInt64())
+        case .getLock: return .getLock(try r.readUInt64(), try r.readLockRequest())
+        case .setLock: return .setLock(try r.readUInt64(), try r.readLockRequest(), wait: try r.readBool())
+        case .releaseLocks:
+            return .releaseLocks(try r.readUInt64(), owner: LockTable.Owner(session: try r.readUInt64(), owner: try r.readUInt64()),
+                                 family: try r.readLockFamily())
         }
     }
 }
@@ -231,7 +256,7 @@ extension Operation {
 extension Reply {
     /// Wire tags; public so a server can frame read data in place.
     public enum Tag: UInt8 {
-        case error = 1, done, entry, attributes, created, opened, written, bytes, size, directory, statfs
+        case error = 1, done, entry, attributes, created, opened, written, bytes, size, directory, statfs, lock
     }
 
     public func encode(to w: inout ByteWriter) {
@@ -250,6 +275,13 @@ extension Reply {
             w.write(UInt32(entries.count))
             for entry in entries {
                 w.write(entry.name); w.write(entry.inode); w.write(entry.mode); w.write(entry.cookie)
+            }
+        case .lock(let held):
+            w.write(Tag.lock.rawValue)
+            w.write(held != nil)
+            if let held {
+                w.write(held.owner.session); w.write(held.owner.owner); w.write(held.family.rawValue); w.write(held.kind.rawValue)
+                w.write(held.range.start); w.write(held.range.end); w.write(held.pid)
             }
         case .statfs(let s):
             w.write(Tag.statfs.rawValue)
@@ -283,6 +315,11 @@ extension Reply {
                                               cookie: try r.readUInt64()))
             }
             return .directory(entries)
+        case .lock:
+            guard try r.readBool() else { return .lock(nil) }
+            let owner = LockTable.Owner(session: try r.readUInt64(), owner: try r.readUInt64())
+            let family = try r.readLockFamily(), kind = try r.readLockKind()
+            return .lock(LockTable.Lock(owner: owner, family: family, kind: kind, range: try r.readLockRange(), pid: try r.readUInt32()))
         case .statfs:
             return .statfs(FileSystemStatistics(
                 blockSize: try r.readUInt32(), totalBlocks: try r.readUInt64(), freeBlocks: try r.readUInt64(),
@@ -332,6 +369,45 @@ extension ByteWriter {
     }
 }
 
+extension ByteWriter {
+    mutating func write(_ request: LockTable.Request) {
+        write(request.owner.session); write(request.owner.owner); write(request.family.rawValue)
+        write(request.kind?.rawValue ?? 0); write(request.range.start); write(request.range.end); write(request.pid)
+    }
+}
+
+extension ByteReader {
+    mutating func readLockFamily() throws(DecodeError) -> LockTable.Family {
+        let raw = try readUInt8()
+        guard let family = LockTable.Family(rawValue: raw) else { throw .unknownTag(kind: "lock family", tag: UInt32(raw)) }
+        return family
+    }
+
+    mutating func readLockKind() throws(DecodeError) -> LockTable.Kind {
+        let raw = try readUInt8()
+        guard let kind = LockTable.Kind(rawValue: raw) else { throw .unknownTag(kind: "lock kind", tag: UInt32(raw)) }
+        return kind
+    }
+
+    mutating func readLockRange() throws(DecodeError) -> LockTable.Range {
+        let start = try readUInt64(), end = try readUInt64()
+        guard start <= end else { throw .invalid("lock range \(start)-\(end) ends before it starts") }
+        return LockTable.Range(start: start, end: end)
+    }
+
+    mutating func readLockRequest() throws(DecodeError) -> LockTable.Request {
+        let owner = LockTable.Owner(session: try readUInt64(), owner: try readUInt64())
+        let family = try readLockFamily()
+        let rawKind = try readUInt8()
+        var kind: LockTable.Kind?
+        if rawKind != 0 {
+            guard let taken = LockTable.Kind(rawValue: rawKind) else { throw .unknownTag(kind: "lock kind", tag: UInt32(rawKind)) }
+            kind = taken
+        }
+        return LockTable.Request(owner: owner, family: family, kind: kind, range: try readLockRange(), pid: try readUInt32())
+    }
+}
+
 extension ByteReader {
     public mutating func readName() throws(DecodeError) -> FileName {
         // One byte over NAME_MAX is let through so the namespace can answer ENAMETOOLONG.
@@ -376,5 +452,31 @@ extension ByteReader {
         c.atime = try readTimeChange()
         c.mtime = try readTimeChange()
         return c
+    }
+}
+
+extension Operation {
+    /// The lock operation with its owner in `session`, the one it came on: a
+    /// client names only its own owners (the others' are not its to release).
+    public func inSession(_ session: UInt64) -> Operation {
+        switch self {
+        case .getLock(let ino, var request):
+            request.owner.session = session
+            return .getLock(ino, request)
+        case .setLock(let ino, var request, let wait):
+            request.owner.session = session
+            return .setLock(ino, request, wait: wait)
+        case .releaseLocks(let ino, var owner, let family):
+            owner.session = session
+            return .releaseLocks(ino, owner: owner, family: family)
+        default:
+            return self
+        }
+    }
+
+    /// A lock request answered when another owner lets go, however long
+    /// that takes: no request timeout applies to it.
+    public var waitsForOtherOwners: Bool {
+        if case .setLock(_, let request, wait: true) = self { request.kind != nil } else { false }
     }
 }

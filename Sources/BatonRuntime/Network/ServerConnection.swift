@@ -86,7 +86,8 @@ public final class ServerConnection: @unchecked Sendable {
     // MARK: Requests
 
     public func send(_ operation: Operation, caller: Credentials? = nil, completion: @escaping @Sendable (Reply) -> Void) {
-        enqueue(completion) { [allocator] sequence, oldest in
+        // A lock that waits for another client's release has no deadline: F_SETLKW waits as long as it must.
+        enqueue(completion, timeout: operation.waitsForOtherOwners ? nil : configuration.requestTimeout) { [allocator] sequence, oldest in
             Message.request(sequence: sequence, oldestUnanswered: oldest, operation, caller: caller).frame(allocator: allocator)
         }
     }
@@ -94,7 +95,7 @@ public final class ServerConnection: @unchecked Sendable {
     /// A write request framed straight from the caller's buffer (one copy).
     public func sendWrite(_ inode: InodeNumber, handle: UInt64, offset: UInt64, data: UnsafeRawBufferPointer,
                           completion: @escaping @Sendable (Reply) -> Void) {
-        enqueue(completion) { [allocator] sequence, oldest in
+        enqueue(completion, timeout: configuration.requestTimeout) { [allocator] sequence, oldest in
             var frame = Message.request(sequence: sequence, oldestUnanswered: oldest,
                                         .write(inode, handle: handle, offset: offset, data: [])).frame(allocator: allocator)
             // The data is the frame's last field: fix its length and the frame's, then append it.
@@ -112,9 +113,9 @@ public final class ServerConnection: @unchecked Sendable {
     /// Between numbering and keeping, the request is in no list; that is safe:
     /// it has not been sent, so the server holds no reply of it to forget, and
     /// a reconnection in between finds it afterwards in `pending`.
-    private func enqueue(_ completion: @escaping @Sendable (Reply) -> Void,
+    private func enqueue(_ completion: @escaping @Sendable (Reply) -> Void, timeout: TimeAmount?,
                          frame makeFrame: (_ sequence: UInt64, _ oldestUnanswered: UInt64) -> ByteBuffer) {
-        let deadline = NIODeadline.now() + configuration.requestTimeout
+        let deadline = timeout.map { NIODeadline.now() + $0 } ?? .distantFuture
         let numbers = state.withLockedValue { state -> (UInt64, UInt64)? in
             if state.closed { return nil }
             let sequence = state.nextSequence

@@ -1,0 +1,174 @@
+// Goal (issue 12): fcntl record locks and flock locks taken through one
+// mount exclude those of another mount of the export, as on a local file
+// system; a blocked F_SETLKW wakes when the holder lets go; a lock held
+// across a failover is still held on the new server, and its waiter gets it
+// only after the holder's release.
+// Method: real mounts, and Python's fcntl module in real processes: one
+// holds a lock until its stdin closes, others try, wait or ask F_GETLK.
+import BatonCore
+import Foundation
+import XCTest
+
+final class LockTests: XCTestCase {
+    /// Two mounts of one server: each kind of lock excludes across them.
+    func testLocksExcludeAcrossMountsAndAWaiterWakesOnRelease() throws {
+        let directory = try temporaryDirectory(self)
+        let server = try ServerProcess(self, export: "export", data: directory + "/data")
+        let first = try MountProcess(self, source: "export@\(server.address)", mountpoint: directory + "/one")
+        let second = try MountProcess(self, source: "export@\(server.address)", mountpoint: directory + "/two")
+        let locker = try LockScript(self, in: directory)
+
+        let holder = try locker.start("hold", first.mountpoint + "/db")
+        try holder.waitForLine("locked")
+        XCTAssertEqual(try locker.run("try", second.mountpoint + "/db"), "EAGAIN", "the second mount took a lock the first holds")
+        XCTAssertEqual(try locker.run("holder", second.mountpoint + "/db"), "\(holder.pid)", "F_GETLK names the holder's pid")
+        XCTAssertEqual(try locker.run("try-range", second.mountpoint + "/db"), "got", "bytes past the held range are free")
+        let waiter = try locker.start("wait", second.mountpoint + "/db")
+        try waiter.waitUntilBlockedOnTheMount()
+        holder.release()
+        try waiter.waitForLine("got")
+        XCTAssertEqual(try locker.run("try", first.mountpoint + "/db"), "EAGAIN", "the woken waiter holds the lock now")
+        waiter.release()
+        XCTAssertEqual(try locker.run("try", first.mountpoint + "/db"), "got", "a close releases the process's locks")
+
+        let flockHolder = try locker.start("flock-hold", first.mountpoint + "/spool")
+        try flockHolder.waitForLine("locked")
+        XCTAssertEqual(try locker.run("flock-try", second.mountpoint + "/spool"), "EAGAIN")
+        XCTAssertEqual(try locker.run("try", second.mountpoint + "/spool"), "got", "flock and fcntl locks do not exclude each other")
+        flockHolder.release()
+        XCTAssertEqual(try locker.run("flock-try", second.mountpoint + "/spool"), "got")
+    }
+
+    /// The lock table is journaled: the new server after a SIGSTOP failover
+    /// knows the lock at once (no grace period), and the waiter on the other
+    /// client, sent again to the new server, gets it after the release.
+    func testALockHeldAcrossAFailoverIsStillHeldAndItsWaiterWakesAfterTheRelease() throws {
+        let cluster = try TwoNodeCluster(self)
+        let first = try cluster.mount(self, "demo", mountpoint: "one")
+        let second = try cluster.mount(self, "demo", mountpoint: "two")
+        let locker = try LockScript(self, in: cluster.directory)
+        let holder = try locker.start("hold", first.mountpoint + "/db")
+        try holder.waitForLine("locked")
+        let waiter = try locker.start("wait", second.mountpoint + "/db")
+        try waiter.waitUntilBlockedOnTheMount()
+
+        let before = try XCTUnwrap(try cluster.server("demo"))
+        kill(before.pid, SIGSTOP)
+        try cluster.waitUntilReplicated("demo", epoch: before.epoch + 1)
+        XCTAssertEqual(try locker.run("try", second.mountpoint + "/db"), "EAGAIN", "the new server lost the lock")
+        XCTAssertTrue(waiter.isRunning, "the waiter got the lock while its holder held it")
+        holder.release()
+        try waiter.waitForLine("got", timeout: 30)
+    }
+}
+
+/// A Python helper that takes locks: `hold` and `flock-hold` lock the file
+/// and keep it until stdin closes; `wait` blocks in F_SETLKW; `try` and
+/// `flock-try` answer "got" or "EAGAIN"; `holder` prints F_GETLK's pid.
+private struct LockScript {
+    let path: String
+    let test: XCTestCase
+
+    init(_ test: XCTestCase, in directory: String) throws {
+        self.test = test
+        path = directory + "/locker.py"
+        try """
+            import fcntl, os, struct, sys
+            mode, path = sys.argv[1], sys.argv[2]
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            def attempt(take):
+                try:
+                    take()
+                    print("got", flush=True)
+                except BlockingIOError:
+                    print("EAGAIN", flush=True)
+            if mode == "hold":
+                fcntl.lockf(fd, fcntl.LOCK_EX, 100)
+                print("locked", flush=True)
+                sys.stdin.read()
+            elif mode == "flock-hold":
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                print("locked", flush=True)
+                sys.stdin.read()
+            elif mode == "wait":
+                print("waiting", flush=True)
+                fcntl.lockf(fd, fcntl.LOCK_EX, 100)
+                print("got", flush=True)
+                sys.stdin.read()
+            elif mode == "try":
+                attempt(lambda: fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 100))
+            elif mode == "try-range":
+                attempt(lambda: fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 100, 100))
+            elif mode == "flock-try":
+                attempt(lambda: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB))
+            elif mode == "holder":
+                asked = struct.pack("hhqqi4x", fcntl.F_WRLCK, 0, 0, 100, 0)
+                kind, _, _, _, pid = struct.unpack("hhqqi4x", fcntl.fcntl(fd, fcntl.F_GETLK, asked))
+                print("none" if kind == fcntl.F_UNLCK else pid, flush=True)
+            """.write(toFile: path, atomically: true, encoding: .utf8)
+    }
+
+    func run(_ mode: String, _ file: String) throws -> String {
+        try runCommand("/usr/bin/python3", [path, mode, file]).output.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    func start(_ mode: String, _ file: String) throws -> LockingProcess {
+        try LockingProcess(test, ["/usr/bin/python3", path, mode, file])
+    }
+}
+
+/// A process that holds its lock until `release` closes its stdin; ended by PID at teardown.
+private final class LockingProcess: @unchecked Sendable {
+    private let process = Process()
+    private let input = Pipe()
+    private let output = Pipe()
+    private let lines = NSLock()
+    private var seen = ""
+    var pid: Int32 { process.processIdentifier }
+    var isRunning: Bool { process.isRunning }
+
+    init(_ test: XCTestCase, _ command: [String]) throws {
+        process.executableURL = URL(fileURLWithPath: command[0])
+        process.arguments = Array(command.dropFirst())
+        process.standardInput = input
+        process.standardOutput = output
+        process.standardError = output
+        output.fileHandleForReading.readabilityHandler = { [weak self] handle in
+            let data = handle.availableData
+            guard let self, !data.isEmpty else { return }
+            self.lines.withLock { self.seen += String(decoding: data, as: UTF8.self) }
+        }
+        try process.run()
+        test.addTeardownBlock { [self] in
+            if process.isRunning { kill(process.processIdentifier, SIGKILL) }
+            process.waitUntilExit()
+            output.fileHandleForReading.readabilityHandler = nil
+        }
+    }
+
+    func waitForLine(_ line: String, timeout: TimeInterval = 15) throws {
+        let deadline = Date().addingTimeInterval(timeout)
+        while !lines.withLock({ seen.split(separator: "\n").contains(Substring(line)) }) {
+            guard Date() < deadline else { throw TestError("no '\(line)' within \(timeout) s; output: \(lines.withLock { seen })") }
+            usleep(20_000)
+        }
+    }
+
+    /// Until the process sleeps in the kernel on a FUSE request (its F_SETLKW is with the mount, and so the server).
+    func waitUntilBlockedOnTheMount(timeout: TimeInterval = 15) throws {
+        let deadline = Date().addingTimeInterval(timeout)
+        while true {
+            let channel = (try? String(contentsOfFile: "/proc/\(pid)/wchan", encoding: .utf8)) ?? ""
+            if channel.contains("request_wait_answer") || channel.contains("fuse") { return }
+            guard process.isRunning else { throw TestError("the waiter ended instead of waiting: \(lines.withLock { seen })") }
+            guard Date() < deadline else { throw TestError("the waiter never blocked on the mount (wchan '\(channel)')") }
+            usleep(20_000)
+        }
+    }
+
+    /// Closes stdin: the helper exits, and its close releases its locks.
+    func release() {
+        try? input.fileHandleForWriting.close()
+        process.waitUntilExit()
+    }
+}
