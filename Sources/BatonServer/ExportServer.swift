@@ -388,9 +388,20 @@ public final class ExportServer: @unchecked Sendable {
                     }
                 }
             }
+            var cancelled: [(channel: Channel, sequence: UInt64, reply: Reply, position: UInt64, meter: RequestMeter)] = []
+            if case .releaseLocks(let ino, let owner, let family) = operation {
+                // The owner closed the file: a wait of its own still queued (an F_SETLKW its
+                // process was killed in) must not be granted later to nobody.
+                for waiter in lockWaiters.waiting where waiter.inode == ino && waiter.request.owner == owner && waiter.request.family == family {
+                    _ = lockWaiters.cancel(id: waiter.id)
+                    if let waiting = waitingLocks.removeValue(forKey: waiter.id) {
+                        cancelled.append((waiting.channel, waiting.sequence, .error(.EINTR), 0, waiting.meter))
+                    }
+                }
+            }
             do {
-                var answers = LockAnswers(own: try journal(operation, session: session, sequence: sequence))
-                answers.woken = try grantWaitingLocks()
+                var answers = LockAnswers(own: try journal(operation, session: session, sequence: sequence), woken: cancelled)
+                answers.woken += try grantWaitingLocks()
                 return answers
             } catch {
                 fail(error)

@@ -26,6 +26,11 @@ final class CodecTests: XCTestCase {
         .write(2, handle: 8, offset: 1 << 40, data: Array(0..<255)),
         .setxattr(2, name: FileName("user.k"), value: [1, 2, 3], flags: XattrFlags.create),
         .removexattr(2, name: FileName("user.k")), .forget(9),
+        .getLock(2, LockTable.Request(owner: LockTable.Owner(session: 3, owner: 4), family: .fcntl, kind: .exclusive,
+                                      range: LockTable.Range(start: 10, end: 19), pid: 77)),
+        .setLock(2, LockTable.Request(owner: LockTable.Owner(session: 3, owner: 4), family: .flock, kind: nil,
+                                      range: .wholeFile, pid: 77), wait: true),
+        .releaseLocks(2, owner: LockTable.Owner(session: 3, owner: .max), family: .fcntl),
     ]
 
     static let attributes = FileAttributes(inode: 5, generation: 1, mode: Mode.regular | 0o644, linkCount: 1, uid: 1, gid: 2,
@@ -35,6 +40,8 @@ final class CodecTests: XCTestCase {
         .error(.ENOENT), .done, .entry(attributes), .attributes(attributes), .created(attributes, handle: 3),
         .opened(handle: 4), .written(count: 4096), .bytes([1, 2, 3]), .size(12),
         .directory([DirectoryEntry(name: FileName("x"), inode: 9, mode: Mode.directory, cookie: 3)]),
+        .lock(nil), .lock(LockTable.Lock(owner: LockTable.Owner(session: 1, owner: 2), family: .fcntl, kind: .shared,
+                                         range: LockTable.Range(start: 0, end: .max), pid: 42)),
         .statfs(FileSystemStatistics(blockSize: 4096, totalBlocks: 1, freeBlocks: 2, availableBlocks: 3, totalInodes: 4,
                                      freeInodes: 5, maxNameLength: 255)),
     ]

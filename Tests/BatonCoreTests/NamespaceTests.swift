@@ -401,6 +401,42 @@ final class NamespaceTests: XCTestCase {
         XCTAssertEqual(d.replayed(), d.namespace)
     }
 
+    /// Issue 12: locks are namespace state: journaled, replayed, checkpointed,
+    /// and gone with their file; a version 1 checkpoint (before locks) reads as none.
+    func testLocksAreReplayedCheckpointedAndGoWithTheirFile() throws {
+        var d = NamespaceDriver()
+        let (ino, handle) = d.create("db")
+        func request(_ session: UInt64, _ kind: LockTable.Kind?, _ start: UInt64, _ end: UInt64) -> LockTable.Request {
+            LockTable.Request(owner: LockTable.Owner(session: session, owner: 9), family: .fcntl, kind: kind,
+                              range: LockTable.Range(start: start, end: end), pid: 100 + UInt32(session))
+        }
+        _ = d.ok(.setLock(ino, request(1, .exclusive, 0, 99), wait: false))
+        _ = d.ok(.setLock(ino, request(2, .shared, 100, 199), wait: true))
+        guard case .lock(let held?) = d.namespace.query(.getLock(ino, request(2, .exclusive, 50, 60))) else { return XCTFail("no holder") }
+        XCTAssertEqual(held.pid, 101)
+        XCTAssertEqual(d.namespace.query(.getLock(ino, request(1, .exclusive, 50, 60))), .lock(nil), "an owner never conflicts with itself")
+        d.fails(.setLock(ino, request(2, .exclusive, 0, 0), wait: false), .EAGAIN)
+        XCTAssertEqual(d.replayed(), d.namespace)
+        let restored = try Namespace(checkpoint: d.namespace.checkpoint())
+        XCTAssertEqual(restored.locks, d.namespace.locks, "the checkpoint lost the locks")
+
+        _ = d.ok(.releaseLocks(ino, owner: LockTable.Owner(session: 1, owner: 9), family: .fcntl))
+        XCTAssertEqual(d.namespace.query(.getLock(ino, request(2, .exclusive, 0, 99))), .lock(nil))
+        _ = d.ok(.unlink(parent: rootInode, name: FileName("db")))
+        _ = d.ok(.release(ino, handle: handle))
+        _ = d.ok(.forget(ino))
+        XCTAssertTrue(d.namespace.locks.isEmpty, "a freed file's locks stay: \(d.namespace.locks)")
+
+        // Version 1 wrote no lock table after the reply cache.
+        var old = NamespaceDriver().namespace.checkpoint()
+        old.removeLast(8)
+        withUnsafeBytes(of: UInt32(1).littleEndian) { for i in 0..<4 { old[16 + i] = $0[i] } }
+        withUnsafeBytes(of: UInt64(old.count - 16).littleEndian) { for i in 0..<8 { old[4 + i] = $0[i] } }
+        let crc = old.withUnsafeBytes { CRC32C.checksum(UnsafeRawBufferPointer(rebasing: $0[16...])) }
+        withUnsafeBytes(of: crc.littleEndian) { for i in 0..<4 { old[12 + i] = $0[i] } }
+        XCTAssertTrue(try Namespace(checkpoint: old).locks.isEmpty)
+    }
+
     func testCheckpointRoundTripsAndDetectsDamage() throws {
         var d = NamespaceDriver()
         let dir = d.mkdir("d")

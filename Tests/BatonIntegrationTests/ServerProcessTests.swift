@@ -6,6 +6,7 @@ import BatonCore
 import BatonRuntime
 import Foundation
 import NIOCore
+import NIOConcurrencyHelpers
 import XCTest
 
 final class ServerProcessTests: XCTestCase {
@@ -114,6 +115,52 @@ final class ServerProcessTests: XCTestCase {
         guard case .entry = try connect(trusting).call(.mkdir(parent: rootInode, name: FileName("d"), mode: 0o755, .root)) else {
             return XCTFail("root could not mkdir on a server without squash")
         }
+    }
+
+    /// Issue 12, at the server: a conflicting F_SETLK is EAGAIN, an F_SETLKW
+    /// waits and is granted when the holder lets go, and a wait that would
+    /// close a cycle of owners waiting for each other is EDEADLK.
+    func testTheServerQueuesLockWaitersWakesThemOnReleaseAndRefusesADeadlock() throws {
+        let server = try ServerProcess(self, export: "data", data: try temporaryDirectory(self))
+        let alice = try connect(server), bob = try connect(server)
+        guard case .created(let file, _) = alice.call(.create(parent: rootInode, name: FileName("db"), mode: 0o644,
+                                                               flags: OpenFlags.readWrite, .root)) else { return XCTFail("create") }
+        func lock(_ start: UInt64, wait: Bool = false) -> Operation {
+            .setLock(file.inode, LockTable.Request(owner: LockTable.Owner(session: 0, owner: 1), family: .fcntl, kind: .exclusive,
+                                                   range: LockTable.Range(start: start, end: start), pid: 1), wait: wait)
+        }
+        XCTAssertEqual(alice.call(lock(0)), .done)
+        XCTAssertEqual(bob.call(lock(10)), .done)
+        XCTAssertEqual(bob.call(lock(0)), .error(.EAGAIN), "owners of two sessions are two owners")
+        let granted = DispatchSemaphore(value: 0)
+        let bobsWait = NIOLockedValueBox<Reply?>(nil)
+        bob.send(lock(0, wait: true), caller: nil) { reply in
+            bobsWait.withLockedValue { $0 = reply }
+            granted.signal()
+        }
+        // Bob's mutations run in order: once this is answered, his wait is queued.
+        XCTAssertEqual(bob.call(lock(20)), .done)
+        XCTAssertNil(bobsWait.withLockedValue { $0 }, "a wait was answered while the lock was held")
+        XCTAssertEqual(alice.call(lock(10, wait: true)), .error(.EDEADLK))
+        XCTAssertEqual(alice.call(.releaseLocks(file.inode, owner: LockTable.Owner(session: 0, owner: 1), family: .fcntl)), .done)
+        XCTAssertEqual(granted.wait(timeout: .now() + 10), .success, "the waiter was not woken by the release")
+        XCTAssertEqual(bobsWait.withLockedValue { $0 }, .done)
+        XCTAssertEqual(alice.call(lock(0)), .error(.EAGAIN), "the woken waiter holds the lock")
+
+        // A waiting owner that closes the file (its process was killed in F_SETLKW) is answered, never granted later.
+        let killedOwner = LockTable.Owner(session: 0, owner: 3)
+        let answered = DispatchSemaphore(value: 0)
+        let killedWait = NIOLockedValueBox<Reply?>(nil)
+        let request = LockTable.Request(owner: killedOwner, family: .fcntl, kind: .exclusive, range: LockTable.Range(start: 0, end: 0), pid: 3)
+        alice.send(.setLock(file.inode, request, wait: true), caller: nil) { reply in
+            killedWait.withLockedValue { $0 = reply }
+            answered.signal()
+        }
+        XCTAssertEqual(alice.call(.releaseLocks(file.inode, owner: killedOwner, family: .fcntl)), .done)
+        XCTAssertEqual(answered.wait(timeout: .now() + 10), .success)
+        XCTAssertEqual(killedWait.withLockedValue { $0 }, .error(.EINTR))
+        XCTAssertEqual(bob.call(.releaseLocks(file.inode, owner: LockTable.Owner(session: 0, owner: 1), family: .fcntl)), .done)
+        XCTAssertEqual(alice.call(lock(0)), .done, "the closed owner's wait took the lock")
     }
 
     /// Garbage, oversized frames and unknown opcodes end that connection only.

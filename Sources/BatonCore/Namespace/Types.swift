@@ -13,6 +13,7 @@ public struct Errno: Error, Hashable, Sendable, CustomStringConvertible {
 
     public static let EPERM = Errno(1)
     public static let ENOENT = Errno(2)
+    public static let EINTR = Errno(4)
     public static let EIO = Errno(5)
     public static let E2BIG = Errno(7)
     public static let EBADF = Errno(9)
