@@ -15,7 +15,9 @@ public func fuzzRequests(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
         guard length <= rest.count - 4 else { break }
         let frame = UnsafeRawBufferPointer(rebasing: rest[4..<4 + length])
         rest = UnsafeRawBufferPointer(rebasing: rest[(4 + length)...])
-        guard case .request(let request, _, let operation)? = try? Message.decode(frame) else { continue }
+        guard case .request(let request, _, let operation, _)? = try? Message.decode(frame) else { continue }
+        // As a server that squashes checks its callers' requests first.
+        _ = namespace.permissionProblem(operation, by: Credentials(uid: 1000, gid: 1000))
         if operation.isMutation {
             sequence += 1
             let record = JournalRecord(sequence: sequence, epoch: 1, time: Timestamp(seconds: Int64(sequence), nanoseconds: 0),

@@ -183,6 +183,7 @@ final class LockTableTests: XCTestCase {
                     for byte in lock.range.start...min(31, lock.range.end) { fromTable[Int(byte)][lock.owner] = lock.kind }
                 }
                 XCTAssertEqual(fromTable, model)
+                XCTAssertEqual(table.count, table.locks.values.map(\.count).reduce(0, +), "the count drifted")
                 let locks = table.locks[file] ?? []
                 for (index, lock) in locks.enumerated() {
                     for other in locks[(index + 1)...] where other.owner == lock.owner && other.kind == lock.kind {

@@ -106,6 +106,8 @@ public struct LockTable: Hashable, Sendable {
     /// Each file's locks, each owner's in order of start and never adjoining
     /// one of the same owner, family and kind (they merge, as Linux's do).
     public private(set) var locks: [InodeNumber: [Lock]] = [:]
+    /// How many locks `locks` holds, all files together.
+    public private(set) var count = 0
 
     public init() {}
 
@@ -159,6 +161,7 @@ public struct LockTable: Hashable, Sendable {
             kept.append(taken)
         }
         kept.sort { ($0.range.start, $0.owner, $0.family.rawValue) < ($1.range.start, $1.owner, $1.family.rawValue) }
+        count += kept.count - (locks[inode]?.count ?? 0)
         locks[inode] = kept.isEmpty ? nil : kept
         return .granted
     }
@@ -178,13 +181,17 @@ public struct LockTable: Hashable, Sendable {
             let kept = held.filter { $0.owner.session != session }
             guard kept.count != held.count else { continue }
             touched.append(inode)
+            count -= held.count - kept.count
             locks[inode] = kept.isEmpty ? nil : kept
         }
         return touched.sorted()
     }
 
     /// A file's locks go with the file (its last link removed and closed).
-    public mutating func forget(_ inode: InodeNumber) { locks[inode] = nil }
+    public mutating func forget(_ inode: InodeNumber) {
+        count -= locks[inode]?.count ?? 0
+        locks[inode] = nil
+    }
 }
 
 extension LockTable {
@@ -211,6 +218,7 @@ extension LockTable {
             let lock = Lock(owner: owner, family: family, kind: kind, range: try r.readLockRange(), pid: try r.readUInt32())
             // Written in the table's own order: kept as it was, not re-merged.
             table.locks[inode, default: []].append(lock)
+            table.count += 1
         }
         return table
     }

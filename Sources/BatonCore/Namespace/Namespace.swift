@@ -36,6 +36,8 @@ public struct Namespace: Sendable {
     public static let maxLinkCount: UInt32 = 65000
     public static let maxFileSizeBytes: UInt64 = 1 << 62
     public static let maxXattrsPerInode = 1024
+    /// Locks of every client together: a client that takes ever more cannot exhaust the server's memory.
+    public static let maxLocks = 1 << 20
 
     /// A new export: an empty root directory owned by root, mode 0755.
     public init(createdAt time: Timestamp = .zero) {
@@ -187,6 +189,8 @@ public struct Namespace: Sendable {
             return .done
         case .setLock(let ino, let request, _):
             _ = try existing(ino)
+            // A lock may split one in two: past the limit, only releases and whole-range changes go.
+            if request.kind != nil, locks.count >= Self.maxLocks { throw .ENOLCK }
             // The server journals only what it can grant; a conflict here replays as it was answered.
             guard case .granted = locks.apply(ino, request) else { throw .EAGAIN }
             return .done

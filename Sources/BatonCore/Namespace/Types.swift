@@ -30,6 +30,7 @@ public struct Errno: Error, Hashable, Sendable, CustomStringConvertible {
     public static let EMLINK = Errno(31)
     public static let ERANGE = Errno(34)
     public static let EDEADLK = Errno(35)
+    public static let ENOLCK = Errno(37)
     public static let ENAMETOOLONG = Errno(36)
     public static let ENOSYS = Errno(38)
     public static let ENOTEMPTY = Errno(39)
