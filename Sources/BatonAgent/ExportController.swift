@@ -135,7 +135,7 @@ final class ExportController: @unchecked Sendable {
             pathAddresses: agent.me.agentAddresses.dropFirst().map(\.host),
             exportAddresses: [agent.me, agent.peer].flatMap(\.agentAddresses).map { NodeAddress(host: $0.host, port: export.port) },
             multipath: agent.isMultipath,
-            secretFile: agent.configuration.secretFile, tls: agent.tls?.files, access: export.access, squash: export.squash, standby: agent.peerAgentAddress, node: agent.me.name,
+            secretFile: agent.configuration.secretFile, tls: agent.tls?.files, access: export.access, squash: export.squash, lockLeaseMilliseconds: export.lockLeaseMilliseconds, standby: agent.peerAgentAddress, node: agent.me.name,
             replication: export.replication,
             standbyWaitLimitMilliseconds: agent.configuration.timings.standbyWaitLimitMilliseconds,
             metrics: agent.me.metrics != nil, awaitPromotion: awaitPromotion, logger: logger

@@ -30,7 +30,7 @@ final class ExportProcess: @unchecked Sendable {
     /// out of the pause).
     init(executable: String, exportName: String, dataDirectory: String, listen: NodeAddress, monitorListen: NodeAddress,
          pathAddresses: [String], exportAddresses: [NodeAddress], multipath: Bool, secretFile: String, tls: TLSFiles?,
-         access: ClientAccess, squash: Squash,
+         access: ClientAccess, squash: Squash, lockLeaseMilliseconds: Int,
          standby: NodeAddress, node: String, replication: ReplicationMode, standbyWaitLimitMilliseconds: Int,
          metrics: Bool = false, awaitPromotion: Bool = false, logger: Logger,
          onExit: @escaping @Sendable (Int32) -> Void) throws {
@@ -56,6 +56,7 @@ final class ExportProcess: @unchecked Sendable {
         arguments += ["--squash", squash.scope.rawValue, "--anonuid", String(squash.anonymous.uid),
                       "--anongid", String(squash.anonymous.gid)]
         for pattern in squash.rootClients { arguments += ["--root-client", pattern] }
+        arguments += ["--lock-lease-ms", String(lockLeaseMilliseconds)]
         if multipath { arguments.append("--multipath") }
         // On loopback, for the agent's page only (the agent serves the node's metrics).
         if metrics { arguments += ["--metrics-listen", "127.0.0.1:0"] }

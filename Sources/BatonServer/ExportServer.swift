@@ -100,6 +100,19 @@ public final class ExportServer: @unchecked Sendable {
     private var waitingLocks: [UInt64: WaitingLock] = [:]
     private var nextWaiterID: UInt64 = 1
 
+    /// How long a client session with locks may stay without a connection
+    /// before its locks are released (its mount or machine is gone); set before `start`.
+    public var lockLease = TimeAmount.seconds(30)
+    /// Which client sessions have a connection open, and since when the others have had none.
+    private let presence = NIOLockedValueBox(SessionPresence())
+
+    private struct SessionPresence {
+        var connections: [UInt64: Int] = [:]
+        var awaySince: [UInt64: NIODeadline] = [:]
+        /// Who each session was, for the log line that releases its locks.
+        var clients: [UInt64: String] = [:]
+    }
+
     private struct WaitingLock {
         var session: UInt64
         var sequence: UInt64
@@ -181,6 +194,7 @@ public final class ExportServer: @unchecked Sendable {
         }
         listener = try bind(clients, bootstrap(group: network, for: .clients))
         replication?.start()
+        network.next().scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { [weak self] _ in self?.expireLockLeases() }
         let bound = (clients: boundAddress(listener!, clients.address), monitor: monitorListener.map { boundAddress($0, monitor!.address) })
         logger.info("export server listening", metadata: [
             "export": "\(exportName)", "address": "\(bound.clients)", "monitorAddress": "\(bound.monitor.map { "\($0)" } ?? "none")",
@@ -430,6 +444,65 @@ public final class ExportServer: @unchecked Sendable {
         return woken
     }
 
+    func sessionConnected(_ session: UInt64, client: String) {
+        presence.withLockedValue { presence in
+            presence.connections[session, default: 0] += 1
+            presence.awaySince[session] = nil
+            presence.clients[session] = client
+        }
+    }
+
+    func sessionDisconnected(_ session: UInt64) {
+        presence.withLockedValue { presence in
+            presence.connections[session, default: 1] -= 1
+            guard presence.connections[session] == 0 else { return }
+            presence.connections[session] = nil
+            presence.awaySince[session] = .now()
+        }
+    }
+
+    /// Releases the locks of every session that has held some without a
+    /// connection for the lease: a client that comes back in time (after a
+    /// failover, a network blip) keeps them; a dead one does not keep others
+    /// waiting forever. A session first seen here (its locks came with the
+    /// journal, from the server before a failover) gets a whole lease.
+    private func expireLockLeases() {
+        let holders = store.withNamespace { namespace in Set(namespace.locks.locks.values.joined().map(\.owner.session)) }
+        let now = NIODeadline.now()
+        let expired = presence.withLockedValue { presence -> [(UInt64, String)] in
+            var expired: [(UInt64, String)] = []
+            for session in holders where presence.connections[session] == nil {
+                guard let since = presence.awaySince[session] else {
+                    presence.awaySince[session] = now
+                    continue
+                }
+                guard since + lockLease <= now else { continue }
+                presence.awaySince[session] = now
+                expired.append((session, presence.clients[session] ?? "a client of the server before"))
+            }
+            return expired
+        }
+        for (session, client) in expired {
+            mutations.runOnMutationThread { [self] in
+                guard !failed, presence.withLockedValue({ $0.connections[session] == nil }) else { return }
+                let released = store.withNamespace { namespace in
+                    namespace.locks.locks.flatMap { inode, held in held.filter { $0.owner.session == session }.map { "inode \(inode): \($0)" } }
+                }
+                for waiter in lockWaiters.cancelSession(session) { waitingLocks[waiter.id] = nil }
+                do {
+                    _ = try journal(.releaseSessionLocks(session: session), session: 0, sequence: 0)
+                } catch {
+                    return fail(error)
+                }
+                logger.warning("a client's locks released: its session had no connection for the lock lease", metadata: [
+                    "export": "\(exportName)", "session": "\(session)", "client": "\(client)", "lease": "\(lockLease)",
+                    "locks": "\(released.prefix(10).joined(separator: "; "))\(released.count > 10 ? "; and \(released.count - 10) more" : "")",
+                    "action": "none if the client is gone; a client that comes back finds its locks gone",
+                ])
+            }
+        }
+    }
+
     /// Applies and replicates one mutation (not a write), on the mutation path.
     private func journal(_ operation: Operation, session: UInt64, sequence: UInt64) throws -> (reply: Reply, position: UInt64) {
         let applied = try store.apply(operation, session: session, requestSequence: sequence)
@@ -633,6 +706,7 @@ final class ClientConnectionHandler: ChannelInboundHandler, @unchecked Sendable 
 
     func channelInactive(context: ChannelHandlerContext) {
         helloDeadline?.cancel()
+        if welcomed, purpose == .clients, let session { server.sessionDisconnected(session) }
         admission.closed(context.channel, welcomed: welcomed)
         context.fireChannelInactive()
     }
@@ -702,6 +776,12 @@ final class ClientConnectionHandler: ChannelInboundHandler, @unchecked Sendable 
                 return
             }
             welcomed = true
+            if purpose == .clients, self.session != session {
+                // A second hello on the connection may name another session: the first one's connection ends here.
+                if let earlier = self.session { server.sessionDisconnected(earlier) }
+                server.sessionConnected(session, client: peer.map { "\($0.name) at \(context.remoteAddress.map { "\($0)" } ?? "?")" }
+                                        ?? context.remoteAddress.map { "\($0)" } ?? "?")
+            }
             self.session = session
             context.write(wrapOutboundOut(Message.welcome(epoch: server.epoch).frame(allocator: context.channel.allocator)), promise: nil)
             if version >= 2, purpose == .clients, !server.exportAddresses.isEmpty {
@@ -717,6 +797,7 @@ final class ClientConnectionHandler: ChannelInboundHandler, @unchecked Sendable 
                 return
             }
             if readOnly, operation.modifiesExport { return answerReadOnly(context, sequence) }
+            if case .releaseSessionLocks = operation { return answer(context, sequence, .EPERM) }
             server.handle(operation.inSession(session), session: session, sequence: sequence, oldestUnanswered: oldest,
                           squashedTo: server.squash.squashed(caller, scope: squashScope), channel: context.channel, order: order)
         case .probe(let key):
@@ -735,8 +816,11 @@ final class ClientConnectionHandler: ChannelInboundHandler, @unchecked Sendable 
     }
 
     /// A change asked by a client of the export's read-only list: refused before it reaches the journal.
-    private func answerReadOnly(_ context: ChannelHandlerContext, _ sequence: UInt64) {
-        let reply = Message.reply(sequence: sequence, epoch: server.epoch, .error(.EROFS))
+    private func answerReadOnly(_ context: ChannelHandlerContext, _ sequence: UInt64) { answer(context, sequence, .EROFS) }
+
+    /// Refused before it reaches the journal.
+    private func answer(_ context: ChannelHandlerContext, _ sequence: UInt64, _ errno: Errno) {
+        let reply = Message.reply(sequence: sequence, epoch: server.epoch, .error(errno))
         context.writeAndFlush(wrapOutboundOut(reply.frame(allocator: context.channel.allocator)), promise: nil)
     }
 

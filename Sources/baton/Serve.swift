@@ -80,6 +80,11 @@ struct Serve: ParsableCommand {
     @Option(help: "The gid a squashed caller acts as (NFS's anongid).")
     var anongid: UInt32 = Credentials.nobody.gid
 
+    @Option(name: .customLong("lock-lease-ms"), help: ArgumentHelp(
+        "How long a client session holding locks may have no connection before its locks are released (ms).",
+        discussion: "A client that comes back in time (after a failover, a network blip) keeps them."))
+    var lockLeaseMilliseconds = ExportConfiguration.defaultLockLeaseMilliseconds
+
     @Option(name: .customLong("root-client"), help: "A client whose root keeps its root under --squash root, by certificate name or pattern (repeatable; TLS only).")
     var rootClients: [String] = []
 
@@ -137,6 +142,9 @@ struct Serve: ParsableCommand {
         if monitorListen != nil && secretFile == nil { throw ValidationError("--monitor-listen needs --secret-file") }
         guard [tlsCert, tlsKey, tlsCa].allSatisfy({ $0 == nil }) || [tlsCert, tlsKey, tlsCa].allSatisfy({ $0 != nil }) else {
             throw ValidationError("TLS needs all three of --tls-cert, --tls-key and --tls-ca (or none of them for plain TCP)")
+        }
+        guard ExportConfiguration.lockLeaseRange.contains(lockLeaseMilliseconds) else {
+            throw ValidationError("--lock-lease-ms must be from \(ExportConfiguration.lockLeaseRange.lowerBound) to \(ExportConfiguration.lockLeaseRange.upperBound)")
         }
         guard Squash.Scope(rawValue: squash) != nil else { throw ValidationError("--squash is root, all or none, not '\(squash)'") }
         if !rootClients.isEmpty, tlsCert == nil {
@@ -243,6 +251,7 @@ struct Serve: ParsableCommand {
         server.exportAddresses = Array(exportAddresses.prefix(Message.maxExportAddresses))
         server.multipath = multipath
         if !(self.clients.isEmpty && readOnlyClients.isEmpty) { server.access = ClientAccess(readWrite: self.clients, readOnly: readOnlyClients) }
+        server.lockLease = .milliseconds(Int64(lockLeaseMilliseconds))
         server.squash = Squash(scope: Squash.Scope(rawValue: squash)!, anonymous: Credentials(uid: anonuid, gid: anongid),
                                rootClients: rootClients)
         if goAlone { server.continueWithoutStandby() }

@@ -131,6 +131,7 @@ final class ClusterConfigurationTests: XCTestCase {
             anonuid = 500
             anongid = 600
             root_clients = ["admin-*"]
+            lock_lease_ms = 5_000
             """
         let configuration = try ClusterConfiguration.parse(text)
         XCTAssertEqual(configuration.secretFile, "/etc/baton/secret")
@@ -155,7 +156,8 @@ final class ClusterConfigurationTests: XCTestCase {
         XCTAssertEqual(configuration.exports, [
             ExportConfiguration(name: "projects", preferredNode: "b", port: 7000, monitorPort: 7500, replication: .async),
             ExportConfiguration(name: "home", preferredNode: "a", port: 7001, monitorPort: 7501, replication: .sync,
-                                squash: Squash(scope: .root, anonymous: Credentials(uid: 500, gid: 600), rootClients: ["admin-*"])),
+                                squash: Squash(scope: .root, anonymous: Credentials(uid: 500, gid: 600), rootClients: ["admin-*"]),
+                                lockLeaseMilliseconds: 5000),
         ])
     }
 
@@ -244,9 +246,9 @@ final class ClusterConfigurationTests: XCTestCase {
         XCTAssertEqual(failure(edited("name = \"a\"", "name = \"a\"\nnmae = \"x\"")),
                        "cluster file line 5, column 1: node \"a\": unknown key 'nmae' (did you mean 'name'?); a [[nodes]] table takes name, site, agent, paths, data_dir and metrics")
         XCTAssertEqual(failure(edited("port = 7000", "port = 7000\nmode = \"sync\"")),
-                       "cluster file line 17, column 1: export \"demo\": unknown key 'mode'; a [[exports]] table takes name, preferred, port, monitor_port, replication, clients, read_only_clients, squash, anonuid, anongid and root_clients")
+                       "cluster file line 17, column 1: export \"demo\": unknown key 'mode'; a [[exports]] table takes name, preferred, port, monitor_port, replication, clients, read_only_clients, squash, anonuid, anongid, root_clients and lock_lease_ms")
         XCTAssertEqual(failure(edited("port = 7000", "port = 7000\nreplicaton = \"sync\"")),
-                       "cluster file line 17, column 1: export \"demo\": unknown key 'replicaton' (did you mean 'replication'?); a [[exports]] table takes name, preferred, port, monitor_port, replication, clients, read_only_clients, squash, anonuid, anongid and root_clients")
+                       "cluster file line 17, column 1: export \"demo\": unknown key 'replicaton' (did you mean 'replication'?); a [[exports]] table takes name, preferred, port, monitor_port, replication, clients, read_only_clients, squash, anonuid, anongid, root_clients and lock_lease_ms")
         XCTAssertEqual(failure(base + "[timings]\nprobe_interval = 100\n"),
                        "cluster file line 18, column 1: [timings]: unknown key 'probe_interval' (did you mean 'probe_interval_ms'?); [timings] takes probe_interval_ms, probe_deadline_ms, probe_misses, heartbeat_interval_ms, heartbeat_grace_ms, agent_heartbeat_interval_ms, agent_heartbeat_grace_ms, selffence_delay_ms, takeover_delay_ms and standby_wait_limit_ms")
         XCTAssertEqual(failure("debug = true\n" + base),

@@ -30,7 +30,7 @@ final class CodecTests: XCTestCase {
                                       range: LockTable.Range(start: 10, end: 19), pid: 77)),
         .setLock(2, LockTable.Request(owner: LockTable.Owner(session: 3, owner: 4), family: .flock, kind: nil,
                                       range: .wholeFile, pid: 77), wait: true),
-        .releaseLocks(2, owner: LockTable.Owner(session: 3, owner: .max), family: .fcntl),
+        .releaseLocks(2, owner: LockTable.Owner(session: 3, owner: .max), family: .fcntl), .releaseSessionLocks(session: 9),
     ]
 
     static let attributes = FileAttributes(inode: 5, generation: 1, mode: Mode.regular | 0o644, linkCount: 1, uid: 1, gid: 2,

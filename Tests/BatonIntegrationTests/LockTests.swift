@@ -39,6 +39,30 @@ final class LockTests: XCTestCase {
         XCTAssertEqual(try locker.run("flock-try", second.mountpoint + "/spool"), "got")
     }
 
+    /// A client that dies holding a lock (its mount SIGKILLed: no close, no
+    /// release) loses it once its session has had no connection for the
+    /// lock lease, and the server logs which locks went.
+    func testADeadClientsLocksAreReleasedAfterTheLease() throws {
+        let directory = try temporaryDirectory(self)
+        let server = try ServerProcess(self, export: "export", data: directory + "/data", extraArguments: ["--lock-lease-ms", "1000"])
+        let doomed = try MountProcess(self, source: "export@\(server.address)", mountpoint: directory + "/doomed")
+        let survivor = try MountProcess(self, source: "export@\(server.address)", mountpoint: directory + "/survivor")
+        let locker = try LockScript(self, in: directory)
+        let holder = try locker.start("hold", doomed.mountpoint + "/db")
+        try holder.waitForLine("locked")
+        XCTAssertEqual(try locker.run("try", survivor.mountpoint + "/db"), "EAGAIN")
+        kill(doomed.process.processIdentifier, SIGKILL)
+        doomed.process.waitUntilExit()
+        let deadline = Date().addingTimeInterval(20)
+        while try locker.run("try", survivor.mountpoint + "/db") != "got" {
+            guard Date() < deadline else { return XCTFail("the dead client's lock was never released") }
+            usleep(100_000)
+        }
+        XCTAssertEqual(server.terminate(), 0)
+        let log = server.log
+        XCTAssertTrue(log.contains("a client's locks released") && log.contains("0-99"), log)
+    }
+
     /// The lock table is journaled: the new server after a SIGSTOP failover
     /// knows the lock at once (no grace period), and the waiter on the other
     /// client, sent again to the new server, gets it after the release.

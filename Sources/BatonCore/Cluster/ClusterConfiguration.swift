@@ -170,10 +170,16 @@ public struct ExportConfiguration: Hashable, Sendable {
     public var access: ClientAccess
     /// Which callers act as the anonymous user (NFS's root_squash by default).
     public var squash: Squash
+    /// How long a client session holding locks may have no connection to the
+    /// server before its locks are released (its mount or machine is gone).
+    public var lockLeaseMilliseconds: Int
+    public static let defaultLockLeaseMilliseconds = 30_000
+    public static let lockLeaseRange = 1_000...3_600_000
 
     /// `monitorPort` defaults to the port after `port`.
     public init(name: String, preferredNode: String, port: Int, monitorPort: Int? = nil, replication: ReplicationMode = .sync,
-                access: ClientAccess = .everyone, squash: Squash = .rootToNobody) {
+                access: ClientAccess = .everyone, squash: Squash = .rootToNobody,
+                lockLeaseMilliseconds: Int = defaultLockLeaseMilliseconds) {
         self.name = name
         self.preferredNode = preferredNode
         self.port = port
@@ -181,6 +187,7 @@ public struct ExportConfiguration: Hashable, Sendable {
         self.replication = replication
         self.access = access
         self.squash = squash
+        self.lockLeaseMilliseconds = lockLeaseMilliseconds
     }
 }
 

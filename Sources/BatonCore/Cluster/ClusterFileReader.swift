@@ -156,15 +156,23 @@ enum ClusterFileReader {
         if let uid = try reader.integer("anonuid") { squash.anonymous.uid = try identity(uid, "anonuid", reader, table) }
         if let gid = try reader.integer("anongid") { squash.anonymous.gid = try identity(gid, "anongid", reader, table) }
         squash.rootClients = try reader.strings("root_clients", like: "[\"admin-host\"]") ?? []
+        let lockLease = try reader.integer("lock_lease_ms") ?? ExportConfiguration.defaultLockLeaseMilliseconds
+        guard ExportConfiguration.lockLeaseRange.contains(lockLease) else {
+            let place = table["lock_lease_ms"]!.value.position
+            throw ClusterConfigurationError(
+                "\(reader.subject): lock_lease_ms must be from \(ExportConfiguration.lockLeaseRange.lowerBound) to "
+                    + "\(ExportConfiguration.lockLeaseRange.upperBound) (how long a client with locks may be away before they are released); found \(lockLease)",
+                line: place.line, column: place.column)
+        }
         // Without lists every client of the CA may write; with read-only clients only, only they may mount.
         let access = clients == nil && readOnlyClients == nil
             ? ClientAccess.everyone : ClientAccess(readWrite: clients ?? [], readOnly: readOnlyClients ?? [])
         return ExportConfiguration(name: name, preferredNode: preferred, port: port, monitorPort: monitorPort,
-                                   replication: replication, access: access, squash: squash)
+                                   replication: replication, access: access, squash: squash, lockLeaseMilliseconds: lockLease)
     }
 
     private static let exportKeys = ["name", "preferred", "port", "monitor_port", "replication", "clients", "read_only_clients",
-                                     "squash", "anonuid", "anongid", "root_clients"]
+                                     "squash", "anonuid", "anongid", "root_clients", "lock_lease_ms"]
 
     /// A uid or gid: 0 to 2^32 - 2 (2^32 - 1 is chown's "leave it").
     private static func identity(_ number: Int, _ key: String, _ reader: TableReader,

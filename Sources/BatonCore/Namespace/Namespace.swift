@@ -198,6 +198,9 @@ public struct Namespace: Sendable {
             _ = try existing(ino)
             locks.release(ino, owner: owner, family: family)
             return .done
+        case .releaseSessionLocks(let session):
+            locks.releaseSession(session)
+            return .done
         case .forget(let ino):
             if isOrphan(ino) {
                 locks.forget(ino)

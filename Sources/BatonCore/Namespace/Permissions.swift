@@ -12,7 +12,8 @@ extension Namespace {
     public func permissionProblem(_ operation: Operation, by caller: Credentials) -> Errno? {
         if caller.uid == 0 { return nil }
         switch operation {
-        case .getattr, .readlink, .statfs, .listxattr, .fsync, .release, .write, .forget, .getLock, .setLock, .releaseLocks:
+        case .getattr, .readlink, .statfs, .listxattr, .fsync, .release, .write, .forget, .getLock, .setLock, .releaseLocks,
+             .releaseSessionLocks:
             // A lock goes through a descriptor: the client's kernel checked its access mode.
             // Attributes are for anyone who found the inode; a write's handle is checked as it is applied.
             return nil
