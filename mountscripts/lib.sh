@@ -285,6 +285,31 @@ bg_stop() {
   cleanup_forget pid "$1"
 }
 
+# passthrough_ll_build OUTDIR LOGFILE: compiles libfuse's passthrough_ll
+# example from libfuse3-dev's documentation (Debian may ship the examples
+# gzipped) into OUTDIR, prints the binary's path: the cost of FUSE itself.
+passthrough_ll_build() {
+  local src dir f out="$1" logf="$2"
+  src="$(dpkg -L libfuse3-dev 2>/dev/null | grep -E '/passthrough_ll\.c(\.gz)?$' | head -n1 || true)"
+  [[ -n "$src" ]] || die "passthrough_ll.c not found in libfuse3-dev: run mountscripts/install-deps"
+  dir="$(dirname "$src")"
+  mkdir -p "$out"
+  # passthrough_ll.c includes "passthrough_helpers.h" from its own directory.
+  for f in passthrough_ll.c passthrough_helpers.h; do
+    if [[ -f "$dir/$f" ]]; then
+      cp -- "$dir/$f" "$out/$f"
+    elif [[ -f "$dir/$f.gz" ]]; then
+      gzip -dc -- "$dir/$f.gz" >"$out/$f"
+    else
+      die "$dir/$f not found"
+    fi
+  done
+  # shellcheck disable=SC2046 # pkg-config output is meant to be split
+  gcc -O2 -Wall -o "$out/passthrough_ll" "$out/passthrough_ll.c" $(pkg-config --cflags --libs fuse3) >"$logf" 2>&1 ||
+    die "compiling passthrough_ll failed: see $logf"
+  printf '%s\n' "$out/passthrough_ll"
+}
+
 # fuse_start LOGFILE MOUNTPOINT CMD [ARGS...]: starts a FUSE daemon that stays
 # in the foreground (so its pid is known: pass -f), registers the daemon and
 # the mount, waits for the mount (at most FUSE_MOUNT_TIMEOUT s, default 15; at
