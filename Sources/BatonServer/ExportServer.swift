@@ -100,18 +100,11 @@ public final class ExportServer: @unchecked Sendable {
     private var waitingLocks: [UInt64: WaitingLock] = [:]
     private var nextWaiterID: UInt64 = 1
 
-    /// How long a client session with locks may stay without a connection
-    /// before its locks are released (its mount or machine is gone); set before `start`.
+    /// How long a client session with locks may go unheard (no renewal, or
+    /// for an older client no connection) before its locks are released (its
+    /// mount or machine is gone, stopped or cut off); set before `start`.
     public var lockLease = TimeAmount.seconds(30)
-    /// Which client sessions have a connection open, and since when the others have had none.
-    private let presence = NIOLockedValueBox(SessionPresence())
-
-    private struct SessionPresence {
-        var connections: [UInt64: Int] = [:]
-        var awaySince: [UInt64: NIODeadline] = [:]
-        /// Who each session was, for the log line that releases its locks.
-        var clients: [UInt64: String] = [:]
-    }
+    private let leases = NIOLockedValueBox(LockLeases(lease: .zero))
 
     private struct WaitingLock {
         var session: UInt64
@@ -194,7 +187,10 @@ public final class ExportServer: @unchecked Sendable {
         }
         listener = try bind(clients, bootstrap(group: network, for: .clients))
         replication?.start()
-        network.next().scheduleRepeatedTask(initialDelay: .seconds(1), delay: .seconds(1)) { [weak self] _ in self?.expireLockLeases() }
+        leases.withLockedValue { $0 = LockLeases(lease: TimeSpan(nanoseconds: UInt64(lockLease.nanoseconds))) }
+        // A sweep every tenth of the lease (at least every second): a lease runs out at most that late.
+        let sweep = TimeAmount.nanoseconds(min(lockLease.nanoseconds / 10, TimeAmount.seconds(1).nanoseconds))
+        network.next().scheduleRepeatedTask(initialDelay: sweep, delay: sweep) { [weak self] _ in self?.expireLockLeases() }
         let bound = (clients: boundAddress(listener!, clients.address), monitor: monitorListener.map { boundAddress($0, monitor!.address) })
         logger.info("export server listening", metadata: [
             "export": "\(exportName)", "address": "\(bound.clients)", "monitorAddress": "\(bound.monitor.map { "\($0)" } ?? "none")",
@@ -384,6 +380,7 @@ public final class ExportServer: @unchecked Sendable {
             if let cached = store.cachedReply(session: session, request: sequence) { return LockAnswers(own: (cached, store.appliedSequence)) }
             if case .setLock(let ino, let request, let wait) = operation, store.withNamespace({ $0.attributes(of: ino) }) != nil {
                 var table = store.withNamespace { $0.locks }
+                if table.hasLost(session, ino) { return LockAnswers(own: (.error(.EIO), 0)) }
                 if !wait {
                     if table.conflict(ino, with: request) != nil { return LockAnswers(own: (.error(.EAGAIN), 0)) }
                 } else if let id = waitingLocks.first(where: { $0.value.session == session && $0.value.sequence == sequence })?.key {
@@ -444,61 +441,47 @@ public final class ExportServer: @unchecked Sendable {
         return woken
     }
 
-    func sessionConnected(_ session: UInt64, client: String) {
-        presence.withLockedValue { presence in
-            presence.connections[session, default: 0] += 1
-            presence.awaySince[session] = nil
-            presence.clients[session] = client
-        }
+    func sessionConnected(_ session: UInt64, client: String, renews: Bool) {
+        leases.withLockedValue { $0.connected(session, client: client, renews: renews, at: Self.now()) }
+    }
+
+    func sessionRenewed(_ session: UInt64) {
+        leases.withLockedValue { $0.renewed(session, at: Self.now()) }
     }
 
     func sessionDisconnected(_ session: UInt64) {
-        presence.withLockedValue { presence in
-            presence.connections[session, default: 1] -= 1
-            guard presence.connections[session] == 0 else { return }
-            presence.connections[session] = nil
-            presence.awaySince[session] = .now()
-        }
+        leases.withLockedValue { $0.disconnected(session, at: Self.now()) }
     }
 
-    /// Releases the locks of every session that has held some without a
-    /// connection for the lease: a client that comes back in time (after a
-    /// failover, a network blip) keeps them; a dead one does not keep others
-    /// waiting forever. A session first seen here (its locks came with the
-    /// journal, from the server before a failover) gets a whole lease.
+    private static func now() -> Instant { Instant(nanoseconds: NIODeadline.now().uptimeNanoseconds) }
+
+    /// Releases the locks of every session unheard for the lease
+    /// (`LockLeases`): a client that comes back in time (after a failover, a
+    /// network blip) keeps them; a dead, stopped or cut-off one does not keep
+    /// others waiting forever, and is told when it comes back (`LockTable.lost`).
     private func expireLockLeases() {
         let holders = store.withNamespace { namespace in Set(namespace.locks.locks.values.joined().map(\.owner.session)) }
-        let now = NIODeadline.now()
-        let expired = presence.withLockedValue { presence -> [(UInt64, String)] in
-            var expired: [(UInt64, String)] = []
-            for session in holders where presence.connections[session] == nil {
-                guard let since = presence.awaySince[session] else {
-                    presence.awaySince[session] = now
-                    continue
-                }
-                guard since + lockLease <= now else { continue }
-                presence.awaySince[session] = now
-                expired.append((session, presence.clients[session] ?? "a client of the server before"))
-            }
-            return expired
-        }
+        let expired = leases.withLockedValue { $0.expired(holders: holders, at: Self.now()) }
         for (session, client) in expired {
             mutations.runOnMutationThread { [self] in
-                guard !failed, presence.withLockedValue({ $0.connections[session] == nil }) else { return }
+                guard !failed else { return }
                 let released = store.withNamespace { namespace in
                     namespace.locks.locks.flatMap { inode, held in held.filter { $0.owner.session == session }.map { "inode \(inode): \($0)" } }
                 }
                 for waiter in lockWaiters.cancelSession(session) { waitingLocks[waiter.id] = nil }
+                let woken: [(channel: Channel, sequence: UInt64, reply: Reply, position: UInt64, meter: RequestMeter)]
                 do {
-                    _ = try journal(.releaseSessionLocks(session: session), session: 0, sequence: 0)
+                    _ = try journal(.expireSessionLocks(session: session), session: 0, sequence: 0)
+                    woken = try grantWaitingLocks()
                 } catch {
                     return fail(error)
                 }
-                logger.warning("a client's locks released: its session had no connection for the lock lease", metadata: [
+                logger.warning("a client's locks released: its session was not heard from for the lock lease", metadata: [
                     "export": "\(exportName)", "session": "\(session)", "client": "\(client)", "lease": "\(lockLease)",
                     "locks": "\(released.prefix(10).joined(separator: "; "))\(released.count > 10 ? "; and \(released.count - 10) more" : "")",
-                    "action": "none if the client is gone; a client that comes back finds its locks gone",
+                    "action": "none if the client is gone; if it comes back, its next lock request or write on those files answers EIO until it closes them",
                 ])
+                for answer in woken { answerAfterReplication(answer.channel, answer.sequence, answer.reply, position: answer.position, answer.meter) }
             }
         }
     }
@@ -519,6 +502,8 @@ public final class ExportServer: @unchecked Sendable {
             if failed { return (.error(.EIO), 0) }
             store.forgetReplies(session: session, below: oldestUnanswered)
             if let cached = store.cachedReply(session: session, request: sequence) { return (cached, store.appliedSequence) }
+            // A client that lost its locks on the file to its lease is told, not let write as if it held them.
+            if store.withNamespace({ $0.locks.hasLost(session, ino) }) { return (.error(.EIO), 0) }
             do {
                 let applied = try data.withUnsafeReadableBytes { bytes in
                     let applied = try store.applyWrite(ino, handle: handle, offset: offset, data: bytes, session: session,
@@ -780,13 +765,17 @@ final class ClientConnectionHandler: ChannelInboundHandler, @unchecked Sendable 
                 // A second hello on the connection may name another session: the first one's connection ends here.
                 if let earlier = self.session { server.sessionDisconnected(earlier) }
                 server.sessionConnected(session, client: peer.map { "\($0.name) at \(context.remoteAddress.map { "\($0)" } ?? "?")" }
-                                        ?? context.remoteAddress.map { "\($0)" } ?? "?")
+                                        ?? context.remoteAddress.map { "\($0)" } ?? "?", renews: version >= Message.leaseVersion)
             }
             self.session = session
             context.write(wrapOutboundOut(Message.welcome(epoch: server.epoch).frame(allocator: context.channel.allocator)), promise: nil)
             if version >= 2, purpose == .clients, !server.exportAddresses.isEmpty {
                 let addresses = Message.exportAddresses(server.exportAddresses, multipath: server.multipath)
                 context.write(wrapOutboundOut(addresses.frame(allocator: context.channel.allocator)), promise: nil)
+            }
+            if version >= Message.leaseVersion, purpose == .clients {
+                let lease = Message.lockLease(milliseconds: UInt32(clamping: server.lockLease.nanoseconds / 1_000_000))
+                context.write(wrapOutboundOut(lease.frame(allocator: context.channel.allocator)), promise: nil)
             }
             context.flush()
             if purpose == .clients { server.welcomed() }
@@ -797,9 +786,12 @@ final class ClientConnectionHandler: ChannelInboundHandler, @unchecked Sendable 
                 return
             }
             if readOnly, operation.modifiesExport { return answerReadOnly(context, sequence) }
-            if case .releaseSessionLocks = operation { return answer(context, sequence, .EPERM) }
+            if case .expireSessionLocks = operation { return answer(context, sequence, .EPERM) }
             server.handle(operation.inSession(session), session: session, sequence: sequence, oldestUnanswered: oldest,
                           squashedTo: server.squash.squashed(caller, scope: squashScope), channel: context.channel, order: order)
+        case .leaseRenewal:
+            guard purpose == .clients, welcomed, let session else { return refuse(context, .malformed, "a lease renewal before hello") }
+            server.sessionRenewed(session)
         case .probe(let key):
             guard purpose == .monitor else { return refuse(context, .malformed, "a probe on the clients' port; monitors connect to the monitor port") }
             guard session != nil else { return refuse(context, .malformed, "probe before hello") }

@@ -30,7 +30,7 @@ final class CodecTests: XCTestCase {
                                       range: LockTable.Range(start: 10, end: 19), pid: 77)),
         .setLock(2, LockTable.Request(owner: LockTable.Owner(session: 3, owner: 4), family: .flock, kind: nil,
                                       range: .wholeFile, pid: 77), wait: true),
-        .releaseLocks(2, owner: LockTable.Owner(session: 3, owner: .max), family: .fcntl), .releaseSessionLocks(session: 9),
+        .releaseLocks(2, owner: LockTable.Owner(session: 3, owner: .max), family: .fcntl), .expireSessionLocks(session: 9),
     ]
 
     static let attributes = FileAttributes(inode: 5, generation: 1, mode: Mode.regular | 0o644, linkCount: 1, uid: 1, gid: 2,
@@ -52,6 +52,7 @@ final class CodecTests: XCTestCase {
             .refused(.notActive, detail: "standby"),
             .exportAddresses([HostAndPort(host: "198.18.1.1", port: 7000), HostAndPort(host: "::1", port: 7000)], multipath: true), .exportAddresses([], multipath: false),
             .heartbeat(epoch: 3, sequence: 9), .heartbeat(epoch: 3, sequence: 9, alone: true),
+            .lockLease(milliseconds: 30_000), .leaseRenewal,
             .probe(key: [UInt8](repeating: 7, count: ChallengeMAC.keyBytes)),
             .agentRequest(.status), .agentRequest(.fence(export: "projects", epoch: 4)), .agentRequest(.migrate(export: "projects")),
             .agentRequest(.handOver(export: "projects", epoch: 4)), .agentRequest(.forceServe(export: "projects")),

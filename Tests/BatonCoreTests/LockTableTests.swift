@@ -98,7 +98,7 @@ final class LockTableTests: XCTestCase {
         XCTAssertEqual(table.apply(file + 1, request(carol, .shared, 0, 0)), .granted)
         table.release(file, owner: bob, family: .fcntl)
         XCTAssertEqual(held(table), ["2/100 exclusive 0-EOF", "2/200 shared 20-29"], "flush released a flock lock or another owner's")
-        XCTAssertEqual(table.releaseSession(2), [file, file + 1])
+        XCTAssertEqual(table.expireSession(2), [file, file + 1])
         XCTAssertTrue(table.isEmpty)
     }
 
@@ -143,19 +143,54 @@ final class LockTableTests: XCTestCase {
         XCTAssertEqual(waiters.request(.init(id: 3, inode: file, request: request(carol, .exclusive, 0, 0)), in: &table), .waits)
     }
 
+    /// A renewing client keeps its locks only while it renews, connection or
+    /// not (a stopped client's connection lingers); an older one while it is connected.
     func testALeaseRunsOutOnlyWithoutRenewal() {
         var leases = LockLeases(lease: .milliseconds(5000))
         let start = Instant(nanoseconds: 1_000_000_000)
-        leases.renew(1, at: start)
-        leases.renew(2, at: start)
-        leases.renew(2, at: start + .milliseconds(4000))
-        XCTAssertEqual(leases.expired(at: start + .milliseconds(5000)), [], "expired at the lease, not past it")
-        XCTAssertEqual(leases.expired(at: start + .milliseconds(5001)), [1])
-        XCTAssertEqual(leases.expired(at: start + .milliseconds(5001)), [], "reported twice")
-        XCTAssertEqual(leases.expired(at: start + .milliseconds(9001)), [2])
-        leases.renew(3, at: start)
-        leases.forget(3)
-        XCTAssertEqual(leases.expired(at: start + .milliseconds(60_000)), [])
+        func at(_ ms: UInt64) -> Instant { start + .milliseconds(ms) }
+        leases.connected(1, client: "renewing", renews: true, at: start)
+        leases.connected(2, client: "old", renews: false, at: start)
+        leases.renewed(1, at: at(4000))
+        XCTAssertTrue(leases.expired(holders: [1, 2], at: at(8999)).isEmpty, "expired before the lease ran out")
+        XCTAssertEqual(leases.expired(holders: [1, 2], at: at(9000)).map(\.session), [1], "a connected client that stopped renewing kept its locks")
+        XCTAssertEqual(leases.expired(holders: [1, 2], at: at(9000)).map(\.session), [], "reported twice")
+        XCTAssertTrue(leases.expired(holders: [1, 2], at: at(60_000)).map(\.session) == [1], "a new lease after the release did not run out")
+        XCTAssertTrue(leases.expired(holders: [2], at: at(600_000)).isEmpty, "an old client's lease ran out while it was connected")
+        leases.disconnected(2, at: at(600_000))
+        XCTAssertTrue(leases.expired(holders: [2], at: at(604_999)).isEmpty)
+        XCTAssertEqual(leases.expired(holders: [2], at: at(605_000)).map(\.client), ["old"])
+    }
+
+    /// Locks that came with the journal (a failover) get a whole lease from
+    /// the first look; a session with no locks and no connection is forgotten.
+    func testASessionFirstSeenWithLocksGetsAWholeLease() {
+        var leases = LockLeases(lease: .milliseconds(1000))
+        XCTAssertTrue(leases.expired(holders: [7], at: Instant(nanoseconds: 50_000_000_000)).isEmpty)
+        XCTAssertEqual(leases.client(of: 7), "a client of the server before")
+        leases.connected(7, client: "back", renews: true, at: Instant(nanoseconds: 50_500_000_000))
+        XCTAssertTrue(leases.expired(holders: [7], at: Instant(nanoseconds: 51_400_000_000)).isEmpty, "the reconnection did not renew")
+        XCTAssertEqual(leases.expired(holders: [7], at: Instant(nanoseconds: 51_500_000_000)).map(\.client), ["back"])
+        leases.disconnected(7, at: Instant(nanoseconds: 52_000_000_000))
+        _ = leases.expired(holders: [], at: Instant(nanoseconds: 52_000_000_000))
+        XCTAssertNil(leases.client(of: 7), "a session with nothing left stayed in memory")
+    }
+
+    /// A session that lost its locks to its lease is told on the file until it lets go of it.
+    func testLocksLostToTheLeaseMarkTheFileUntilItsOwnerLetsGo() {
+        var table = LockTable()
+        XCTAssertEqual(table.apply(file, request(bob, .exclusive, 0, 9)), .granted)
+        XCTAssertEqual(table.apply(file + 1, request(carol, .shared, 0, 0)), .granted)
+        XCTAssertEqual(table.apply(file + 2, request(alice, .shared, 0, 0)), .granted)
+        XCTAssertEqual(table.expireSession(2), [file, file + 1])
+        XCTAssertTrue(table.hasLost(2, file) && table.hasLost(2, file + 1))
+        XCTAssertFalse(table.hasLost(1, file + 2), "another session's file was marked")
+        XCTAssertEqual(held(table), [])
+        table.release(file, owner: carol, family: .fcntl)
+        XCTAssertFalse(table.hasLost(2, file), "letting go of the file kept it marked")
+        XCTAssertTrue(table.hasLost(2, file + 1))
+        table.forget(file + 1)
+        XCTAssertTrue(table.lost.isEmpty, "a freed file stayed marked: \(table.lost)")
     }
 
     /// Random requests of three owners, checked byte by byte against a model

@@ -420,6 +420,16 @@ final class NamespaceTests: XCTestCase {
         let restored = try Namespace(checkpoint: d.namespace.checkpoint())
         XCTAssertEqual(restored.locks, d.namespace.locks, "the checkpoint lost the locks")
 
+        // Session 2's lease ran out: its lock requests on the file answer EIO until it lets go.
+        _ = d.ok(.expireSessionLocks(session: 2))
+        XCTAssertEqual(d.namespace.query(.getLock(ino, request(2, .shared, 0, 0))), .error(.EIO))
+        d.fails(.setLock(ino, request(2, .shared, 300, 300), wait: false), .EIO)
+        XCTAssertEqual(d.replayed(), d.namespace)
+        XCTAssertEqual(try Namespace(checkpoint: d.namespace.checkpoint()).locks, d.namespace.locks, "the checkpoint lost the lost marks")
+        _ = d.ok(.releaseLocks(ino, owner: LockTable.Owner(session: 2, owner: 9), family: .fcntl))
+        _ = d.ok(.setLock(ino, request(2, .shared, 300, 300), wait: false))
+        _ = d.ok(.releaseLocks(ino, owner: LockTable.Owner(session: 2, owner: 9), family: .fcntl))
+
         _ = d.ok(.releaseLocks(ino, owner: LockTable.Owner(session: 1, owner: 9), family: .fcntl))
         XCTAssertEqual(d.namespace.query(.getLock(ino, request(2, .exclusive, 0, 99))), .lock(nil))
         _ = d.ok(.unlink(parent: rootInode, name: FileName("db")))
@@ -427,9 +437,9 @@ final class NamespaceTests: XCTestCase {
         _ = d.ok(.forget(ino))
         XCTAssertTrue(d.namespace.locks.isEmpty, "a freed file's locks stay: \(d.namespace.locks)")
 
-        // Version 1 wrote no lock table after the reply cache.
+        // Version 1 wrote no lock table (two counts, locks and lost marks) after the reply cache.
         var old = NamespaceDriver().namespace.checkpoint()
-        old.removeLast(8)
+        old.removeLast(16)
         withUnsafeBytes(of: UInt32(1).littleEndian) { for i in 0..<4 { old[16 + i] = $0[i] } }
         withUnsafeBytes(of: UInt64(old.count - 16).littleEndian) { for i in 0..<8 { old[4 + i] = $0[i] } }
         let crc = old.withUnsafeBytes { CRC32C.checksum(UnsafeRawBufferPointer(rebasing: $0[16...])) }

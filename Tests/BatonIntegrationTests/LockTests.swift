@@ -63,6 +63,42 @@ final class LockTests: XCTestCase {
         XCTAssertTrue(log.contains("a client's locks released") && log.contains("0-99"), log)
     }
 
+    /// A client that stops (its mount SIGSTOPped: the connection stays open,
+    /// nothing is sent) loses its lock once it has not renewed it for the
+    /// lease; the other mount's waiter is woken by that release. When the
+    /// client goes on, its next lock request on the file answers EIO (it is
+    /// told, never left believing it holds the lock) until it closes the file.
+    func testAStoppedClientLosesItsLocksAfterTheLeaseAndIsToldWhenItComesBack() throws {
+        let directory = try temporaryDirectory(self)
+        let server = try ServerProcess(self, export: "export", data: directory + "/data", extraArguments: ["--lock-lease-ms", "1000"])
+        let stopped = try MountProcess(self, source: "export@\(server.address)", mountpoint: directory + "/stopped")
+        let other = try MountProcess(self, source: "export@\(server.address)", mountpoint: directory + "/other")
+        let locker = try LockScript(self, in: directory)
+        let holder = try locker.start("hold", stopped.mountpoint + "/db")
+        try holder.waitForLine("locked")
+        holder.askAgain()
+        try holder.waitForLine("got")
+        let waiter = try locker.start("wait", other.mountpoint + "/db")
+        try waiter.waitUntilBlockedOnTheMount()
+
+        kill(stopped.process.processIdentifier, SIGSTOP)
+        defer { kill(stopped.process.processIdentifier, SIGCONT) }
+        try waiter.waitForLine("got", timeout: 30)
+        waiter.release()
+        kill(stopped.process.processIdentifier, SIGCONT)
+        holder.askAgain()
+        let deadline = Date().addingTimeInterval(15)
+        while holder.count("got") + holder.count("EIO") < 2 {
+            guard Date() < deadline else { return XCTFail("the holder's second ask was not answered") }
+            usleep(20_000)
+        }
+        XCTAssertEqual(holder.count("EIO"), 1, "a client that lost its lock to the lease was not told")
+        holder.release()
+        XCTAssertEqual(try locker.run("try", stopped.mountpoint + "/db"), "got", "closing the file did not end the lost mark")
+        XCTAssertEqual(server.terminate(), 0)
+        XCTAssertTrue(server.log.contains("was not heard from for the lock lease"), server.log)
+    }
+
     /// The lock table is journaled: the new server after a SIGSTOP failover
     /// knows the lock at once (no grace period), and the waiter on the other
     /// client, sent again to the new server, gets it after the release.
@@ -97,7 +133,7 @@ private struct LockScript {
         self.test = test
         path = directory + "/locker.py"
         try """
-            import fcntl, os, struct, sys
+            import errno, fcntl, os, struct, sys
             mode, path = sys.argv[1], sys.argv[2]
             fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
             def attempt(take):
@@ -106,10 +142,14 @@ private struct LockScript {
                     print("got", flush=True)
                 except BlockingIOError:
                     print("EAGAIN", flush=True)
+                except OSError as error:
+                    print(errno.errorcode[error.errno], flush=True)
             if mode == "hold":
                 fcntl.lockf(fd, fcntl.LOCK_EX, 100)
                 print("locked", flush=True)
-                sys.stdin.read()
+                # Each line asks again for the lock it holds (or held: the lease may have taken it).
+                for line in sys.stdin:
+                    attempt(lambda: fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 100))
             elif mode == "flock-hold":
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 print("locked", flush=True)
@@ -188,6 +228,16 @@ private final class LockingProcess: @unchecked Sendable {
             guard Date() < deadline else { throw TestError("the waiter never blocked on the mount (wchan '\(channel)')") }
             usleep(20_000)
         }
+    }
+
+    /// A line on stdin: a `hold` helper asks again for its lock and prints the outcome.
+    func askAgain() {
+        input.fileHandleForWriting.write(Data("again\n".utf8))
+    }
+
+    /// How often `line` was printed so far.
+    func count(_ line: String) -> Int {
+        lines.withLock { seen.split(separator: "\n").filter { $0 == Substring(line) }.count }
     }
 
     /// Closes stdin: the helper exits, and its close releases its locks.

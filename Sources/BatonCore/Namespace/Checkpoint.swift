@@ -3,7 +3,7 @@
 /// record: magic, length, CRC-32C, payload.
 extension Namespace {
     static let checkpointMagic: UInt32 = 0x5043_4E42 // "BNCP"
-    /// 2: the lock table follows the reply cache (a version 1 checkpoint has no locks).
+    /// 2: the lock table (locks, then lost marks) follows the reply cache (a version 1 checkpoint has no locks).
     static let checkpointVersion: UInt32 = 2
 
     public func checkpoint() -> [UInt8] {

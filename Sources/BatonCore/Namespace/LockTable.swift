@@ -108,6 +108,14 @@ public struct LockTable: Hashable, Sendable {
     public private(set) var locks: [InodeNumber: [Lock]] = [:]
     /// How many locks `locks` holds, all files together.
     public private(set) var count = 0
+    /// The files on which each client session lost locks to its lease: that
+    /// client is told (EIO on its next lock request or write there) until
+    /// its lock owners let go of the file (a release, as at a close), so an
+    /// application never goes on as if it still held a lock it lost.
+    public private(set) var lost: [UInt64: Set<InodeNumber>] = [:]
+    /// At most this many lost marks in all: past it the earlier ones are
+    /// forgotten (clients that never came back), so the table stays bounded.
+    static let maxLostMarks = 1 << 16
 
     public init() {}
 
@@ -169,13 +177,17 @@ public struct LockTable: Hashable, Sendable {
     /// POSIX: a process's record locks on a file go with any close of it
     /// (FUSE's flush names the owner). flock locks go with the last close of
     /// their open file description (FUSE's release with `flock_release`).
+    /// Letting go also ends the session's lost mark on the file: the
+    /// application has closed what it had locked, and may lock it anew.
     public mutating func release(_ inode: InodeNumber, owner: Owner, family: Family) {
         _ = apply(inode, Request(owner: owner, family: family, kind: nil, range: .wholeFile, pid: 0))
+        if lost[owner.session]?.remove(inode) != nil, lost[owner.session]!.isEmpty { lost[owner.session] = nil }
     }
 
-    /// Every lock of a client session (its lease ran out, or it said goodbye); returns the files that had some.
+    /// Every lock of a client session whose lease ran out; the files that had
+    /// some are marked lost for it. Returns those files.
     @discardableResult
-    public mutating func releaseSession(_ session: UInt64) -> [InodeNumber] {
+    public mutating func expireSession(_ session: UInt64) -> [InodeNumber] {
         var touched: [InodeNumber] = []
         for (inode, held) in locks {
             let kept = held.filter { $0.owner.session != session }
@@ -184,13 +196,21 @@ public struct LockTable: Hashable, Sendable {
             count -= held.count - kept.count
             locks[inode] = kept.isEmpty ? nil : kept
         }
+        if lost.values.reduce(touched.count, { $0 + $1.count }) > Self.maxLostMarks { lost.removeAll() }
+        if !touched.isEmpty { lost[session, default: []].formUnion(touched) }
         return touched.sorted()
+    }
+
+    /// Whether `session` lost its locks on `inode` to its lease and has not let go of the file since.
+    public func hasLost(_ session: UInt64, _ inode: InodeNumber) -> Bool {
+        !lost.isEmpty && lost[session]?.contains(inode) == true
     }
 
     /// A file's locks go with the file (its last link removed and closed).
     public mutating func forget(_ inode: InodeNumber) {
         count -= locks[inode]?.count ?? 0
         locks[inode] = nil
+        for session in lost.keys where lost[session]!.remove(inode) != nil && lost[session]!.isEmpty { lost[session] = nil }
     }
 }
 
@@ -205,6 +225,9 @@ extension LockTable {
             w.write(inode); w.write(lock.owner.session); w.write(lock.owner.owner); w.write(lock.family.rawValue)
             w.write(lock.kind.rawValue); w.write(lock.range.start); w.write(lock.range.end); w.write(lock.pid)
         }
+        let marks = lost.sorted { $0.key < $1.key }.flatMap { session, inodes in inodes.sorted().map { (session, $0) } }
+        w.write(UInt64(marks.count))
+        for (session, inode) in marks { w.write(session); w.write(inode) }
     }
 
     static func decode(from r: inout ByteReader) throws(DecodeError) -> LockTable {
@@ -219,6 +242,12 @@ extension LockTable {
             // Written in the table's own order: kept as it was, not re-merged.
             table.locks[inode, default: []].append(lock)
             table.count += 1
+        }
+        let marks = try r.readUInt64()
+        guard marks <= maxLostMarks else { throw .tooLarge(kind: "lost lock marks", size: Int(clamping: marks), limit: maxLostMarks) }
+        for _ in 0..<marks {
+            let session = try r.readUInt64()
+            table.lost[session, default: []].insert(try r.readUInt64())
         }
         return table
     }
@@ -331,26 +360,72 @@ public struct LockWaiters: Sendable {
     }
 }
 
-/// Each client session's lease on its locks: renewed by anything the
-/// session sends; a session silent for longer than the lease loses its
-/// locks (a client that died, or was cut off, must not hold them for good).
-/// In memory: a new server gives every session a full lease from its start.
+/// Each client session's lease on its locks. A client that renews
+/// (protocol 3: `Message.leaseRenewal`, sent every third of the lease) keeps
+/// its locks only while it is heard from, so a stopped or cut-off client
+/// loses them even while its TCP connection lingers; an older client keeps
+/// them while it has a connection open. Either way a session with neither
+/// for the lease loses its locks. In memory: a new server gives every
+/// session a whole lease from when it first looks (`expired(holders:at:)`).
 public struct LockLeases: Sendable {
     public let lease: TimeSpan
-    private var renewed: [UInt64: Instant] = [:]
+    private var sessions: [UInt64: Session] = [:]
+
+    private struct Session: Hashable, Sendable {
+        var connections = 0
+        var renews = false
+        var heard: Instant
+        /// Who the client was, for the log line that releases its locks.
+        var client: String
+    }
 
     public init(lease: TimeSpan) { self.lease = lease }
 
-    public mutating func renew(_ session: UInt64, at now: Instant) {
-        renewed[session] = max(renewed[session] ?? now, now)
+    public mutating func connected(_ session: UInt64, client: String, renews: Bool, at now: Instant) {
+        var known = sessions[session] ?? Session(heard: now, client: client)
+        known.connections += 1
+        known.renews = known.renews || renews
+        known.heard = max(known.heard, now)
+        known.client = client
+        sessions[session] = known
     }
 
-    public mutating func forget(_ session: UInt64) { renewed[session] = nil }
-
-    /// The sessions whose lease ran out by `now`, oldest first; they are forgotten.
-    public mutating func expired(at now: Instant) -> [UInt64] {
-        let gone = renewed.filter { now - min(now, $0.value) > lease }.sorted { ($0.value, $0.key) < ($1.value, $1.key) }.map(\.key)
-        for session in gone { renewed[session] = nil }
-        return gone
+    /// A renewal, heard on one of the session's connections.
+    public mutating func renewed(_ session: UInt64, at now: Instant) {
+        guard sessions[session] != nil else { return }
+        sessions[session]!.heard = max(sessions[session]!.heard, now)
     }
+
+    public mutating func disconnected(_ session: UInt64, at now: Instant) {
+        guard var known = sessions[session] else { return }
+        precondition(known.connections > 0, "session \(session) disconnected more often than it connected")
+        known.connections -= 1
+        known.heard = max(known.heard, now)
+        if known.connections == 0 { known.renews = false }
+        sessions[session] = known
+    }
+
+    /// Of the sessions holding locks (`holders`), those whose lease ran out by
+    /// `now`, oldest first, with who they were. Each starts a new lease (its
+    /// release is under way); sessions with no locks and no connection are forgotten.
+    public mutating func expired(holders: Set<UInt64>, at now: Instant) -> [(session: UInt64, client: String)] {
+        var gone: [(heard: Instant, session: UInt64, client: String)] = []
+        for (session, known) in sessions {
+            guard holders.contains(session) else {
+                if known.connections == 0 { sessions[session] = nil }
+                continue
+            }
+            let held = known.connections > 0 && !known.renews
+            guard !held, now - min(now, known.heard) >= lease else { continue }
+            gone.append((known.heard, session, known.client))
+            sessions[session]!.heard = now
+        }
+        for session in holders where sessions[session] == nil {
+            sessions[session] = Session(heard: now, client: "a client of the server before")
+        }
+        return gone.sorted { ($0.heard, $0.session) < ($1.heard, $1.session) }.map { ($0.session, $0.client) }
+    }
+
+    /// Who a session's client is, as it connected (nil: not known here).
+    public func client(of session: UInt64) -> String? { sessions[session]?.client }
 }

@@ -98,7 +98,11 @@ public struct Namespace: Sendable {
         case .statfs, .fsync:
             return .done
         case .getLock(let ino, let request):
-            return result { _ = try existing(ino); return .lock(locks.conflict(ino, with: request)) }
+            return result {
+                _ = try existing(ino)
+                guard !locks.hasLost(request.owner.session, ino) else { throw Errno.EIO }
+                return .lock(locks.conflict(ino, with: request))
+            }
         case .getxattr(let ino, let name, let size):
             return result {
                 guard let value = try existing(ino).xattrs[name] else { throw Errno.ENODATA }
@@ -191,6 +195,8 @@ public struct Namespace: Sendable {
             _ = try existing(ino)
             // A lock may split one in two: past the limit, only releases and whole-range changes go.
             if request.kind != nil, locks.count >= Self.maxLocks { throw .ENOLCK }
+            // Its lease ran out: the client learns it lost the file's locks (`LockTable.lost`).
+            if locks.hasLost(request.owner.session, ino) { throw .EIO }
             // The server journals only what it can grant; a conflict here replays as it was answered.
             guard case .granted = locks.apply(ino, request) else { throw .EAGAIN }
             return .done
@@ -198,8 +204,8 @@ public struct Namespace: Sendable {
             _ = try existing(ino)
             locks.release(ino, owner: owner, family: family)
             return .done
-        case .releaseSessionLocks(let session):
-            locks.releaseSession(session)
+        case .expireSessionLocks(let session):
+            locks.expireSession(session)
             return .done
         case .forget(let ino):
             if isOrphan(ino) {

@@ -21,6 +21,11 @@ public enum Message: Hashable, Sendable {
     case request(sequence: UInt64, oldestUnanswered: UInt64, Operation, caller: Credentials? = nil)
     /// Server → client.
     case reply(sequence: UInt64, epoch: UInt64, Reply)
+    /// Server → client (protocol 3), after `welcome`: the session keeps its
+    /// locks only while it renews them within this time (`LockLeases`).
+    case lockLease(milliseconds: UInt32)
+    /// Client → server (protocol 3): the session is alive; every third of the lease.
+    case leaseRenewal
 
     // Monitor ↔ export server (DESIGN.md §2 "Monitor").
     /// Monitor → server: a fresh challenge, answered through the request path.
@@ -78,13 +83,15 @@ public enum Message: Hashable, Sendable {
     case agentReply(ok: Bool, text: String)
 
     /// 2: the server sends `exportAddresses` after `welcome`.
-    /// 3: requests name their caller (`request`'s `caller`).
+    /// 3: requests name their caller (`request`'s `caller`); lock leases are renewed (`lockLease`, `leaseRenewal`).
     public static let protocolVersion: UInt32 = 3
     /// What a server accepts in `hello`: a client of protocol 1 gets no
     /// `exportAddresses`; one older than 3 cannot mount an export that squashes.
     public static let supportedVersions: ClosedRange<UInt32> = 1...3
     /// The first protocol whose requests name their caller.
     public static let callerVersion: UInt32 = 3
+    /// The first protocol whose clients renew their lock leases.
+    public static let leaseVersion: UInt32 = 3
     public static let maxExportAddresses = 16
     /// `snapshotData` of this inode carries the checkpoint.
     public static let snapshotCheckpointInode: InodeNumber = 0
@@ -131,7 +138,7 @@ public enum AgentRequest: Hashable, Sendable {
 extension Message {
     /// Wire tags; public so a server can frame read data in place.
     public enum Tag: UInt8 {
-        case hello = 1, welcome, refused, request, reply, exportAddresses, requestWithCaller
+        case hello = 1, welcome, refused, request, reply, exportAddresses, requestWithCaller, lockLease, leaseRenewal
         case probe = 10, probeAnswer, heartbeat
         case challenge = 20, authenticate
         case replicaHello = 30, replicaPosition, snapshotData, snapshotEnd, replicate, replicated, replicaSync, replicaSynced
@@ -156,6 +163,8 @@ extension Message {
             operation.encode(to: &w)
         case .reply(let sequence, let epoch, let reply):
             w.write(Tag.reply.rawValue); w.write(sequence); w.write(epoch); reply.encode(to: &w)
+        case .lockLease(let milliseconds): w.write(Tag.lockLease.rawValue); w.write(milliseconds)
+        case .leaseRenewal: w.write(Tag.leaseRenewal.rawValue)
         case .probe(let key): w.write(Tag.probe.rawValue); w.write(bytes: key)
         case .probeAnswer(let key, let epoch, let sequence, let response):
             w.write(Tag.probeAnswer.rawValue); w.write(bytes: key); w.write(epoch); w.write(sequence); w.write(bytes: response)
@@ -241,6 +250,8 @@ extension Message {
             message = .request(sequence: sequence, oldestUnanswered: oldest, try Operation.decode(from: &r), caller: caller)
         case .reply:
             message = .reply(sequence: try r.readUInt64(), epoch: try r.readUInt64(), try Reply.decode(from: &r))
+        case .lockLease: message = .lockLease(milliseconds: try r.readUInt32())
+        case .leaseRenewal: message = .leaseRenewal
         case .probe: message = .probe(key: try r.readBytes(exactly: ChallengeMAC.keyBytes, kind: "probe key"))
         case .probeAnswer:
             message = .probeAnswer(key: try r.readBytes(exactly: ChallengeMAC.keyBytes, kind: "probe key"), epoch: try r.readUInt64(),

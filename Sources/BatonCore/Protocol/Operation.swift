@@ -46,7 +46,7 @@ public enum Operation: Hashable, Sendable {
     /// Every lock of a client session that stayed away for the lock lease
     /// (its mount ended without closing, its machine went). The server asks
     /// it of itself; a client's request of it is refused.
-    case releaseSessionLocks(session: UInt64)
+    case expireSessionLocks(session: UInt64)
 
     /// Whether the operation needs new space on the node's disk: names and
     /// data. On a full disk these are refused first, so that the space kept
@@ -66,7 +66,7 @@ public enum Operation: Hashable, Sendable {
     public var modifiesExport: Bool {
         switch self {
         case .open(_, let flags): flags & OpenFlags.accessMask != 0 || flags & OpenFlags.truncate != 0
-        case .release, .forget, .setLock, .releaseLocks, .releaseSessionLocks: false
+        case .release, .forget, .setLock, .releaseLocks, .expireSessionLocks: false
         default: isMutation
         }
     }
@@ -116,7 +116,7 @@ extension Operation {
     enum Tag: UInt8, CaseIterable {
         case lookup = 1, getattr, readlink, read, readdir, statfs, getxattr, listxattr, fsync, getLock
         case setattr = 20, mknod, mkdir, symlink, link, unlink, rmdir, rename, create, open, release, write, setxattr, removexattr
-        case forget, setLock, releaseLocks, releaseSessionLocks
+        case forget, setLock, releaseLocks, expireSessionLocks
     }
 
     /// Every operation's name (the FUSE operation's), for metrics by operation.
@@ -160,7 +160,7 @@ extension Operation {
         case .getLock: .getLock
         case .setLock: .setLock
         case .releaseLocks: .releaseLocks
-        case .releaseSessionLocks: .releaseSessionLocks
+        case .expireSessionLocks: .expireSessionLocks
         }
     }
 
@@ -205,7 +205,7 @@ extension Operation {
         case .setLock(let ino, let request, let wait): w.write(Tag.setLock.rawValue); w.write(ino); w.write(request); w.write(wait)
         case .releaseLocks(let ino, let owner, let family):
             w.write(Tag.releaseLocks.rawValue); w.write(ino); w.write(owner.session); w.write(owner.owner); w.write(family.rawValue)
-        case .releaseSessionLocks(let session): w.write(Tag.releaseSessionLocks.rawValue); w.write(session)
+        case .expireSessionLocks(let session): w.write(Tag.expireSessionLocks.rawValue); w.write(session)
         }
     }
 
@@ -255,7 +255,7 @@ extension Operation {
         case .releaseLocks:
             return .releaseLocks(try r.readUInt64(), owner: LockTable.Owner(session: try r.readUInt64(), owner: try r.readUInt64()),
                                  family: try r.readLockFamily())
-        case .releaseSessionLocks: return .releaseSessionLocks(session: try r.readUInt64())
+        case .expireSessionLocks: return .expireSessionLocks(session: try r.readUInt64())
         }
     }
 }

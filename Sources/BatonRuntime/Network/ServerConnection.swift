@@ -64,6 +64,8 @@ public final class ServerConnection: @unchecked Sendable {
         /// The connection is being closed to gain its missing subflow: reconnect to the same address.
         var reconnectingInPlace = false
         var lastSubflowReconnect: NIODeadline?
+        /// How often to renew the session's lock lease (a third of what the server said); nil: not told yet.
+        var renewalInterval: TimeAmount?
     }
 
     public let configuration: Configuration
@@ -302,6 +304,26 @@ public final class ServerConnection: @unchecked Sendable {
         }
     }
 
+    /// The server keeps this session's locks while it renews them within
+    /// `lease` (`LockLeases`): renew every third of it, from now on.
+    fileprivate func toldLockLease(_ lease: TimeAmount) {
+        let start = state.withLockedValue { state -> Bool in
+            defer { state.renewalInterval = max(.nanoseconds(lease.nanoseconds / 3), .milliseconds(10)) }
+            return state.renewalInterval == nil
+        }
+        if start { scheduleLeaseRenewal() }
+    }
+
+    private func scheduleLeaseRenewal() {
+        let interval = state.withLockedValue { $0.renewalInterval } ?? .seconds(1)
+        group.next().scheduleTask(in: interval) { [self] in
+            let (channel, closed) = state.withLockedValue { ($0.channel, $0.closed) }
+            if closed { return }
+            channel?.writeAndFlush(Message.leaseRenewal.frame(allocator: allocator), promise: nil)
+            scheduleLeaseRenewal()
+        }
+    }
+
     fileprivate func refused(_ refusal: Refusal, detail: String) {
         state.withLockedValue { $0.lastRefusal = "\(refusal): \(detail)" }
     }
@@ -449,6 +471,8 @@ private final class ReplyHandler: ChannelInboundHandler, @unchecked Sendable {
             connection.received(sequence: sequence, epoch: epoch, reply: reply)
         case .exportAddresses(let addresses, let multipath):
             connection.learned(addresses, multipath: multipath, from: context.channel)
+        case .lockLease(let milliseconds):
+            connection.toldLockLease(.milliseconds(Int64(milliseconds)))
         default:
             // Nothing else is for a client: whoever sends it is not an export server.
             context.close(promise: nil)
