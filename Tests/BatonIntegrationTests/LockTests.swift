@@ -205,7 +205,9 @@ private final class LockingProcess: @unchecked Sendable {
         try process.run()
         test.addTeardownBlock { [self] in
             if process.isRunning { kill(process.processIdentifier, SIGKILL) }
-            process.waitUntilExit()
+            // A process in a lock wait the mount never answers dies only with the mount, whose teardown comes later.
+            let deadline = Date().addingTimeInterval(5)
+            while process.isRunning, Date() < deadline { usleep(20_000) }
             output.fileHandleForReading.readabilityHandler = nil
         }
     }
