@@ -228,7 +228,8 @@ public final class ExportServer: @unchecked Sendable {
         let admission = purpose == .clients ? admission : monitorAdmission
         // Clients mount; only the peer node's monitor may probe.
         let roles = RolePolicy(
-            accepting: purpose == .clients ? [.client] : [.node],
+            // An admin may ask a server which locks are held (`baton locks`), not mount.
+            accepting: purpose == .clients ? [.client, .admin] : [.node],
             place: purpose == .clients ? "the export's client port" : "the export's monitor port",
             log: { kind, detail, peer in admission.logHit(kind, "connection refused", ["peer": "\(peer)", "detail": "\(detail)"]) })
         return ServerBootstrap(group: group)
@@ -453,6 +454,17 @@ public final class ExportServer: @unchecked Sendable {
         leases.withLockedValue { $0.disconnected(session, at: Self.now()) }
     }
 
+    /// What `baton locks` shows: every lock with its file, client and time.
+    func lockListingJSON() -> String {
+        let leases = leases.withLockedValue { $0 }
+        let listing = store.withNamespace { namespace in
+            namespace.lockListing(export: exportName, epoch: epoch, leaseMs: Int(lockLease.nanoseconds / 1_000_000)) { session in
+                leases.client(of: session) ?? "session \(session), not connected to this server yet"
+            }
+        }
+        return StatusJSON.encode(listing, pretty: false)
+    }
+
     private static func now() -> Instant { Instant(nanoseconds: NIODeadline.now().uptimeNanoseconds) }
 
     /// Releases the locks of every session unheard for the lease
@@ -669,6 +681,8 @@ final class ClientConnectionHandler: ChannelInboundHandler, @unchecked Sendable 
     private var readOnly = false
     /// Which of its callers the server squashes (decided at hello, from its certificate's name).
     private var squashScope = Squash.Scope.none
+    /// An admin's certificate: it may ask (`locksAsked`), not change or read files.
+    private var asksOnly: Bool { peer?.role == .admin }
     private var admission: ConnectionAdmission { purpose == .clients ? server.admission : server.monitorAdmission }
 
     init(server: ExportServer, purpose: ExportServer.Purpose) {
@@ -724,6 +738,7 @@ final class ClientConnectionHandler: ChannelInboundHandler, @unchecked Sendable 
         case .write(let sequence, let oldest, let ino, let handle, let offset, let bytes):
             guard purpose == .clients else { return refuse(context, .malformed, "a request on the monitor port; clients connect to the export's port") }
             guard let session else { return refuse(context, .malformed, "request before hello") }
+            if asksOnly { return refuseAdminRequest(context) }
             if readOnly { return answerReadOnly(context, sequence) }
             server.handleWrite(ino, handle: handle, offset: offset, data: bytes, session: session, sequence: sequence,
                                oldestUnanswered: oldest, channel: context.channel, order: order)
@@ -739,7 +754,7 @@ final class ClientConnectionHandler: ChannelInboundHandler, @unchecked Sendable 
                 refuse(context, .unknownExport, "this server serves export '\(server.exportName)', not '\(export)'")
                 return
             }
-            if purpose == .clients, let peer {
+            if purpose == .clients, let peer, peer.role != .admin {
                 switch server.access.grant(peer.name) {
                 case .readWrite: readOnly = false
                 case .readOnly: readOnly = true
@@ -761,7 +776,7 @@ final class ClientConnectionHandler: ChannelInboundHandler, @unchecked Sendable 
                 return
             }
             welcomed = true
-            if purpose == .clients, self.session != session {
+            if purpose == .clients, !asksOnly, self.session != session {
                 // A second hello on the connection may name another session: the first one's connection ends here.
                 if let earlier = self.session { server.sessionDisconnected(earlier) }
                 server.sessionConnected(session, client: peer.map { "\($0.name) at \(context.remoteAddress.map { "\($0)" } ?? "?")" }
@@ -785,10 +800,19 @@ final class ClientConnectionHandler: ChannelInboundHandler, @unchecked Sendable 
                 refuse(context, .malformed, "request before hello")
                 return
             }
+            if asksOnly { return refuseAdminRequest(context) }
             if readOnly, operation.modifiesExport { return answerReadOnly(context, sequence) }
             if case .expireSessionLocks = operation { return answer(context, sequence, .EPERM) }
             server.handle(operation.inSession(session), session: session, sequence: sequence, oldestUnanswered: oldest,
                           squashedTo: server.squash.squashed(caller, scope: squashScope), channel: context.channel, order: order)
+        case .locksAsked:
+            guard purpose == .clients, welcomed else { return refuse(context, .malformed, "a lock listing asked before hello") }
+            // On plain TCP anyone who can mount may list (as anyone may read); with TLS, admins only.
+            guard peer == nil || asksOnly else {
+                return refuse(context, .notAllowed, "only an admin certificate may list the locks of export '\(server.exportName)'")
+            }
+            let answer = Message.locksAnswer(json: server.lockListingJSON())
+            context.writeAndFlush(wrapOutboundOut(answer.frame(allocator: context.channel.allocator)), promise: nil)
         case .leaseRenewal:
             guard purpose == .clients, welcomed, let session else { return refuse(context, .malformed, "a lease renewal before hello") }
             server.sessionRenewed(session)
@@ -805,6 +829,10 @@ final class ClientConnectionHandler: ChannelInboundHandler, @unchecked Sendable 
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if let verified = event as? PeerVerified { peer = verified.identity }
         context.fireUserInboundEventTriggered(event)
+    }
+
+    private func refuseAdminRequest(_ context: ChannelHandlerContext) {
+        refuse(context, .notAllowed, "an admin certificate may list locks on export '\(server.exportName)', not use its files; mount with a client certificate")
     }
 
     /// A change asked by a client of the export's read-only list: refused before it reaches the journal.

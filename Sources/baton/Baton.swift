@@ -7,7 +7,7 @@ struct Baton: ParsableCommand {
         commandName: "baton",
         abstract: "Baton, a failover file system: export servers, mounts and node agents.",
         version: BatonVersion.description,
-        subcommands: [Serve.self, Mount.self, Agent.self, Status.self, Migrate.self, ForceServe.self, Diagnose.self, Cert.self])
+        subcommands: [Serve.self, Mount.self, Agent.self, Status.self, Locks.self, Migrate.self, ForceServe.self, Diagnose.self, Cert.self])
 
     static func main() {
         MemoryTuning.keepLargeBuffersWarm()

@@ -52,7 +52,7 @@ final class CodecTests: XCTestCase {
             .refused(.notActive, detail: "standby"),
             .exportAddresses([HostAndPort(host: "198.18.1.1", port: 7000), HostAndPort(host: "::1", port: 7000)], multipath: true), .exportAddresses([], multipath: false),
             .heartbeat(epoch: 3, sequence: 9), .heartbeat(epoch: 3, sequence: 9, alone: true),
-            .lockLease(milliseconds: 30_000), .leaseRenewal,
+            .lockLease(milliseconds: 30_000), .leaseRenewal, .locksAsked, .locksAnswer(json: "{}"),
             .probe(key: [UInt8](repeating: 7, count: ChallengeMAC.keyBytes)),
             .agentRequest(.status), .agentRequest(.fence(export: "projects", epoch: 4)), .agentRequest(.migrate(export: "projects")),
             .agentRequest(.handOver(export: "projects", epoch: 4)), .agentRequest(.forceServe(export: "projects")),

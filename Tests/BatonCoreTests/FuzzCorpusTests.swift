@@ -18,7 +18,7 @@ final class FuzzCorpusTests: XCTestCase {
             .probe(key: [UInt8](repeating: 7, count: ChallengeMAC.keyBytes)), .heartbeat(epoch: 3, sequence: 9, alone: true),
             .agentRequest(.status), .agentRequest(.forceServe(export: "demo")), .repliesWait(through: 4),
             .exportAddresses([HostAndPort(host: "198.18.1.1", port: 7000), HostAndPort(host: "fe80::1", port: 7000)], multipath: true),
-            .lockLease(milliseconds: 30_000), .leaseRenewal,
+            .lockLease(milliseconds: 30_000), .leaseRenewal, .locksAsked, .locksAnswer(json: "{}"),
         ]
         seeds["message"] = Dictionary(uniqueKeysWithValues: messages.enumerated().map {
             (String(format: "%03d", $0.offset), Array($0.element.frame().dropFirst(4)))

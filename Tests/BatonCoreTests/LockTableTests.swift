@@ -8,6 +8,11 @@
 import BatonCore
 import XCTest
 
+extension LockTable {
+    /// Times do not matter to these tests: every lock is taken at zero.
+    fileprivate mutating func apply(_ inode: InodeNumber, _ request: Request) -> Outcome { apply(inode, request, at: .zero) }
+}
+
 final class LockTableTests: XCTestCase {
     private typealias Table = LockTable
     private let file: InodeNumber = 7

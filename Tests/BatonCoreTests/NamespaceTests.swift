@@ -447,6 +447,29 @@ final class NamespaceTests: XCTestCase {
         XCTAssertTrue(try Namespace(checkpoint: old).locks.isEmpty)
     }
 
+    /// `baton locks` names each locked file by its path; one with no name left by its inode.
+    func testTheLockListingNamesFilesByPathAndClients() {
+        var d = NamespaceDriver()
+        let dir = d.mkdir("mail")
+        let sub = d.mkdir("spool", in: dir)
+        let (box, _) = d.create("inbox", in: sub)
+        let (gone, _) = d.create("tmp")
+        func lock(_ ino: InodeNumber, _ session: UInt64) {
+            _ = d.ok(.setLock(ino, LockTable.Request(owner: LockTable.Owner(session: session, owner: 1), family: .flock, kind: .exclusive,
+                                                     range: .wholeFile, pid: 7), wait: false))
+        }
+        lock(box, 4)
+        lock(gone, 5)
+        _ = d.ok(.unlink(parent: rootInode, name: FileName("tmp")))
+        let listing = d.namespace.lockListing(export: "demo", epoch: 2, leaseMs: 30_000) { "client \($0)" }
+        XCTAssertEqual(listing.locks.map(\.file), ["/mail/spool/inbox", "inode \(gone)"])
+        XCTAssertEqual(listing.locks.map(\.client), ["client 4", "client 5"])
+        XCTAssertEqual(listing.locks.first?.end, nil, "a whole-file lock runs to the end")
+        XCTAssertEqual(listing.locks.first?.family, "flock")
+        XCTAssertGreaterThan(listing.locks.first?.since ?? 0, 0, "the lock has no time")
+        XCTAssertEqual(listing.more, 0)
+    }
+
     func testCheckpointRoundTripsAndDetectsDamage() throws {
         var d = NamespaceDriver()
         let dir = d.mkdir("d")

@@ -23,6 +23,9 @@ final class LockTests: XCTestCase {
         XCTAssertEqual(try locker.run("try", second.mountpoint + "/db"), "EAGAIN", "the second mount took a lock the first holds")
         XCTAssertEqual(try locker.run("holder", second.mountpoint + "/db"), "\(holder.pid)", "F_GETLK names the holder's pid")
         XCTAssertEqual(try locker.run("try-range", second.mountpoint + "/db"), "got", "bytes past the held range are free")
+        let listing = try runCommand(BatonBinary.path, ["locks", "export", "--server", "\(server.address)"]).output
+        XCTAssertTrue(listing.contains("/db ") && listing.contains("0-99 ") && listing.contains("exclusive") && listing.contains(" \(holder.pid) "),
+                      "baton locks did not show the file, range, kind and pid:\n\(listing)")
         let waiter = try locker.start("wait", second.mountpoint + "/db")
         try waiter.waitUntilBlockedOnTheMount()
         holder.release()
@@ -116,6 +119,8 @@ final class LockTests: XCTestCase {
         kill(before.pid, SIGSTOP)
         try cluster.waitUntilReplicated("demo", epoch: before.epoch + 1)
         XCTAssertEqual(try locker.run("try", second.mountpoint + "/db"), "EAGAIN", "the new server lost the lock")
+        let listing = try cluster.admin(["locks", "demo"]).output
+        XCTAssertTrue(listing.contains("epoch \(before.epoch + 1)") && listing.contains("/db "), "baton locks after the failover:\n\(listing)")
         XCTAssertTrue(waiter.isRunning, "the waiter got the lock while its holder held it")
         holder.release()
         try waiter.waitForLine("got", timeout: 30)

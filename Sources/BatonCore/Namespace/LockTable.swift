@@ -74,13 +74,17 @@ public struct LockTable: Hashable, Sendable {
         public var range: Range
         /// The holder's process as its client saw it, for `F_GETLK`.
         public var pid: UInt32
+        /// When it was taken (the journal record's time), for `baton locks`;
+        /// zero in an `F_GETLK` answer, which does not carry it.
+        public var since: Timestamp
 
-        public init(owner: Owner, family: Family, kind: Kind, range: Range, pid: UInt32) {
+        public init(owner: Owner, family: Family, kind: Kind, range: Range, pid: UInt32, since: Timestamp = .zero) {
             self.owner = owner
             self.family = family
             self.kind = kind
             self.range = range
             self.pid = pid
+            self.since = since
         }
 
         public var description: String { "\(kind) \(family) lock \(range) of \(owner) (pid \(pid))" }
@@ -141,7 +145,7 @@ public struct LockTable: Hashable, Sendable {
     /// owner's own locks of that family in the range (an upgrade or a
     /// downgrade, atomically), splitting those that stick out; a release
     /// splits them the same way. Nothing changes on a conflict.
-    public mutating func apply(_ inode: InodeNumber, _ request: Request) -> Outcome {
+    public mutating func apply(_ inode: InodeNumber, _ request: Request, at time: Timestamp) -> Outcome {
         if let blocking = conflict(inode, with: request) { return .conflicts(blocking) }
         var kept: [Lock] = []
         for held in locks[inode] ?? [] {
@@ -158,12 +162,13 @@ public struct LockTable: Hashable, Sendable {
             }
         }
         if let kind = request.kind {
-            var taken = Lock(owner: request.owner, family: request.family, kind: kind, range: request.range, pid: request.pid)
+            var taken = Lock(owner: request.owner, family: request.family, kind: kind, range: request.range, pid: request.pid, since: time)
             // Merge with the owner's adjoining locks of the same kind.
             kept.removeAll { held in
                 guard held.owner == taken.owner, held.family == taken.family, held.kind == taken.kind,
                       held.range.adjoins(taken.range) else { return false }
                 taken.range = Range(start: min(held.range.start, taken.range.start), end: max(held.range.end, taken.range.end))
+                taken.since = min(taken.since, held.since)
                 return true
             }
             kept.append(taken)
@@ -180,7 +185,7 @@ public struct LockTable: Hashable, Sendable {
     /// Letting go also ends the session's lost mark on the file: the
     /// application has closed what it had locked, and may lock it anew.
     public mutating func release(_ inode: InodeNumber, owner: Owner, family: Family) {
-        _ = apply(inode, Request(owner: owner, family: family, kind: nil, range: .wholeFile, pid: 0))
+        _ = apply(inode, Request(owner: owner, family: family, kind: nil, range: .wholeFile, pid: 0), at: .zero)
         if lost[owner.session]?.remove(inode) != nil, lost[owner.session]!.isEmpty { lost[owner.session] = nil }
     }
 
@@ -223,7 +228,7 @@ extension LockTable {
         w.write(UInt64(all.count))
         for (inode, lock) in all {
             w.write(inode); w.write(lock.owner.session); w.write(lock.owner.owner); w.write(lock.family.rawValue)
-            w.write(lock.kind.rawValue); w.write(lock.range.start); w.write(lock.range.end); w.write(lock.pid)
+            w.write(lock.kind.rawValue); w.write(lock.range.start); w.write(lock.range.end); w.write(lock.pid); w.write(lock.since)
         }
         let marks = lost.sorted { $0.key < $1.key }.flatMap { session, inodes in inodes.sorted().map { (session, $0) } }
         w.write(UInt64(marks.count))
@@ -238,7 +243,8 @@ extension LockTable {
             let inode = try r.readUInt64()
             let owner = Owner(session: try r.readUInt64(), owner: try r.readUInt64())
             let family = try r.readLockFamily(), kind = try r.readLockKind()
-            let lock = Lock(owner: owner, family: family, kind: kind, range: try r.readLockRange(), pid: try r.readUInt32())
+            let lock = Lock(owner: owner, family: family, kind: kind, range: try r.readLockRange(), pid: try r.readUInt32(),
+                            since: try r.readTimestamp())
             // Written in the table's own order: kept as it was, not re-merged.
             table.locks[inode, default: []].append(lock)
             table.count += 1
@@ -263,7 +269,9 @@ extension LockTable.Lock {
 
 /// Lock requests that wait (`F_SETLKW`, blocking `flock`), in the order they
 /// came, per file. In memory only: after a failover the clients send them
-/// again, and they queue anew behind the locks the journal kept.
+/// again, and they queue anew behind the locks the journal kept. It decides
+/// on the server's copy of the table (times do not matter there: the
+/// journaled request that follows a grant stamps the lock's time).
 public struct LockWaiters: Sendable {
     public struct Waiter: Hashable, Sendable {
         /// Tells the server which request to answer once granted.
@@ -292,7 +300,7 @@ public struct LockWaiters: Sendable {
     /// Takes `waiter`'s lock at once if it is free, else queues it, unless
     /// its owner would then wait, through other waiters, for itself.
     public mutating func request(_ waiter: Waiter, in table: inout LockTable) -> Admission {
-        if !overtakes(waiter, waiting[...]), case .granted = table.apply(waiter.inode, waiter.request) { return .granted }
+        if !overtakes(waiter, waiting[...]), case .granted = table.apply(waiter.inode, waiter.request, at: .zero) { return .granted }
         if waitsForItself(waiter, table) { return .deadlock }
         waiting.append(waiter)
         return .waits
@@ -305,7 +313,7 @@ public struct LockWaiters: Sendable {
         var index = 0
         while index < waiting.count {
             let waiter = waiting[index]
-            if !overtakes(waiter, waiting[..<index]), case .granted = table.apply(waiter.inode, waiter.request) {
+            if !overtakes(waiter, waiting[..<index]), case .granted = table.apply(waiter.inode, waiter.request, at: .zero) {
                 granted.append(waiter)
                 waiting.remove(at: index)
                 continue

@@ -198,7 +198,7 @@ public struct Namespace: Sendable {
             // Its lease ran out: the client learns it lost the file's locks (`LockTable.lost`).
             if locks.hasLost(request.owner.session, ino) { throw .EIO }
             // The server journals only what it can grant; a conflict here replays as it was answered.
-            guard case .granted = locks.apply(ino, request) else { throw .EAGAIN }
+            guard case .granted = locks.apply(ino, request, at: now) else { throw .EAGAIN }
             return .done
         case .releaseLocks(let ino, let owner, let family):
             _ = try existing(ino)

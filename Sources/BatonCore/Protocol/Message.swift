@@ -26,6 +26,10 @@ public enum Message: Hashable, Sendable {
     case lockLease(milliseconds: UInt32)
     /// Client → server (protocol 3): the session is alive; every third of the lease.
     case leaseRenewal
+    /// Admin → server, on the client port (`baton locks`): which locks are held.
+    case locksAsked
+    /// Server → admin: a `LockListing` as JSON.
+    case locksAnswer(json: String)
 
     // Monitor ↔ export server (DESIGN.md §2 "Monitor").
     /// Monitor → server: a fresh challenge, answered through the request path.
@@ -93,6 +97,8 @@ public enum Message: Hashable, Sendable {
     /// The first protocol whose clients renew their lock leases.
     public static let leaseVersion: UInt32 = 3
     public static let maxExportAddresses = 16
+    /// A `LockListing` of `maxEntries` entries fits many times over.
+    public static let maxLocksAnswerBytes = 4 << 20
     /// `snapshotData` of this inode carries the checkpoint.
     public static let snapshotCheckpointInode: InodeNumber = 0
     /// At most this many runs of a `JournalHistory` are sent (the latest);
@@ -144,6 +150,7 @@ extension Message {
         case replicaHello = 30, replicaPosition, snapshotData, snapshotEnd, replicate, replicated, replicaSync, replicaSynced
         case agentRequest = 40, agentReply
         case catchUp = 50, filesChanged, snapshotBegin, repliesWait
+        case locksAsked = 60, locksAnswer
     }
 
     public func encode(to w: inout ByteWriter) {
@@ -165,6 +172,8 @@ extension Message {
             w.write(Tag.reply.rawValue); w.write(sequence); w.write(epoch); reply.encode(to: &w)
         case .lockLease(let milliseconds): w.write(Tag.lockLease.rawValue); w.write(milliseconds)
         case .leaseRenewal: w.write(Tag.leaseRenewal.rawValue)
+        case .locksAsked: w.write(Tag.locksAsked.rawValue)
+        case .locksAnswer(let json): w.write(Tag.locksAnswer.rawValue); w.write(json)
         case .probe(let key): w.write(Tag.probe.rawValue); w.write(bytes: key)
         case .probeAnswer(let key, let epoch, let sequence, let response):
             w.write(Tag.probeAnswer.rawValue); w.write(bytes: key); w.write(epoch); w.write(sequence); w.write(bytes: response)
@@ -252,6 +261,8 @@ extension Message {
             message = .reply(sequence: try r.readUInt64(), epoch: try r.readUInt64(), try Reply.decode(from: &r))
         case .lockLease: message = .lockLease(milliseconds: try r.readUInt32())
         case .leaseRenewal: message = .leaseRenewal
+        case .locksAsked: message = .locksAsked
+        case .locksAnswer: message = .locksAnswer(json: try r.readString(limit: Message.maxLocksAnswerBytes, kind: "lock listing"))
         case .probe: message = .probe(key: try r.readBytes(exactly: ChallengeMAC.keyBytes, kind: "probe key"))
         case .probeAnswer:
             message = .probeAnswer(key: try r.readBytes(exactly: ChallengeMAC.keyBytes, kind: "probe key"), epoch: try r.readUInt64(),
