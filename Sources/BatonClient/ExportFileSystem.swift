@@ -1,5 +1,6 @@
 import BatonCore
 import BatonFUSE
+import Dispatch
 import Glibc
 import Synchronization
 
@@ -23,6 +24,8 @@ public final class ExportFileSystem: FuseOperations {
     /// The files and owners that took a record lock through this mount: only
     /// their closes cost a round trip to release locks (issue 12).
     private let fcntlLockers = Mutex<Set<FileOwner>>([])
+    /// Drops the kernel's cache of a file this mount just locked (see `sendLock`); nil in tests without a kernel.
+    private let cache: FuseCacheNotifier?
 
     private struct FileOwner: Hashable {
         var inode: UInt64
@@ -35,8 +38,10 @@ public final class ExportFileSystem: FuseOperations {
     static let maxWriteBytes = UInt32(WireLimits.maxDataBytes)
 
     public init(transport: any OperationTransport, attributeTimeoutSeconds: Double = 1.0,
-                entryTimeoutSeconds: Double = 1.0, writebackCache: Bool = false, writeBehindBytes: Int = 0) {
+                entryTimeoutSeconds: Double = 1.0, writebackCache: Bool = false, writeBehindBytes: Int = 0,
+                cache: FuseCacheNotifier? = nil) {
         self.transport = transport
+        self.cache = cache
         self.writesBehind = Mutex(WriteBehind(windowBytes: writeBehindBytes))
         self.attributeTimeoutSeconds = attributeTimeoutSeconds
         self.entryTimeoutSeconds = entryTimeoutSeconds
@@ -277,7 +282,7 @@ public final class ExportFileSystem: FuseOperations {
         if kind != nil { fcntlLockers.withLock { _ = $0.insert(FileOwner(inode: inode, owner: lockOwner)) } }
         let asked = LockTable.Request(owner: LockTable.Owner(session: 0, owner: lockOwner), family: .fcntl, kind: kind,
                                       range: range, pid: UInt32(bitPattern: lock.pid))
-        sendDone(request, .setLock(inode, asked, wait: sleep), reply)
+        sendLock(request, .setLock(inode, asked, wait: sleep), reply)
     }
 
     public func flock(_ request: FuseRequest, inode: UInt64, lockOwner: UInt64, operation: Int32, reply: consuming FuseEmptyReply) {
@@ -290,7 +295,26 @@ public final class ExportFileSystem: FuseOperations {
         }
         let asked = LockTable.Request(owner: LockTable.Owner(session: 0, owner: lockOwner), family: .flock, kind: kind,
                                       range: .wholeFile, pid: UInt32(bitPattern: request.pid))
-        sendDone(request, .setLock(inode, asked, wait: operation & LOCK_NB == 0), reply)
+        sendLock(request, .setLock(inode, asked, wait: operation & LOCK_NB == 0), reply)
+    }
+
+    /// A lock taken is also a promise to see what the last holder wrote: the
+    /// kernel's cached pages and attributes of the file may predate another
+    /// mount's changes, so they are dropped before the lock is granted (NFS
+    /// does the same at a lock). Done off the network thread: the kernel may
+    /// wait there for a read of the file whose answer that thread brings.
+    private func sendLock(_ request: FuseRequest, _ operation: Operation, _ reply: consuming FuseEmptyReply) {
+        guard let cache, case .setLock(let inode, let asked, _) = operation, asked.kind != nil else {
+            return sendDone(request, operation, reply)
+        }
+        send(request, operation, reply) { [self] reply, result in
+            guard case .done = result else { return reply.error(errorCode(result)) }
+            let deferred = FuseDeferredReply(reply)
+            DispatchQueue.global().async {
+                cache.invalidate(inode: inode)
+                deferred.take().ok()
+            }
+        }
     }
 
     private func lockKind(_ type: Int32) -> LockTable.Kind? {

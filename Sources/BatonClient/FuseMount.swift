@@ -58,7 +58,7 @@ public final class FuseMount {
         let fileSystem = ExportFileSystem(
             transport: transport, attributeTimeoutSeconds: options.attributeTimeoutSeconds,
             entryTimeoutSeconds: options.entryTimeoutSeconds, writebackCache: options.writebackCache,
-            writeBehindBytes: options.writeBehindBytes)
+            writeBehindBytes: options.writeBehindBytes, cache: session.cacheNotifier)
         defer { fileSystem.waitForWritesBehind() }
         return try session.run(fileSystem, maxThreads: options.maxThreads)
     }

@@ -93,6 +93,9 @@ public final class FuseSession {
         unmount()
     }
 
+    /// Tells the kernel to drop what it caches of a file (for the operations' use).
+    public var cacheNotifier: FuseCacheNotifier { FuseCacheNotifier(core) }
+
     /// Mounts the file system. Requests queue in the kernel until `run`.
     ///
     /// Also blocks SIGTERM, SIGINT and SIGHUP in the calling thread, so that
@@ -154,4 +157,22 @@ private func setTerminationSignals(blocked: Bool) {
     sigemptyset(&set)
     for signal in [SIGTERM, SIGINT, SIGHUP] { sigaddset(&set, signal) }
     pthread_sigmask(blocked ? SIG_BLOCK : SIG_UNBLOCK, &set, nil)
+}
+
+/// Drops the kernel's cached pages and attributes of a file, so that its
+/// next read and stat ask the file system: for changes the kernel cannot
+/// see, made through another mount. Never call it on a thread that answers
+/// requests the kernel may be waiting on for that file (a read holding a
+/// page lock): the kernel waits for those pages.
+public struct FuseCacheNotifier: Sendable {
+    private let core: SessionCore
+
+    fileprivate init(_ core: SessionCore) { self.core = core }
+
+    /// 0, or a negative errno (-ENOENT: the kernel holds nothing of the inode).
+    @discardableResult
+    public func invalidate(inode: UInt64) -> Int32 {
+        guard let session = core.session else { return -ENOTCONN }
+        return fuse_lowlevel_notify_inval_inode(session, fuse_ino_t(inode), 0, 0)
+    }
 }

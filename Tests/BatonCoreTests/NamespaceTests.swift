@@ -501,11 +501,14 @@ final class NamespaceTests: XCTestCase {
         XCTAssertFalse(other.namespace.sameFiles(as: d.namespace))
     }
 
-    func testOperationsOnMissingInodesFail() {
+    /// ESTALE, not ENOENT: the kernel of a client that still has a name for
+    /// the removed inode looks the name up again (see `existing`).
+    func testOperationsOnMissingInodesAreStale() {
         var d = NamespaceDriver()
-        d.fails(.setattr(999, AttributeChanges(mode: 0o644), .root), .ENOENT)
-        d.fails(.open(999, flags: 0), .ENOENT)
-        d.fails(.mkdir(parent: 999, name: FileName("x"), mode: 0o755, .root), .ENOENT)
+        d.fails(.setattr(999, AttributeChanges(mode: 0o644), .root), .ESTALE)
+        d.fails(.open(999, flags: 0), .ESTALE)
+        d.fails(.mkdir(parent: 999, name: FileName("x"), mode: 0o755, .root), .ESTALE)
+        XCTAssertEqual(d.namespace.query(.getattr(999)), .error(.ESTALE))
         let (f, _) = d.create("f")
         d.fails(.mkdir(parent: f, name: FileName("x"), mode: 0o755, .root), .ENOTDIR)
         XCTAssertEqual(d.namespace.query(.readdir(f, cookie: 0, maxBytes: 4096)), .error(.ENOTDIR))

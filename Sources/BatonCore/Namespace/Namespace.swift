@@ -216,7 +216,7 @@ public struct Namespace: Sendable {
             return .done
         case .removexattr(let ino, let name):
             try checkXattrName(name)
-            guard inodes[ino] != nil else { throw .ENOENT }
+            guard inodes[ino] != nil else { throw .ESTALE }
             guard inodes[ino]!.xattrs.removeValue(forKey: name) != nil else { throw .ENODATA }
             inodes[ino]!.attributes.ctime = now
             return .done
@@ -227,8 +227,12 @@ public struct Namespace: Sendable {
 
     // MARK: - Lookup helpers
 
+    /// ESTALE for an inode number the export no longer has: another client
+    /// removed the file this client's kernel still has a name cached for.
+    /// The kernel then looks the name up again and retries (as over NFS);
+    /// ENOENT would fail an open of a file that exists under that name now.
     private func existing(_ ino: InodeNumber) throws(Errno) -> Inode {
-        guard let inode = inodes[ino] else { throw .ENOENT }
+        guard let inode = inodes[ino] else { throw .ESTALE }
         return inode
     }
 
