@@ -307,7 +307,7 @@ public final class ExportFileSystem: FuseOperations {
         guard let cache, case .setLock(let inode, let asked, _) = operation, asked.kind != nil else {
             return sendDone(request, operation, reply)
         }
-        send(request, operation, reply) { [self] reply, result in
+        send(request, operation, reply) { reply, result in
             guard case .done = result else { return reply.error(errorCode(result)) }
             let deferred = FuseDeferredReply(reply)
             DispatchQueue.global().async {

@@ -624,7 +624,7 @@ final class ReplicationLink: @unchecked Sendable {
                 state.caughtUp = (late, channel)
                 return late
             }
-            if let late {
+            if late != nil {
                 tellIfCaughtUp()
                 logger.warning("standby still behind after the catch-up: replies wait for it from now on", metadata: [
                     "export": "\(store.exportName)", "standby": "\(configuration.agent)",

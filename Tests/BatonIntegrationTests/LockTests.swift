@@ -342,6 +342,12 @@ private final class LockingProcess: @unchecked Sendable {
     func waitForLine(_ line: String, timeout: TimeInterval = 15) throws {
         let deadline = Date().addingTimeInterval(timeout)
         while !lines.withLock({ seen.split(separator: "\n").contains(Substring(line)) }) {
+            // Ended without it (its last output may still be on the way: one more look).
+            if !process.isRunning {
+                usleep(100_000)
+                if lines.withLock({ seen.split(separator: "\n").contains(Substring(line)) }) { return }
+                throw TestError("ended without '\(line)'; output: \(lines.withLock { seen })")
+            }
             guard Date() < deadline else { throw TestError("no '\(line)' within \(timeout) s; output: \(lines.withLock { seen })") }
             usleep(20_000)
         }

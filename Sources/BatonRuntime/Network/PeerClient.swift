@@ -1,5 +1,4 @@
 import BatonCore
-import BatonRuntime
 import Foundation
 
 /// One authenticated request to an agent, with blocking calls: used
