@@ -303,17 +303,54 @@ public final class ExportFileSystem: FuseOperations {
     /// mount's changes, so they are dropped before the lock is granted (NFS
     /// does the same at a lock). Done off the network thread: the kernel may
     /// wait there for a read of the file whose answer that thread brings.
+    /// A wait its process gives up (a signal: the kernel interrupts the
+    /// request) is taken back at the server, which answers it EINTR.
     private func sendLock(_ request: FuseRequest, _ operation: Operation, _ reply: consuming FuseEmptyReply) {
-        guard let cache, case .setLock(let inode, let asked, _) = operation, asked.kind != nil else {
+        guard case .setLock(let inode, let asked, let wait) = operation, asked.kind != nil else {
             return sendDone(request, operation, reply)
         }
-        send(request, operation, reply) { reply, result in
+        let cancel = wait ? WaitCancel(transport, .cancelLockWait(inode, owner: asked.owner, family: asked.family)) : nil
+        if let cancel { reply.onInterrupt { cancel.interrupted() } }
+        send(request, operation, reply) { [cache] reply, result in
             guard case .done = result else { return reply.error(errorCode(result)) }
+            guard let cache else { return reply.ok() }
             let deferred = FuseDeferredReply(reply)
             DispatchQueue.global().async {
                 cache.invalidate(inode: inode)
                 deferred.take().ok()
             }
+        }
+        cancel?.sent()
+    }
+
+    /// Sends a wait's cancel once the kernel interrupts it, never before the
+    /// wait itself has gone (the server would find nothing to cancel).
+    private final class WaitCancel: Sendable {
+        private enum State { case sending, interruptedWhileSending, sent }
+        private let state = Mutex(State.sending)
+        private let transport: any OperationTransport
+        private let cancel: Operation
+
+        init(_ transport: any OperationTransport, _ cancel: Operation) {
+            self.transport = transport
+            self.cancel = cancel
+        }
+
+        func interrupted() {
+            let now = state.withLock { state -> Bool in
+                if state == .sent { return true }
+                state = .interruptedWhileSending
+                return false
+            }
+            if now { transport.send(cancel, caller: nil) { _ in } }
+        }
+
+        func sent() {
+            let interrupted = state.withLock { state -> Bool in
+                defer { state = .sent }
+                return state == .interruptedWhileSending
+            }
+            if interrupted { transport.send(cancel, caller: nil) { _ in } }
         }
     }
 

@@ -18,6 +18,8 @@ import Synchronization
 struct PendingRequest {
     let request: fuse_req_t
     let session: Unmanaged<SessionCore>
+    /// The handler registered for the kernel's interrupt of this request (0: none).
+    var interruptID: UInt = 0
 
     /// Sends the answer with `reply` and lets the session go. The result of
     /// fuse_reply_* is returned to the few callers that care (open, create):
@@ -26,6 +28,7 @@ struct PendingRequest {
     @discardableResult
     func answer(_ reply: (fuse_req_t) -> Int32) -> Int32 {
         defer { session.release() }
+        if interruptID != 0 { session.takeUnretainedValue().interrupts.forget(interruptID) }
         return reply(request)
     }
 
@@ -43,8 +46,20 @@ struct PendingRequest {
 
 /// For unlink, rmdir, rename, flush, release, fsync, setxattr and the like.
 public struct FuseEmptyReply: ~Copyable, @unchecked Sendable {
-    let pending: PendingRequest
+    var pending: PendingRequest
     init(_ pending: PendingRequest) { self.pending = pending }
+
+    /// `handler` runs (once, on a libfuse thread) if the kernel interrupts
+    /// the request before it is answered: its process took a signal while
+    /// waiting. At once if that already happened. Register it once.
+    public mutating func onInterrupt(_ handler: @escaping @Sendable () -> Void) {
+        precondition(pending.interruptID == 0, "an interrupt handler registered twice")
+        pending.interruptID = pending.session.takeUnretainedValue().interrupts.add(handler)
+        fuse_req_interrupt_func(pending.request, { request, data in
+            guard let request, let core = fuse_req_userdata(request) else { return }
+            Unmanaged<SessionCore>.fromOpaque(core).takeUnretainedValue().interrupts.fire(UInt(bitPattern: data))
+        }, UnsafeMutableRawPointer(bitPattern: pending.interruptID))
+    }
 
     public consuming func ok() { pending.answer { fuse_reply_err($0, 0) }; discard self }
     public consuming func error(_ code: Int32) { pending.error(code); discard self }
@@ -278,4 +293,24 @@ public final class FuseDeferredReply<Wrapped: ~Copyable & Sendable>: Sendable {
         }
         return reply
     }
+}
+
+/// The interrupt handlers of requests not answered yet, by number: libfuse
+/// hands its interrupt callback a number, not an object, so a callback that
+/// races with the answer finds nothing rather than freed memory.
+final class InterruptHandlers: Sendable {
+    private let handlers = Mutex<(next: UInt, byID: [UInt: @Sendable () -> Void])>((1, [:]))
+
+    func add(_ handler: @escaping @Sendable () -> Void) -> UInt {
+        handlers.withLock { state in
+            let id = state.next
+            state.next += 1
+            state.byID[id] = handler
+            return id
+        }
+    }
+
+    func fire(_ id: UInt) { handlers.withLock { $0.byID.removeValue(forKey: id) }?() }
+
+    func forget(_ id: UInt) { handlers.withLock { _ = $0.byID.removeValue(forKey: id) } }
 }

@@ -50,6 +50,7 @@ public enum FuseLoopExit: Hashable, Sendable {
 final class SessionCore: @unchecked Sendable {
     var session: OpaquePointer?
     var operations: (any FuseOperations)?
+    let interrupts = InterruptHandlers()
 
     deinit {
         if let session { fuse_session_destroy(session) }

@@ -106,7 +106,7 @@ public final class ExportServer: @unchecked Sendable {
     public var lockLease = TimeAmount.seconds(30)
     private let leases = NIOLockedValueBox(LockLeases(lease: .zero))
 
-    private struct WaitingLock {
+    private struct WaitingLock: Sendable {
         var session: UInt64
         var sequence: UInt64
         var channel: Channel
@@ -331,6 +331,11 @@ public final class ExportServer: @unchecked Sendable {
                     respond(channel, sequence, reply, meter)
                 }
             })
+        case .cancelLockWait(let ino, let owner, let family):
+            mutations.run(order, { [self] in cancelWaits(ino, owner: owner, family: family) }, then: { [self] cancelled in
+                for waiting in cancelled { respond(waiting.channel, waiting.sequence, .error(.EINTR), waiting.meter) }
+                respond(channel, sequence, .done, meter)
+            })
         case _ where !operation.isMutation:
             respond(channel, sequence, store.withAllocatedBlocks(store.withNamespace { $0.query(operation) }), meter)
         case .setLock, .releaseLocks:
@@ -404,12 +409,7 @@ public final class ExportServer: @unchecked Sendable {
             if case .releaseLocks(let ino, let owner, let family) = operation {
                 // The owner closed the file: a wait of its own still queued (an F_SETLKW its
                 // process was killed in) must not be granted later to nobody.
-                for waiter in lockWaiters.waiting where waiter.inode == ino && waiter.request.owner == owner && waiter.request.family == family {
-                    _ = lockWaiters.cancel(id: waiter.id)
-                    if let waiting = waitingLocks.removeValue(forKey: waiter.id) {
-                        cancelled.append((waiting.channel, waiting.sequence, .error(.EINTR), 0, waiting.meter))
-                    }
-                }
+                cancelled = cancelWaits(ino, owner: owner, family: family).map { ($0.channel, $0.sequence, .error(.EINTR), 0, $0.meter) }
             }
             do {
                 var answers = LockAnswers(own: try journal(operation, session: session, sequence: sequence), woken: cancelled)
@@ -425,6 +425,17 @@ public final class ExportServer: @unchecked Sendable {
                 answerAfterReplication(woken.channel, woken.sequence, woken.reply, position: woken.position, woken.meter)
             }
         })
+    }
+
+    /// Takes the waits of `owner` on the file out of the queue (its process
+    /// gave up or closed the file); their requests are to be answered EINTR. On the mutation path.
+    private func cancelWaits(_ ino: InodeNumber, owner: LockTable.Owner, family: LockTable.Family) -> [WaitingLock] {
+        var cancelled: [WaitingLock] = []
+        for waiter in lockWaiters.waiting where waiter.inode == ino && waiter.request.owner == owner && waiter.request.family == family {
+            _ = lockWaiters.cancel(id: waiter.id)
+            if let waiting = waitingLocks.removeValue(forKey: waiter.id) { cancelled.append(waiting) }
+        }
+        return cancelled
     }
 
     /// Journals the waiting requests that a release or a downgrade let in, in

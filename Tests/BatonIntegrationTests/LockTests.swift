@@ -154,6 +154,30 @@ extension LockTests {
         XCTAssertEqual(try locker.run("try", mounts[2].mountpoint + "/db"), "got")
     }
 
+    /// A process that takes a signal while it waits for a lock stops waiting
+    /// (EINTR, as on a local file system: Python raises KeyboardInterrupt),
+    /// and its wait is gone at the server: the holder's release lets in the next ask.
+    func testASignalEndsALockWait() throws {
+        let directory = try temporaryDirectory(self)
+        let server = try ServerProcess(self, export: "export", data: directory + "/data")
+        let first = try MountProcess(self, source: "export@\(server.address)", mountpoint: directory + "/one")
+        let second = try MountProcess(self, source: "export@\(server.address)", mountpoint: directory + "/two")
+        let locker = try LockScript(self, in: directory)
+        let holder = try locker.start("hold", first.mountpoint + "/db")
+        try holder.waitForLine("locked")
+        let waiter = try locker.start("wait", second.mountpoint + "/db")
+        try waiter.waitUntilBlockedOnTheMount()
+        kill(waiter.pid, SIGINT)
+        let deadline = Date().addingTimeInterval(15)
+        while waiter.isRunning {
+            guard Date() < deadline else { return XCTFail("a signal did not end the lock wait") }
+            usleep(20_000)
+        }
+        XCTAssertEqual(waiter.count("got"), 0, "the interrupted wait got the lock")
+        holder.release()
+        XCTAssertEqual(try locker.run("try", second.mountpoint + "/db"), "got", "the interrupted wait was granted to nobody")
+    }
+
     /// A lock held across a planned migration is still held on the new
     /// server, and the waiter gets it only after the holder's release.
     func testALockHeldAcrossAMigrationIsStillHeld() throws {

@@ -97,6 +97,9 @@ public struct Namespace: Sendable {
             return result { try .directory(readdir(ino, after: cookie, maxBytes: maxBytes)) }
         case .statfs, .fsync:
             return .done
+        case .cancelLockWait:
+            // Waits are the server's, in memory: nothing of the namespace changes.
+            return .done
         case .getLock(let ino, let request):
             return result {
                 _ = try existing(ino)

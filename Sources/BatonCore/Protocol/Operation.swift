@@ -47,6 +47,10 @@ public enum Operation: Hashable, Sendable {
     /// (its mount ended without closing, its machine went). The server asks
     /// it of itself; a client's request of it is refused.
     case expireSessionLocks(session: UInt64)
+    /// A waiting `setLock` whose process gave up (a signal: FUSE's interrupt):
+    /// the wait is answered EINTR if it still waits. Waits live in the
+    /// server's memory, so this is not journaled.
+    case cancelLockWait(InodeNumber, owner: LockTable.Owner, family: LockTable.Family)
 
     /// Whether the operation needs new space on the node's disk: names and
     /// data. On a full disk these are refused first, so that the space kept
@@ -74,7 +78,7 @@ public enum Operation: Hashable, Sendable {
     /// Whether the operation changes the namespace and so goes into the journal.
     public var isMutation: Bool {
         switch self {
-        case .lookup, .getattr, .readlink, .read, .readdir, .statfs, .getxattr, .listxattr, .fsync, .getLock: false
+        case .lookup, .getattr, .readlink, .read, .readdir, .statfs, .getxattr, .listxattr, .fsync, .getLock, .cancelLockWait: false
         default: true
         }
     }
@@ -114,7 +118,7 @@ extension Operation {
     public static let writeTag = Tag.write.rawValue
 
     enum Tag: UInt8, CaseIterable {
-        case lookup = 1, getattr, readlink, read, readdir, statfs, getxattr, listxattr, fsync, getLock
+        case lookup = 1, getattr, readlink, read, readdir, statfs, getxattr, listxattr, fsync, getLock, cancelLockWait
         case setattr = 20, mknod, mkdir, symlink, link, unlink, rmdir, rename, create, open, release, write, setxattr, removexattr
         case forget, setLock, releaseLocks, expireSessionLocks
     }
@@ -158,6 +162,7 @@ extension Operation {
         case .removexattr: .removexattr
         case .forget: .forget
         case .getLock: .getLock
+        case .cancelLockWait: .cancelLockWait
         case .setLock: .setLock
         case .releaseLocks: .releaseLocks
         case .expireSessionLocks: .expireSessionLocks
@@ -206,6 +211,8 @@ extension Operation {
         case .releaseLocks(let ino, let owner, let family):
             w.write(Tag.releaseLocks.rawValue); w.write(ino); w.write(owner.session); w.write(owner.owner); w.write(family.rawValue)
         case .expireSessionLocks(let session): w.write(Tag.expireSessionLocks.rawValue); w.write(session)
+        case .cancelLockWait(let ino, let owner, let family):
+            w.write(Tag.cancelLockWait.rawValue); w.write(ino); w.write(owner.session); w.write(owner.owner); w.write(family.rawValue)
         }
     }
 
@@ -256,6 +263,9 @@ extension Operation {
             return .releaseLocks(try r.readUInt64(), owner: LockTable.Owner(session: try r.readUInt64(), owner: try r.readUInt64()),
                                  family: try r.readLockFamily())
         case .expireSessionLocks: return .expireSessionLocks(session: try r.readUInt64())
+        case .cancelLockWait:
+            return .cancelLockWait(try r.readUInt64(), owner: LockTable.Owner(session: try r.readUInt64(), owner: try r.readUInt64()),
+                                   family: try r.readLockFamily())
         }
     }
 }
@@ -476,6 +486,9 @@ extension Operation {
         case .releaseLocks(let ino, var owner, let family):
             owner.session = session
             return .releaseLocks(ino, owner: owner, family: family)
+        case .cancelLockWait(let ino, var owner, let family):
+            owner.session = session
+            return .cancelLockWait(ino, owner: owner, family: family)
         default:
             return self
         }
