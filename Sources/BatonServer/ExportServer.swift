@@ -489,7 +489,11 @@ public final class ExportServer: @unchecked Sendable {
             mutations.runOnMutationThread { [self] in
                 guard !failed else { return }
                 let released = store.withNamespace { namespace in
-                    namespace.locks.locks.flatMap { inode, held in held.filter { $0.owner.session == session }.map { "inode \(inode): \($0)" } }
+                    let held = namespace.locks.locks.mapValues { $0.filter { $0.owner.session == session } }.filter { !$0.value.isEmpty }
+                    let names = namespace.paths(of: Set(held.keys))
+                    return held.sorted { $0.key < $1.key }.flatMap { inode, locks in
+                        locks.map { "\(names[inode] ?? "inode \(inode)"): \($0.kind) \($0.family) \($0.range) pid \($0.pid)" }
+                    }
                 }
                 for waiter in lockWaiters.cancelSession(session) { waitingLocks[waiter.id] = nil }
                 let woken: [(channel: Channel, sequence: UInt64, reply: Reply, position: UInt64, meter: RequestMeter)]

@@ -23,6 +23,7 @@ final class LockTests: XCTestCase {
         XCTAssertEqual(try locker.run("try", second.mountpoint + "/db"), "EAGAIN", "the second mount took a lock the first holds")
         XCTAssertEqual(try locker.run("holder", second.mountpoint + "/db"), "\(holder.pid)", "F_GETLK names the holder's pid")
         XCTAssertEqual(try locker.run("try-range", second.mountpoint + "/db"), "got", "bytes past the held range are free")
+        XCTAssertEqual(try locker.run("ofd-try", second.mountpoint + "/db"), "EAGAIN", "an OFD lock ignored the other mount's record lock")
         let listing = try runCommand(BatonBinary.path, ["locks", "export", "--server", "\(server.address)"]).output
         XCTAssertTrue(listing.contains("/db ") && listing.contains("0-99 ") && listing.contains("exclusive") && listing.contains(" \(holder.pid) "),
                       "baton locks did not show the file, range, kind and pid:\n\(listing)")
@@ -63,7 +64,7 @@ final class LockTests: XCTestCase {
         }
         XCTAssertEqual(server.terminate(), 0)
         let log = server.log
-        XCTAssertTrue(log.contains("a client's locks released") && log.contains("0-99"), log)
+        XCTAssertTrue(log.contains("a client's locks released") && log.contains("/db: exclusive fcntl 0-99"), log)
     }
 
     /// A client that stops (its mount SIGSTOPped: the connection stays open,
@@ -302,6 +303,9 @@ private struct LockScript {
                 attempt(lambda: fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 100))
             elif mode == "try-range":
                 attempt(lambda: fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 100, 100))
+            elif mode == "ofd-try":
+                ask = struct.pack("hhqqi4x", fcntl.F_WRLCK, 0, 0, 100, 0)
+                attempt(lambda: fcntl.fcntl(fd, fcntl.F_OFD_SETLK, ask))
             elif mode == "flock-try":
                 attempt(lambda: fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB))
             elif mode == "read-lock-read":

@@ -67,7 +67,7 @@ extension Namespace {
     /// A path to each of `wanted` (the first name found, for a file with
     /// several links). One pass over every directory: for an admin's
     /// listing, not for a request path.
-    func paths(of wanted: Set<InodeNumber>) -> [InodeNumber: String] {
+    public func paths(of wanted: Set<InodeNumber>) -> [InodeNumber: String] {
         guard !wanted.isEmpty else { return [:] }
         var named: [InodeNumber: (parent: InodeNumber, name: FileName)] = [:]
         for (directory, inode) in inodes {
