@@ -28,7 +28,7 @@ final class ExportController: @unchecked Sendable {
     /// server's catch-up question: the replica's records after it are dropped.
     private var sharedUpTo: UInt64?
     /// When this node's server last exited on its own and was started again.
-    private var restarts: [Date] = []
+    private var restarts = ExportRole.Restarts()
     /// The server's replies wait for this replica, and it answered nothing
     /// past this record without it: once applied, the monitor may watch.
     private var watchOnceApplied: UInt64?
@@ -84,27 +84,20 @@ final class ExportController: @unchecked Sendable {
         agent.peer.agentAddresses.map { NodeAddress(host: $0.host, port: export.monitorPort) }
     }
 
-    /// Decides the role at agent start: serve if this node served last (or is
-    /// the preferred node of a new export) and the peer does not serve it.
-    /// `peerServes` nil: the peer's agent did not answer. Then this node
-    /// serves only when it can show that it holds the newest copy (DESIGN.md
-    /// §4.7, as corosync's wait_for_all and DRBD's Outdated state): it
-    /// served last, and its server answered without the standby since, so
-    /// the peer cannot have taken over. Otherwise it waits for the peer: a
-    /// node isolated and then rebooted while its peer was down, or with a
-    /// new, empty disk, would serve an old or an empty copy.
+    /// Takes up the role `ExportRole.start` decides at agent start.
+    /// `peerServes` nil: the peer's agent did not answer.
     func start(peerServes: Bool?) {
-        let isNew = !Disk.exists(directory)
-        let servedHere = Disk.exists(servingMarker)
-        let serve = peerServes != true && (servedHere || (isNew && export.preferredNode == agent.me.name))
-        if serve, peerServes == nil, !(servedHere && Disk.exists(standbyOutdatedMarker)) {
-            return waitForPeer(why: isNew
-                ? "this node has no copy of the export yet, and the peer may hold one"
-                : "the peer may have served the export since this node last did (this node was not serving without it when it stopped)")
-        }
+        let copy = ExportRole.LocalCopy(isNew: !Disk.exists(directory), servedHere: Disk.exists(servingMarker),
+                                        answeredAlone: Disk.exists(standbyOutdatedMarker),
+                                        preferredHere: export.preferredNode == agent.me.name)
+        take(ExportRole.start(copy, peerServes: peerServes))
+    }
+
+    private func take(_ start: ExportRole.Start) {
+        if case .waitForPeer(let why) = start { return waitForPeer(why: why) }
         do {
             try Disk.makeDirectory(agent.me.dataDirectory)
-            if serve { try startServing(aloneFromStart: peerServes == nil) } else { try startStandby() }
+            if case .serve(let alone) = start { try startServing(aloneFromStart: alone) } else { try startStandby() }
         } catch {
             logger.critical("cannot start the export on this node", metadata: [
                 "export": "\(export.name)", "node": "\(agent.me.name)", "error": "\(error)",
@@ -235,34 +228,24 @@ final class ExportController: @unchecked Sendable {
         }
     }
 
-    /// A server that exits on its own is started again here after
-    /// `restartDelay`, unless the peer's monitor has begun a swap by then
-    /// (its fence changes the role first). Without this, a server that
-    /// crashes while no monitor watches it (the peer gone, or catching up
-    /// after a swap) would leave the export unserved. A crash loop stops:
-    /// at most `maxRestarts` within `restartWindow`.
-    static let restartDelay: TimeInterval = 1
-    static let maxRestarts = 3
-    static let restartWindow: TimeInterval = 60
-
+    /// A server that exits on its own is started again here, as
+    /// `ExportRole.Restarts` allows, unless the peer's monitor has begun a
+    /// swap by then (its fence changes the role first).
     private func serverExited(_ status: Int32) {
-        let now = Date()
+        let now = MonitorRunner.now()
         let (exited, restart) = lock.withLock { () -> (ExportProcess?, Bool) in
             guard case .serving(let process) = role, !process.isRunning else { return (nil, false) }
-            restarts = restarts.filter { now.timeIntervalSince($0) < Self.restartWindow }
-            guard restarts.count < Self.maxRestarts else { return (process, false) }
-            restarts.append(now)
-            return (process, true)
+            return (process, restarts.exited(at: now))
         }
         guard let exited else { return }
         logger.error("export server exited", metadata: [
             "export": "\(export.name)", "status": "\(status)",
             "action": restart
-                ? "starting it again here in \(Self.restartDelay) s, unless the monitor on \(agent.peer.name) takes the export over first"
-                : "it exited \(Self.maxRestarts) times within \(Int(Self.restartWindow)) s: not started again; see its log above, then restart this agent",
+                ? "starting it again here in \(ExportRole.Restarts.delay), unless the monitor on \(agent.peer.name) takes the export over first"
+                : "it exited \(ExportRole.Restarts.maxRestarts) times within \(ExportRole.Restarts.window): not started again; see its log above, then restart this agent",
         ])
         guard restart else { return }
-        DispatchQueue.global().asyncAfter(deadline: .now() + Self.restartDelay) { [self] in
+        DispatchQueue.global().asyncAfter(deadline: .now() + .nanoseconds(Int(ExportRole.Restarts.delay.nanoseconds))) { [self] in
             let stillDown = lock.withLock { () -> Bool in
                 guard case .serving(let current) = role, current === exited else { return false }
                 role = .starting
@@ -339,18 +322,11 @@ final class ExportController: @unchecked Sendable {
             return true
         }
         guard wasFenced else { return }
-        do {
-            if peerServes == false {
-                logger.warning("the peer does not serve the export: serving it here again", metadata: ["export": "\(export.name)"])
-                try startServing(aloneFromStart: false)
-            } else {
-                try startStandby()
-            }
-        } catch {
-            logger.critical("cannot take the export up again after the isolation", metadata: [
-                "export": "\(export.name)", "error": "\(error)", "action": "check \(directory), then restart this agent",
-            ])
+        let rejoin = ExportRole.rejoin(peerServes: peerServes)
+        if case .serve = rejoin {
+            logger.warning("the peer does not serve the export: serving it here again", metadata: ["export": "\(export.name)"])
         }
+        take(rejoin)
     }
 
     // MARK: - Fencing (asked by the peer's agent)
@@ -361,24 +337,29 @@ final class ExportController: @unchecked Sendable {
     /// mutations, the standby acknowledges every record), then exits.
     func fence(epoch: UInt64, handOver: Bool = false) -> (Bool, String) {
         let ownEpoch = currentEpoch
-        let process: ExportProcess? = lock.withLock {
-            guard case .serving(let process) = role, ownEpoch <= epoch else { return nil }
-            role = .starting
-            return process
+        let (decision, process) = lock.withLock { () -> (ExportRole.Fence, ExportProcess?) in
+            let serving: ExportProcess? = if case .serving(let process) = role { process } else { nil }
+            let decision = ExportRole.fence(serving: serving != nil, ownEpoch: ownEpoch, asked: epoch, handOver: handOver)
+            if case .end = decision { role = .starting }
+            return (decision, serving)
         }
-        guard let process else {
-            if ownEpoch > epoch { return (false, "\(agent.me.name) serves \(export.name) at epoch \(ownEpoch), newer than \(epoch)") }
+        switch decision {
+        case .refuseNewer(let ownEpoch):
+            return (false, "\(agent.me.name) serves \(export.name) at epoch \(ownEpoch), newer than \(epoch)")
+        case .nothingRuns:
             return (true, "no server of \(export.name) runs on \(agent.me.name)")
+        case .end:
+            break
         }
+        guard let process else { preconditionFailure("a fence of a server that does not run: \(decision)") }
         if handOver { process.handOver() } else { process.kill() }
         logger.warning(handOver ? "export server handed over at the peer's request" : "export server fenced at the peer's request", metadata: [
             "export": "\(export.name)", "pid": "\(process.pid)", "epoch": "\(ownEpoch)",
             "cause": "\(handOver ? "planned" : "the peer's monitor declared the server failed")",
         ])
-        // The server answered without its standby (the marker stands until
-        // the standby has every such write): a peer that took over now, its
-        // monitor not yet stood down, would serve without them. Serve here again.
-        if !handOver, Disk.exists(standbyOutdatedMarker) {
+        // A peer that took over now, its monitor not yet stood down, would
+        // serve without the writes the server answered alone.
+        if case .serve = ExportRole.afterFence(handOver: handOver, answeredAlone: Disk.exists(standbyOutdatedMarker)) {
             logger.critical("the peer's replica lacks writes this server answered without it: serving the export here again instead", metadata: [
                 "export": "\(export.name)", "node": "\(agent.me.name)", "peer": "\(agent.peer.name)", "epoch": "\(ownEpoch)",
                 "action": .string("none if the server starts again here; if this node cannot serve it, 'baton force-serve "

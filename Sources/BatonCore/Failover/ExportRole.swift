@@ -1,0 +1,113 @@
+/// The decisions an agent makes about one export on its node outside the
+/// swap (`Swap`): where it is served at start-up, whether a server that
+/// exited is started again, what a fence asked by the peer leads to, and
+/// where it is served after this node fenced itself. Pure: what the node's
+/// disk says comes in as facts, time as `Instant`s; `ExportController`
+/// carries the answers out.
+public enum ExportRole {
+    /// What the node's data directory says of the export.
+    public struct LocalCopy: Hashable, Sendable {
+        /// No copy of the export here yet.
+        public var isNew: Bool
+        /// This node served the export last (`DIR/serving`).
+        public var servedHere: Bool
+        /// Its server answered writes without the standby since
+        /// (`DIR/standby-outdated`): the peer cannot hold a newer copy.
+        public var answeredAlone: Bool
+        /// The cluster file names this node the export's preferred one.
+        public var preferredHere: Bool
+
+        public init(isNew: Bool, servedHere: Bool, answeredAlone: Bool, preferredHere: Bool) {
+            self.isNew = isNew
+            self.servedHere = servedHere
+            self.answeredAlone = answeredAlone
+            self.preferredHere = preferredHere
+        }
+    }
+
+    public enum Start: Hashable, Sendable {
+        /// Serve here. `alone`: the peer did not answer (no standby to wait for yet).
+        case serve(alone: Bool)
+        /// Keep the standby replica and watch the peer's server.
+        case standby
+        /// Neither: this node cannot show that its copy is the newest; wait
+        /// for the peer's agent (or an admin's `baton force-serve`).
+        case waitForPeer(why: String)
+    }
+
+    /// At agent start: serve if this node served last (or is the preferred
+    /// node of a new export) and the peer does not serve it. `peerServes`
+    /// nil: the peer's agent did not answer. Then this node serves only when
+    /// it can show that it holds the newest copy (DESIGN.md §4.7, as
+    /// corosync's wait_for_all and DRBD's Outdated state): it served last,
+    /// and its server answered without the standby since, so the peer cannot
+    /// have taken over. Otherwise it waits: a node isolated and then rebooted
+    /// while its peer was down, or with a new, empty disk, would serve an old
+    /// or an empty copy.
+    public static func start(_ copy: LocalCopy, peerServes: Bool?) -> Start {
+        let serve = peerServes != true && (copy.servedHere || (copy.isNew && copy.preferredHere))
+        guard serve else { return .standby }
+        guard peerServes == nil else { return .serve(alone: false) }
+        if copy.servedHere && copy.answeredAlone { return .serve(alone: true) }
+        return .waitForPeer(why: copy.isNew
+            ? "this node has no copy of the export yet, and the peer may hold one"
+            : "the peer may have served the export since this node last did (this node was not serving without it when it stopped)")
+    }
+
+    /// After this node fenced itself (it was isolated) and hears its peer
+    /// again: the peer took the export over, so this node keeps the standby,
+    /// unless the peer says it does not serve it.
+    public static func rejoin(peerServes: Bool?) -> Start {
+        peerServes == false ? .serve(alone: false) : .standby
+    }
+
+    public enum Fence: Hashable, Sendable {
+        /// This node serves a newer epoch than the one the peer would end.
+        case refuseNewer(ownEpoch: UInt64)
+        /// No server of the export runs here: nothing to end.
+        case nothingRuns
+        /// End the server: kill it, or with `handOver` let it drain first
+        /// (no more mutations, the standby acknowledges every record).
+        case end(handOver: Bool)
+    }
+
+    /// The peer's agent asks this node to end its server of `epoch` or older
+    /// (a node whose epoch is newer refuses, serving or not: the peer's swap is stale).
+    public static func fence(serving: Bool, ownEpoch: UInt64, asked epoch: UInt64, handOver: Bool) -> Fence {
+        if ownEpoch > epoch { return .refuseNewer(ownEpoch: ownEpoch) }
+        return serving ? .end(handOver: handOver) : .nothingRuns
+    }
+
+    /// Once the fenced server has ended (asked only then: until it ends it
+    /// may still begin to answer alone): this node keeps the standby, unless
+    /// the server answered writes without its standby, which lacks them
+    /// (the marker stands until the standby has every such write). Then the
+    /// peer must not take over: the export is served here again. A hand-over
+    /// drained to the standby first, so it never leaves such writes.
+    public static func afterFence(handOver: Bool, answeredAlone: Bool) -> Start {
+        !handOver && answeredAlone ? .serve(alone: true) : .standby
+    }
+
+    /// How often a server that exits on its own is started again here: after
+    /// `delay`, at most `maxRestarts` times within `window` (a crash loop
+    /// stops). Without restarts, a server that crashes while no monitor
+    /// watches it (the peer gone, or catching up after a swap) would leave
+    /// the export unserved.
+    public struct Restarts: Hashable, Sendable {
+        public static let delay = TimeSpan.milliseconds(1000)
+        public static let maxRestarts = 3
+        public static let window = TimeSpan.milliseconds(60_000)
+
+        private var recent: [Instant] = []
+
+        public init() {}
+
+        /// The server exited at `now`: whether to start it again (after `delay`).
+        public mutating func exited(at now: Instant) -> Bool {
+            recent.removeAll { now - min(now, $0) >= Self.window }
+            guard recent.count < Self.maxRestarts else { return false }
+            recent.append(now)
+            return true
+        }
+    }
+}
