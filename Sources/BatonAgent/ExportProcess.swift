@@ -23,6 +23,8 @@ final class ExportProcess: @unchecked Sendable {
     private let awaitsPromotion: Bool
     /// Signalled once the process has exited (fencing waits on it).
     private let exited = DispatchSemaphore(value: 0)
+    /// Commands from several threads (a swap's, the peer watch's) go one whole frame at a time.
+    private let commandLock = NIOLock()
 
     /// Starts the server. Without `awaitPromotion` it waits until the server
     /// listens (or fails to). With it, until the server has bound its socket
@@ -104,9 +106,7 @@ final class ExportProcess: @unchecked Sendable {
     /// `alone`: without waiting for the standby (the old server is fenced).
     func promote(alone: Bool) throws {
         guard awaitsPromotion else { return }
-        do {
-            try agentPipe.fileHandleForWriting.write(contentsOf: Data((alone ? "go alone\n" : "go\n").utf8))
-        } catch {
+        guard tell(.promote(alone: alone)) else {
             throw ProbeError("export server for '\(exportName)' exited before its promotion; see the agent's log")
         }
         // Clients queued on the socket may be welcomed before the server says it listens.
@@ -158,11 +158,11 @@ final class ExportProcess: @unchecked Sendable {
         exited.signal()
     }
 
-    /// A planned swap: SIGUSR2 asks the server to take no more mutations,
+    /// A planned swap: the server is asked to take no more mutations,
     /// wait until its standby has every record and exit; SIGKILL after `grace`.
     func handOver(grace: TimeInterval = 3) {
         guard process.isRunning else { return }
-        Glibc.kill(process.processIdentifier, SIGUSR2)
+        tell(.handOver)
         if exited.wait(timeout: .now() + grace) == .timedOut { return kill() }
         exited.signal()
     }
@@ -180,7 +180,14 @@ final class ExportProcess: @unchecked Sendable {
 
     /// Tells the server the peer is gone: go on without a standby.
     func continueWithoutStandby() {
-        if process.isRunning { Glibc.kill(process.processIdentifier, SIGUSR1) }
+        if process.isRunning { tell(.continueWithoutStandby) }
+    }
+
+    /// One command on the server's stdin (`ServerControl`); false when the server is gone.
+    @discardableResult
+    private func tell(_ command: ServerControl) -> Bool {
+        commandLock.withLock {
+            (try? agentPipe.fileHandleForWriting.write(contentsOf: Data(command.frame()))) != nil
+        }
     }
 }
-

@@ -113,14 +113,14 @@ struct Serve: ParsableCommand {
     var standbyWaitLimitMs: Int = Int(StandbyConfiguration.defaultWaitLimit.nanoseconds / 1_000_000)
 
     @Flag(help: ArgumentHelp(
-        "Start ahead of a swap: bind the listening sockets, print 'waiting HOST:PORT', then wait for a line on stdin.",
-        discussion: "'go' opens the export and serves (connections that arrived meanwhile are answered at once); "
-            + "'go alone' also answers without waiting for a standby; the end of stdin exits. The agent starts the "
+        "Start ahead of a swap: bind the listening sockets, print 'waiting HOST:PORT', then wait for the agent's go-ahead on stdin.",
+        discussion: "The go-ahead (a ServerControl frame) opens the export and serves (connections that arrived meanwhile "
+            + "are answered at once), with or without waiting for a standby; the end of stdin exits. The agent starts the "
             + "next server of a swap this way before it fences the old one, so the pause holds no process start."))
     var awaitPromotion = false
 
     @Flag(help: ArgumentHelp(
-        "Exit when stdin ends (implied by --await-promotion, after the go-ahead).",
+        "Take the agent's commands on stdin, and exit when it ends (implied by --await-promotion).",
         discussion: "The agent that starts a server keeps a pipe to its stdin open for as long as it lives and never "
             + "closes it while the server is to run: when the agent dies, even by SIGKILL, the server exits at once "
             + "instead of serving on beside the servers the cluster knows."))
@@ -172,7 +172,8 @@ struct Serve: ParsableCommand {
         var monitor: ExportServer.Listener?
         var otherPaths: [(clients: ExportServer.Listener, monitor: ExportServer.Listener?)] = []
         var goAlone = false
-        if untilStdinEnds { exitWhenStdinEnds(logger) }
+        // The agent's commands, and its end (see AgentControl); a server started by hand reads no stdin.
+        let control = untilStdinEnds || awaitPromotion ? AgentControl(export: export, awaitsPromotion: awaitPromotion, logger: logger) : nil
         // Bound here, ahead of the server: the other paths' listeners take the
         // ports the first ones got (port 0), and a server started ahead of a
         // swap has every socket bound before its go-ahead.
@@ -197,12 +198,11 @@ struct Serve: ParsableCommand {
             FileHandle.standardOutput.write(Data("waiting \(listen.host):\(clientPort)\n".utf8))
             // Not a client is answered before the go-ahead: the agent sends it
             // once the old server is fenced and the new epoch is on disk.
-            guard let line = FileHandle.standardInput.readLine(), line == "go" || line == "go alone" else {
+            guard let alone = control?.waitForPromotion() else {
                 logger.info("not promoted: stopping", metadata: ["export": "\(export)"])
                 throw ExitCode(0)
             }
-            goAlone = line == "go alone"
-            exitWhenStdinEnds(logger)
+            goAlone = alone
         }
         let promoted = ContinuousClock.now
         let store: ExportStore
@@ -222,28 +222,8 @@ struct Serve: ParsableCommand {
         }
         let server = ExportServer(exportName: export, store: store, secret: secret, standby: standbyConfiguration,
                                   stallLimit: .milliseconds(Int64(stallLimitMs)), tls: tls, logger: logger)
-        // SIGUSR1 from the agent: go on without a standby. Handled before the
-        // server says it listens, since the agent may send it right after.
-        signal(SIGUSR1, SIG_IGN)
-        let alone = DispatchSource.makeSignalSource(signal: SIGUSR1, queue: .global())
-        alone.setEventHandler { server.continueWithoutStandby() }
-        alone.resume()
-        // SIGUSR2 from the agent: a planned swap. Take no more mutations, wait
-        // until the standby has every record, and exit; the agent then promotes it.
-        signal(SIGUSR2, SIG_IGN)
-        let handOver = DispatchSource.makeSignalSource(signal: SIGUSR2, queue: .global())
-        handOver.setEventHandler {
-            let drained = server.drainForHandOver(timeout: .seconds(2))
-            if drained {
-                logger.info("handed over: the standby has every record", metadata: ["export": "\(export)"])
-            } else {
-                logger.error("hand-over: the standby did not acknowledge every record within 2 s", metadata: [
-                    "export": "\(export)", "action": "none: what it lacks was answered in async mode only",
-                ])
-            }
-            Glibc.exit(drained ? 0 : 3)
-        }
-        handOver.resume()
+        // Before the server says it listens: the agent may ask it to go on alone right after.
+        control?.attach(server)
         if awaitPromotion {
             // The agent hears when the first connection is welcomed (it logs when clients came back).
             server.onFirstWelcome = { FileHandle.standardOutput.write(Data("welcomed\n".utf8)) }
@@ -274,35 +254,6 @@ struct Serve: ParsableCommand {
             server.stop()
         }
         try server.wait()
-        withExtendedLifetime((signals, alone, handOver, metrics)) {}
-    }
-
-    /// DESIGN.md §4.7: an export server does not outlive its agent. The
-    /// agent holds the other end of stdin and never writes to it again (nor
-    /// closes it) while this server is to run, so its end means the agent is
-    /// gone: the server exits at once, as a kill -9 would end it (the journal
-    /// is written ahead: nothing acknowledged is lost). Its agent, started
-    /// again, serves the export or takes the standby role, and a server
-    /// left here would serve on at the old epoch beside the cluster's.
-    ///
-    /// Why not prctl(PR_SET_PDEATHSIG): the signal fires when the *thread*
-    /// that started the child ends, not its process, and the agent starts
-    /// servers from short-lived threads (a swap's, a restart's); and it is
-    /// set between fork and exec, which Foundation's Process gives no hook
-    /// for. The end of a pipe comes with the last process holding it,
-    /// whatever ends it.
-    private func exitWhenStdinEnds(_ logger: Logger) {
-        Thread.detachNewThread { [export] in
-            var buffer = [UInt8](repeating: 0, count: 64)
-            while true {
-                let count = buffer.withUnsafeMutableBytes { Glibc.read(STDIN_FILENO, $0.baseAddress, $0.count) }
-                if count > 0 || (count < 0 && errno == EINTR) { continue }
-                logger.warning("the agent that started this server is gone (the end of stdin): exiting", metadata: [
-                    "export": "\(export)", "pid": "\(getpid())",
-                    "action": "none: the node's agent, when it starts, serves the export or keeps its standby replica",
-                ])
-                Glibc._exit(4)
-            }
-        }
+        withExtendedLifetime((signals, control, metrics)) {}
     }
 }

@@ -46,6 +46,19 @@ final class CodecTests: XCTestCase {
                                      freeInodes: 5, maxNameLength: 255)),
     ]
 
+    /// The agent's commands to its server: each round-trips; anything else is refused.
+    func testServerControlRoundTripsAndRefusesWhatIsNotACommand() throws {
+        for command in [ServerControl.promote(alone: false), .promote(alone: true), .continueWithoutStandby, .handOver] {
+            let frame = command.frame()
+            XCTAssertEqual(Int(frame[0]), frame.count - 4, "\(command): the length prefix")
+            XCTAssertLessThanOrEqual(frame.count - 4, ServerControl.maxFrameBytes)
+            XCTAssertEqual(try Array(frame.dropFirst(4)).withUnsafeBytes { try ServerControl.decode($0) }, command)
+        }
+        for bad: [UInt8] in [[], [0], [9], [3, 0], [1]] {
+            XCTAssertThrowsError(try bad.withUnsafeBytes { try ServerControl.decode($0) }, "\(bad) was taken for a command")
+        }
+    }
+
     func testEveryMessageRoundTrips() throws {
         var messages: [Message] = [
             .hello(export: "projects", session: 42, version: Message.protocolVersion), .welcome(epoch: 3),

@@ -516,9 +516,39 @@ extension ServerProcessTests {
         withExtendedLifetime(store) {}
     }
 
+    /// The agent's pipe carries typed commands (`ServerControl`): bytes that
+    /// are not one are not the agent speaking, and the server stops (its
+    /// journal is written ahead) rather than act on them.
+    func testAServerStopsOnACommandThatIsNotTheAgents() throws {
+        let data = try temporaryDirectory(self)
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: BatonBinary.path)
+        process.arguments = ["serve", "--export", "data", "--data", data, "--listen", "127.0.0.1:0", "--squash", "none", "--until-stdin-ends"]
+        let agentPipe = Pipe(), output = Pipe(), errors = Pipe()
+        process.standardInput = agentPipe
+        process.standardOutput = output
+        process.standardError = errors
+        let exited = DispatchSemaphore(value: 0)
+        process.terminationHandler = { _ in exited.signal() }
+        try process.run()
+        addTeardownBlock {
+            if process.isRunning {
+                kill(process.processIdentifier, SIGKILL)
+                process.waitUntilExit()
+            }
+        }
+        XCTAssertEqual(output.fileHandleForReading.readLine()?.hasPrefix("listening "), true)
+        // What an agent before typed commands said: its first four bytes are no length a command has.
+        try agentPipe.fileHandleForWriting.write(contentsOf: Data("go alone\n".utf8))
+        guard exited.wait(timeout: .now() + 10) == .success else { return XCTFail("the server acted on, or waited for, what is not a command") }
+        XCTAssertEqual(process.terminationStatus, 4)
+        let log = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        XCTAssertTrue(log.contains("a command on stdin is not the agent's"), log)
+    }
+
     /// The agent's pipe on the server's stdin: its end stops the server,
     /// from the start (`--until-stdin-ends`) or once promoted
-    /// (`--await-promotion`, then 'go'), as when the agent is killed.
+    /// (`--await-promotion`, then the go-ahead), as when the agent is killed.
     func testAServerEndsWhenItsAgentsPipeEnds() throws {
         for mode in ["--until-stdin-ends", "--await-promotion"] {
             let data = try temporaryDirectory(self)
@@ -539,7 +569,7 @@ extension ServerProcessTests {
             }
             if mode == "--await-promotion" {
                 XCTAssertEqual(output.fileHandleForReading.readLine()?.hasPrefix("waiting "), true, mode)
-                try agentPipe.fileHandleForWriting.write(contentsOf: Data("go\n".utf8))
+                try agentPipe.fileHandleForWriting.write(contentsOf: Data(ServerControl.promote(alone: false).frame()))
             }
             let line = output.fileHandleForReading.readLine()
             guard let line, line.hasPrefix("listening "), let address = NodeAddress(String(line.dropFirst("listening ".count))) else {

@@ -1,0 +1,49 @@
+/// What an agent tells the export server it started, on the server's stdin,
+/// each command framed as a message is (a u32 length, then its bytes).
+/// Typed commands on the pipe the agent already holds for as long as the
+/// server is to run (its end stops the server), instead of signals: a
+/// signal sent before the server set up its handler was lost, and a signal
+/// from anyone else with the right to send it read as the agent's.
+public enum ServerControl: Hashable, Sendable {
+    /// The go-ahead of a server started ahead of a swap (`--await-promotion`):
+    /// open the export and serve. `alone`: answer without waiting for a standby.
+    case promote(alone: Bool)
+    /// The standby is gone: answer without waiting for it from now on.
+    case continueWithoutStandby
+    /// A planned swap: take no more mutations, wait until the standby has
+    /// every record, and exit (0 when it has them).
+    case handOver
+
+    enum Tag: UInt8 {
+        case promote = 1, continueWithoutStandby, handOver
+    }
+
+    /// The largest command: every one is a few bytes; more is not the agent speaking.
+    public static let maxFrameBytes = 64
+
+    public func frame() -> [UInt8] {
+        var w = ByteWriter(capacity: 8)
+        w.write(UInt32(0))
+        switch self {
+        case .promote(let alone): w.write(Tag.promote.rawValue); w.write(alone)
+        case .continueWithoutStandby: w.write(Tag.continueWithoutStandby.rawValue)
+        case .handOver: w.write(Tag.handOver.rawValue)
+        }
+        w.patch(UInt32(w.bytes.count - 4), at: 0)
+        return w.bytes
+    }
+
+    /// One command from the bytes of its frame (after the length).
+    public static func decode(_ bytes: UnsafeRawBufferPointer) throws(DecodeError) -> ServerControl {
+        var r = ByteReader(bytes)
+        let raw = try r.readUInt8()
+        guard let tag = Tag(rawValue: raw) else { throw .unknownTag(kind: "server control", tag: UInt32(raw)) }
+        let command: ServerControl = switch tag {
+        case .promote: .promote(alone: try r.readBool())
+        case .continueWithoutStandby: .continueWithoutStandby
+        case .handOver: .handOver
+        }
+        try r.expectEnd()
+        return command
+    }
+}
