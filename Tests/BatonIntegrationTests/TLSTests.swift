@@ -103,6 +103,32 @@ final class TLSTests: XCTestCase {
         let adminReplication = try replicaSession(to: agent, presenting: admin, secret: secret)
         XCTAssertTrue(adminReplication.contains("admin certificate 'admin' presented; a replica session takes node certificates only"), adminReplication)
         XCTAssertEqual(try cluster.server("demo")?.node, "a", "a refused fence moved the export: \(cluster.logs)")
+
+        // On the export's client port an admin certificate lists locks (`baton locks`) and may not use files;
+        // a client certificate may not list the locks of others.
+        let listed = try cluster.admin(["locks", "demo"])
+        XCTAssertEqual(listed.status, 0, listed.output)
+        XCTAssertTrue(listed.output.contains("export demo, epoch"), listed.output)
+        let exportPort = NodeAddress(host: agent.host, port: port)
+        func answer(_ identity: TLSIdentity, _ message: Message) throws -> Message {
+            let connection = try BlockingConnection(exportPort, timeoutMilliseconds: 5000, tls: identity)
+            try connection.send(.hello(export: "demo", session: 9, version: Message.protocolVersion))
+            while true {
+                switch try connection.receive() {
+                case .welcome: try connection.send(message)
+                case .exportAddresses, .lockLease: continue
+                case let other: return other
+                }
+            }
+        }
+        guard case .refused(.notAllowed, let adminRequest) = try answer(admin, .request(sequence: 1, oldestUnanswered: 1, .getattr(rootInode))) else {
+            return XCTFail("an admin certificate used the export's files")
+        }
+        XCTAssertTrue(adminRequest.contains("may list locks on export 'demo', not use its files"), adminRequest)
+        guard case .refused(.notAllowed, let clientListing) = try answer(client, .locksAsked) else {
+            return XCTFail("a client certificate listed the export's locks")
+        }
+        XCTAssertTrue(clientListing.contains("only an admin certificate may list the locks"), clientListing)
     }
 
     func testAPlainTCPClusterWarnsAtStart() throws {
