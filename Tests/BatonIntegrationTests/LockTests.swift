@@ -12,11 +12,8 @@ import XCTest
 final class LockTests: XCTestCase {
     /// Two mounts of one server: each kind of lock excludes across them.
     func testLocksExcludeAcrossMountsAndAWaiterWakesOnRelease() throws {
-        let directory = try temporaryDirectory(self)
-        let server = try ServerProcess(self, export: "export", data: directory + "/data")
-        let first = try MountProcess(self, source: "export@\(server.address)", mountpoint: directory + "/one")
-        let second = try MountProcess(self, source: "export@\(server.address)", mountpoint: directory + "/two")
-        let locker = try LockScript(self, in: directory)
+        let bed = try LockBed(self, mounts: ["one", "two"])
+        let (server, first, second, locker) = (bed.server, bed.mounts[0], bed.mounts[1], bed.locker)
 
         let holder = try locker.start("hold", first.mountpoint + "/db")
         try holder.waitForLine("locked")
@@ -47,11 +44,8 @@ final class LockTests: XCTestCase {
     /// release) loses it once its session has had no connection for the
     /// lock lease, and the server logs which locks went.
     func testADeadClientsLocksAreReleasedAfterTheLease() throws {
-        let directory = try temporaryDirectory(self)
-        let server = try ServerProcess(self, export: "export", data: directory + "/data", extraArguments: ["--lock-lease-ms", "1000"])
-        let doomed = try MountProcess(self, source: "export@\(server.address)", mountpoint: directory + "/doomed")
-        let survivor = try MountProcess(self, source: "export@\(server.address)", mountpoint: directory + "/survivor")
-        let locker = try LockScript(self, in: directory)
+        let bed = try LockBed(self, mounts: ["doomed", "survivor"], serverArguments: ["--lock-lease-ms", "1000"])
+        let (server, doomed, survivor, locker) = (bed.server, bed.mounts[0], bed.mounts[1], bed.locker)
         let holder = try locker.start("hold", doomed.mountpoint + "/db")
         try holder.waitForLine("locked")
         XCTAssertEqual(try locker.run("try", survivor.mountpoint + "/db"), "EAGAIN")
@@ -73,11 +67,8 @@ final class LockTests: XCTestCase {
     /// client goes on, its next lock request on the file answers EIO (it is
     /// told, never left believing it holds the lock) until it closes the file.
     func testAStoppedClientLosesItsLocksAfterTheLeaseAndIsToldWhenItComesBack() throws {
-        let directory = try temporaryDirectory(self)
-        let server = try ServerProcess(self, export: "export", data: directory + "/data", extraArguments: ["--lock-lease-ms", "1000"])
-        let stopped = try MountProcess(self, source: "export@\(server.address)", mountpoint: directory + "/stopped")
-        let other = try MountProcess(self, source: "export@\(server.address)", mountpoint: directory + "/other")
-        let locker = try LockScript(self, in: directory)
+        let bed = try LockBed(self, mounts: ["stopped", "other"], serverArguments: ["--lock-lease-ms", "1000"])
+        let (server, stopped, other, locker) = (bed.server, bed.mounts[0], bed.mounts[1], bed.locker)
         let holder = try locker.start("hold", stopped.mountpoint + "/db")
         try holder.waitForLine("locked")
         holder.askAgain()
@@ -107,6 +98,28 @@ final class LockTests: XCTestCase {
     /// knows the lock at once (no grace period), and the waiter on the other
     /// client, sent again to the new server, gets it after the release.
     func testALockHeldAcrossAFailoverIsStillHeldAndItsWaiterWakesAfterTheRelease() throws {
+        try checkALockIsHeldAcrossASwap("the failover") { cluster in
+            let before = try XCTUnwrap(try cluster.server("demo"))
+            kill(before.pid, SIGSTOP)
+            try cluster.waitUntilReplicated("demo", epoch: before.epoch + 1)
+        }
+    }
+
+    /// A lock held across a planned migration is still held on the new
+    /// server, and the waiter gets it only after the holder's release.
+    func testALockHeldAcrossAMigrationIsStillHeld() throws {
+        try checkALockIsHeldAcrossASwap("the migration") { cluster in
+            let before = try cluster.waitUntilReplicated("demo")
+            let migrated = try cluster.admin(["migrate", "demo"])
+            XCTAssertEqual(migrated.status, 0, migrated.output)
+            try cluster.waitUntilReplicated("demo", epoch: before.epoch + 1)
+        }
+    }
+
+    /// A holder on one mount and a waiter on another, then `swap`: the new
+    /// server holds the lock (and `baton locks` shows it), the waiter still
+    /// waits, and gets the lock once the holder lets go.
+    private func checkALockIsHeldAcrossASwap(_ swap: String, _ perform: (TwoNodeCluster) throws -> Void) throws {
         let cluster = try TwoNodeCluster(self)
         let first = try cluster.mount(self, "demo", mountpoint: "one")
         let second = try cluster.mount(self, "demo", mountpoint: "two")
@@ -115,13 +128,11 @@ final class LockTests: XCTestCase {
         try holder.waitForLine("locked")
         let waiter = try locker.start("wait", second.mountpoint + "/db")
         try waiter.waitUntilBlockedOnTheMount()
-
-        let before = try XCTUnwrap(try cluster.server("demo"))
-        kill(before.pid, SIGSTOP)
-        try cluster.waitUntilReplicated("demo", epoch: before.epoch + 1)
-        XCTAssertEqual(try locker.run("try", second.mountpoint + "/db"), "EAGAIN", "the new server lost the lock")
+        let epoch = try XCTUnwrap(try cluster.server("demo")).epoch
+        try perform(cluster)
+        XCTAssertEqual(try locker.run("try", second.mountpoint + "/db"), "EAGAIN", "\(swap) lost the lock")
         let listing = try cluster.admin(["locks", "demo"]).output
-        XCTAssertTrue(listing.contains("epoch \(before.epoch + 1)") && listing.contains("/db "), "baton locks after the failover:\n\(listing)")
+        XCTAssertTrue(listing.contains("epoch \(epoch + 1)") && listing.contains("/db "), "baton locks after \(swap):\n\(listing)")
         XCTAssertTrue(waiter.isRunning, "the waiter got the lock while its holder held it")
         holder.release()
         try waiter.waitForLine("got", timeout: 30)
@@ -131,10 +142,8 @@ final class LockTests: XCTestCase {
 extension LockTests {
     /// Three clients: one holds, two wait; each release lets exactly one in.
     func testThreeMountsTakeTheLockInTurn() throws {
-        let directory = try temporaryDirectory(self)
-        let server = try ServerProcess(self, export: "export", data: directory + "/data")
-        let mounts = try ["one", "two", "three"].map { try MountProcess(self, source: "export@\(server.address)", mountpoint: directory + "/" + $0) }
-        let locker = try LockScript(self, in: directory)
+        let bed = try LockBed(self, mounts: ["one", "two", "three"])
+        let (mounts, locker) = (bed.mounts, bed.locker)
         let holder = try locker.start("hold", mounts[0].mountpoint + "/db")
         try holder.waitForLine("locked")
         let waiters = try mounts[1...].map { try locker.start("wait", $0.mountpoint + "/db") }
@@ -159,11 +168,8 @@ extension LockTests {
     /// (EINTR, as on a local file system: Python raises KeyboardInterrupt),
     /// and its wait is gone at the server: the holder's release lets in the next ask.
     func testASignalEndsALockWait() throws {
-        let directory = try temporaryDirectory(self)
-        let server = try ServerProcess(self, export: "export", data: directory + "/data")
-        let first = try MountProcess(self, source: "export@\(server.address)", mountpoint: directory + "/one")
-        let second = try MountProcess(self, source: "export@\(server.address)", mountpoint: directory + "/two")
-        let locker = try LockScript(self, in: directory)
+        let bed = try LockBed(self, mounts: ["one", "two"])
+        let (first, second, locker) = (bed.mounts[0], bed.mounts[1], bed.locker)
         let holder = try locker.start("hold", first.mountpoint + "/db")
         try holder.waitForLine("locked")
         let waiter = try locker.start("wait", second.mountpoint + "/db")
@@ -179,37 +185,13 @@ extension LockTests {
         XCTAssertEqual(try locker.run("try", second.mountpoint + "/db"), "got", "the interrupted wait was granted to nobody")
     }
 
-    /// A lock held across a planned migration is still held on the new
-    /// server, and the waiter gets it only after the holder's release.
-    func testALockHeldAcrossAMigrationIsStillHeld() throws {
-        let cluster = try TwoNodeCluster(self)
-        let first = try cluster.mount(self, "demo", mountpoint: "one")
-        let second = try cluster.mount(self, "demo", mountpoint: "two")
-        let locker = try LockScript(self, in: cluster.directory)
-        let holder = try locker.start("hold", first.mountpoint + "/db")
-        try holder.waitForLine("locked")
-        let waiter = try locker.start("wait", second.mountpoint + "/db")
-        try waiter.waitUntilBlockedOnTheMount()
-        let before = try cluster.waitUntilReplicated("demo")
-        let migrated = try cluster.admin(["migrate", "demo"])
-        XCTAssertEqual(migrated.status, 0, migrated.output)
-        try cluster.waitUntilReplicated("demo", epoch: before.epoch + 1)
-        XCTAssertEqual(try locker.run("try", second.mountpoint + "/db"), "EAGAIN", "the migration lost the lock")
-        XCTAssertTrue(waiter.isRunning, "the waiter got the lock while its holder held it")
-        holder.release()
-        try waiter.waitForLine("got", timeout: 30)
-    }
-
     /// A lock promises what the last holder wrote: a client that read the
     /// file (its kernel caches the pages) and then takes the lock sees
     /// another client's change made under the lock, not its cached pages.
     func testALockTakenSeesWhatTheLastHolderWrote() throws {
-        let directory = try temporaryDirectory(self)
-        let server = try ServerProcess(self, export: "export", data: directory + "/data")
-        let reader = try MountProcess(self, source: "export@\(server.address)", mountpoint: directory + "/reader")
-        let writer = try MountProcess(self, source: "export@\(server.address)", mountpoint: directory + "/writer")
+        let bed = try LockBed(self, mounts: ["reader", "writer"])
+        let (reader, writer, locker) = (bed.mounts[0], bed.mounts[1], bed.locker)
         try "old contents".write(toFile: writer.mountpoint + "/shared", atomically: false, encoding: .utf8)
-        let locker = try LockScript(self, in: directory)
         let reading = try locker.start("read-lock-read", reader.mountpoint + "/shared")
         try reading.waitForLine("read old contents")
         XCTAssertEqual(try locker.run("lock-write", writer.mountpoint + "/shared"), "wrote")
@@ -226,11 +208,9 @@ extension LockTests {
     /// reader on the other mount afterwards. Every row is there and
     /// `integrity_check` passes.
     func testSQLiteWritersOnTwoMountsKeepTheDatabaseWhole() throws {
-        let directory = try temporaryDirectory(self)
-        let server = try ServerProcess(self, export: "export", data: directory + "/data")
-        let one = try MountProcess(self, source: "export@\(server.address)", mountpoint: directory + "/one")
-        let two = try MountProcess(self, source: "export@\(server.address)", mountpoint: directory + "/two")
-        let script = directory + "/writer.py"
+        let bed = try LockBed(self, mounts: ["one", "two"])
+        let (one, two) = (bed.mounts[0], bed.mounts[1])
+        let script = bed.directory + "/writer.py"
         try """
             import sqlite3, sys
             path, mode, who, n = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
@@ -259,6 +239,22 @@ extension LockTests {
                        "ok 400\n")
         try writers("WAL", "wal.db", on: [one, one])
         XCTAssertEqual(try runCommand("/usr/bin/python3", [script, two.mountpoint + "/wal.db", "WAL", "check", "0"]).output, "ok 400\n")
+    }
+}
+
+/// One export server, mounts of it by name, and the lock helper, in a temporary directory.
+private struct LockBed {
+    let directory: String
+    let server: ServerProcess
+    let mounts: [MountProcess]
+    let locker: LockScript
+
+    init(_ test: XCTestCase, mounts names: [String], serverArguments: [String] = []) throws {
+        directory = try temporaryDirectory(test)
+        server = try ServerProcess(test, export: "export", data: directory + "/data", extraArguments: serverArguments)
+        let address = server.address
+        mounts = try names.map { [directory] in try MountProcess(test, source: "export@\(address)", mountpoint: directory + "/" + $0) }
+        locker = try LockScript(test, in: directory)
     }
 }
 

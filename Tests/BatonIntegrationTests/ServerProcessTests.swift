@@ -520,29 +520,13 @@ extension ServerProcessTests {
     /// are not one are not the agent speaking, and the server stops (its
     /// journal is written ahead) rather than act on them.
     func testAServerStopsOnACommandThatIsNotTheAgents() throws {
-        let data = try temporaryDirectory(self)
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: BatonBinary.path)
-        process.arguments = ["serve", "--export", "data", "--data", data, "--listen", "127.0.0.1:0", "--squash", "none", "--until-stdin-ends"]
-        let agentPipe = Pipe(), output = Pipe(), errors = Pipe()
-        process.standardInput = agentPipe
-        process.standardOutput = output
-        process.standardError = errors
-        let exited = DispatchSemaphore(value: 0)
-        process.terminationHandler = { _ in exited.signal() }
-        try process.run()
-        addTeardownBlock {
-            if process.isRunning {
-                kill(process.processIdentifier, SIGKILL)
-                process.waitUntilExit()
-            }
-        }
-        XCTAssertEqual(output.fileHandleForReading.readLine()?.hasPrefix("listening "), true)
+        let server = try PipedServer(self, data: try temporaryDirectory(self), mode: "--until-stdin-ends")
+        XCTAssertEqual(server.output.fileHandleForReading.readLine()?.hasPrefix("listening "), true)
         // What an agent before typed commands said: its first four bytes are no length a command has.
-        try agentPipe.fileHandleForWriting.write(contentsOf: Data("go alone\n".utf8))
-        guard exited.wait(timeout: .now() + 10) == .success else { return XCTFail("the server acted on, or waited for, what is not a command") }
-        XCTAssertEqual(process.terminationStatus, 4)
-        let log = String(decoding: errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        try server.agentPipe.fileHandleForWriting.write(contentsOf: Data("go alone\n".utf8))
+        guard server.exited.wait(timeout: .now() + 10) == .success else { return XCTFail("the server acted on, or waited for, what is not a command") }
+        XCTAssertEqual(server.process.terminationStatus, 4)
+        let log = String(decoding: server.errors.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         XCTAssertTrue(log.contains("a command on stdin is not the agent's"), log)
     }
 
@@ -552,21 +536,8 @@ extension ServerProcessTests {
     func testAServerEndsWhenItsAgentsPipeEnds() throws {
         for mode in ["--until-stdin-ends", "--await-promotion"] {
             let data = try temporaryDirectory(self)
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: BatonBinary.path)
-            process.arguments = ["serve", "--export", "data", "--data", data, "--listen", "127.0.0.1:0", "--squash", "none", mode]
-            let agentPipe = Pipe(), output = Pipe()
-            process.standardInput = agentPipe
-            process.standardOutput = output
-            let exited = DispatchSemaphore(value: 0)
-            process.terminationHandler = { _ in exited.signal() }
-            try process.run()
-            addTeardownBlock {
-                if process.isRunning {
-                    kill(process.processIdentifier, SIGKILL)
-                    process.waitUntilExit()
-                }
-            }
+            let server = try PipedServer(self, data: data, mode: mode)
+            let (agentPipe, output, exited) = (server.agentPipe, server.output, server.exited)
             if mode == "--await-promotion" {
                 XCTAssertEqual(output.fileHandleForReading.readLine()?.hasPrefix("waiting "), true, mode)
                 try agentPipe.fileHandleForWriting.write(contentsOf: Data(ServerControl.promote(alone: false).frame()))
@@ -610,5 +581,30 @@ extension ServerProcessTests {
         let fields = line.split(separator: " ", omittingEmptySubsequences: true)
         XCTAssertEqual(fields.count, 6, String(line))
         XCTAssertEqual(fields.dropFirst(3).first.map(String.init), String(saved.rlim_max), "soft limit not raised: \(line)")
+    }
+}
+
+/// A `baton serve` started as an agent starts one: a pipe on its stdin
+/// (`mode`: --until-stdin-ends or --await-promotion), its stdout and stderr
+/// read here; SIGKILLed at teardown if it still runs.
+private struct PipedServer {
+    let process = Process()
+    let agentPipe = Pipe(), output = Pipe(), errors = Pipe()
+    let exited = DispatchSemaphore(value: 0)
+
+    init(_ test: XCTestCase, data: String, mode: String) throws {
+        process.executableURL = URL(fileURLWithPath: BatonBinary.path)
+        process.arguments = ["serve", "--export", "data", "--data", data, "--listen", "127.0.0.1:0", "--squash", "none", mode]
+        process.standardInput = agentPipe
+        process.standardOutput = output
+        process.standardError = errors
+        process.terminationHandler = { [exited] _ in exited.signal() }
+        try process.run()
+        test.addTeardownBlock { [process] in
+            if process.isRunning {
+                kill(process.processIdentifier, SIGKILL)
+                process.waitUntilExit()
+            }
+        }
     }
 }
