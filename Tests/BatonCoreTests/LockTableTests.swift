@@ -151,34 +151,45 @@ final class LockTableTests: XCTestCase {
     /// A renewing client keeps its locks only while it renews, connection or
     /// not (a stopped client's connection lingers); an older one while it is connected.
     func testALeaseRunsOutOnlyWithoutRenewal() {
-        var leases = LockLeases(lease: .milliseconds(5000))
-        let start = Instant(nanoseconds: 1_000_000_000)
-        func at(_ ms: UInt64) -> Instant { start + .milliseconds(ms) }
-        leases.connected(1, client: "renewing", renews: true, at: start)
-        leases.connected(2, client: "old", renews: false, at: start)
-        leases.renewed(1, at: at(4000))
-        XCTAssertTrue(leases.expired(holders: [1, 2], at: at(8999)).isEmpty, "expired before the lease ran out")
-        XCTAssertEqual(leases.expired(holders: [1, 2], at: at(9000)).map(\.session), [1], "a connected client that stopped renewing kept its locks")
-        XCTAssertEqual(leases.expired(holders: [1, 2], at: at(9000)).map(\.session), [], "reported twice")
-        XCTAssertTrue(leases.expired(holders: [1, 2], at: at(60_000)).map(\.session) == [1], "a new lease after the release did not run out")
-        XCTAssertTrue(leases.expired(holders: [2], at: at(600_000)).isEmpty, "an old client's lease ran out while it was connected")
-        leases.disconnected(2, at: at(600_000))
-        XCTAssertTrue(leases.expired(holders: [2], at: at(604_999)).isEmpty)
-        XCTAssertEqual(leases.expired(holders: [2], at: at(605_000)).map(\.client), ["old"])
+        var server = SweepingServer(lease: 5000, holders: [1, 2])
+        server.leases.connected(1, client: "renewing", renews: true, at: server.at(0))
+        server.leases.connected(2, client: "old", renews: false, at: server.at(0))
+        XCTAssertTrue(server.sweep(until: 4000).isEmpty)
+        server.leases.renewed(1, at: server.at(4000))
+        XCTAssertTrue(server.sweep(until: 8500).isEmpty, "expired before the lease ran out")
+        XCTAssertEqual(server.sweep(until: 9000).map(\.session), [1], "a connected client that stopped renewing kept its locks")
+        server.holders = [2]
+        XCTAssertTrue(server.sweep(until: 600_000).isEmpty, "an old client's lease ran out while it was connected, or one ran out twice")
+        server.leases.disconnected(2, at: server.at(600_000))
+        XCTAssertTrue(server.sweep(until: 604_500).isEmpty)
+        XCTAssertEqual(server.sweep(until: 605_000).map(\.client), ["old"])
+    }
+
+    /// A server that did not run for a while (stopped, its machine paused)
+    /// heard no renewal meanwhile: its clients keep their locks for a new lease.
+    func testAServerThatDidNotRunGivesEverySessionANewLease() {
+        var server = SweepingServer(lease: 10_000, holders: [1])
+        server.leases.connected(1, client: "renewing", renews: true, at: server.at(0))
+        XCTAssertTrue(server.sweep(until: 1000).isEmpty)
+        XCTAssertTrue(server.leases.expired(holders: [1], at: server.at(61_000)).isEmpty, "a client lost its locks to the server's own pause")
+        server.now = 61_000
+        XCTAssertTrue(server.sweep(until: 70_000).isEmpty)
+        XCTAssertEqual(server.sweep(until: 71_000).map(\.session), [1], "the new lease never ran out")
     }
 
     /// Locks that came with the journal (a failover) get a whole lease from
     /// the first look; a session with no locks and no connection is forgotten.
     func testASessionFirstSeenWithLocksGetsAWholeLease() {
-        var leases = LockLeases(lease: .milliseconds(1000))
-        XCTAssertTrue(leases.expired(holders: [7], at: Instant(nanoseconds: 50_000_000_000)).isEmpty)
-        XCTAssertEqual(leases.client(of: 7), "a client of the server before")
-        leases.connected(7, client: "back", renews: true, at: Instant(nanoseconds: 50_500_000_000))
-        XCTAssertTrue(leases.expired(holders: [7], at: Instant(nanoseconds: 51_400_000_000)).isEmpty, "the reconnection did not renew")
-        XCTAssertEqual(leases.expired(holders: [7], at: Instant(nanoseconds: 51_500_000_000)).map(\.client), ["back"])
-        leases.disconnected(7, at: Instant(nanoseconds: 52_000_000_000))
-        _ = leases.expired(holders: [], at: Instant(nanoseconds: 52_000_000_000))
-        XCTAssertNil(leases.client(of: 7), "a session with nothing left stayed in memory")
+        var server = SweepingServer(lease: 1000, holders: [7])
+        XCTAssertTrue(server.sweep(until: 100).isEmpty)
+        XCTAssertEqual(server.leases.client(of: 7), "a client of the server before")
+        server.leases.connected(7, client: "back", renews: true, at: server.at(500))
+        XCTAssertTrue(server.sweep(until: 1400).isEmpty, "the reconnection did not renew")
+        XCTAssertEqual(server.sweep(until: 1500).map(\.client), ["back"])
+        server.leases.disconnected(7, at: server.at(2000))
+        server.holders = []
+        _ = server.sweep(until: 2100)
+        XCTAssertNil(server.leases.client(of: 7), "a session with nothing left stayed in memory")
     }
 
     /// A session that lost its locks to its lease is told on the file until it lets go of it.
@@ -250,5 +261,32 @@ private struct SplitMix {
         z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
         z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
         return z ^ (z >> 31)
+    }
+}
+
+/// Looks at the leases as the server does: every tenth of the lease.
+private struct SweepingServer {
+    var leases: LockLeases
+    var holders: Set<UInt64>
+    /// Milliseconds since the start.
+    var now: UInt64 = 0
+    private let every: UInt64
+
+    init(lease: UInt64, holders: Set<UInt64>) {
+        leases = LockLeases(lease: .milliseconds(lease))
+        self.holders = holders
+        every = lease / 10
+    }
+
+    func at(_ ms: UInt64) -> Instant { Instant(nanoseconds: 1_000_000_000) + .milliseconds(ms) }
+
+    /// The sessions whose lease ran out up to `ms`.
+    mutating func sweep(until ms: UInt64) -> [(session: UInt64, client: String)] {
+        var gone: [(session: UInt64, client: String)] = []
+        while now + every <= ms {
+            now += every
+            gone += leases.expired(holders: holders, at: at(now))
+        }
+        return gone
     }
 }

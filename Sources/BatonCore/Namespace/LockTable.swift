@@ -378,6 +378,9 @@ public struct LockWaiters: Sendable {
 public struct LockLeases: Sendable {
     public let lease: TimeSpan
     private var sessions: [UInt64: Session] = [:]
+    /// When the server last looked (`expired`): a look far later than the
+    /// one before means the server itself did not run meanwhile.
+    private var lastLook: Instant?
 
     private struct Session: Hashable, Sendable {
         var connections = 0
@@ -416,7 +419,14 @@ public struct LockLeases: Sendable {
     /// Of the sessions holding locks (`holders`), those whose lease ran out by
     /// `now`, oldest first, with who they were. Each starts a new lease (its
     /// release is under way); sessions with no locks and no connection are forgotten.
+    /// A look more than half a lease after the last one gives every session
+    /// a new lease: the server did not run in between (stopped, its machine
+    /// paused), so no renewal could be heard, and its clients are not to blame.
     public mutating func expired(holders: Set<UInt64>, at now: Instant) -> [(session: UInt64, client: String)] {
+        if let lastLook, now - min(now, lastLook) > TimeSpan(nanoseconds: lease.nanoseconds / 2) {
+            for session in sessions.keys { sessions[session]!.heard = max(sessions[session]!.heard, now) }
+        }
+        lastLook = now
         var gone: [(heard: Instant, session: UInt64, client: String)] = []
         for (session, known) in sessions {
             guard holders.contains(session) else {
