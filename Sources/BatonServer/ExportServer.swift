@@ -466,15 +466,24 @@ public final class ExportServer: @unchecked Sendable {
     }
 
     /// What `baton locks` shows: every lock with its file, client and time.
+    /// A listing walks every directory under the namespace's read lock: one
+    /// made less than a second ago is answered again, so that a flood of asks
+    /// cannot keep mutations waiting.
     func lockListingJSON() -> String {
-        let leases = leases.withLockedValue { $0 }
-        let listing = store.withNamespace { namespace in
-            namespace.lockListing(export: exportName, epoch: epoch, leaseMs: Int(lockLease.nanoseconds / 1_000_000)) { session in
-                leases.client(of: session) ?? "session \(session), not connected to this server yet"
+        lastLockListing.withLockedValue { last in
+            if let made = last, NIODeadline.now() - made.at < .seconds(1) { return made.json }
+            let leases = leases.withLockedValue { $0 }
+            let listing = store.withNamespace { namespace in
+                namespace.lockListing(export: exportName, epoch: epoch, leaseMs: Int(lockLease.nanoseconds / 1_000_000)) { session in
+                    leases.client(of: session) ?? "session \(session), not connected to this server yet"
+                }
             }
+            let json = StatusJSON.encode(listing, pretty: false)
+            last = (NIODeadline.now(), json)
+            return json
         }
-        return StatusJSON.encode(listing, pretty: false)
     }
+    private let lastLockListing = NIOLockedValueBox<(at: NIODeadline, json: String)?>(nil)
 
     private static func now() -> Instant { Instant(nanoseconds: NIODeadline.now().uptimeNanoseconds) }
 
