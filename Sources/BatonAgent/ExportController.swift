@@ -140,7 +140,7 @@ final class ExportController: @unchecked Sendable {
         try? Disk.remove(servingMarker)
         let store: ExportStore
         do {
-            store = try ExportStore(directory: directory, exportName: export.name, logger: logger)
+            store = try openReplicaStore()
         } catch {
             guard error.isDamage else { throw error }
             store = try replaceDamagedReplica()
@@ -149,6 +149,16 @@ final class ExportController: @unchecked Sendable {
         logger.info("standby replica ready", metadata: [
             "export": "\(export.name)", "epoch": "\(store.epoch)", "sequence": "\(store.appliedSequence)",
         ])
+    }
+
+    /// The replica's store. Its checkpoints are written in the background:
+    /// sync replication has the server's clients wait for the replica's
+    /// answers, and a checkpoint written inline (0.5 s after 100,000 small
+    /// files) held them all.
+    private func openReplicaStore() throws(StoreError) -> ExportStore {
+        let store = try ExportStore(directory: directory, exportName: export.name, logger: logger)
+        store.writesCheckpointsInBackground()
+        return store
     }
 
     /// A standby whose copy does not open (a journal damaged by a power cut
@@ -165,7 +175,7 @@ final class ExportController: @unchecked Sendable {
             "action": "none for the export; look at \(aside) for the cause (its log line above), then remove it",
         ])
         try Disk.makeDirectory(directory)
-        return try ExportStore(directory: directory, exportName: export.name, logger: logger)
+        return try openReplicaStore()
     }
 
     /// Waits until the peer's agent answers, then decides as at start.
@@ -965,7 +975,7 @@ final class ExportController: @unchecked Sendable {
             try? FileManager.default.removeItem(atPath: incoming)
             // One owner (DESIGN.md §4.7), this process included: the old replica lets go first.
             old.close()
-            let store = try ExportStore(directory: directory, exportName: export.name, logger: logger)
+            let store = try openReplicaStore()
             let (received, dropped) = lock.withLock { () -> (Int, UInt64?) in
                 role = .standby(store, nil)
                 defer { copy = nil }

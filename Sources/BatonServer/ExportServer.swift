@@ -36,11 +36,12 @@ public final class ExportServer: @unchecked Sendable {
     private var otherPathListeners: [Channel] = []
     /// When each of `network`'s threads last had a turn (uptime nanoseconds).
     private let networkTurns: [NIOLockedValueBox<UInt64>]
-    /// Held while a mutation, a sync or a checkpoint runs; guards `failed` too.
+    /// Held while a mutation, a sync or a checkpoint's cut runs (the
+    /// checkpoint is written without it); guards `failed` too.
     private let mutations: MutationPath
     private var failed = false
     /// How long the mutation lock may be held by one mutation, sync or
-    /// checkpoint while the challenge is still answered: the server is
+    /// checkpoint cut while the challenge is still answered: the server is
     /// making progress, only its disk is slow. Past it the server counts as
     /// wedged and the challenge goes unanswered (DESIGN.md §2 "Monitor").
     private let stallLimit: TimeAmount
@@ -76,7 +77,7 @@ public final class ExportServer: @unchecked Sendable {
         let mutations = MutationPath()
         self.mutations = mutations
         self.replication = standby.map { ReplicationLink(configuration: $0, store: store, mutationLock: mutations, tls: tls, logger: logger) }
-        store.checkpointRunner = { checkpoint in mutations.runOnMutationThread(checkpoint) }
+        store.writesCheckpointsInBackground()
     }
 
     /// Runs once, when the first connection is welcomed (after a swap: the

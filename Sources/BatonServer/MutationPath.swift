@@ -7,18 +7,18 @@ import Glibc
 #endif
 
 /// The export's mutation lock and the thread that waits for it. Mutations,
-/// syncs and checkpoints hold the lock, one at a time, in journal order.
+/// syncs and checkpoint cuts hold the lock, one at a time, in journal order
+/// (a checkpoint is written without it: `ExportStore.checkpointRunner`).
 ///
 /// A network thread never waits for it: heartbeats and the monitor's
 /// challenges are answered on the network threads, and a thread that waited
-/// behind an fsync or a checkpoint (hundreds of milliseconds under heavy IO,
+/// behind an fsync (hundreds of milliseconds under heavy IO,
 /// seconds on a slow disk) fell silent and had a healthy server failed over.
 /// A network thread runs a mutation in place when the lock is free (the fast
 /// path: no thread hop); otherwise it hands the mutation to the mutation
 /// thread, and so does every later mutation of that connection until those
 /// handed over have run, so that a connection's requests keep their order.
-/// Syncs and checkpoints always run on the mutation thread: they wait for
-/// the disk.
+/// Syncs always run on the mutation thread: they wait for the disk.
 final class MutationPath: @unchecked Sendable {
     private var mutex = pthread_mutex_t()
     private let thread = DispatchQueue(label: "baton.mutations")
@@ -80,7 +80,7 @@ final class MutationPath: @unchecked Sendable {
         }
     }
 
-    /// Runs `body` on the mutation thread with the lock held (a checkpoint).
+    /// Runs `body` on the mutation thread with the lock held (work of the server's own, such as a lease expiry).
     func runOnMutationThread(_ body: @escaping @Sendable () -> Void) {
         thread.async { [self] in withLock(body) }
     }

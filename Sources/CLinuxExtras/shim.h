@@ -1,12 +1,13 @@
 // What Swift's Glibc module leaves out: glibc's malloc tuning, process file
 // descriptors (pidfd: signal and wait for one process, not a PID that may be
-// reused), and the GNU sync_file_range and fallocate (declared here: the
+// reused), and the GNU sync_file_range, syncfs and fallocate (declared here: the
 // module is built without _GNU_SOURCE).
 #include <malloc.h>
 #include <sys/pidfd.h>
 
 int sync_file_range(int fd, long offset, long nbytes, unsigned int flags);
 #define BATON_SYNC_FILE_RANGE_WRITE 2
+int syncfs(int fd);
 int fallocate(int fd, int mode, long offset, long len);
 #define BATON_FALLOC_FL_KEEP_SIZE 1
 #define BATON_FALLOC_FL_PUNCH_HOLE 2

@@ -61,6 +61,25 @@ final class CatchUpTests: XCTestCase {
         XCTAssertNil(history(checkpoint: 30, epoch: 3, []).divergencePoint(with: history(checkpoint: 10, epoch: 1, [])))
     }
 
+    /// A checkpoint written while records went on (issue 11) keeps the
+    /// records after its cut, and the epoch of the cut itself.
+    func testACheckpointAtAnEarlierRecordKeepsTheRecordsAfterIt() {
+        // Records 1-6 in epoch 1, 7-9 in epoch 2, 10-11 in epoch 3; the checkpoint cut at 8.
+        var journal = history(records(6, epoch: 1) + records(3, epoch: 2) + records(2, epoch: 3))
+        journal.checkpointed(at: 8)
+        XCTAssertEqual(journal, history(checkpoint: 8, epoch: 2, [2] + records(2, epoch: 3)))
+        XCTAssertNil(journal.epoch(of: 7), "a record before the cut is gone")
+        XCTAssertEqual(journal.epoch(of: 8), 2)
+        XCTAssertEqual(journal.epoch(of: 10), 3)
+        // At the start of a run, and at the last record.
+        var atRunStart = history(records(3, epoch: 1) + records(2, epoch: 2))
+        atRunStart.checkpointed(at: 4)
+        XCTAssertEqual(atRunStart, history(checkpoint: 4, epoch: 2, [2]))
+        var atLast = history(records(3, epoch: 1))
+        atLast.checkpointed(at: 3)
+        XCTAssertEqual(atLast, history(checkpoint: 3, epoch: 1, []))
+    }
+
     func testHistoriesRoundTripAndBadOnesAreRefused() throws {
         let standby = history(checkpoint: 4, epoch: 1, records(3, epoch: 1) + records(2, epoch: 3))
         let messages: [Message] = [

@@ -72,7 +72,10 @@ struct NamespaceModel {
 
 /// The seeded workload, run against a real store while the disk is recorded.
 final class CrashWorkload {
-    static let limits = ExportStore.Limits(checkpointAfterBytes: 3 << 20, segmentBytes: 2 * WireLimits.maxFrameBytes)
+    /// Few files per fsync each, so that both ways of syncing data files (an
+    /// fsync each, one syncfs) come before crash points.
+    static let limits = ExportStore.Limits(checkpointAfterBytes: 3 << 20, segmentBytes: 2 * WireLimits.maxFrameBytes,
+                                           syncEachFileAtMost: 4)
     static let maxFileBytes = 512 * 1024
 
     let store: ExportStore

@@ -46,6 +46,13 @@ public struct JournalHistory: Hashable, Sendable {
         if epoch != runs[runs.count - 1].epoch { runs.append(Run(first: sequence, epoch: epoch)) }
     }
 
+    /// The journal after a checkpoint at `sequence`, which it holds: the
+    /// records before it are gone, the checkpoint's own epoch is still known.
+    public mutating func checkpointed(at sequence: UInt64) {
+        guard let epoch = epoch(of: sequence) else { preconditionFailure("checkpoint at \(sequence) outside the journal \(runs[0].first)...\(last)") }
+        runs = [Run(first: sequence, epoch: epoch)] + runs.filter { $0.first > sequence }
+    }
+
     /// The epoch of record `sequence`, if this journal still knows it.
     public func epoch(of sequence: UInt64) -> UInt64? {
         guard sequence >= runs[0].first, sequence <= last else { return nil }

@@ -224,6 +224,21 @@ public enum Disk {
         try OpenFile(path: path, flags: O_RDONLY | O_DIRECTORY).sync(dataOnly: false)
     }
 
+    /// Makes every file of the file system that holds `directory` durable
+    /// (syncfs: one call, and the disk's cache flush once, where an fsync per
+    /// file costs a journal commit each). `paths` are the files the caller
+    /// needs durable: faults are injected and changes recorded for them.
+    public static func syncFileSystem(containing directory: String, paths: [String]) throws {
+        for path in paths {
+            if let injected = DiskFaults.beforeSync(path) { throw SystemCallError("syncfs", path: path, errno: injected) }
+        }
+        let handle = try OpenFile(path: directory, flags: O_RDONLY | O_DIRECTORY)
+        guard syncfs(handle.descriptor) == 0 else { throw SystemCallError("syncfs", path: directory) }
+        if let recorder {
+            for path in paths { recorder.record(.sync(path: path)) }
+        }
+    }
+
     public static func list(_ path: String) throws -> [String] {
         guard let dir = opendir(path) else { throw SystemCallError("opendir", path: path) }
         defer { closedir(dir) }
