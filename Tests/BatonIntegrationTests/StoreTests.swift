@@ -296,6 +296,51 @@ extension StoreTests {
         XCTAssertFalse(try strayKept(warm: false, recordAfter: false), "an open without a warm checkpoint did not reconcile")
     }
 
+    /// A checkpoint not yet written (issue 11: written in the background)
+    /// leaves the checkpoint before it in force, whose replay re-applies the
+    /// immediate writes before the cut: a later large write over one must be
+    /// journaled with its data too, also after a promotion from a warm
+    /// checkpoint taken meanwhile. Else a replay would put the older bytes
+    /// over the newer ones.
+    func testAWriteOverAnImmediateOneStaysImmediateUntilTheCheckpointIsWritten() throws {
+        let directory = try temporaryDirectory(self)
+        let limits = ExportStore.Limits(checkpointAfterBytes: 1 << 20, segmentBytes: 3 << 20)
+        func largeWriteIsImmediate(_ store: ExportStore, _ ino: InodeNumber, _ handle: UInt64) throws -> Bool {
+            let data = [UInt8](repeating: 0x42, count: 100 * 1024)
+            let applied = try data.withUnsafeBytes {
+                try store.applyWrite(ino, handle: handle, offset: 0, data: $0, session: 1, requestSequence: UInt64.random(in: 1...UInt64.max))
+            }
+            guard case .write(_, _, _, let journaled)? = applied.record?.operation else { throw TestError("no write record") }
+            return !journaled.isEmpty
+        }
+        var files: [(InodeNumber, UInt64)] = []
+        do {
+            let store = try ExportStore(directory: directory, exportName: "x", limits: limits, logger: logger)
+            let heldCheckpoints = ManagedAtomicCounter()
+            store.checkpointRunner = { _ in heldCheckpoints.increment() }
+            for name in ["before", "after"] {
+                guard case .created(let file, let handle) = try store.apply(
+                    .create(parent: rootInode, name: FileName(name), mode: 0o644, flags: OpenFlags.readWrite, .root),
+                    session: 1, requestSequence: UInt64(files.count + 1)).reply else { return XCTFail("create") }
+                XCTAssertEqual(try write(store, file.inode, handle, 1, count: 1000, at: 0), .written(count: 1000))
+                files.append((file.inode, handle))
+            }
+            // Past the checkpoint limit: the cut happens, its writing is held.
+            let filler = [UInt8](repeating: 7, count: 60 * 1024)
+            for i in 0..<20 {
+                _ = try store.apply(.setxattr(rootInode, name: FileName("user.f\(i)"), value: filler, flags: 0), session: 1,
+                                    requestSequence: UInt64(100 + i))
+            }
+            XCTAssertEqual(heldCheckpoints.value, 1, "no checkpoint was cut: this test tests nothing")
+            XCTAssertTrue(try largeWriteIsImmediate(store, files[0].0, files[0].1),
+                          "a write over an immediate write of before the cut went indirect")
+            try store.writeWarmCheckpoint()
+        }
+        let promoted = try ExportStore(directory: directory, exportName: "x", limits: limits, logger: logger)
+        XCTAssertTrue(try largeWriteIsImmediate(promoted, files[1].0, files[1].1),
+                      "after a promotion from a warm checkpoint, a write over an immediate write of before the cut went indirect")
+    }
+
     /// A warm checkpoint whose journal was checkpointed away after it is not
     /// used for where the journal ends: the open replays, as without one.
     func testWarmCheckpointOlderThanTheDurableOneIsNotUsed() throws {

@@ -764,8 +764,14 @@ public final class ExportStore: @unchecked Sendable {
             w.write(ino)
             w.write(sequence)
         }
-        w.write(UInt32(immediateRanges.count))
-        for (ino, ranges) in immediateRanges {
+        // With those of a checkpoint not yet durable: a replay from the one
+        // before re-applies them too.
+        var immediate = immediateRanges
+        for (ino, ranges) in progress.withLock({ $0.immediateBeforeCut }) {
+            for range in ranges.ranges { immediate[ino, default: ByteRanges()].insert(range) }
+        }
+        w.write(UInt32(immediate.count))
+        for (ino, ranges) in immediate {
             w.write(ino)
             w.write(UInt32(ranges.ranges.count))
             for range in ranges.ranges {
