@@ -68,6 +68,9 @@ extension Namespace {
             namespace.nextInode = try r.readUInt64()
             namespace.nextHandle = try r.readUInt64()
             let inodeCount = try r.readUInt64()
+            // Sized once rather than rehashed as it fills; an
+            // inode takes at least 64 bytes, so a lying count cannot reserve more.
+            namespace.inodes.reserveCapacity(Int(min(inodeCount, UInt64(r.remaining / 64))))
             for _ in 0..<inodeCount {
                 let ino = try r.readUInt64()
                 var inode = Inode(attributes: try r.readAttributes(), parent: try r.readUInt64())
