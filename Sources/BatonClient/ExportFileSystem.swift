@@ -24,8 +24,20 @@ public final class ExportFileSystem: FuseOperations {
     /// The files and owners that took a record lock through this mount: only
     /// their closes cost a round trip to release locks (issue 12).
     private let fcntlLockers = Mutex<Set<FileOwner>>([])
-    /// Drops the kernel's cache of a file this mount just locked (see `sendLock`); nil in tests without a kernel.
+    /// Drops the kernel's cache of a file this mount just locked (see `sendLock`), fills it from a prefetched window.
     private let cache: FuseCacheNotifier?
+    /// Windows fetched around small reads, stored into the page cache (see `ReadPrefetch`).
+    private let prefetch: Mutex<ReadPrefetch<@Sendable () -> Void>>
+    /// Stores run here, one at a time, off the network threads: the kernel
+    /// may wait for a page that a read answered by those threads unlocks.
+    private let storeQueue = DispatchQueue(label: "baton.prefetch-store")
+    /// Handles that may write, each a change under way until its release.
+    private let changingHandles = Mutex<Set<FileHandle>>([])
+
+    private struct FileHandle: Hashable {
+        var inode: UInt64
+        var handle: UInt64
+    }
 
     private struct FileOwner: Hashable {
         var inode: UInt64
@@ -39,9 +51,13 @@ public final class ExportFileSystem: FuseOperations {
 
     public init(transport: any OperationTransport, attributeTimeoutSeconds: Double = 1.0,
                 entryTimeoutSeconds: Double = 1.0, writebackCache: Bool = false, writeBehindBytes: Int = 0,
-                cache: FuseCacheNotifier? = nil) {
+                prefetchWindowBytes: Int = 0, cache: FuseCacheNotifier? = nil) {
         self.transport = transport
         self.cache = cache
+        // With writeback caching the kernel holds dirty pages the server has
+        // not seen: a window stored over them would undo those writes.
+        let window = writebackCache || cache == nil ? 0 : UInt64(max(0, prefetchWindowBytes))
+        self.prefetch = Mutex(ReadPrefetch(windowBytes: window))
         self.writesBehind = Mutex(WriteBehind(windowBytes: writeBehindBytes))
         self.attributeTimeoutSeconds = attributeTimeoutSeconds
         self.entryTimeoutSeconds = entryTimeoutSeconds
@@ -123,7 +139,13 @@ public final class ExportFileSystem: FuseOperations {
 
     public func setattr(_ request: FuseRequest, inode: UInt64, changes: FuseAttributeChanges,
                         reply: consuming FuseAttributesReply) {
-        sendAttributes(request, .setattr(inode, AttributeChanges(changes), caller(request)), reply)
+        let operation = Operation.setattr(inode, AttributeChanges(changes), caller(request))
+        guard changes.sizeBytes != nil else { return sendAttributes(request, operation, reply) }
+        // A size change: no window may be stored across it (see `ReadPrefetch`).
+        let deferred = FuseDeferredReply(reply)
+        whenChangeMayBegin(inode) { [self] in
+            sendAttributes(request, operation, deferred.take()) { [self] in prefetch.withLock { $0.endChange(inode) } }
+        }
     }
 
     public func readlink(_ request: FuseRequest, inode: UInt64, reply: consuming FuseDataReply) {
@@ -151,13 +173,45 @@ public final class ExportFileSystem: FuseOperations {
     // MARK: - Files
 
     public func open(_ request: FuseRequest, inode: UInt64, flags: Int32, reply: consuming FuseOpenReply) {
-        send(request, .open(inode, flags: serverFlags(flags)), reply) { [transport] reply, result in
-            switch result {
-            case .opened(let handle):
-                if !reply.opened(handle: handle) { transport.send(.release(inode, handle: handle), caller: nil) { _ in } }
-            default: reply.error(errorCode(result))
+        let operation = Operation.open(inode, flags: serverFlags(flags))
+        guard flags & O_ACCMODE != O_RDONLY || flags & O_TRUNC != 0 else {
+            return send(request, operation, reply) { [transport] reply, result in
+                switch result {
+                case .opened(let handle):
+                    if !reply.opened(handle: handle) { transport.send(.release(inode, handle: handle), caller: nil) { _ in } }
+                default: reply.error(errorCode(result))
+                }
             }
         }
+        // A handle that may write is a change until its release (see `ReadPrefetch`).
+        let deferred = FuseDeferredReply(reply)
+        whenChangeMayBegin(inode) { [self] in
+            send(request, operation, deferred.take()) { [self] reply, result in
+                switch result {
+                case .opened(let handle):
+                    changingHandles.withLock { _ = $0.insert(FileHandle(inode: inode, handle: handle)) }
+                    if !reply.opened(handle: handle) { released(inode, handle: handle) }
+                default:
+                    prefetch.withLock { $0.endChange(inode) }
+                    reply.error(errorCode(result))
+                }
+            }
+        }
+    }
+
+    /// Runs `change` once no window is being stored into the file's pages.
+    private func whenChangeMayBegin(_ inode: UInt64, _ change: @escaping @Sendable () -> Void) {
+        if prefetch.withLock({ $0.beginChange(inode, change) }) { change() }
+    }
+
+    /// A handle the kernel will not release (its open was interrupted).
+    private func released(_ inode: UInt64, handle: UInt64) {
+        endChange(of: FileHandle(inode: inode, handle: handle))
+        transport.send(.release(inode, handle: handle), caller: nil) { _ in }
+    }
+
+    private func endChange(of handle: FileHandle) {
+        if changingHandles.withLock({ $0.remove(handle) }) != nil { prefetch.withLock { $0.endChange(handle.inode) } }
     }
 
     public func create(_ request: FuseRequest, parent: UInt64, name: [UInt8], mode: UInt32, flags: Int32,
@@ -169,9 +223,12 @@ public final class ExportFileSystem: FuseOperations {
             case .created(let attributes, let handle):
                 // Counted before the kernel can see it, so its FORGET never finds no count.
                 lookupCounts.remember(attributes.inode)
+                // A new file: no window of it can be under way, so its change begins at once.
+                _ = prefetch.withLock { $0.beginChange(attributes.inode, {}) }
+                changingHandles.withLock { _ = $0.insert(FileHandle(inode: attributes.inode, handle: handle)) }
                 if !reply.created(entry(attributes), handle: handle) {
                     _ = lookupCounts.forget(attributes.inode, 1)
-                    transport.send(.release(attributes.inode, handle: handle), caller: nil) { _ in }
+                    released(attributes.inode, handle: handle)
                 }
             default: reply.error(errorCode(result))
             }
@@ -180,12 +237,40 @@ public final class ExportFileSystem: FuseOperations {
 
     public func read(_ request: FuseRequest, inode: UInt64, handle: UInt64, offset: UInt64, size: UInt32,
                      reply: consuming FuseDataReply) {
-        send(request, .read(inode, handle: handle, offset: offset, size: size), reply) { reply, result in
-            switch result {
-            // More than asked for would make the kernel fail the read anyway.
-            case .bytes(let data) where data.count <= Int(size): reply.data(data)
-            default: reply.error(errorCode(result))
+        guard let window = prefetch.withLock({ $0.fetch(inode, offset: offset, size: size) }) else {
+            return send(request, .read(inode, handle: handle, offset: offset, size: size), reply) { reply, result in
+                switch result {
+                // More than asked for would make the kernel fail the read anyway.
+                case .bytes(let data) where data.count <= Int(size): reply.data(data)
+                default: reply.error(errorCode(result))
+                }
             }
+        }
+        send(request, .read(inode, handle: handle, offset: window.start, size: window.length), reply) { [self] reply, result in
+            guard case .bytes(let data) = result, data.count <= Int(window.length) else {
+                prefetch.withLock { $0.abandon(window) }
+                return reply.error(errorCode(result))
+            }
+            let asked = min(data.count, Int(offset - window.start))..<min(data.count, Int(offset - window.start) + Int(size))
+            reply.data(Array(data[asked]))
+            store(data, of: window, except: asked)
+        }
+    }
+
+    /// Puts a fetched window into the kernel's page cache, but for the part
+    /// just answered (the kernel fills those pages from the answer).
+    private func store(_ data: [UInt8], of window: ReadPrefetch<@Sendable () -> Void>.Fetch, except asked: Range<Int>) {
+        guard let cache else { return prefetch.withLock { $0.abandon(window) } }
+        storeQueue.async { [self] in
+            guard prefetch.withLock({ $0.beginStore(window) }) else { return }
+            data.withUnsafeBytes { bytes in
+                for part in [0..<asked.lowerBound, asked.upperBound..<bytes.count] where !part.isEmpty {
+                    // An error (the kernel dropped the inode, the mount is going) leaves the pages to be read.
+                    cache.store(inode: window.inode, offset: window.start + UInt64(part.lowerBound),
+                                bytes: UnsafeRawBufferPointer(rebasing: bytes[part]))
+                }
+            }
+            for change in prefetch.withLock({ $0.stored(window.inode) }) { change() }
         }
     }
 
@@ -252,6 +337,7 @@ public final class ExportFileSystem: FuseOperations {
             let owner = LockTable.Owner(session: 0, owner: flockOwner)
             transport.send(.releaseLocks(inode, owner: owner, family: .flock), caller: nil) { _ in }
         }
+        endChange(of: FileHandle(inode: inode, handle: handle))
         sendDone(request, .release(inode, handle: handle), reply)
     }
 
@@ -311,13 +397,17 @@ public final class ExportFileSystem: FuseOperations {
         }
         let cancel = wait ? WaitCancel(transport, .cancelLockWait(inode, owner: asked.owner, family: asked.family)) : nil
         if let cancel { reply.onInterrupt { cancel.interrupted() } }
-        send(request, operation, reply) { [cache] reply, result in
+        send(request, operation, reply) { [self] reply, result in
             guard case .done = result else { return reply.error(errorCode(result)) }
             guard let cache else { return reply.ok() }
             let deferred = FuseDeferredReply(reply)
-            DispatchQueue.global().async {
-                cache.invalidate(inode: inode)
-                deferred.take().ok()
+            DispatchQueue.global().async { [self] in
+                // A change: a window fetched before the lock is not stored after the drop.
+                whenChangeMayBegin(inode) { [self] in
+                    cache.invalidate(inode: inode)
+                    prefetch.withLock { $0.endChange(inode) }
+                    deferred.take().ok()
+                }
             }
         }
         cancel?.sent()
@@ -469,13 +559,15 @@ public final class ExportFileSystem: FuseOperations {
         }
     }
 
-    private func sendAttributes(_ request: FuseRequest, _ operation: Operation, _ reply: consuming FuseAttributesReply) {
+    private func sendAttributes(_ request: FuseRequest, _ operation: Operation, _ reply: consuming FuseAttributesReply,
+                                then answered: @escaping @Sendable () -> Void = {}) {
         send(request, operation, reply) { [attributeTimeoutSeconds] reply, result in
             switch result {
             case .attributes(let attributes):
                 reply.attributes(FuseAttributes(attributes), timeoutSeconds: attributeTimeoutSeconds)
             default: reply.error(errorCode(result))
             }
+            answered()
         }
     }
 

@@ -12,10 +12,13 @@ public struct FuseMountOptions: Hashable, Sendable {
     public var maxThreads: Int
     /// Bytes of writes answered before the server has them (0: none); see `WriteBehind`.
     public var writeBehindBytes: Int
+    /// Bytes fetched around a small read into the page cache (0: none); see `ReadPrefetch`.
+    public var prefetchWindowBytes: Int
 
     public init(mountpoint: String, options: [String] = [],
                 attributeTimeoutSeconds: Double = 1.0, entryTimeoutSeconds: Double = 1.0,
-                writebackCache: Bool = false, maxThreads: Int = 10, writeBehindBytes: Int = 0) {
+                writebackCache: Bool = false, maxThreads: Int = 10, writeBehindBytes: Int = 0,
+                prefetchWindowBytes: Int = 0) {
         self.mountpoint = mountpoint
         self.options = options
         self.attributeTimeoutSeconds = attributeTimeoutSeconds
@@ -23,6 +26,7 @@ public struct FuseMountOptions: Hashable, Sendable {
         self.writebackCache = writebackCache
         self.maxThreads = maxThreads
         self.writeBehindBytes = writeBehindBytes
+        self.prefetchWindowBytes = prefetchWindowBytes
     }
 }
 
@@ -58,7 +62,8 @@ public final class FuseMount {
         let fileSystem = ExportFileSystem(
             transport: transport, attributeTimeoutSeconds: options.attributeTimeoutSeconds,
             entryTimeoutSeconds: options.entryTimeoutSeconds, writebackCache: options.writebackCache,
-            writeBehindBytes: options.writeBehindBytes, cache: session.cacheNotifier)
+            writeBehindBytes: options.writeBehindBytes, prefetchWindowBytes: options.prefetchWindowBytes,
+            cache: session.cacheNotifier)
         defer { fileSystem.waitForWritesBehind() }
         return try session.run(fileSystem, maxThreads: options.maxThreads)
     }

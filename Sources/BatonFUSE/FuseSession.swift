@@ -162,7 +162,7 @@ private func setTerminationSignals(blocked: Bool) {
 
 /// Drops the kernel's cached pages and attributes of a file, so that its
 /// next read and stat ask the file system: for changes the kernel cannot
-/// see, made through another mount. Never call it on a thread that answers
+/// see, made through another mount; or fills its cached pages. Never call it on a thread that answers
 /// requests the kernel may be waiting on for that file (a read holding a
 /// page lock): the kernel waits for those pages.
 public struct FuseCacheNotifier: Sendable {
@@ -175,5 +175,21 @@ public struct FuseCacheNotifier: Sendable {
     public func invalidate(inode: UInt64) -> Int32 {
         guard let session = core.session else { return -ENOTCONN }
         return fuse_lowlevel_notify_inval_inode(session, fuse_ino_t(inode), 0, 0)
+    }
+
+    /// Puts `bytes` into the kernel's page cache of a file at `offset` (the
+    /// kernel grows its idea of the file's size to cover them). The same
+    /// caution as for `invalidate`: the kernel locks each page first.
+    /// 0, or a negative errno.
+    @discardableResult
+    public func store(inode: UInt64, offset: UInt64, bytes: UnsafeRawBufferPointer) -> Int32 {
+        guard let session = core.session else { return -ENOTCONN }
+        guard let base = bytes.baseAddress, !bytes.isEmpty else { return 0 }
+        var vector = fuse_bufvec()
+        vector.count = 1
+        vector.buf.size = bytes.count
+        vector.buf.mem = UnsafeMutableRawPointer(mutating: base)
+        vector.buf.fd = -1
+        return fuse_lowlevel_notify_store(session, fuse_ino_t(inode), off_t(offset), &vector, fuse_buf_copy_flags(0))
     }
 }

@@ -15,7 +15,9 @@ struct Mount: ParsableCommand {
             restart before it fails with EIO; default 60), attr_timeout=SECONDS, entry_timeout=SECONDS
             (kernel caching; default 1), write_behind=SIZE (writes answered before the server has them,
             errors reported by the file's next write, fsync or close; default 8M, 0 turns it off),
-            writeback_cache, max_threads=N, log_file=PATH|syslog (where a mount in the background
+            prefetch=SIZE (a small read fetches the SIZE-aligned window around it into the page cache,
+            while no handle of this mount may write the file; default 256K, 0 turns it off; off with
+            writeback_cache), writeback_cache, max_threads=N, log_file=PATH|syslog (where a mount in the background
             logs; default: the system log when /dev/log exists, else /var/log/baton/mount-EXPORT.log),
             log_level=LEVEL, cert=PATH,key=PATH,ca=PATH (TLS: a client certificate from `baton cert issue
             --role client`, its key, and the cluster's CA; without them the mount speaks plain TCP, which a
@@ -49,6 +51,7 @@ struct Mount: ParsableCommand {
         var entryTimeoutSeconds = 1.0
         var writebackCache = false
         var writeBehindBytes = 8 << 20
+        var prefetchWindowBytes = 256 << 10
         var maxThreads = 10
         var logFile: String?
         var logLevel: Logger.Level?
@@ -103,6 +106,12 @@ struct Mount: ParsableCommand {
                     throw ValidationError("write_behind needs a size up to 1G, such as 8M or 0: '\(option)'")
                 }
                 settings.writeBehindBytes = bytes
+            case "prefetch":
+                guard let value, let bytes = byteCount(value), bytes <= WireLimits.maxDataBytes,
+                      bytes == 0 || (bytes >= 16 << 10 && bytes.nonzeroBitCount == 1) else {
+                    throw ValidationError("prefetch needs a power of two from 16K to 1M, or 0 for none, such as 256K: '\(option)'")
+                }
+                settings.prefetchWindowBytes = bytes
             case "max_threads":
                 guard let value, let threads = Int(value), (1...256).contains(threads) else {
                     throw ValidationError("max_threads must be 1-256: '\(option)'")
@@ -172,7 +181,7 @@ struct Mount: ParsableCommand {
                 mountpoint: mountpoint, options: settings.fuseOptions,
                 attributeTimeoutSeconds: settings.attributeTimeoutSeconds, entryTimeoutSeconds: settings.entryTimeoutSeconds,
                 writebackCache: settings.writebackCache, maxThreads: settings.maxThreads,
-                writeBehindBytes: settings.writeBehindBytes))
+                writeBehindBytes: settings.writeBehindBytes, prefetchWindowBytes: settings.prefetchWindowBytes))
         } catch {
             logger.critical("cannot mount", metadata: ["mountpoint": "\(mountpoint)", "error": "\(error)"])
             throw ExitCode(1)

@@ -12,7 +12,7 @@ import Foundation
 import XCTest
 
 /// A blocking HTTP/1.0 GET (the server closes after its answer): status line and body.
-private func httpGet(_ address: NodeAddress, _ target: String) throws -> (status: String, body: String) {
+func httpGet(_ address: NodeAddress, _ target: String) throws -> (status: String, body: String) {
     let connection = try BlockingConnection(address, timeoutMilliseconds: 5000)
     try connection.send(bytes: Array("GET \(target) HTTP/1.0\r\nHost: \(address)\r\n\r\n".utf8))
     let text = String(decoding: try connection.receiveToEnd(limitBytes: 64 << 20), as: UTF8.self)
@@ -22,7 +22,7 @@ private func httpGet(_ address: NodeAddress, _ target: String) throws -> (status
 }
 
 /// The value of one sample line of a page (`name{labels} value`), summed over lines that contain every part.
-private func sampleSum(_ page: String, _ name: String, _ parts: [String] = []) -> Double? {
+func sampleSum(_ page: String, _ name: String, _ parts: [String] = []) -> Double? {
     let lines = page.split(separator: "\n").filter { line in
         (line.hasPrefix(name + "{") || line.hasPrefix(name + " ")) && parts.allSatisfy { line.contains($0) }
     }

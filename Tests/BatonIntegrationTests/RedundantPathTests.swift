@@ -328,12 +328,4 @@ final class RedundantPathTests: XCTestCase {
     private func waitForLog(_ cluster: TwoNodeCluster, _ text: String, timeout: TimeInterval = 20) throws {
         try waitUntil("'\(text)' in the agents' logs; \(cluster.logs)", timeout: timeout) { cluster.logs.contains(text) }
     }
-
-    private func waitUntil(_ what: @autoclosure () -> String, timeout: TimeInterval = 20, _ condition: () throws -> Bool) throws {
-        let deadline = Date().addingTimeInterval(timeout)
-        while try !condition() {
-            guard Date() < deadline else { throw TestError("not within \(timeout) s: \(what())") }
-            usleep(50_000)
-        }
-    }
 }

@@ -136,14 +136,6 @@ final class ServerProcessTests: XCTestCase {
                        .bytes(block))
     }
 
-    private func waitUntil(_ what: String, timeout: TimeInterval, _ condition: () -> Bool) throws {
-        let deadline = Date().addingTimeInterval(timeout)
-        while !condition() {
-            guard Date() < deadline else { throw TestError("not within \(timeout) s: \(what)") }
-            usleep(20_000)
-        }
-    }
-
     func testUnknownExportIsRefusedWithAClearError() throws {
         let data = try temporaryDirectory(self)
         let server = try ServerProcess(self, export: "data", data: data)

@@ -230,3 +230,12 @@ final class PipeliningClients: @unchecked Sendable {
         }
     }
 }
+
+/// Polls `condition` until it holds, failing with `what` after `timeout` seconds.
+func waitUntil(_ what: @autoclosure () -> String, timeout: TimeInterval = 20, _ condition: () throws -> Bool) throws {
+    let deadline = Date().addingTimeInterval(timeout)
+    while try !condition() {
+        guard Date() < deadline else { throw TestError("not within \(timeout) s: \(what())") }
+        usleep(20_000)
+    }
+}
