@@ -30,13 +30,13 @@ final class PrefetchMountTests: XCTestCase {
 
         let reader = try OpenedFile(path, O_RDONLY)
         let readsBefore = try serverReads(metrics)
-        XCTAssertEqual(try reader.read(at: Self.window + 3 * Self.page), Array(content[(Self.window + 3 * Self.page)...].prefix(Self.page)))
+        try assertPage(reader, at: Self.window + 3 * Self.page, holds: content, "the first read")
         try waitUntil("the read's window in the page cache", timeout: 10) {
             try reader.residentPages(in: Self.window..<(2 * Self.window)) == Self.window / Self.page
         }
         for page in (0..<(Self.window / Self.page)).shuffled() {
             let offset = Self.window + page * Self.page
-            XCTAssertEqual(try reader.read(at: offset), Array(content[offset..<(offset + Self.page)]), "page \(page)")
+            try assertPage(reader, at: offset, holds: content, "page \(page) of the window")
         }
         XCTAssertEqual(try serverReads(metrics) - readsBefore, 1, "the window's 64 pages cost one server read")
 
@@ -49,7 +49,7 @@ final class PrefetchMountTests: XCTestCase {
         content.replaceSubrange((Self.window + 7 * Self.page)..<(Self.window + 8 * Self.page), with: changed)
         reader.close()
         let reopened = try OpenedFile(path, O_RDONLY)
-        XCTAssertEqual(try reopened.read(at: Self.window + 7 * Self.page), changed, "an open drops the windows stored before it")
+        try assertPage(reopened, at: Self.window + 7 * Self.page, holds: content, "another mount's write after an open: an open drops the windows stored before it")
     }
 
     func testReadsSeeEveryWriteOfAHandleOpenBesideThem() throws {
@@ -65,14 +65,24 @@ final class PrefetchMountTests: XCTestCase {
             try writer.write(bytes, at: written)
             content.replaceSubrange(written..<(written + Self.page), with: bytes)
             for offset in [written, Int.random(in: 0..<(Self.window / Self.page)) * Self.page] {
-                XCTAssertEqual(try reader.read(at: offset), Array(content[offset..<(offset + Self.page)]), "round \(round)")
+                try assertPage(reader, at: offset, holds: content, "round \(round), the write at \(written)")
             }
         }
         // And once the writer has gone, reads are prefetched again and still right.
         writer.close()
         for page in (0..<(Self.window / Self.page)).shuffled().prefix(32) {
-            XCTAssertEqual(try reader.read(at: page * Self.page), Array(content[(page * Self.page)...].prefix(Self.page)))
+            try assertPage(reader, at: page * Self.page, holds: content, "page \(page) after the writer closed")
         }
+    }
+
+    /// Fails, without printing 4 KiB twice, unless the page at `offset` reads as in `content`.
+    private func assertPage(_ file: OpenedFile, at offset: Int, holds content: [UInt8], _ what: String,
+                            file path: StaticString = #filePath, line: UInt = #line) throws {
+        let got = try file.read(at: offset)
+        let expected = Array(content[offset..<min(content.count, offset + Self.page)])
+        guard got != expected else { return }
+        let first = zip(got, expected).firstIndex { $0 != $1 } ?? min(got.count, expected.count)
+        XCTFail("\(what): \(got.count) bytes read at \(offset), first difference at byte \(first)", file: path, line: line)
     }
 
     private func serverReads(_ metrics: NodeAddress) throws -> Double {
