@@ -81,7 +81,7 @@ final class PrefetchMountTests: XCTestCase {
         let got = try file.read(at: offset)
         let expected = Array(content[offset..<min(content.count, offset + Self.page)])
         guard got != expected else { return }
-        let first = zip(got, expected).firstIndex { $0 != $1 } ?? min(got.count, expected.count)
+        let first = zip(got, expected).enumerated().first { $0.element.0 != $0.element.1 }?.offset ?? min(got.count, expected.count)
         XCTFail("\(what): \(got.count) bytes read at \(offset), first difference at byte \(first)", file: path, line: line)
     }
 
