@@ -88,6 +88,7 @@ public final class ExportFileSystem: FuseOperations {
     /// the inode if it has no name and no open handle left (an orphan).
     public func forget(_ request: FuseRequest, inode: UInt64, lookups: UInt64) {
         guard lookupCounts.forget(inode, lookups) else { return }
+        prefetch.withLock { $0.forget(inode) }
         transport.send(.forget(inode), caller: nil) { _ in }
     }
 

@@ -1,9 +1,12 @@
 /// A small read of a file (4 KiB at random, as a database or an index does)
 /// costs a round trip to the server each time: the kernel reads ahead only
-/// for sequential reads. So the mount fetches a whole window around a small
-/// read, answers the read from it and hands the rest to the kernel's page
-/// cache (FUSE's store notification): the next small reads in that window are
-/// answered by the kernel without asking the mount at all.
+/// for sequential reads. So when a window of the file is read a second time
+/// (a second page missed in it: the reads come back to this part of the
+/// file), the mount fetches the whole window, answers the read from it and
+/// hands the rest to the kernel's page cache (FUSE's store notification): the
+/// next small reads in that window are answered by the kernel without asking
+/// the mount at all. Reads scattered over a file far larger than the cache
+/// rarely miss twice in one window, so they fetch no more than they read.
 ///
 /// The page cache must never get bytes older than what it holds or than what
 /// this mount wrote meanwhile. So a window is stored only when nothing may
@@ -38,11 +41,13 @@ public struct ReadPrefetch<Waiter> {
         /// Changes begun so far; a fetch from before one of them is stale.
         var changesBegun: UInt64 = 0
         var fetching: Set<UInt64> = []
+        /// Windows with one page missed so far (at most `windowsRemembered`).
+        var missedOnce: Set<UInt64> = []
         var storing = false
         /// Changes held back until the store under way ends.
         var waiting: [Waiter] = []
 
-        var isIdle: Bool { changes == 0 && fetching.isEmpty && !storing && waiting.isEmpty }
+        var isIdle: Bool { changes == 0 && fetching.isEmpty && !storing && waiting.isEmpty && missedOnce.isEmpty }
     }
 
     private var files: [UInt64: File] = [:]
@@ -51,17 +56,32 @@ public struct ReadPrefetch<Waiter> {
         self.windowBytes = windowBytes
     }
 
+    /// Windows per file whose first miss is remembered; past it they are forgotten, all at once.
+    public static var windowsRemembered: Int { 256 }
+
     /// The window to fetch for a read of `size` bytes at `offset`, or nil to
-    /// read just those bytes (a large read, one that crosses a window, a file
-    /// that may change through this mount, or a window already on its way).
+    /// read just those bytes (the window's first miss, a large read, one that
+    /// crosses a window, a file that may change through this mount, or a
+    /// window already on its way).
     public mutating func fetch(_ inode: UInt64, offset: UInt64, size: UInt32) -> Fetch? {
         guard windowBytes > 0, size > 0, size <= Self.smallReadBytes else { return nil }
         let start = offset - offset % windowBytes
         guard offset + UInt64(size) <= start + windowBytes else { return nil }
         var file = files[inode] ?? File()
-        guard file.changes == 0, !file.storing, file.fetching.insert(start).inserted else { return nil }
-        files[inode] = file
+        guard file.changes == 0, !file.storing, !file.fetching.contains(start) else { return nil }
+        defer { files[inode] = file }
+        guard file.missedOnce.remove(start) != nil else {
+            if file.missedOnce.count >= Self.windowsRemembered { file.missedOnce.removeAll() }
+            file.missedOnce.insert(start)
+            return nil
+        }
+        file.fetching.insert(start)
         return Fetch(inode: inode, start: start, length: UInt32(windowBytes), changes: file.changesBegun)
+    }
+
+    /// The kernel forgot the file: no read or change of it can be under way.
+    public mutating func forget(_ inode: UInt64) {
+        files[inode] = nil
     }
 
     /// The fetch failed: nothing to store.
