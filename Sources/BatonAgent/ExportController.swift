@@ -131,7 +131,7 @@ final class ExportController: @unchecked Sendable {
             secretFile: agent.configuration.secretFile, tls: agent.tls?.files, access: export.access, squash: export.squash, lockLeaseMilliseconds: export.lockLeaseMilliseconds, standby: agent.peerAgentAddress, node: agent.me.name,
             replication: export.replication,
             standbyWaitLimitMilliseconds: agent.configuration.timings.standbyWaitLimitMilliseconds,
-            metrics: agent.me.metrics != nil, awaitPromotion: awaitPromotion, logger: logger
+            metrics: agent.me.metrics != nil, awaitPromotion: awaitPromotion, group: agent.group, logger: logger
         ) { [weak self] status in self?.serverExited(status) }
     }
 

@@ -4,6 +4,8 @@ import Dispatch
 import Foundation
 import Logging
 import NIOConcurrencyHelpers
+import NIOCore
+import NIOPosix
 
 /// One export server process (`baton serve`) started by this node's agent:
 /// a process of its own per export, so one export can be fenced without
@@ -13,7 +15,6 @@ final class ExportProcess: @unchecked Sendable {
     let process = Process()
     private let logger: Logger
 
-    private let listen: NodeAddress
     private let output = Pipe()
     /// The server's stdin. Never closed while the server is to run: when
     /// this agent ends, however it ends, the kernel closes it and the server
@@ -26,7 +27,8 @@ final class ExportProcess: @unchecked Sendable {
     /// Commands from several threads (a swap's, the peer watch's) go one whole frame at a time.
     private let commandLock = NIOLock()
 
-    /// Starts the server. Without `awaitPromotion` it waits until the server
+    /// Starts the server (not on an event loop: it waits for the server's
+    /// first report, read on `group`). Without `awaitPromotion` it waits until the server
     /// listens (or fails to). With it, until the server has bound its socket
     /// and waits for `promote` (ahead of a swap: the process start is then
     /// out of the pause).
@@ -34,11 +36,10 @@ final class ExportProcess: @unchecked Sendable {
          pathAddresses: [String], exportAddresses: [NodeAddress], multipath: Bool, secretFile: String, tls: TLSFiles?,
          access: ClientAccess, squash: Squash, lockLeaseMilliseconds: Int,
          standby: NodeAddress, node: String, replication: ReplicationMode, standbyWaitLimitMilliseconds: Int,
-         metrics: Bool = false, awaitPromotion: Bool = false, logger: Logger,
+         metrics: Bool = false, awaitPromotion: Bool = false, group: EventLoopGroup, logger: Logger,
          onExit: @escaping @Sendable (Int32) -> Void) throws {
         self.exportName = exportName
         self.logger = logger
-        self.listen = listen
         process.executableURL = URL(fileURLWithPath: executable)
         var arguments: [String] = [
             "serve", "--export", exportName, "--data", dataDirectory, "--listen", listen.description,
@@ -73,31 +74,24 @@ final class ExportProcess: @unchecked Sendable {
         }
         // (Process closes the child's ends of both pipes in this process.)
         try process.run()
-        let expected = awaitPromotion ? "waiting " : "listening "
-        guard let line = output.fileHandleForReading.readLine(), line.hasPrefix(expected) else {
+        reports = ServerReports(exportName: exportName, logger: logger)
+        try reports.read(output, on: group)
+        guard let first = reports.wait(until: { awaitPromotion ? $0.waiting : $0.listening != nil }) else {
             process.waitUntilExit()
             throw ProbeError("export server for '\(exportName)' did not start (exit \(process.terminationStatus)); see the agent's log")
         }
-        if !awaitPromotion {
-            noteMetricsAddress(line)
-            logStarted()
-        }
+        if !awaitPromotion { logStarted(first.listening!.clients) }
     }
 
-    private let metricsAddressBox = NIOLockedValueBox<NodeAddress?>(nil)
-    /// Where the server serves its metrics (from its "listening ... metrics HOST:PORT" line).
-    var metricsAddress: NodeAddress? { metricsAddressBox.withLockedValue { $0 } }
+    /// The server's reports (`ServerReport`), read on the agent's event loops.
+    private let reports: ServerReports
 
-    private func noteMetricsAddress(_ listeningLine: String) {
-        let words = listeningLine.split(separator: " ")
-        guard let index = words.firstIndex(of: "metrics"), index + 1 < words.count else { return }
-        let address = NodeAddress(String(words[index + 1]))
-        metricsAddressBox.withLockedValue { $0 = address }
-    }
+    /// Where the server serves its metrics (from its `listening` report).
+    var metricsAddress: NodeAddress? { reports.current.listening?.metrics }
 
-    private func logStarted() {
+    private func logStarted(_ clients: NodeAddress) {
         logger.info("export server started", metadata: [
-            "export": "\(exportName)", "pid": "\(process.processIdentifier)", "address": "\(listen)",
+            "export": "\(exportName)", "pid": "\(process.processIdentifier)", "address": "\(clients)",
         ])
     }
 
@@ -109,32 +103,17 @@ final class ExportProcess: @unchecked Sendable {
         guard tell(.promote(alone: alone)) else {
             throw ProbeError("export server for '\(exportName)' exited before its promotion; see the agent's log")
         }
-        // Clients queued on the socket may be welcomed before the server says it listens.
-        var line = output.fileHandleForReading.readLine()
-        while line == "welcomed" {
-            welcomedEarly = true
-            line = output.fileHandleForReading.readLine()
-        }
-        guard let line, line.hasPrefix("listening ") else {
+        guard let serving = reports.wait(until: { $0.listening != nil })?.listening else {
             kill()
             throw ProbeError("export server for '\(exportName)' did not open the export (exit \(process.terminationStatus)); see the agent's log")
         }
-        noteMetricsAddress(line)
-        logStarted()
+        logStarted(serving.clients)
     }
 
-    private var welcomedEarly = false
-
     /// Calls `action` when the promoted server has welcomed its first
-    /// connection (it says so on its output), on a thread of its own.
+    /// connection (it reports it), on an event loop of the agent's.
     func whenFirstWelcome(_ action: @escaping @Sendable () -> Void) {
-        if welcomedEarly { return action() }
-        let handle = output.fileHandleForReading
-        Thread.detachNewThread {
-            while let line = handle.readLine() {
-                if line == "welcomed" { return action() }
-            }
-        }
+        reports.whenFirstWelcome(action)
     }
 
     /// A server started ahead of a swap that does not happen: it exits
@@ -189,5 +168,136 @@ final class ExportProcess: @unchecked Sendable {
         commandLock.withLock {
             (try? agentPipe.fileHandleForWriting.write(contentsOf: Data(command.frame()))) != nil
         }
+    }
+}
+
+/// What the server reported so far, on its stdout (`ServerReport`), and
+/// waits for what it is to report. The pipe is read on the agent's event
+/// loops: no thread of its own per server.
+private final class ServerReports: @unchecked Sendable {
+    struct Seen {
+        var waiting = false
+        var listening: (clients: NodeAddress, monitor: NodeAddress?, metrics: NodeAddress?)?
+        var welcomed = false
+        /// The pipe ended (the server exited) or carried what is not a report.
+        var ended = false
+    }
+
+    private let exportName: String
+    private let logger: Logger
+    private let condition = NSCondition()
+    private var seen = Seen()
+    private var onWelcome: [@Sendable () -> Void] = []
+
+    init(exportName: String, logger: Logger) {
+        self.exportName = exportName
+        self.logger = logger
+    }
+
+    var current: Seen { condition.withLock { seen } }
+
+    /// Reads `pipe` (the server's stdout) on `group` until it ends.
+    func read(_ pipe: Pipe, on group: EventLoopGroup) throws {
+        // NIO owns (and closes) its own copy of the descriptor.
+        let descriptor = dup(pipe.fileHandleForReading.fileDescriptor)
+        try pipe.fileHandleForReading.close()
+        guard descriptor >= 0 else { throw ProbeError("cannot read the export server's reports: \(String(cString: strerror(errno)))") }
+        _ = try NIOPipeBootstrap(group: group)
+            .channelInitializer { [self] channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandlers(
+                        ByteToMessageHandler(ServerReportDecoder()), ServerReportHandler(reports: self))
+                }
+            }
+            .takingOwnershipOfDescriptor(input: descriptor)
+            .wait()
+    }
+
+    /// Blocks until `reached` holds, or the reports ended first (nil).
+    func wait(until reached: (Seen) -> Bool) -> Seen? {
+        precondition(MultiThreadedEventLoopGroup.currentEventLoop == nil, "waiting for a server's report on an event loop that reads it")
+        return condition.withLock {
+            while !reached(seen), !seen.ended { condition.wait() }
+            return reached(seen) ? seen : nil
+        }
+    }
+
+    func whenFirstWelcome(_ action: @escaping @Sendable () -> Void) {
+        let now = condition.withLock { () -> Bool in
+            if seen.welcomed { return true }
+            onWelcome.append(action)
+            return false
+        }
+        if now { action() }
+    }
+
+    fileprivate func received(_ report: ServerReport) {
+        let welcomed = condition.withLock { () -> [@Sendable () -> Void] in
+            defer { condition.broadcast() }
+            switch report {
+            case .waitingForPromotion: seen.waiting = true
+            case .listening(let clients, let monitor, let metrics): seen.listening = (clients, monitor, metrics)
+            case .firstClientWelcomed:
+                seen.welcomed = true
+                defer { onWelcome = [] }
+                return onWelcome
+            }
+            return []
+        }
+        for action in welcomed { action() }
+    }
+
+    fileprivate func ended(_ error: Error?) {
+        if let error {
+            logger.error("the export server's output is not its reports: no longer read", metadata: [
+                "export": "\(exportName)", "error": "\(error)",
+                "action": "none if it was stopping; otherwise its exit is handled as a crash",
+            ])
+        }
+        condition.withLock {
+            seen.ended = true
+            condition.broadcast()
+        }
+    }
+}
+
+/// Splits the server's stdout into `ServerReport`s.
+private struct ServerReportDecoder: ByteToMessageDecoder {
+    typealias InboundOut = ServerReport
+
+    mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
+        guard let length = buffer.getInteger(at: buffer.readerIndex, endianness: .little, as: UInt32.self) else { return .needMoreData }
+        guard (1...ServerReport.maxFrameBytes).contains(Int(length)) else {
+            throw DecodeError.invalid("a report of \(length) bytes (at most \(ServerReport.maxFrameBytes))")
+        }
+        guard buffer.readableBytes >= 4 + Int(length) else { return .needMoreData }
+        buffer.moveReaderIndex(forwardBy: 4)
+        let report = try buffer.readWithUnsafeReadableBytes { raw -> (Int, ServerReport) in
+            (Int(length), try ServerReport.decode(UnsafeRawBufferPointer(rebasing: raw[0..<Int(length)])))
+        }
+        context.fireChannelRead(wrapInboundOut(report))
+        return .continue
+    }
+}
+
+private final class ServerReportHandler: ChannelInboundHandler {
+    typealias InboundIn = ServerReport
+    private let reports: ServerReports
+    private var failed = false
+
+    init(reports: ServerReports) { self.reports = reports }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        reports.received(unwrapInboundIn(data))
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        failed = true
+        reports.ended(error)
+        context.close(promise: nil)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        if !failed { reports.ended(nil) }
     }
 }

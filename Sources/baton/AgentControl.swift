@@ -9,7 +9,8 @@ import Glibc
 #endif
 
 /// The commands of the agent that started this server (`ServerControl`),
-/// read from stdin on their own thread.
+/// read from stdin on their own thread, and the server's reports to it
+/// (`ServerReport`), written to stdout.
 ///
 /// DESIGN.md §4.7: an export server does not outlive its agent. The agent
 /// holds the other end of stdin and never closes it while this server is to
@@ -104,6 +105,24 @@ final class AgentControl: @unchecked Sendable {
                 ])
             }
             Glibc.exit(drained ? 0 : 3)
+        }
+    }
+
+    private let reportLock = NSLock()
+
+    /// Tells the agent: one whole frame on stdout at a time (reports come
+    /// from the main thread and from the server's event loops).
+    func report(_ report: ServerReport) {
+        let frame = report.frame()
+        reportLock.withLock {
+            var written = 0
+            while written < frame.count {
+                let count = frame.withUnsafeBytes { Glibc.write(STDOUT_FILENO, $0.baseAddress! + written, frame.count - written) }
+                if count < 0, errno == EINTR { continue }
+                // The agent is gone: the end of stdin says so and stops this server.
+                guard count > 0 else { return }
+                written += count
+            }
         }
     }
 

@@ -195,7 +195,7 @@ struct Serve: ParsableCommand {
             otherPaths.append((.bound(socket, NodeAddress(host: host, port: clientPort)), pathMonitor))
         }
         if awaitPromotion {
-            FileHandle.standardOutput.write(Data("waiting \(listen.host):\(clientPort)\n".utf8))
+            control?.report(.waitingForPromotion(clients: NodeAddress(host: listen.host, port: clientPort)))
             // Not a client is answered before the go-ahead: the agent sends it
             // once the old server is fenced and the new epoch is on disk.
             guard let alone = control?.waitForPromotion() else {
@@ -226,7 +226,7 @@ struct Serve: ParsableCommand {
         control?.attach(server)
         if awaitPromotion {
             // The agent hears when the first connection is welcomed (it logs when clients came back).
-            server.onFirstWelcome = { FileHandle.standardOutput.write(Data("welcomed\n".utf8)) }
+            server.onFirstWelcome = { control?.report(.firstClientWelcomed) }
         }
         server.exportAddresses = Array(exportAddresses.prefix(Message.maxExportAddresses))
         server.multipath = multipath
@@ -242,9 +242,13 @@ struct Serve: ParsableCommand {
                 return ProcessMetrics.page()
             }
         }
-        // Tests and scripts read the bound ports from here when they asked for port 0.
-        FileHandle.standardOutput.write(Data(("listening \(bound.clients)\(bound.monitor.map { " monitor \($0)" } ?? "")"
-            + "\(metrics.map { " metrics \($0.address)" } ?? "")\n").utf8))
+        let listening = ServerReport.listening(clients: bound.clients, monitor: bound.monitor, metrics: metrics?.address)
+        if let control {
+            control.report(listening)
+        } else {
+            // Tests and scripts read the bound ports from here when they asked for port 0.
+            FileHandle.standardOutput.write(Data((listening.listeningLine! + "\n").utf8))
+        }
         if awaitPromotion {
             logger.info("promoted: serving", metadata: ["export": "\(export)", "afterGoAhead": "\(ContinuousClock.now - promoted)",
                                                "opening": "\(opened - promoted)"])

@@ -59,6 +59,28 @@ final class CodecTests: XCTestCase {
         }
     }
 
+    /// The server's reports to its agent: each round-trips; anything else is refused.
+    func testServerReportRoundTripsAndRefusesWhatIsNotAReport() throws {
+        let clients = HostAndPort(host: "198.18.1.1", port: 7000)
+        let reports: [ServerReport] = [
+            .waitingForPromotion(clients: clients), .firstClientWelcomed,
+            .listening(clients: clients, monitor: nil, metrics: nil),
+            .listening(clients: HostAndPort(host: "::1", port: 1), monitor: clients, metrics: HostAndPort(host: "127.0.0.1", port: 9)),
+        ]
+        for report in reports {
+            let frame = report.frame()
+            XCTAssertEqual(Int(frame[0]) | Int(frame[1]) << 8, frame.count - 4, "\(report): the length prefix")
+            XCTAssertLessThanOrEqual(frame.count - 4, ServerReport.maxFrameBytes)
+            XCTAssertEqual(try Array(frame.dropFirst(4)).withUnsafeBytes { try ServerReport.decode($0) }, report)
+        }
+        XCTAssertEqual(ServerReport.listening(clients: clients, monitor: nil, metrics: clients).listeningLine,
+                       "listening 198.18.1.1:7000 metrics 198.18.1.1:7000")
+        let notAnAddress = ServerReport.waitingForPromotion(clients: clients).frame().dropFirst(4).map { $0 == UInt8(ascii: ":") ? UInt8(ascii: "x") : $0 }
+        for bad: [UInt8] in [[], [0], [9], [3, 0], [1], [1, 0, 0, 0, 0], notAnAddress, Array("listening 1.2.3.4:5".utf8)] {
+            XCTAssertThrowsError(try bad.withUnsafeBytes { try ServerReport.decode($0) }, "\(bad) was taken for a report")
+        }
+    }
+
     func testEveryMessageRoundTrips() throws {
         var messages: [Message] = [
             .hello(export: "projects", session: 42, version: Message.protocolVersion), .welcome(epoch: 3),

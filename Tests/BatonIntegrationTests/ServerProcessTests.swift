@@ -577,7 +577,7 @@ extension ServerProcessTests {
     /// journal is written ahead) rather than act on them.
     func testAServerStopsOnACommandThatIsNotTheAgents() throws {
         let server = try PipedServer(self, data: try temporaryDirectory(self), mode: "--until-stdin-ends")
-        XCTAssertEqual(server.output.fileHandleForReading.readLine()?.hasPrefix("listening "), true)
+        guard case .listening = server.nextReport() else { return XCTFail("the server did not report that it listens") }
         // What an agent before typed commands said: its first four bytes are no length a command has.
         try server.agentPipe.fileHandleForWriting.write(contentsOf: Data("go alone\n".utf8))
         guard server.exited.wait(timeout: .now() + 10) == .success else { return XCTFail("the server acted on, or waited for, what is not a command") }
@@ -593,14 +593,14 @@ extension ServerProcessTests {
         for mode in ["--until-stdin-ends", "--await-promotion"] {
             let data = try temporaryDirectory(self)
             let server = try PipedServer(self, data: data, mode: mode)
-            let (agentPipe, output, exited) = (server.agentPipe, server.output, server.exited)
+            let (agentPipe, exited) = (server.agentPipe, server.exited)
             if mode == "--await-promotion" {
-                XCTAssertEqual(output.fileHandleForReading.readLine()?.hasPrefix("waiting "), true, mode)
+                guard case .waitingForPromotion = server.nextReport() else { return XCTFail("\(mode): no waiting report") }
                 try agentPipe.fileHandleForWriting.write(contentsOf: Data(ServerControl.promote(alone: false).frame()))
             }
-            let line = output.fileHandleForReading.readLine()
-            guard let line, line.hasPrefix("listening "), let address = NodeAddress(String(line.dropFirst("listening ".count))) else {
-                return XCTFail("\(mode): the server did not start: \(line ?? "no output")")
+            let report = server.nextReport()
+            guard case .listening(let address, _, _) = report else {
+                return XCTFail("\(mode): the server did not start: \(report.map { "\($0)" } ?? "no report")")
             }
             // It serves while the pipe is open.
             let connection = ServerConnection(configuration: .init(exportName: "data", addresses: [address]), logger: testLogger)
@@ -662,5 +662,14 @@ private struct PipedServer {
                 process.waitUntilExit()
             }
         }
+    }
+
+    /// The server's next report on its stdout (`ServerReport` frames, as the agent reads them); nil at its end.
+    func nextReport() -> ServerReport? {
+        let handle = output.fileHandleForReading
+        guard let header = try? handle.read(upToCount: 4), header.count == 4 else { return nil }
+        let length = Int(header[0]) | Int(header[1]) << 8 | Int(header[2]) << 16 | Int(header[3]) << 24
+        guard length <= ServerReport.maxFrameBytes, let body = try? handle.read(upToCount: length), body.count == length else { return nil }
+        return try? Array(body).withUnsafeBytes { try ServerReport.decode($0) }
     }
 }
