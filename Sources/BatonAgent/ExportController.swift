@@ -131,7 +131,8 @@ final class ExportController: @unchecked Sendable {
             secretFile: agent.configuration.secretFile, tls: agent.tls?.files, access: export.access, squash: export.squash, lockLeaseMilliseconds: export.lockLeaseMilliseconds, standby: agent.peerAgentAddress, node: agent.me.name,
             replication: export.replication,
             standbyWaitLimitMilliseconds: agent.configuration.timings.standbyWaitLimitMilliseconds,
-            metrics: agent.me.metrics != nil, awaitPromotion: awaitPromotion, group: agent.group, logger: logger
+            metrics: agent.me.metrics != nil, awaitPromotion: awaitPromotion, group: agent.group, logger: logger,
+            onAskToAnswerAlone: { [weak self] waited in self?.serverAsksToAnswerAlone(waitedMilliseconds: waited) }
         ) { [weak self] status in self?.serverExited(status) }
     }
 
@@ -299,6 +300,40 @@ final class ExportController: @unchecked Sendable {
             "export": "\(export.name)", "peer": "\(agent.peer.name)",
         ])
         process.continueWithoutStandby()
+    }
+
+    /// What this agent last answered its server's question at the wait limit (logged when it changes).
+    private var lastAloneAnswer: ExportRole.AnswerAlone?
+
+    /// This node's server waited for its standby past the wait limit and
+    /// asks whether to answer without it (`ExportRole.answerAlone`); it asks
+    /// again at each of its wait checks while it is not told to.
+    private func serverAsksToAnswerAlone(waitedMilliseconds: UInt64) {
+        swapQueue.async { [self] in
+            let process: ExportProcess? = lock.withLock { if case .serving(let process) = role { process } else { nil } }
+            let answer = ExportRole.answerAlone(
+                serving: process != nil, peer: agent.peerWatch.reach, agent: agent.peerWatch.agentRuns, now: MonitorRunner.now(),
+                waitLimit: .milliseconds(UInt64(agent.configuration.timings.standbyWaitLimitMilliseconds)))
+            let changed = lock.withLock { () -> Bool in
+                defer { lastAloneAnswer = answer == .consent ? nil : answer }
+                return lastAloneAnswer != answer
+            }
+            switch answer {
+            case .consent:
+                logger.warning("the server's replies waited for the standby past the limit: it answers without it", metadata: [
+                    "export": "\(export.name)", "peer": "\(agent.peer.name)", "waited": "\(waitedMilliseconds) ms",
+                    "action": "check the standby node's disk and agent ('baton status' on \(agent.peer.name), its log)",
+                ])
+                process?.continueWithoutStandby()
+            case .withhold(let why) where changed:
+                logger.error("the server's replies waited for the standby past the limit: they wait on", metadata: [
+                    "export": "\(export.name)", "peer": "\(agent.peer.name)", "waited": "\(waitedMilliseconds) ms", "why": "\(why)",
+                    "action": "none: asked again while they wait; 'baton status' and 'baton diagnose' show the peer's state",
+                ])
+            case .withhold:
+                break
+            }
+        }
     }
 
     /// This node is the isolated one: stop the export's server, so that the

@@ -37,6 +37,7 @@ final class ExportProcess: @unchecked Sendable {
          access: ClientAccess, squash: Squash, lockLeaseMilliseconds: Int,
          standby: NodeAddress, node: String, replication: ReplicationMode, standbyWaitLimitMilliseconds: Int,
          metrics: Bool = false, awaitPromotion: Bool = false, group: EventLoopGroup, logger: Logger,
+         onAskToAnswerAlone: @escaping @Sendable (_ waitedMilliseconds: UInt64) -> Void,
          onExit: @escaping @Sendable (Int32) -> Void) throws {
         self.exportName = exportName
         self.logger = logger
@@ -74,7 +75,7 @@ final class ExportProcess: @unchecked Sendable {
         }
         // (Process closes the child's ends of both pipes in this process.)
         try process.run()
-        reports = ServerReports(exportName: exportName, logger: logger)
+        reports = ServerReports(exportName: exportName, logger: logger, onAskToAnswerAlone: onAskToAnswerAlone)
         try reports.read(output, on: group)
         guard let first = reports.wait(until: { awaitPromotion ? $0.waiting : $0.listening != nil }) else {
             process.waitUntilExit()
@@ -188,10 +189,12 @@ private final class ServerReports: @unchecked Sendable {
     private let condition = NSCondition()
     private var seen = Seen()
     private var onWelcome: [@Sendable () -> Void] = []
+    private let onAskToAnswerAlone: @Sendable (UInt64) -> Void
 
-    init(exportName: String, logger: Logger) {
+    init(exportName: String, logger: Logger, onAskToAnswerAlone: @escaping @Sendable (UInt64) -> Void) {
         self.exportName = exportName
         self.logger = logger
+        self.onAskToAnswerAlone = onAskToAnswerAlone
     }
 
     var current: Seen { condition.withLock { seen } }
@@ -232,19 +235,26 @@ private final class ServerReports: @unchecked Sendable {
     }
 
     fileprivate func received(_ report: ServerReport) {
-        let welcomed = condition.withLock { () -> [@Sendable () -> Void] in
-            defer { condition.broadcast() }
-            switch report {
-            case .waitingForPromotion: seen.waiting = true
-            case .listening(let clients, let monitor, let metrics): seen.listening = (clients, monitor, metrics)
-            case .firstClientWelcomed:
+        switch report {
+        case .standbyWaitLimitReached(let waited, _):
+            onAskToAnswerAlone(waited)
+        case .firstClientWelcomed:
+            let waiting = condition.withLock { () -> [@Sendable () -> Void] in
                 seen.welcomed = true
                 defer { onWelcome = [] }
                 return onWelcome
             }
-            return []
+            for action in waiting { action() }
+        case .waitingForPromotion, .listening:
+            condition.withLock {
+                if case .listening(let clients, let monitor, let metrics) = report {
+                    seen.listening = (clients, monitor, metrics)
+                } else {
+                    seen.waiting = true
+                }
+                condition.broadcast()
+            }
         }
-        for action in welcomed { action() }
     }
 
     fileprivate func ended(_ error: Error?) {

@@ -64,6 +64,8 @@ final class PeerWatch: @unchecked Sendable {
         var peerGone: Bool { peerFoundGoneAt != nil }
         var selfFenced = false
         var lastVerdict: (verdict: DiagnosisVerdict, at: Instant, findings: DiagnosisFindings)?
+        /// This agent's own runs (its ticks), for `ExportRole.answerAlone`.
+        var runs = ExportRole.AgentRuns(lastRan: .zero, resumedAt: nil)
     }
     private let shared: NIOLockedValueBox<Shared>
 
@@ -197,6 +199,9 @@ final class PeerWatch: @unchecked Sendable {
         }
     }
 
+    /// How this agent has run lately.
+    var agentRuns: ExportRole.AgentRuns { shared.withLockedValue(\.runs) }
+
     /// The peer is gone long enough for its exports to be taken over.
     var peerGoneForTakeover: Bool {
         reach.isGoneForTakeover(at: MonitorRunner.now(), takeoverDelay: timings.takeoverDelay)
@@ -233,7 +238,12 @@ final class PeerWatch: @unchecked Sendable {
     private func tick() {
         let now = MonitorRunner.now()
         defer { lastTick = now }
-        if liveness.ran(at: now, lastRan: lastTick), lastTick != .zero {
+        let resumed = liveness.ran(at: now, lastRan: lastTick) && lastTick != .zero
+        shared.withLockedValue { state in
+            state.runs.lastRan = now
+            if resumed { state.runs.resumedAt = now }
+        }
+        if resumed {
             logger.warning("this agent did not run for a while: its peer's silence counts from now", metadata: [
                 "peer": "\(peer.name)", "gap": "\(now - lastTick)",
             ])

@@ -21,6 +21,14 @@ public struct StandbyConfiguration: Sendable {
     public var waitLimit: TimeAmount
     /// An MPTCP connection (the nodes have two network paths, see `Multipath`).
     public var multipath = false
+    /// Set for a server that its node's agent started: at the wait limit the
+    /// server asks it (`waited`, the oldest waiting record) instead of
+    /// answering alone at once, and answers alone only on its consent
+    /// (`ExportServer.continueWithoutStandby`). Asked again at every wait
+    /// check until then. An agent that does not run (stopped, hung) cannot
+    /// consent: its peer may have taken the export over without fencing
+    /// this server, and what it answered alone would be lost.
+    public var askAgentToAnswerAlone: (@Sendable (_ waited: Duration, _ sequence: UInt64) -> Void)?
 
     public static let defaultWaitLimit: TimeAmount = .milliseconds(Int64(ClusterTimings.defaults.standbyWaitLimitMilliseconds))
 
@@ -63,6 +71,8 @@ final class ReplicationLink: @unchecked Sendable {
         var waiters: [(sequence: UInt64, durable: Bool, since: NIODeadline, run: @Sendable () -> Void)] = []
         /// The standby said it runs a swap against this server (`Refusal.swapUnderWay`), since then.
         var swapUnderWaySince: NIODeadline?
+        /// The agent was asked whether replies may stop waiting (`askAgentToAnswerAlone`) and has not answered.
+        var agentAsked = false
         var alone = false
         /// Alone, with a standby in step again: alone until it has
         /// acknowledged this record (see `finish`).
@@ -212,22 +222,32 @@ final class ReplicationLink: @unchecked Sendable {
     /// replies stop waiting for it, as when its node is gone.
     private func goAloneIfWaitedLongerThan(_ limit: TimeAmount) {
         let now = NIODeadline.now()
-        let oldest = state.withLockedValue { state -> (sequence: UInt64, since: NIODeadline, acknowledged: UInt64, synced: UInt64)? in
-            guard !state.alone, let first = state.waiters.first, now - first.since > limit else { return nil }
-            return (first.sequence, first.since, state.acknowledged, state.synced)
+        let oldest = state.withLockedValue { state -> (sequence: UInt64, since: NIODeadline, acknowledged: UInt64, synced: UInt64, firstAsk: Bool)? in
+            guard !state.alone, let first = state.waiters.first, now - first.since > limit else {
+                state.agentAsked = false
+                return nil
+            }
+            defer { state.agentAsked = true }
+            return (first.sequence, first.since, state.acknowledged, state.synced, !state.agentAsked)
         }
         guard let oldest else { return }
         let waited = Duration.nanoseconds((now - oldest.since).nanoseconds)
-        let limitText = Duration.nanoseconds(configuration.waitLimit.nanoseconds)
-        logger.critical("the standby has not acknowledged a record for longer than its limit: answering without it", metadata: [
-            "export": "\(store.exportName)", "standby": "\(configuration.agent)", "waited": "\(waited)",
-            "limit": "\(limitText)", "sequence": "\(oldest.sequence)",
-            "standbyHas": "\(oldest.acknowledged)", "standbySynced": "\(oldest.synced)",
-            "action": .string("check the standby node's disk and agent ('baton status', its log); it catches up by itself "
-                + "once it syncs again; until then acknowledged writes are on this node only"),
-        ])
+        let ask = configuration.askAgentToAnswerAlone
+        if ask == nil || oldest.firstAsk {
+            let limitText = Duration.nanoseconds(configuration.waitLimit.nanoseconds)
+            logger.critical(ask == nil ? "the standby has not acknowledged a record for longer than its limit: answering without it"
+                                       : "the standby has not acknowledged a record for longer than its limit: asking this node's agent to answer without it",
+                            metadata: [
+                "export": "\(store.exportName)", "standby": "\(configuration.agent)", "waited": "\(waited)",
+                "limit": "\(limitText)", "sequence": "\(oldest.sequence)",
+                "standbyHas": "\(oldest.acknowledged)", "standbySynced": "\(oldest.synced)",
+                "action": .string("check the standby node's disk and agent ('baton status', its log); it catches up by itself "
+                    + "once it syncs again; until then acknowledged writes are on this node only"),
+            ])
+        }
         state.withLockedValue { $0.syncProofNeeded = true }
-        goAlone()
+        guard let ask else { return goAlone() }
+        ask(waited, oldest.sequence)
     }
 
     func stop() {
@@ -253,6 +273,7 @@ final class ReplicationLink: @unchecked Sendable {
         store.markStandbyOutdated(true)
         let (waiters, channel) = state.withLockedValue { state -> ([@Sendable () -> Void], Channel?) in
             state.alone = true
+            state.agentAsked = false
             state.aloneUntil = nil
             state.caughtUp = nil
             defer { state.waiters = [] }

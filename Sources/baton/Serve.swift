@@ -218,6 +218,12 @@ struct Serve: ParsableCommand {
             var configuration = StandbyConfiguration(agent: $0, node: node, secret: secret!, synchronous: replication == "sync",
                                                      waitLimit: .milliseconds(Int64(standbyWaitLimitMs)))
             configuration.multipath = multipath
+            if let control {
+                configuration.askAgentToAnswerAlone = { waited, sequence in
+                    control.report(.standbyWaitLimitReached(waitedMilliseconds: UInt64(waited.components.seconds * 1000
+                        + waited.components.attoseconds / 1_000_000_000_000_000), sequence: sequence))
+                }
+            }
             return configuration
         }
         let server = ExportServer(exportName: export, store: store, secret: secret, standby: standbyConfiguration,

@@ -76,4 +76,40 @@ final class ExportRoleTests: XCTestCase {
         XCTAssertTrue(restarts.exited(at: at(60)), "the first restart still counted after a minute")
         XCTAssertFalse(restarts.exited(at: at(61)), "refused exits counted as restarts, or old ones dropped early")
     }
+
+    /// A server at the wait limit answers alone only on its agent's consent,
+    /// which a peer that may have taken over without a fence never gets:
+    /// every combination of the facts against the rule written out.
+    func testAServerAnswersWithoutItsStandbyOnlyWhileNoOtherNodeMayServe() {
+        let now = Instant(nanoseconds: 100_000_000_000)
+        let limit = TimeSpan.milliseconds(5_000)
+        func ago(_ milliseconds: UInt64) -> Instant { Instant(nanoseconds: now.nanoseconds - milliseconds * 1_000_000) }
+        let ranLately = [now, ago(20), ago(2_000)]
+        let resumedAt: [Instant?] = [nil, ago(1_000), ago(6_000)]
+        for serving in [false, true] {
+            for isolated in [false, true] {
+                for gone in [false, true] {
+                    for heard in [false, true] {
+                        for lastRan in ranLately {
+                            for resumed in resumedAt {
+                                let peer = Swap.PeerReach(selfIsolated: isolated, foundGoneAt: gone ? ago(500) : nil,
+                                                          heardOnSomePath: heard, lastHeard: ago(heard ? 0 : 3_000))
+                                let runs = ExportRole.AgentRuns(lastRan: lastRan, resumedAt: resumed)
+                                let answer = ExportRole.answerAlone(serving: serving, peer: peer, agent: runs, now: now, waitLimit: limit)
+                                let running = now - lastRan <= PeerLiveness.runGapLimit && resumed.map { now - $0 >= limit } ?? true
+                                let expected = serving && !isolated && running && (gone || heard)
+                                XCTAssertEqual(answer == .consent, expected, "serving \(serving), \(peer), \(runs): \(answer)")
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        // The hole it closes (ClusterTests.testAStalledNodeIsTakenOverAndItsOldServerAcknowledgesNothing):
+        // an agent that has just run again after a stop consents to nothing, though it counts its peer as heard.
+        let woken = ExportRole.answerAlone(serving: true, peer: Swap.PeerReach(selfIsolated: false, foundGoneAt: nil, heardOnSomePath: true, lastHeard: now),
+                                           agent: .init(lastRan: now, resumedAt: now), now: now, waitLimit: limit)
+        guard case .withhold(let why) = woken else { return XCTFail("an agent just woken consented") }
+        XCTAssertTrue(why.contains("did not run"), why)
+    }
 }

@@ -1,7 +1,8 @@
 /// The decisions an agent makes about one export on its node outside the
 /// swap (`Swap`): where it is served at start-up, whether a server that
-/// exited is started again, what a fence asked by the peer leads to, and
-/// where it is served after this node fenced itself. Pure: what the node's
+/// exited is started again, what a fence asked by the peer leads to,
+/// where it is served after this node fenced itself, and whether its server
+/// may answer without its standby at the wait limit. Pure: what the node's
 /// disk says comes in as facts, time as `Instant`s; `ExportController`
 /// carries the answers out.
 public enum ExportRole {
@@ -86,6 +87,56 @@ public enum ExportRole {
     /// drained to the standby first, so it never leaves such writes.
     public static func afterFence(handOver: Bool, answeredAlone: Bool) -> Start {
         !handOver && answeredAlone ? .serve(alone: true) : .standby
+    }
+
+    /// How this node's agent has run lately (`PeerWatch` ticks every 20 ms).
+    public struct AgentRuns: Hashable, Sendable {
+        /// The agent's last tick.
+        public var lastRan: Instant
+        /// When it last ran again after not running for `PeerLiveness.runGapLimit` or more.
+        public var resumedAt: Instant?
+
+        public init(lastRan: Instant, resumedAt: Instant?) {
+            self.lastRan = lastRan
+            self.resumedAt = resumedAt
+        }
+    }
+
+    public enum AnswerAlone: Hashable, Sendable {
+        /// Replies may stop waiting for the standby (`ServerControl.continueWithoutStandby`).
+        case consent
+        /// Not now: the server keeps waiting and asks again.
+        case withhold(why: String)
+    }
+
+    /// This node's server has waited for its standby past the wait limit and
+    /// asks whether to answer without it (DESIGN.md §4.1's bound on a
+    /// standby that stops acknowledging while its node is heard). Answers
+    /// alone lose nothing only while no other node may serve: the peer takes
+    /// the export over through a fence that this agent answers, or, without
+    /// one, only once it found this node gone (this agent silent). So the
+    /// agent consents only while it runs and hears its peer (a standby that
+    /// is heard but does not acknowledge: a hung disk or replica), or when
+    /// the peer is found gone. Before, the server went alone by itself, and
+    /// when this agent was stopped or hung the peer could take over while
+    /// the old server answered new clients alone: their writes were lost.
+    /// `serving`: the node's role is to serve the export (not a swap, a fence or a self-fence under way).
+    public static func answerAlone(serving: Bool, peer: Swap.PeerReach, agent: AgentRuns,
+                                   now: Instant, waitLimit: TimeSpan) -> AnswerAlone {
+        guard serving else { return .withhold(why: "this node's server is being replaced or fenced") }
+        guard !peer.selfIsolated else { return .withhold(why: "this node is isolated: it fences its own servers") }
+        if now - min(now, agent.lastRan) > PeerLiveness.runGapLimit {
+            return .withhold(why: "this agent has just run again after not running: the peer may have taken the export over meanwhile")
+        }
+        if let resumed = agent.resumedAt, now - min(now, resumed) < waitLimit {
+            return .withhold(why: "this agent did not run for a while: the peer may have taken the export over meanwhile; "
+                + "a newer server or a fence reaches this node within the wait limit if it did")
+        }
+        if peer.foundGoneAt != nil { return .consent }
+        guard peer.heardOnSomePath else {
+            return .withhold(why: "the peer is not heard: its diagnosis decides (the peer gone: no standby to wait for; this node isolated: it fences itself)")
+        }
+        return .consent
     }
 
     /// How often a server that exits on its own is started again here: after

@@ -12,9 +12,15 @@ public enum ServerReport: Hashable, Sendable {
     case listening(clients: HostAndPort, monitor: HostAndPort?, metrics: HostAndPort?)
     /// The first client connection was welcomed (the agent logs when clients came back after a swap).
     case firstClientWelcomed
+    /// A reply has waited for the standby past the wait limit (`waitedMilliseconds`,
+    /// for record `sequence`): may replies stop waiting for it? The agent
+    /// answers `ServerControl.continueWithoutStandby`, or nothing while it
+    /// withholds its consent (`ExportRole.answerAlone`). Sent again at each
+    /// wait check while the reply waits.
+    case standbyWaitLimitReached(waitedMilliseconds: UInt64, sequence: UInt64)
 
     enum Tag: UInt8 {
-        case waitingForPromotion = 1, listening, firstClientWelcomed
+        case waitingForPromotion = 1, listening, firstClientWelcomed, standbyWaitLimitReached
     }
 
     /// Every report is a few addresses; more is not a server speaking.
@@ -35,6 +41,10 @@ public enum ServerReport: Hashable, Sendable {
             w.write(metrics?.description ?? "")
         case .firstClientWelcomed:
             w.write(Tag.firstClientWelcomed.rawValue)
+        case .standbyWaitLimitReached(let waited, let sequence):
+            w.write(Tag.standbyWaitLimitReached.rawValue)
+            w.write(waited)
+            w.write(sequence)
         }
         w.patch(UInt32(w.bytes.count - 4), at: 0)
         return w.bytes
@@ -54,6 +64,8 @@ public enum ServerReport: Hashable, Sendable {
                                 metrics: try readAddress(&r, optional: true))
         case .firstClientWelcomed:
             report = .firstClientWelcomed
+        case .standbyWaitLimitReached:
+            report = .standbyWaitLimitReached(waitedMilliseconds: try r.readUInt64(), sequence: try r.readUInt64())
         }
         try r.expectEnd()
         return report

@@ -93,4 +93,28 @@ final class FailoverSimulationTests: XCTestCase {
         world.startServer(on: 1, epoch: 2, alone: true)   // node 1's journal is empty: the record is lost
         XCTAssertNotNil(world.violation)
     }
+
+    /// Scripted (ExportRole.answerAlone): node 0's agent stops, then its
+    /// server stalls; node 1 takes the export over without a fence (node 0's
+    /// agent is silent). The old server runs again while its agent still does
+    /// not, and its replies wait past the limit; a client mounted anew naming
+    /// node 0 knows no epoch. Before the agent's consent, the old server
+    /// answered it alone at the limit, and node 1 never had those writes.
+    func testAServerWhoseAgentDoesNotRunAnswersNoNewClientAloneAfterATakeover() {
+        var world = FailoverWorld(seed: 3, randomFaults: false)
+        world.run(for: .milliseconds(2_000))
+        world.stallAgent(on: 0, for: .milliseconds(40_000))
+        world.stallServer(on: 0, for: .milliseconds(3_000))
+        world.run(for: .milliseconds(3_500))
+        let trace = { world.trace.suffix(80).joined(separator: "\n") }
+        XCTAssertEqual(world.nodes[1].server?.epoch, 2, "node 1 did not take over:\n\(trace())")
+        XCTAssertNotNil(world.nodes[0].server, "the old server is gone: the scenario tests nothing")
+        // Past the old server's wait limit (its stall does not count against its standby).
+        world.run(for: .milliseconds(6_000))
+        world.remount(1, naming: 0)
+        world.run(for: .milliseconds(6_000))
+        XCTAssertNil(world.violation, trace())
+        XCTAssertEqual(world.nodes[0].server?.answeringAlone, false, "the old server answers alone:\n\(trace())")
+        XCTAssertGreaterThan(world.stats.acknowledged, 0)
+    }
 }

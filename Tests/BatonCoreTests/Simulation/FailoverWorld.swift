@@ -71,11 +71,17 @@ struct SimServer {
     var heldReplies: [SimRecord] = []
     /// When it last ran: a longer gap (stopped, starved) is not time spent waiting for the standby.
     var lastRanAt: Instant
+    /// Its agent withheld its consent to answer alone at the last ask (logged once).
+    var agentWithheld = false
 }
 
 /// A client mount: the newest epoch it has seen, and its requests not yet answered.
 struct SimClient {
     var epoch: UInt64 = 1
+    /// A mount made anew names one node's address (`mount demo@a`): it
+    /// writes to that node's server only, until a request goes unanswered
+    /// long enough for it to look at the other addresses (`moveClients`).
+    var pinnedTo: Int?
     var lastAnswered = Instant.zero
     var outstanding: Set<SimRecord> = [] {
         didSet { if outstanding.isEmpty { outstandingSince = nil } }
@@ -108,6 +114,8 @@ struct SimNode {
     var agentRequestsHungUntil = Instant.zero
     var lastHeardPeer = Instant.zero
     var agentLastRanAt = Instant.zero
+    /// When the agent last ran again after a gap (`PeerWatch`'s `AgentRuns.resumedAt`).
+    var agentResumedAt: Instant?
     var nextDiagnosisAt = Instant.zero
     /// When the ladder found the peer gone (dead, isolated, its agent down); cleared when it is heard.
     var peerFoundGoneAt: Instant?
@@ -132,6 +140,7 @@ struct SimulationStats: Equatable {
     var freezes = 0
     var hungAgents = 0
     var agentStalls = 0
+    var remounts = 0
     var refusedByClients = 0
 
     static func += (a: inout SimulationStats, b: SimulationStats) {
@@ -151,6 +160,7 @@ struct SimulationStats: Equatable {
         a.freezes += b.freezes
         a.hungAgents += b.hungAgents
         a.agentStalls += b.agentStalls
+        a.remounts += b.remounts
         a.refusedByClients += b.refusedByClients
     }
 }
@@ -200,6 +210,12 @@ struct FailoverWorld {
     private(set) var trace: [String] = []
 
     private var random: SplitMix64
+    /// Remounts draw from a stream of their own: the runs of the seeds
+    /// before remounts were modelled (the regression seeds) stay as they were
+    /// until a first remount.
+    private var remountRandom: SplitMix64
+    /// Off for a scripted run: only what the test does happens.
+    private let randomFaults: Bool
     private var inFlight: [Envelope] = []
     private var nextOrder = 0
     private var nextServerID = 1
@@ -223,10 +239,12 @@ struct FailoverWorld {
         return index < journal.count && journal[index] == record
     }
 
-    init(seed: UInt64, swapTimings: SwapTimings = .defaults) {
+    init(seed: UInt64, swapTimings: SwapTimings = .defaults, randomFaults: Bool = true) {
         self.seed = seed
         self.swapTimings = swapTimings
+        self.randomFaults = randomFaults
         random = SplitMix64(seed: seed)
+        remountRandom = SplitMix64(seed: seed ^ 0x5EED_0F_4E3_0475)
         lossPerMille = random.next() % 60
         maxDelayMilliseconds = 2 + random.next() % 30
         nodes = [SimNode(isStandby: false), SimNode(isStandby: true)]
@@ -242,7 +260,7 @@ struct FailoverWorld {
 
     mutating func step() {
         now = now + Self.step
-        injectFaults()
+        if randomFaults { injectFaults() }
         deliver()
         answerDiagnosisProbes()
         moveClients()
@@ -303,6 +321,7 @@ struct FailoverWorld {
             for node in 0..<nodes.count where !isolated(nodes[node]) {
                 guard let server = nodes[node].server, server.epoch > clients[client].epoch, now >= server.stalledUntil else { continue }
                 clients[client].epoch = server.epoch
+                clients[client].pinnedTo = nil
                 clients[client].lastAnswered = now
                 for record in clients[client].outstanding { askedBy[record] = nil }
                 clients[client].outstanding.removeAll()
@@ -358,7 +377,31 @@ struct FailoverWorld {
         return (node, milliseconds(range))
     }
 
+    // MARK: scripted faults (`randomFaults: false`)
+
+    /// The server of `node` does nothing for `span` (SIGSTOP).
+    mutating func stallServer(on node: Int, for span: TimeSpan) {
+        nodes[node].server?.stalledUntil = now + span
+        note("server on node \(node) stalls for \(span)")
+    }
+
+    /// The agent of `node` does nothing for `span` (SIGSTOP, hung); its server runs on.
+    mutating func stallAgent(on node: Int, for span: TimeSpan) {
+        nodes[node].agentStalledUntil = now + span
+        note("node \(node)'s agent stalls for \(span)")
+    }
+
+    /// Client `client` is mounted anew naming node `node`: it knows no epoch yet.
+    mutating func remount(_ client: Int, naming node: Int) {
+        for record in clients[client].outstanding { askedBy[record] = nil }
+        clients[client] = SimClient(epoch: 0, pinnedTo: node)
+        stats.remounts += 1
+        note("client \(client) is mounted anew, naming node \(node)")
+    }
+
     private mutating func injectFaults() {
+        // Client 1 (it writes seldom) is unmounted and mounted again now and then.
+        if remountRandom.next() % 1_000_000 < 300 { remount(1, naming: Int(remountRandom.next() % 2)) }
         for node in 0..<nodes.count where nodes[node].server != nil {
             if chance(perMillion: 1_500), now >= nodes[node].server!.stalledUntil {
                 let span = milliseconds(50...1_500)
@@ -572,6 +615,7 @@ struct FailoverWorld {
         let gap = now - nodes[node].agentLastRanAt
         nodes[node].agentLastRanAt = now
         if gap > PeerLiveness.runGapLimit {
+            nodes[node].agentResumedAt = now
             // `PeerLiveness.ran`: the agent's own silence is not the peer's.
             nodes[node].lastHeardPeer = max(nodes[node].lastHeardPeer, now)
             // `ExportController.agentResumed`: a replica that refused nothing for the wait limit may be outdated.
@@ -812,9 +856,20 @@ struct FailoverWorld {
             send(from: node, to: peer, .catchUp(journal: nodes[node].journal, epoch: server.epoch, server: server.id))
         }
         // `standby_wait_limit_ms`: a reply waits this long for the standby at most.
+        // `standby_wait_limit_ms`: past it, the server asks its agent whether to answer alone
+        // (`ExportRole.answerAlone`); an agent that does not run now ran last long ago, and withholds.
         if !server.answeringAlone, let oldest = server.waiting.values.min(), now - oldest > Self.standbyWaitLimit {
-            note("server \(server.id) waited \(Self.standbyWaitLimit) for the standby: answering alone")
-            goAlone(&server, on: node)
+            let answer = ExportRole.answerAlone(
+                serving: !server.handingOver, peer: peerReach(node),
+                agent: ExportRole.AgentRuns(lastRan: nodes[node].agentLastRanAt, resumedAt: nodes[node].agentResumedAt),
+                now: now, waitLimit: Self.standbyWaitLimit)
+            if answer == .consent {
+                note("server \(server.id) waited \(Self.standbyWaitLimit) for the standby: answering alone")
+                goAlone(&server, on: node)
+            } else if !server.agentWithheld {
+                note("server \(server.id) waited \(Self.standbyWaitLimit) for the standby: its agent withholds (\(answer))")
+            }
+            server.agentWithheld = answer != .consent
         }
         if server.handingOver, server.unacknowledged.isEmpty {
             note("server \(server.id) handed over")
@@ -833,7 +888,7 @@ struct FailoverWorld {
         // have heard of a newer epoch when it writes again. A client writes to no server older than it knows.
         let asker = random.next() % 10 == 0 ? 1 : 0
         if !isolated(nodes[node]), !server.handingOver, server.unacknowledged.count < SimServer.maxUnacknowledged,
-           clients[asker].epoch <= server.epoch, random.next() % 100 < 20 {
+           clients[asker].epoch <= server.epoch, clients[asker].pinnedTo ?? node == node, random.next() % 100 < 20 {
             let record = SimRecord(sequence: UInt64(nodes[node].journal.count) + 1, epoch: server.epoch)
             askedBy[record] = asker
             clients[asker].outstanding.insert(record)
