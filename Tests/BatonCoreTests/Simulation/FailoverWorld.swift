@@ -887,7 +887,9 @@ struct FailoverWorld {
         // Clients reach a server only over the network; client 1 writes seldom, so it may not
         // have heard of a newer epoch when it writes again. A client writes to no server older than it knows.
         let asker = random.next() % 10 == 0 ? 1 : 0
-        if !isolated(nodes[node]), !server.handingOver, server.unacknowledged.count < SimServer.maxUnacknowledged,
+        // The window bounds replies waiting for the standby; a server answering alone waits for none.
+        if !isolated(nodes[node]), !server.handingOver,
+           server.answeringAlone || server.unacknowledged.count < SimServer.maxUnacknowledged,
            clients[asker].epoch <= server.epoch, clients[asker].pinnedTo ?? node == node, random.next() % 100 < 20 {
             let record = SimRecord(sequence: UInt64(nodes[node].journal.count) + 1, epoch: server.epoch)
             askedBy[record] = asker
