@@ -109,7 +109,8 @@ struct Serve: ParsableCommand {
     @Option(help: ArgumentHelp(
         "How long a reply waits for the standby at most (sync mode) before the server answers without it.",
         discussion: "For a standby that stops acknowledging while its node still answers (a hung disk): past this "
-            + "limit the server goes on alone, loudly, until the standby is in step again."))
+            + "limit the server goes on alone, loudly, until the standby is in step again. A server its agent started "
+            + "(--until-stdin-ends, --await-promotion) asks the agent first and goes on alone only on its consent."))
     var standbyWaitLimitMs: Int = Int(StandbyConfiguration.defaultWaitLimit.nanoseconds / 1_000_000)
 
     @Flag(help: ArgumentHelp(
