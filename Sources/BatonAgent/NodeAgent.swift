@@ -89,6 +89,9 @@ public final class NodeAgent: @unchecked Sendable {
                 resumed: { [unowned self] gap in for controller in controllers.values { controller.agentResumed(after: gap) } }))
     }
 
+    /// Withdraws and announces again the MPTCP endpoint of a path whose NIC loses and regains its link.
+    private var localLinks: LocalLinkWatch?
+
     /// This node's distinct path addresses when it has more than one: the
     /// kernel's MPTCP announces them (`MultipathEndpoints`). Nil for a node
     /// on one address (loopback, one NIC): nothing to announce.
@@ -121,6 +124,8 @@ public final class NodeAgent: @unchecked Sendable {
         if let addresses = multipathAddresses {
             if let endpoints = MultipathEndpoints(logger: logger) {
                 endpoints.announce(addresses)
+                localLinks = LocalLinkWatch(addresses: addresses, endpoints: endpoints, logger: logger)
+                localLinks?.start(on: group.next())
             } else {
                 logger.warning("no MPTCP here: a connection stays on the path it was made on", metadata: [
                     "node": "\(me.name)", "paths": "\(addresses.joined(separator: ", "))",
@@ -199,6 +204,7 @@ public final class NodeAgent: @unchecked Sendable {
     /// wait for them, up to their mount's timeout, or follow a failover).
     public func stop() {
         metricsEndpoint?.stop()
+        localLinks?.stop()
         peerWatch.stop()
         for controller in controllers.values { controller.stopServer() }
         for listener in listeners { try? listener.close().wait() }

@@ -11,3 +11,18 @@ int syncfs(int fd);
 int fallocate(int fd, int mode, long offset, long len);
 #define BATON_FALLOC_FL_KEEP_SIZE 1
 #define BATON_FALLOC_FL_PUNCH_HOLE 2
+
+// A network device's flags (IFF_UP, IFF_RUNNING) in this process's network
+// namespace, by SIOCGIFFLAGS on `socket`; -1 with errno set. A socket is
+// asked, not /sys/class/net, which shows the namespace that mounted sysfs.
+#include <net/if.h>
+#include <string.h>
+#include <sys/ioctl.h>
+
+static inline int baton_device_flags(int socket, const char *name) {
+    struct ifreq request;
+    memset(&request, 0, sizeof request);
+    strncpy(request.ifr_name, name, IFNAMSIZ - 1);
+    if (ioctl(socket, SIOCGIFFLAGS, &request) < 0) return -1;
+    return request.ifr_flags;
+}

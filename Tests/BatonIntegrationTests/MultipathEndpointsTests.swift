@@ -24,6 +24,15 @@ final class MultipathEndpointsTests: XCTestCase {
         let shown = "198.18.2.1 id 1 signal dev eth1 \n198.18.1.1 id 2 signal dev eth0 \n"
         XCTAssertEqual(MultipathEndpoints.endpoints(shown), ["198.18.2.1", "198.18.1.1"])
         XCTAssertEqual(MultipathEndpoints.endpoints(""), [])
+        // A withdrawal deletes by id.
+        XCTAssertEqual(MultipathEndpoints.endpointIDs(shown), ["198.18.2.1": "1", "198.18.1.1": "2"])
+    }
+
+    /// This machine's loopback has its link; a device that does not exist is nil, not "down".
+    func testADevicesLinkIsAskedOfTheKernel() throws {
+        let links = try XCTUnwrap(DeviceLinks())
+        XCTAssertEqual(links.hasLink("lo"), true)
+        XCTAssertNil(links.hasLink("baton-none0"))
     }
 }
 

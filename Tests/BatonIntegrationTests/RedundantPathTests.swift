@@ -228,6 +228,12 @@ final class RedundantPathTests: XCTestCase {
                 }
                 let sent = try routes.map { try bytesSent(bed, from: $0.0, to: $0.1, paths: $0.2) }
                 try fault.cut(bed)
+                // A node's own NIC: its agent withdraws the address's MPTCP endpoint at once (`LocalPaths`).
+                if case .nic(let nic, let node) = fault, node != .client, times == 1 {
+                    try waitUntil("\(node)'s MPTCP endpoint of path \(nic) withdrawn") {
+                        try !mptcpEndpoints(bed, node).contains(node.address(nic: nic))
+                    }
+                }
                 for ((from, to, paths), before) in zip(routes, sent) {
                     try waitUntil("1 MiB more sent from \(from) to \(to) on path \(paths) with \(fault) cut (round \(round))") {
                         try bytesSent(bed, from: from, to: to, paths: paths) >= before + (1 << 20)
@@ -241,6 +247,11 @@ final class RedundantPathTests: XCTestCase {
                 }
                 let onRestoredPath = try routes.map { try bytesSent(bed, from: $0.0, to: $0.1, paths: [fault.path]) }
                 try fault.restore(bed)
+                if case .nic(let nic, let node) = fault, node != .client, times == 1 {
+                    try waitUntil("\(node)'s MPTCP endpoint of path \(nic) announced again") {
+                        try mptcpEndpoints(bed, node).contains(node.address(nic: nic))
+                    }
+                }
                 // Traffic may use the path again (MPTCP spreads a busy connection over both).
                 for ((from, to, _), before) in zip(routes, onRestoredPath) where times == 1 {
                     try waitUntil("traffic from \(from) to \(to) on path \(fault.path) again after \(fault) came back", timeout: 30) {
@@ -323,6 +334,12 @@ final class RedundantPathTests: XCTestCase {
             }
         }
         return total
+    }
+
+    /// The addresses of `node`'s MPTCP endpoints (`ip mptcp endpoint show` in its namespace).
+    private func mptcpEndpoints(_ bed: TestBed, _ node: TestBed.Node) throws -> Set<String> {
+        let shown = try bed.exec(node.namespace, ["ip", "mptcp", "endpoint", "show"]).output
+        return Set(shown.split(separator: "\n").compactMap { $0.split(separator: " ").first.map(String.init) })
     }
 
     private func waitForLog(_ cluster: TwoNodeCluster, _ text: String, timeout: TimeInterval = 20) throws {

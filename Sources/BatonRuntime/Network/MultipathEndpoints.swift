@@ -70,6 +70,20 @@ public struct MultipathEndpoints: Sendable {
         }
     }
 
+    /// The device that holds each of these addresses (of this machine).
+    public func devices(of addresses: [String]) -> [String: String] {
+        guard let all = run(["-o", "-4", "addr", "show"]).map(Self.devices) else { return [:] }
+        return all.filter { addresses.contains($0.key) }
+    }
+
+    /// Deletes the endpoint of `address`: the kernel closes every subflow on
+    /// it (`LocalPaths`: its link is down). False when it had none or `ip` failed.
+    @discardableResult
+    public func withdraw(_ address: String) -> Bool {
+        guard let listed = run(["mptcp", "endpoint", "show"]), let id = Self.endpointIDs(listed)[address] else { return false }
+        return run(["mptcp", "endpoint", "delete", "id", id]) != nil
+    }
+
     // MARK: iproute2's words
 
     /// "add_addr_accepted 0 subflows 2"
@@ -91,11 +105,16 @@ public struct MultipathEndpoints: Sendable {
     }
 
     /// Lines of `ip mptcp endpoint show`: "198.18.2.1 id 1 signal dev eth1" → the addresses.
-    static func endpoints(_ text: String) -> Set<String> {
-        Set(text.split(separator: "\n").compactMap { line in
+    static func endpoints(_ text: String) -> Set<String> { Set(endpointIDs(text).keys) }
+
+    /// The same lines → address: endpoint id.
+    static func endpointIDs(_ text: String) -> [String: String] {
+        var ids: [String: String] = [:]
+        for line in text.split(separator: "\n") {
             let words = line.split(whereSeparator: \.isWhitespace)
-            return words.count > 2 && words[1] == "id" ? String(words[0]) : nil
-        })
+            if words.count > 2, words[1] == "id" { ids[String(words[0])] = String(words[2]) }
+        }
+        return ids
     }
 
     /// Runs `ip ARGUMENTS`; its output, or nil (logged) when it failed.
