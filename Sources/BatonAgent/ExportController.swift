@@ -302,6 +302,11 @@ final class ExportController: @unchecked Sendable {
         process.continueWithoutStandby()
     }
 
+    /// A NIC of this node has its link again: the server here may make its replication connection again.
+    func localPathRestored() {
+        if case .serving(let process) = lock.withLock({ role }) { process.pathRestored() }
+    }
+
     /// What this agent last answered its server's question at the wait limit (logged when it changes).
     private var lastAloneAnswer: ExportRole.AnswerAlone?
 

@@ -158,6 +158,11 @@ final class ExportProcess: @unchecked Sendable {
         kill()
     }
 
+    /// Tells the server a NIC of this node has its link again.
+    func pathRestored() {
+        if process.isRunning { tell(.pathRestored) }
+    }
+
     /// Tells the server the peer is gone: go on without a standby.
     func continueWithoutStandby() {
         if process.isRunning { tell(.continueWithoutStandby) }

@@ -16,6 +16,7 @@ final class LocalLinkWatch: @unchecked Sendable {
     private let endpoints: MultipathEndpoints
     private let links: DeviceLinks
     private let logger: Logger
+    private let restored: @Sendable () -> Void
     /// Confined to the event loop of `task`.
     private var paths = LocalPaths()
     private var task: RepeatedTask?
@@ -23,7 +24,8 @@ final class LocalLinkWatch: @unchecked Sendable {
     private let commands = DispatchQueue(label: "baton.local-links")
 
     /// `addresses`: this node's path addresses, path 1 first. Nil when none is on a device here.
-    init?(addresses: [String], endpoints: MultipathEndpoints, logger: Logger) {
+    /// `restored`: after an endpoint was announced again (the servers here may gain their subflow).
+    init?(addresses: [String], endpoints: MultipathEndpoints, logger: Logger, restored: @escaping @Sendable () -> Void) {
         let found = endpoints.devices(of: addresses)
         let devices = addresses.enumerated().compactMap { index, address in found[address].map { (index + 1, address, $0) } }
         guard !devices.isEmpty, let links = DeviceLinks() else { return nil }
@@ -31,6 +33,7 @@ final class LocalLinkWatch: @unchecked Sendable {
         self.endpoints = endpoints
         self.links = links
         self.logger = logger
+        self.restored = restored
     }
 
     func start(on loop: EventLoop) {
@@ -43,7 +46,7 @@ final class LocalLinkWatch: @unchecked Sendable {
         for (path, address, device) in devices {
             guard let up = links.hasLink(device), let action = paths.observed(address, up: up) else { continue }
             let metadata: Logger.Metadata = ["path": "\(path)", "address": "\(address)", "device": "\(device)"]
-            commands.async { [endpoints, logger] in
+            commands.async { [endpoints, logger, restored] in
                 switch action {
                 case .withdraw:
                     let withdrawn = endpoints.withdraw(address)
@@ -53,6 +56,7 @@ final class LocalLinkWatch: @unchecked Sendable {
                     endpoints.announce([address])
                     logger.notice("this node's NIC has its link again: the MPTCP endpoint of its path is announced again",
                                   metadata: metadata.merging(["mptcpEndpoint": "announced"]) { $1 })
+                    restored()
                 }
             }
         }

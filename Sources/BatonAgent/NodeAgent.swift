@@ -124,7 +124,9 @@ public final class NodeAgent: @unchecked Sendable {
         if let addresses = multipathAddresses {
             if let endpoints = MultipathEndpoints(logger: logger) {
                 endpoints.announce(addresses)
-                localLinks = LocalLinkWatch(addresses: addresses, endpoints: endpoints, logger: logger)
+                localLinks = LocalLinkWatch(addresses: addresses, endpoints: endpoints, logger: logger) { [unowned self] in
+                    for controller in controllers.values { controller.localPathRestored() }
+                }
                 localLinks?.start(on: group.next())
             } else {
                 logger.warning("no MPTCP here: a connection stays on the path it was made on", metadata: [

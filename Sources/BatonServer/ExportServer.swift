@@ -138,6 +138,9 @@ public final class ExportServer: @unchecked Sendable {
     /// The agent declared the peer node gone: stop waiting for the standby.
     public func continueWithoutStandby() { replication?.goAlone() }
 
+    /// The agent says a NIC of this node has its link again (`ServerControl.pathRestored`).
+    public func pathRestored() { replication?.pathRestored() }
+
     /// A planned swap (DESIGN.md §5): take no more mutations, and return
     /// once the standby has acknowledged every record, or after `timeout`
     /// (false). The mutation lock stays held: the agent ends the process next.

@@ -156,6 +156,21 @@ final class ReplicationLink: @unchecked Sendable {
         }
     }
 
+    /// A NIC of this node has its link again: a connection that lost its
+    /// subflow there (its first one goes with the endpoint its agent
+    /// withdrew, and nothing makes it again) is made again now, over both
+    /// paths. The new session finds the standby in step.
+    func pathRestored() {
+        guard let channel = state.withLockedValue({ $0.inStep ? $0.channel : nil }) else { return }
+        Multipath.isDownToOneSubflow(channel).whenSuccess { [self] down in
+            guard down else { return }
+            logger.notice("standby connection is down to one subflow with this node's path back: connecting again to use both", metadata: [
+                "export": "\(store.exportName)", "standby": "\(configuration.agent)",
+            ])
+            channel.close(promise: nil)
+        }
+    }
+
     /// A gap between two wait checks longer than this means the process did not run.
     static func runGapLimit(checkInterval: TimeAmount) -> TimeAmount {
         .nanoseconds(max(TimeAmount.seconds(1).nanoseconds, 4 * checkInterval.nanoseconds))

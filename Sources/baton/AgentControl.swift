@@ -91,6 +91,8 @@ final class AgentControl: @unchecked Sendable {
                 return self.server
             }
             server?.continueWithoutStandby()
+        case .pathRestored:
+            lock.withLock { server }?.pathRestored()
         case .handOver:
             guard let server = lock.withLock({ server }) else {
                 logger.info("handed over before serving: stopping", metadata: ["export": "\(export)"])

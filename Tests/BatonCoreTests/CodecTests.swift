@@ -48,7 +48,7 @@ final class CodecTests: XCTestCase {
 
     /// The agent's commands to its server: each round-trips; anything else is refused.
     func testServerControlRoundTripsAndRefusesWhatIsNotACommand() throws {
-        for command in [ServerControl.promote(alone: false), .promote(alone: true), .continueWithoutStandby, .handOver] {
+        for command in [ServerControl.promote(alone: false), .promote(alone: true), .continueWithoutStandby, .handOver, .pathRestored] {
             let frame = command.frame()
             XCTAssertEqual(Int(frame[0]), frame.count - 4, "\(command): the length prefix")
             XCTAssertLessThanOrEqual(frame.count - 4, ServerControl.maxFrameBytes)

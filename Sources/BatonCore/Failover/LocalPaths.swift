@@ -17,19 +17,23 @@ public struct LocalPaths: Sendable {
 
     /// Per address: whether its link was up at the last observation (absent: not observed yet).
     private var linkUp: [String: Bool] = [:]
+    /// The addresses whose endpoint was withdrawn and not yet announced again.
+    private var withdrawn: Set<String> = []
 
     public init() {}
 
-    /// The link under `address` was observed `up` (or not). An action on a
-    /// change only, and on a first observation that finds it down (the
-    /// agent announced every address at start).
+    /// The link under `address` was observed `up` (or not). Withdraws only
+    /// a link seen up before (at the agent's start a link may still be
+    /// coming up, and every endpoint was just announced), and announces
+    /// again only what it withdrew.
     public mutating func observed(_ address: String, up: Bool) -> Action? {
         let before = linkUp.updateValue(up, forKey: address)
-        guard before != up else { return nil }
-        if up { return before == nil ? nil : .announce(address: address) }
+        if up { return withdrawn.remove(address) != nil ? .announce(address: address) : nil }
+        guard before == true else { return nil }
+        withdrawn.insert(address)
         return .withdraw(address: address)
     }
 
-    /// Whether the link under `address` was down at the last observation.
-    public func isDown(_ address: String) -> Bool { linkUp[address] == false }
+    /// Whether the endpoint of `address` is withdrawn.
+    public func isWithdrawn(_ address: String) -> Bool { withdrawn.contains(address) }
 }

@@ -13,9 +13,12 @@ public enum ServerControl: Hashable, Sendable {
     /// A planned swap: take no more mutations, wait until the standby has
     /// every record, and exit (0 when it has them).
     case handOver
+    /// A NIC of this node has its link again (`LocalPaths`): a replication
+    /// connection down to one subflow is made again, to use both paths.
+    case pathRestored
 
     enum Tag: UInt8 {
-        case promote = 1, continueWithoutStandby, handOver
+        case promote = 1, continueWithoutStandby, handOver, pathRestored
     }
 
     /// The largest command: every one is a few bytes; more is not the agent speaking.
@@ -28,6 +31,7 @@ public enum ServerControl: Hashable, Sendable {
         case .promote(let alone): w.write(Tag.promote.rawValue); w.write(alone)
         case .continueWithoutStandby: w.write(Tag.continueWithoutStandby.rawValue)
         case .handOver: w.write(Tag.handOver.rawValue)
+        case .pathRestored: w.write(Tag.pathRestored.rawValue)
         }
         w.patch(UInt32(w.bytes.count - 4), at: 0)
         return w.bytes
@@ -42,6 +46,7 @@ public enum ServerControl: Hashable, Sendable {
         case .promote: .promote(alone: try r.readBool())
         case .continueWithoutStandby: .continueWithoutStandby
         case .handOver: .handOver
+        case .pathRestored: .pathRestored
         }
         try r.expectEnd()
         return command

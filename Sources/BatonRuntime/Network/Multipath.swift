@@ -43,14 +43,21 @@ public enum Multipath {
 }
 
 /// The head of Linux's `struct mptcp_info` (what MPTCP_INFO fills in; the
-/// kernel copies no more than the buffer holds).
+/// kernel copies no more than the buffer holds, and an older kernel less
+/// than this: the rest stays zero).
 public struct MultipathInfo: Sendable {
-    private var bytes: (UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8, UInt8) = (0, 0, 0, 0, 0, 0, 0, 0)
+    private var words: (UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64, UInt64) =
+        (0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0)
+
+    private func byte(_ offset: Int) -> Int { withUnsafeBytes(of: words) { Int($0[offset]) } }
 
     /// Subflows besides the first (mptcpi_subflows).
-    public var extraSubflows: Int { Int(bytes.0) }
+    public var extraSubflows: Int { byte(0) }
     /// Addresses the peer announced that this side accepted (mptcpi_add_addr_accepted).
-    public var announcedAddressesAccepted: Int { Int(bytes.2) }
+    public var announcedAddressesAccepted: Int { byte(2) }
+    /// Every subflow, the first one included while it lives (mptcpi_subflows_total,
+    /// Linux 6.10 and later); nil where the kernel does not say.
+    public var subflows: Int? { byte(80) == 0 ? nil : byte(80) }
 }
 
 extension Multipath {
@@ -66,10 +73,24 @@ extension Multipath {
     /// Made again, it gains the subflow if the path is back. False for a
     /// plain TCP connection (the option fails).
     public static func lacksAnnouncedSubflow(_ channel: Channel) -> EventLoopFuture<Bool> {
+        info(of: channel) { $0.announcedAddressesAccepted > 0 && $0.extraSubflows == 0 }
+    }
+
+    /// Whether `channel`, an MPTCP connection, is down to one subflow though
+    /// its peer announced another address: also when its first subflow was
+    /// closed with this node's endpoint (`LocalPaths`: its NIC lost its
+    /// link), which nothing makes again. Asked once the link is back, not
+    /// periodically: during the fault, one subflow is all there can be.
+    public static func isDownToOneSubflow(_ channel: Channel) -> EventLoopFuture<Bool> {
+        info(of: channel) { $0.announcedAddressesAccepted > 0 && ($0.extraSubflows == 0 || $0.subflows.map { $0 < 2 } ?? false) }
+    }
+
+    /// `holds` of the connection's MPTCP_INFO; false for a plain TCP connection (the option fails).
+    private static func info(of channel: Channel, _ holds: @escaping @Sendable (MultipathInfo) -> Bool) -> EventLoopFuture<Bool> {
         guard let provider = channel as? SocketOptionProvider else { return channel.eventLoop.makeSucceededFuture(false) }
         let info: EventLoopFuture<MultipathInfo> = provider.unsafeGetSocketOption(
             level: SocketOptionLevel(socketOptionLevel), name: SocketOptionName(infoOption))
-        return info.map { $0.announcedAddressesAccepted > 0 && $0.extraSubflows == 0 }.recover { _ in false }
+        return info.map(holds).recover { _ in false }
     }
 }
 
