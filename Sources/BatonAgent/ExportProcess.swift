@@ -35,7 +35,7 @@ final class ExportProcess: @unchecked Sendable {
     init(executable: String, exportName: String, dataDirectory: String, listen: NodeAddress, monitorListen: NodeAddress,
          pathAddresses: [String], exportAddresses: [NodeAddress], multipath: Bool, secretFile: String, tls: TLSFiles?,
          access: ClientAccess, squash: Squash, lockLeaseMilliseconds: Int,
-         standby: NodeAddress, node: String, replication: ReplicationMode, standbyWaitLimitMilliseconds: Int,
+         standby: NodeAddress, standbyPathAddresses: [NodeAddress], node: String, replication: ReplicationMode, standbyWaitLimitMilliseconds: Int,
          metrics: Bool = false, awaitPromotion: Bool = false, group: EventLoopGroup, logger: Logger,
          onAskToAnswerAlone: @escaping @Sendable (_ waitedMilliseconds: UInt64) -> Void,
          onExit: @escaping @Sendable (Int32) -> Void) throws {
@@ -48,8 +48,10 @@ final class ExportProcess: @unchecked Sendable {
         ]
         for host in pathAddresses { arguments += ["--path-address", host] }
         for address in exportAddresses { arguments += ["--export-address", address.description] }
+        arguments += ["--secret-file", secretFile, "--standby", standby.description]
+        for address in standbyPathAddresses { arguments += ["--standby-path-address", address.description] }
         arguments += [
-            "--secret-file", secretFile, "--standby", standby.description, "--node", node,
+            "--node", node,
             "--replication", replication.rawValue, "--standby-wait-limit-ms", String(standbyWaitLimitMilliseconds),
         ]
         if let tls { arguments += ["--tls-cert", tls.certificate, "--tls-key", tls.key, "--tls-ca", tls.authority] }

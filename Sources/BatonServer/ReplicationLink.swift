@@ -21,6 +21,9 @@ public struct StandbyConfiguration: Sendable {
     public var waitLimit: TimeAmount
     /// An MPTCP connection (the nodes have two network paths, see `Multipath`).
     public var multipath = false
+    /// The standby's agent on its other paths: a connection that cannot be
+    /// made to `agent` (its path down) is tried there next.
+    public var otherAddresses: [NodeAddress] = []
     /// Set for a server that its node's agent started: at the wait limit the
     /// server asks it (`waited`, the oldest waiting record) instead of
     /// answering alone at once, and answers alone only on its consent
@@ -82,6 +85,9 @@ final class ReplicationLink: @unchecked Sendable {
         var lastSent: UInt64 = 0
         var stopped = false
         var connecting = false
+        /// Which of the standby's addresses the next connection goes to: the
+        /// first, or after a failed attempt the next one.
+        var addressIndex = 0
         /// Refusals by the standby since it last acknowledged a record, and
         /// no new session before `nextAttempt`: a standby that cannot store
         /// a copy (a full disk) is not sent one again and again at once.
@@ -446,12 +452,13 @@ final class ReplicationLink: @unchecked Sendable {
     /// Connects unless a connection exists or is being made. A repeated
     /// check calls it too, so no lost event can leave the link for good.
     private func connect() {
-        let start = state.withLockedValue { state -> Bool in
-            guard !state.stopped, !state.connecting, state.channel == nil, NIODeadline.now() >= state.nextAttempt else { return false }
+        let addresses = [configuration.agent] + configuration.otherAddresses
+        let address = state.withLockedValue { state -> NodeAddress? in
+            guard !state.stopped, !state.connecting, state.channel == nil, NIODeadline.now() >= state.nextAttempt else { return nil }
             state.connecting = true
-            return true
+            return addresses[state.addressIndex % addresses.count]
         }
-        guard start else { return }
+        guard let address else { return }
         ClientBootstrap(group: group)
             .multipath(configuration.multipath)
             .connectTimeout(.seconds(1))
@@ -468,11 +475,17 @@ final class ReplicationLink: @unchecked Sendable {
                     try channel.pipeline.syncOperations.addHandler(StandbyHandler(link: self))
                 }
             }
-            .connect(resolving: configuration.agent, on: group.next())
-            .whenFailure { [self] error in
-                logger.debug("standby not reachable", metadata: ["export": "\(store.exportName)", "error": "\(error)"])
+            .connect(resolving: address, on: group.next())
+            .whenComplete { [self] result in
+                guard case .failure(let error) = result else {
+                    // The first address again next time: it is the path the cluster prefers.
+                    state.withLockedValue { $0.addressIndex = 0 }
+                    return
+                }
+                logger.debug("standby not reachable", metadata: ["export": "\(store.exportName)", "address": "\(address)", "error": "\(error)"])
                 state.withLockedValue { state in
                     state.connecting = false
+                    state.addressIndex += 1
                     if state.channel?.isActive == false { state.channel = nil }
                 }
                 retry()

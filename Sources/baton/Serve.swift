@@ -58,6 +58,10 @@ struct Serve: ParsableCommand {
     @Option(help: "HOST:PORT of the peer's agent, which keeps the standby replica (started by 'baton agent').")
     var standby: NodeAddress?
 
+    @Option(name: .customLong("standby-path-address"),
+            help: "HOST:PORT of the peer's agent on another network path: a replication connection that cannot be made to --standby is made there.")
+    var standbyPathAddresses: [NodeAddress] = []
+
     @Option(help: "This node's certificate (PEM, from `baton cert issue --role node`): TLS on every listener and on replication.")
     var tlsCert: String?
 
@@ -219,6 +223,7 @@ struct Serve: ParsableCommand {
             var configuration = StandbyConfiguration(agent: $0, node: node, secret: secret!, synchronous: replication == "sync",
                                                      waitLimit: .milliseconds(Int64(standbyWaitLimitMs)))
             configuration.multipath = multipath
+            configuration.otherAddresses = standbyPathAddresses
             if let control {
                 configuration.askAgentToAnswerAlone = { waited, sequence in
                     control.report(.standbyWaitLimitReached(waitedMilliseconds: UInt64(waited.components.seconds * 1000
