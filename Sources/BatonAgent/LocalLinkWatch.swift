@@ -23,11 +23,18 @@ final class LocalLinkWatch: @unchecked Sendable {
     /// `ip` runs take milliseconds: off the event loop, in order.
     private let commands = DispatchQueue(label: "baton.local-links")
 
-    /// `addresses`: this node's path addresses, path 1 first. Nil when none is on a device here.
+    /// `addresses`: this node's path addresses, path 1 first. Path 1 is
+    /// left to the kernel's timers: connections are made to its address, so
+    /// it is never announced to them, and a withdrawal tells their other
+    /// end nothing; that end kept sending on its subflow, and on the test
+    /// bed replication to a standby whose NIC 1 was cut stalled for the wait
+    /// limit in 2 of 5 runs. An announced address's withdrawal is sent to
+    /// the other end (RM_ADDR), which closes its subflow too. Nil when no
+    /// other path's address is on a device here.
     /// `restored`: after an endpoint was announced again (the servers here may gain their subflow).
     init?(addresses: [String], endpoints: MultipathEndpoints, logger: Logger, restored: @escaping @Sendable () -> Void) {
         let found = endpoints.devices(of: addresses)
-        let devices = addresses.enumerated().compactMap { index, address in found[address].map { (index + 1, address, $0) } }
+        let devices = addresses.enumerated().dropFirst().compactMap { index, address in found[address].map { (index + 1, address, $0) } }
         guard !devices.isEmpty, let links = DeviceLinks() else { return nil }
         self.devices = devices
         self.endpoints = endpoints

@@ -163,9 +163,9 @@ final class ReplicationLink: @unchecked Sendable {
     }
 
     /// A NIC of this node has its link again: a connection that lost its
-    /// subflow there (its first one goes with the endpoint its agent
-    /// withdrew, and nothing makes it again) is made again now, over both
-    /// paths. The new session finds the standby in step.
+    /// subflow there (closed with the endpoint its agent withdrew; the
+    /// kernel does not make it again) is made again now, over both paths,
+    /// rather than at the next subflow check. The new session finds the standby in step.
     func pathRestored() {
         guard let channel = state.withLockedValue({ $0.inStep ? $0.channel : nil }) else { return }
         Multipath.isDownToOneSubflow(channel).whenSuccess { [self] down in

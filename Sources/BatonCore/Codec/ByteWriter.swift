@@ -38,6 +38,17 @@ public struct ByteWriter: Sendable {
     }
 }
 
+extension ByteWriter {
+    /// One frame: a u32 length, then what `body` writes.
+    public static func frame(capacity: Int, _ body: (inout ByteWriter) -> Void) -> [UInt8] {
+        var w = ByteWriter(capacity: capacity + 4)
+        w.write(UInt32(0))
+        body(&w)
+        w.patch(UInt32(w.bytes.count - 4), at: 0)
+        return w.bytes
+    }
+}
+
 /// Why a byte string could not be decoded. Input from the network or disk is
 /// never trusted: every read is bounds-checked and fails with this instead of trapping.
 public enum DecodeError: Error, Equatable, Sendable, CustomStringConvertible {
@@ -81,6 +92,12 @@ public struct ByteReader {
 
     public mutating func readUInt8() throws(DecodeError) -> UInt8 { try readInteger(UInt8.self) }
     public mutating func readBool() throws(DecodeError) -> Bool { try readInteger(UInt8.self) != 0 }
+    /// A one-byte tag of `T`; an unknown one fails naming `kind`.
+    public mutating func readTag<T: RawRepresentable>(_: T.Type, kind: String) throws(DecodeError) -> T where T.RawValue == UInt8 {
+        let raw = try readUInt8()
+        guard let tag = T(rawValue: raw) else { throw .unknownTag(kind: kind, tag: UInt32(raw)) }
+        return tag
+    }
     public mutating func readUInt16() throws(DecodeError) -> UInt16 { try readInteger(UInt16.self) }
     public mutating func readUInt32() throws(DecodeError) -> UInt32 { try readInteger(UInt32.self) }
     public mutating func readUInt64() throws(DecodeError) -> UInt64 { try readInteger(UInt64.self) }

@@ -1,4 +1,5 @@
-/// The links under this node's own path addresses (issue 9). When a NIC of
+/// The links under this node's own path addresses (issue 9; the agent
+/// watches those of path 2, see `LocalLinkWatch`). When a NIC of
 /// this node loses its link, the MPTCP subflows on its address are dead,
 /// but the kernel keeps scheduling data on them until their retransmission
 /// timers give up (about 0.6 s on the test bed: fio's longest IO). Withdrawn

@@ -218,17 +218,10 @@ extension Message {
     }
 
     /// Encodes as a whole frame (length prefix included).
-    public func frame() -> [UInt8] {
-        var w = ByteWriter(capacity: 128)
-        w.write(UInt32(0))
-        encode(to: &w)
-        w.patch(UInt32(w.bytes.count - 4), at: 0)
-        return w.bytes
-    }
+    public func frame() -> [UInt8] { ByteWriter.frame(capacity: 128) { encode(to: &$0) } }
 
     public static func decode(from r: inout ByteReader) throws(DecodeError) -> Message {
-        let raw = try r.readUInt8()
-        guard let tag = Tag(rawValue: raw) else { throw .unknownTag(kind: "message", tag: UInt32(raw)) }
+        let tag = try r.readTag(Tag.self, kind: "message")
         let message: Message
         switch tag {
         case .hello:

@@ -217,8 +217,7 @@ extension Operation {
     }
 
     public static func decode(from r: inout ByteReader) throws(DecodeError) -> Operation {
-        let raw = try r.readUInt8()
-        guard let tag = Tag(rawValue: raw) else { throw .unknownTag(kind: "operation", tag: UInt32(raw)) }
+        let tag = try r.readTag(Tag.self, kind: "operation")
         switch tag {
         case .lookup: return .lookup(parent: try r.readUInt64(), name: try r.readName())
         case .getattr: return .getattr(try r.readUInt64())
@@ -308,8 +307,7 @@ extension Reply {
     }
 
     public static func decode(from r: inout ByteReader) throws(DecodeError) -> Reply {
-        let raw = try r.readUInt8()
-        guard let tag = Tag(rawValue: raw) else { throw .unknownTag(kind: "reply", tag: UInt32(raw)) }
+        let tag = try r.readTag(Tag.self, kind: "reply")
         switch tag {
         case .error: return .error(Errno(try r.readInt32()))
         case .done: return .done

@@ -25,23 +25,20 @@ public enum ServerControl: Hashable, Sendable {
     public static let maxFrameBytes = 64
 
     public func frame() -> [UInt8] {
-        var w = ByteWriter(capacity: 8)
-        w.write(UInt32(0))
-        switch self {
-        case .promote(let alone): w.write(Tag.promote.rawValue); w.write(alone)
-        case .continueWithoutStandby: w.write(Tag.continueWithoutStandby.rawValue)
-        case .handOver: w.write(Tag.handOver.rawValue)
-        case .pathRestored: w.write(Tag.pathRestored.rawValue)
+        ByteWriter.frame(capacity: 8) { w in
+            switch self {
+            case .promote(let alone): w.write(Tag.promote.rawValue); w.write(alone)
+            case .continueWithoutStandby: w.write(Tag.continueWithoutStandby.rawValue)
+            case .handOver: w.write(Tag.handOver.rawValue)
+            case .pathRestored: w.write(Tag.pathRestored.rawValue)
+            }
         }
-        w.patch(UInt32(w.bytes.count - 4), at: 0)
-        return w.bytes
     }
 
     /// One command from the bytes of its frame (after the length).
     public static func decode(_ bytes: UnsafeRawBufferPointer) throws(DecodeError) -> ServerControl {
         var r = ByteReader(bytes)
-        let raw = try r.readUInt8()
-        guard let tag = Tag(rawValue: raw) else { throw .unknownTag(kind: "server control", tag: UInt32(raw)) }
+        let tag = try r.readTag(Tag.self, kind: "server control")
         let command: ServerControl = switch tag {
         case .promote: .promote(alone: try r.readBool())
         case .continueWithoutStandby: .continueWithoutStandby

@@ -28,33 +28,30 @@ public enum ServerReport: Hashable, Sendable {
     private static let maxAddressBytes = 300
 
     public func frame() -> [UInt8] {
-        var w = ByteWriter(capacity: 64)
-        w.write(UInt32(0))
-        switch self {
-        case .waitingForPromotion(let clients):
-            w.write(Tag.waitingForPromotion.rawValue)
-            w.write(clients.description)
-        case .listening(let clients, let monitor, let metrics):
-            w.write(Tag.listening.rawValue)
-            w.write(clients.description)
-            w.write(monitor?.description ?? "")
-            w.write(metrics?.description ?? "")
-        case .firstClientWelcomed:
-            w.write(Tag.firstClientWelcomed.rawValue)
-        case .standbyWaitLimitReached(let waited, let sequence):
-            w.write(Tag.standbyWaitLimitReached.rawValue)
-            w.write(waited)
-            w.write(sequence)
+        ByteWriter.frame(capacity: 64) { w in
+            switch self {
+            case .waitingForPromotion(let clients):
+                w.write(Tag.waitingForPromotion.rawValue)
+                w.write(clients.description)
+            case .listening(let clients, let monitor, let metrics):
+                w.write(Tag.listening.rawValue)
+                w.write(clients.description)
+                w.write(monitor?.description ?? "")
+                w.write(metrics?.description ?? "")
+            case .firstClientWelcomed:
+                w.write(Tag.firstClientWelcomed.rawValue)
+            case .standbyWaitLimitReached(let waited, let sequence):
+                w.write(Tag.standbyWaitLimitReached.rawValue)
+                w.write(waited)
+                w.write(sequence)
+            }
         }
-        w.patch(UInt32(w.bytes.count - 4), at: 0)
-        return w.bytes
     }
 
     /// One report from the bytes of its frame (after the length).
     public static func decode(_ bytes: UnsafeRawBufferPointer) throws(DecodeError) -> ServerReport {
         var r = ByteReader(bytes)
-        let raw = try r.readUInt8()
-        guard let tag = Tag(rawValue: raw) else { throw .unknownTag(kind: "server report", tag: UInt32(raw)) }
+        let tag = try r.readTag(Tag.self, kind: "server report")
         let report: ServerReport
         switch tag {
         case .waitingForPromotion:

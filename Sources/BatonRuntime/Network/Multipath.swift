@@ -77,10 +77,11 @@ extension Multipath {
     }
 
     /// Whether `channel`, an MPTCP connection, is down to one subflow though
-    /// its peer announced another address: also when its first subflow was
-    /// closed with this node's endpoint (`LocalPaths`: its NIC lost its
-    /// link), which nothing makes again. Asked once the link is back, not
-    /// periodically: during the fault, one subflow is all there can be.
+    /// its peer announced another address: its subflow on the other path is
+    /// gone (closed with this node's withdrawn endpoint, `LocalPaths`), or
+    /// its first one is (a connection made to the peer's other address).
+    /// Asked once this node's link is back, not periodically: during the
+    /// fault, one subflow is all there can be.
     public static func isDownToOneSubflow(_ channel: Channel) -> EventLoopFuture<Bool> {
         info(of: channel) { $0.announcedAddressesAccepted > 0 && ($0.extraSubflows == 0 || $0.subflows.map { $0 < 2 } ?? false) }
     }
