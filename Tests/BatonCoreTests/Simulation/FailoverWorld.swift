@@ -344,6 +344,10 @@ struct FailoverWorld {
         }
         startedEpochs[epoch] = node
         var server = SimServer(id: nextServerID, epoch: epoch, nextHeartbeatAt: now, lastRanAt: now)
+        // The `standby-outdated` marker outlives the process (a restart in place):
+        // any record here may have been answered without the standby, so `repliesWait`
+        // comes only once the standby holds them all, as the deployed session's end sends it.
+        if nodes[node].standbyOutdated { server.repliesWaitThrough = UInt64(journal.count) }
         if alone { goAlone(&server, on: node) }
         nodes[node].server = server
         nodes[node].isStandby = false
