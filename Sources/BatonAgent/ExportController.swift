@@ -133,7 +133,9 @@ final class ExportController: @unchecked Sendable {
             replication: export.replication,
             standbyWaitLimitMilliseconds: agent.configuration.timings.standbyWaitLimitMilliseconds,
             metrics: agent.me.metrics != nil, awaitPromotion: awaitPromotion, group: agent.group, logger: logger,
-            onAskToAnswerAlone: { [weak self] waited in self?.serverAsksToAnswerAlone(waitedMilliseconds: waited) }
+            onAskToAnswerAlone: { [weak self] waited, oldest in
+                self?.serverAsksToAnswerAlone(waitedMilliseconds: waited, oldestWaiting: oldest)
+            }
         ) { [weak self] status in self?.serverExited(status) }
     }
 
@@ -310,30 +312,62 @@ final class ExportController: @unchecked Sendable {
 
     /// What this agent last answered its server's question at the wait limit (logged when it changes).
     private var lastAloneAnswer: ExportRole.AnswerAlone?
+    /// An `outdate` request to the peer is under way (one at a time; the server asks again at its next wait check).
+    private var outdateAsked = false
 
-    /// This node's server waited for its standby past the wait limit and
-    /// asks whether to answer without it (`ExportRole.answerAlone`); it asks
-    /// again at each of its wait checks while it is not told to.
-    private func serverAsksToAnswerAlone(waitedMilliseconds: UInt64) {
+    /// This node's server waited for its standby past the wait limit, with
+    /// the reply to record `oldestWaiting` the oldest, and asks whether to
+    /// answer without it (`ExportRole.answerAlone`); it asks again at each
+    /// of its wait checks while it is not told to.
+    private func serverAsksToAnswerAlone(waitedMilliseconds: UInt64, oldestWaiting: UInt64) {
         swapQueue.async { [self] in
             let process: ExportProcess? = lock.withLock { if case .serving(let process) = role { process } else { nil } }
             let answer = ExportRole.answerAlone(
                 serving: process != nil, peer: agent.peerWatch.reach, agent: agent.peerWatch.agentRuns, now: MonitorRunner.now(),
                 waitLimit: .milliseconds(UInt64(agent.configuration.timings.standbyWaitLimitMilliseconds)))
-            let changed = lock.withLock { () -> Bool in
-                defer { lastAloneAnswer = answer == .consent ? nil : answer }
-                return lastAloneAnswer != answer
+            let (changed, ask) = lock.withLock { () -> (Bool, Bool) in
+                defer { lastAloneAnswer = answer }
+                let ask = answer == .askPeer && !outdateAsked
+                if ask { outdateAsked = true }
+                return (lastAloneAnswer != answer, ask)
             }
+            let waited = "\(waitedMilliseconds) ms"
             switch answer {
             case .consent:
-                logger.warning("the server's replies waited for the standby past the limit: it answers without it", metadata: [
-                    "export": "\(export.name)", "peer": "\(agent.peer.name)", "waited": "\(waitedMilliseconds) ms",
-                    "action": "check the standby node's disk and agent ('baton status' on \(agent.peer.name), its log)",
+                logger.warning("the server's replies waited for the standby past the limit: the peer is gone, it answers without it", metadata: [
+                    "export": "\(export.name)", "peer": "\(agent.peer.name)", "waited": "\(waited)",
+                    "action": "bring \(agent.peer.name) back; it catches up by itself",
                 ])
                 process?.continueWithoutStandby()
+            case .askPeer:
+                guard ask, let process else { return }
+                DispatchQueue.global().async { [self] in
+                    defer { lock.withLock { outdateAsked = false } }
+                    let result = Result { try agent.askPeer(.outdate(export: export.name, epoch: currentEpoch)) }
+                    switch result {
+                    case .success((true, _)):
+                        logger.warning("the server's replies waited for the standby past the limit: the peer stood its replica down, the server answers without it", metadata: [
+                            "export": "\(export.name)", "peer": "\(agent.peer.name)", "waited": "\(waited)",
+                            "action": "check the standby node's disk and agent ('baton status' on \(agent.peer.name), its log); it catches up by itself",
+                        ])
+                        process.answerAlone(oldestWaiting: oldestWaiting)
+                    case .success((false, let why)) where changed:
+                        logger.error("the server's replies waited for the standby past the limit: the peer refuses, they wait on", metadata: [
+                            "export": "\(export.name)", "peer": "\(agent.peer.name)", "waited": "\(waited)", "why": "\(why)",
+                            "action": "none: a swap under way there fences this server or gives up; 'baton status' on both nodes shows it",
+                        ])
+                    case .failure(let error) where changed:
+                        logger.error("the server's replies waited for the standby past the limit: the peer's agent does not answer, they wait on", metadata: [
+                            "export": "\(export.name)", "peer": "\(agent.peer.name)", "waited": "\(waited)", "error": "\(error)",
+                            "action": "none: asked again while they wait; 'baton diagnose' shows the peer's state",
+                        ])
+                    case .success, .failure:
+                        break
+                    }
+                }
             case .withhold(let why) where changed:
                 logger.error("the server's replies waited for the standby past the limit: they wait on", metadata: [
-                    "export": "\(export.name)", "peer": "\(agent.peer.name)", "waited": "\(waitedMilliseconds) ms", "why": "\(why)",
+                    "export": "\(export.name)", "peer": "\(agent.peer.name)", "waited": "\(waited)", "why": "\(why)",
                     "action": "none: asked again while they wait; 'baton status' and 'baton diagnose' show the peer's state",
                 ])
             case .withhold:
@@ -449,19 +483,58 @@ final class ExportController: @unchecked Sendable {
     func agentResumed(after gap: TimeSpan) {
         swapQueue.async { [self] in swapEvent(.agentResumed(gap: gap)) }
         guard gap >= swapTimings.outdatingGap else { return }
-        let session = lock.withLock { () -> Channel? in
-            guard case .standby(let store, let monitor?) = role else { return nil }
-            monitor.stop()
-            role = .standby(store, nil)
-            watchOnceApplied = nil
-            return replicaChannel
+        let session = lock.withLock { () -> Channel?? in
+            guard case .standby(_, _?) = role else { return nil }
+            return standDownReplicaLocked()
         }
         guard let session else { return }
         logger.warning("this agent did not run for a while: the monitor waits for the server's next replication session", metadata: [
             "export": "\(export.name)", "gap": "\(gap)",
         ])
-        // Closed, so that the server's next session ends in `repliesWait`.
-        session.close(promise: nil)
+        session?.close(promise: nil)
+    }
+
+    /// The replica stops watching the server and its session ends (the
+    /// caller closes the channel returned): no swap begins here until the
+    /// server's next session ends in `repliesWait`. Under `lock`, in the standby role.
+    private func standDownReplicaLocked() -> Channel? {
+        guard case .standby(let store, let monitor) = role else { return nil }
+        monitor?.stop()
+        role = .standby(store, nil)
+        watchOnceApplied = nil
+        defer { replicaChannel = nil }
+        return replicaChannel
+    }
+
+    /// The peer's server of `epoch` asks to answer without this replica
+    /// (`ExportRole.outdate`): decided under the same lock that a swap's
+    /// begin takes, so either the swap runs and the server keeps waiting, or
+    /// the replica has stood down and no swap begins until it is caught up.
+    func outdate(epoch: UInt64) -> (Bool, String) {
+        let (decision, session) = lock.withLock { () -> (ExportRole.Outdate, Channel?) in
+            let swapping = switch role {
+            case .swapping, .handingOver: true
+            case .starting, .serving, .standby, .selfFenced, .waitingForPeer: false
+            }
+            // The replica's epoch is in memory: its disk may be the one that hangs.
+            let ownEpoch = if case .standby(let store, _) = role { store.epoch } else { currentEpoch }
+            let decision = ExportRole.outdate(swapUnderWay: swapping, ownEpoch: ownEpoch, asked: epoch)
+            return (decision, decision == .standDown ? standDownReplicaLocked() : nil)
+        }
+        session?.close(promise: nil)
+        switch decision {
+        case .standDown:
+            logger.warning("the server on the peer answers without this replica: the monitor waits for its next replication session", metadata: [
+                "export": "\(export.name)", "peer": "\(agent.peer.name)", "epoch": "\(epoch)",
+                "action": "check this node's disk and agent log: the replica did not acknowledge for the wait limit",
+            ])
+            return (true, "\(export.name) on \(agent.me.name): the replica stood down; it catches up in the server's next session")
+        case .refuse(let why):
+            logger.notice("the server on the peer may not answer without this replica", metadata: [
+                "export": "\(export.name)", "peer": "\(agent.peer.name)", "epoch": "\(epoch)", "why": "\(why)",
+            ])
+            return (false, "\(export.name) on \(agent.me.name): \(why)")
+        }
     }
 
     // MARK: - The swap (DESIGN.md §5), on the standby node
@@ -553,6 +626,8 @@ final class ExportController: @unchecked Sendable {
         swapQueue.async { [self] in
             guard runningSwap == nil, let (store, monitor) = lock.withLock({ () -> (ExportStore, MonitorRunner?)? in
                 guard case .standby(let store, let monitor) = role else { return nil }
+                // A replica that stood down (`outdate`) may lack what the server answered alone.
+                if case .failed = reason, monitor == nil { return nil }
                 // A planned swap takes the old server's last records while it hands over.
                 role = .handingOver(store)
                 return (store, monitor)

@@ -37,7 +37,7 @@ final class ExportProcess: @unchecked Sendable {
          access: ClientAccess, squash: Squash, lockLeaseMilliseconds: Int,
          standby: NodeAddress, standbyPathAddresses: [NodeAddress], node: String, replication: ReplicationMode, standbyWaitLimitMilliseconds: Int,
          metrics: Bool = false, awaitPromotion: Bool = false, group: EventLoopGroup, logger: Logger,
-         onAskToAnswerAlone: @escaping @Sendable (_ waitedMilliseconds: UInt64) -> Void,
+         onAskToAnswerAlone: @escaping @Sendable (_ waitedMilliseconds: UInt64, _ oldestWaiting: UInt64) -> Void,
          onExit: @escaping @Sendable (Int32) -> Void) throws {
         self.exportName = exportName
         self.logger = logger
@@ -170,6 +170,12 @@ final class ExportProcess: @unchecked Sendable {
         if process.isRunning { tell(.continueWithoutStandby) }
     }
 
+    /// The agent's consent at the wait limit: replies stop waiting if the
+    /// oldest still waits for `oldestWaiting` (not once the standby caught up since).
+    func answerAlone(oldestWaiting: UInt64) {
+        if process.isRunning { tell(.answerAlone(oldestWaiting: oldestWaiting)) }
+    }
+
     /// One command on the server's stdin (`ServerControl`); false when the server is gone.
     @discardableResult
     private func tell(_ command: ServerControl) -> Bool {
@@ -196,9 +202,9 @@ private final class ServerReports: @unchecked Sendable {
     private let condition = NSCondition()
     private var seen = Seen()
     private var onWelcome: [@Sendable () -> Void] = []
-    private let onAskToAnswerAlone: @Sendable (UInt64) -> Void
+    private let onAskToAnswerAlone: @Sendable (UInt64, UInt64) -> Void
 
-    init(exportName: String, logger: Logger, onAskToAnswerAlone: @escaping @Sendable (UInt64) -> Void) {
+    init(exportName: String, logger: Logger, onAskToAnswerAlone: @escaping @Sendable (UInt64, UInt64) -> Void) {
         self.exportName = exportName
         self.logger = logger
         self.onAskToAnswerAlone = onAskToAnswerAlone
@@ -243,8 +249,8 @@ private final class ServerReports: @unchecked Sendable {
 
     fileprivate func received(_ report: ServerReport) {
         switch report {
-        case .standbyWaitLimitReached(let waited, _):
-            onAskToAnswerAlone(waited)
+        case .standbyWaitLimitReached(let waited, let oldest):
+            onAskToAnswerAlone(waited, oldest)
         case .firstClientWelcomed:
             let waiting = condition.withLock { () -> [@Sendable () -> Void] in
                 seen.welcomed = true

@@ -266,7 +266,7 @@ public final class NodeAgent: @unchecked Sendable {
     static func roles(for request: AgentRequest) -> Set<PeerRole> {
         switch request {
         case .status, .migrate, .forceServe: [.node, .admin]
-        case .fence, .handOver: [.node]
+        case .fence, .handOver, .outdate: [.node]
         }
     }
 
@@ -278,6 +278,7 @@ public final class NodeAgent: @unchecked Sendable {
         case .forceServe: "a force-serve"
         case .fence: "a fence"
         case .handOver: "a hand-over"
+        case .outdate: "a request to answer without the replica"
         }
     }
 
@@ -319,6 +320,9 @@ public final class NodeAgent: @unchecked Sendable {
         case .forceServe(let export):
             guard let controller = controllers[export] else { return (false, "unknown export '\(export)'") }
             return controller.forceServe()
+        case .outdate(let export, let epoch):
+            guard let controller = controllers[export] else { return (false, "unknown export '\(export)'") }
+            return controller.outdate(epoch: epoch)
         }
     }
 }

@@ -138,6 +138,9 @@ public final class ExportServer: @unchecked Sendable {
     /// The agent declared the peer node gone: stop waiting for the standby.
     public func continueWithoutStandby() { replication?.goAlone() }
 
+    /// The agent consents to answering alone at the wait limit (`ServerControl.answerAlone`).
+    public func answerAlone(oldestWaiting: UInt64) { replication?.goAlone(ifOldestWaiting: oldestWaiting) }
+
     /// The agent says a NIC of this node has its link again (`ServerControl.pathRestored`).
     public func pathRestored() { replication?.pathRestored() }
 

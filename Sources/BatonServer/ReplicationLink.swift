@@ -288,6 +288,19 @@ final class ReplicationLink: @unchecked Sendable {
     /// fenced; the old node's replica may take a copy, and clients
     /// should not wait for it). Until then acknowledged writes are on this
     /// node only.
+    /// The agent's consent at the wait limit: alone only if the reply to
+    /// record `oldestWaiting` still waits (a consent that comes after the
+    /// standby caught up again is stale: its replica may watch this server).
+    func goAlone(ifOldestWaiting oldestWaiting: UInt64) {
+        let waits = state.withLockedValue { !$0.alone && $0.waiters.first?.sequence == oldestWaiting }
+        guard waits else {
+            return logger.info("the agent's consent to answer alone came after the standby caught up: ignored", metadata: [
+                "export": "\(store.exportName)", "standby": "\(configuration.agent)", "sequence": "\(oldestWaiting)",
+            ])
+        }
+        goAlone()
+    }
+
     func goAlone() {
         // Before the first reply answered alone: a restart of this node
         // while its peer is down must know that its copy is the newest.

@@ -91,6 +91,8 @@ final class AgentControl: @unchecked Sendable {
                 return self.server
             }
             server?.continueWithoutStandby()
+        case .answerAlone(let oldest):
+            lock.withLock { server }?.answerAlone(oldestWaiting: oldest)
         case .pathRestored:
             lock.withLock { server }?.pathRestored()
         case .handOver:

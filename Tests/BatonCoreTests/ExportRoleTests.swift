@@ -97,8 +97,14 @@ final class ExportRoleTests: XCTestCase {
                                 let runs = ExportRole.AgentRuns(lastRan: lastRan, resumedAt: resumed)
                                 let answer = ExportRole.answerAlone(serving: serving, peer: peer, agent: runs, now: now, waitLimit: limit)
                                 let running = now - lastRan <= PeerLiveness.runGapLimit && resumed.map { now - $0 >= limit } ?? true
-                                let expected = serving && !isolated && running && (gone || heard)
-                                XCTAssertEqual(answer == .consent, expected, "serving \(serving), \(peer), \(runs): \(answer)")
+                                let mayGoAlone = serving && !isolated && running
+                                // A peer that is heard must stand its replica down first: it may be swapping.
+                                let expected: ExportRole.AnswerAlone? = !mayGoAlone ? nil : gone ? .consent : heard ? .askPeer : nil
+                                if let expected {
+                                    XCTAssertEqual(answer, expected, "serving \(serving), \(peer), \(runs)")
+                                } else if case .withhold = answer {} else {
+                                    XCTFail("serving \(serving), \(peer), \(runs): \(answer)")
+                                }
                             }
                         }
                     }
@@ -111,5 +117,19 @@ final class ExportRoleTests: XCTestCase {
                                            agent: .init(lastRan: now, resumedAt: now), now: now, waitLimit: limit)
         guard case .withhold(let why) = woken else { return XCTFail("an agent just woken consented") }
         XCTAssertTrue(why.contains("did not run"), why)
+    }
+
+    /// The peer's side of `askPeer`: a node whose swap of the export runs, or
+    /// that knows a newer epoch, never lets the old server go alone.
+    func testAPeerStandsItsReplicaDownOnlyWhenNoSwapOfTheExportRunsThere() {
+        XCTAssertEqual(ExportRole.outdate(swapUnderWay: false, ownEpoch: 4, asked: 4), .standDown)
+        XCTAssertEqual(ExportRole.outdate(swapUnderWay: false, ownEpoch: 3, asked: 4), .standDown)
+        guard case .refuse(let why) = ExportRole.outdate(swapUnderWay: true, ownEpoch: 4, asked: 4) else {
+            return XCTFail("a node swapping the export let its old server go alone")
+        }
+        XCTAssertTrue(why.contains("swap"), why)
+        guard case .refuse = ExportRole.outdate(swapUnderWay: false, ownEpoch: 5, asked: 4) else {
+            return XCTFail("a node that knows a newer epoch let an old server go alone")
+        }
     }
 }

@@ -188,6 +188,9 @@ final class ClusterTests: XCTestCase {
                                                      "bs=64k", "count=16", "conv=fsync"])
         XCTAssertEqual(dd.status, 0, "an fsync waited for a hung standby: \(dd.output)")
         XCTAssertTrue(cluster.logs.contains("the standby has not acknowledged a record for longer than its limit"), cluster.logs)
+        // Alone only once the standby's agent stood its replica down (`AgentRequest.outdate`).
+        XCTAssertTrue(cluster.logs.contains("the server on the peer answers without this replica"), cluster.logs)
+        XCTAssertTrue(cluster.logs.contains("the peer stood its replica down, the server answers without it"), cluster.logs)
         // Still alone if the server has found the standby again meanwhile:
         // it says it is in step (it applies records in memory), but it has
         // not synced (the CI run saw the server wait for it again).

@@ -103,8 +103,11 @@ public enum ExportRole {
     }
 
     public enum AnswerAlone: Hashable, Sendable {
-        /// Replies may stop waiting for the standby (`ServerControl.continueWithoutStandby`).
+        /// Replies may stop waiting for the standby (`ServerControl.answerAlone`): the peer is found gone.
         case consent
+        /// Consent once the peer's agent has stood its replica down
+        /// (`AgentRequest.outdate`, answered by `outdate(swapUnderWay:ownEpoch:asked:)`).
+        case askPeer
         /// Not now: the server keeps waiting and asks again.
         case withhold(why: String)
     }
@@ -112,14 +115,18 @@ public enum ExportRole {
     /// This node's server has waited for its standby past the wait limit and
     /// asks whether to answer without it (DESIGN.md §4.1's bound on a
     /// standby that stops acknowledging while its node is heard). Answers
-    /// alone lose nothing only while no other node may serve: the peer takes
-    /// the export over through a fence that this agent answers, or, without
-    /// one, only once it found this node gone (this agent silent). So the
-    /// agent consents only while it runs and hears its peer (a standby that
-    /// is heard but does not acknowledge: a hung disk or replica), or when
-    /// the peer is found gone. Before, the server went alone by itself, and
-    /// when this agent was stopped or hung the peer could take over while
-    /// the old server answered new clients alone: their writes were lost.
+    /// alone lose nothing only while no other node may take the export over
+    /// without them. The peer takes over through a fence that this agent
+    /// answers (and refuses, once its server answered alone), or, without
+    /// one, only once it found this node gone. So the agent consents only
+    /// while it runs and hears its peer, and then only once the peer's agent
+    /// has stood its replica down: no swap is under way there, and none
+    /// begins until the server's next replication session has caught it up
+    /// (a monitor that declared the server failed while the server was
+    /// stalled, before the server heard `swapUnderWay`, would otherwise take
+    /// over without a fence once this agent fell silent, without the writes
+    /// answered alone: the simulation's seed 1658). It consents at once when
+    /// the peer is found gone (there is no standby to wait for).
     /// `serving`: the node's role is to serve the export (not a swap, a fence or a self-fence under way).
     public static func answerAlone(serving: Bool, peer: Swap.PeerReach, agent: AgentRuns,
                                    now: Instant, waitLimit: TimeSpan) -> AnswerAlone {
@@ -136,7 +143,24 @@ public enum ExportRole {
         guard peer.heardOnSomePath else {
             return .withhold(why: "the peer is not heard: its diagnosis decides (the peer gone: no standby to wait for; this node isolated: it fences itself)")
         }
-        return .consent
+        return .askPeer
+    }
+
+    public enum Outdate: Hashable, Sendable {
+        /// Stop watching the server, end the replica's session with it, and
+        /// begin no swap until its next session has caught the replica up.
+        case standDown
+        case refuse(why: String)
+    }
+
+    /// The peer's agent asks this node to let its server of `epoch` answer
+    /// without this node's replica (DRBD's outdate-peer). Refused while a
+    /// swap of the export runs here (it may take the export over without the
+    /// fence being answered), or when this node knows a newer epoch.
+    public static func outdate(swapUnderWay: Bool, ownEpoch: UInt64, asked epoch: UInt64) -> Outdate {
+        if swapUnderWay { return .refuse(why: "a swap of the export is under way on this node: it may take the export over") }
+        if ownEpoch > epoch { return .refuse(why: "this node knows epoch \(ownEpoch), newer than the asking server's \(epoch)") }
+        return .standDown
     }
 
     /// How often a server that exits on its own is started again here: after

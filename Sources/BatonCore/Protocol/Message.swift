@@ -139,6 +139,10 @@ public enum AgentRequest: Hashable, Sendable {
     case migrate(export: String)
     /// An admin's word: the node waiting for its peer serves `export` without it.
     case forceServe(export: String)
+    /// The peer's server of `epoch` has waited for this node's replica past
+    /// the wait limit and asks to answer without it (DRBD's outdate-peer):
+    /// the replica stands down (`ExportRole.outdate`), or the answer says why not.
+    case outdate(export: String, epoch: UInt64)
 }
 
 extension Message {
@@ -212,6 +216,7 @@ extension Message {
             case .migrate(let export): w.write(UInt8(3)); w.write(export)
             case .handOver(let export, let epoch): w.write(UInt8(4)); w.write(export); w.write(epoch)
             case .forceServe(let export): w.write(UInt8(5)); w.write(export)
+            case .outdate(let export, let epoch): w.write(UInt8(6)); w.write(export); w.write(epoch)
             }
         case .agentReply(let ok, let text): w.write(Tag.agentReply.rawValue); w.write(ok); w.write(text)
         }
@@ -307,6 +312,7 @@ extension Message {
             case 3: message = .agentRequest(.migrate(export: try r.readString(limit: 255, kind: "export name")))
             case 4: message = .agentRequest(.handOver(export: try r.readString(limit: 255, kind: "export name"), epoch: try r.readUInt64()))
             case 5: message = .agentRequest(.forceServe(export: try r.readString(limit: 255, kind: "export name")))
+            case 6: message = .agentRequest(.outdate(export: try r.readString(limit: 255, kind: "export name"), epoch: try r.readUInt64()))
             case let other: throw .unknownTag(kind: "agent request", tag: UInt32(other))
             }
         case .agentReply: message = .agentReply(ok: try r.readBool(), text: try r.readString(limit: 1 << 20, kind: "agent reply"))

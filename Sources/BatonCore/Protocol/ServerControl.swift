@@ -16,21 +16,27 @@ public enum ServerControl: Hashable, Sendable {
     /// A NIC of this node has its link again (`LocalPaths`): a replication
     /// connection down to one subflow is made again, to use both paths.
     case pathRestored
+    /// The agent's consent at the wait limit (`ServerReport.standbyWaitLimitReached`):
+    /// stop waiting for the standby if the oldest reply still waits for
+    /// record `oldestWaiting`; a consent that comes after the standby caught
+    /// up again is stale (its replica may watch this server again) and is ignored.
+    case answerAlone(oldestWaiting: UInt64)
 
     enum Tag: UInt8 {
-        case promote = 1, continueWithoutStandby, handOver, pathRestored
+        case promote = 1, continueWithoutStandby, handOver, pathRestored, answerAlone
     }
 
     /// The largest command: every one is a few bytes; more is not the agent speaking.
     public static let maxFrameBytes = 64
 
     public func frame() -> [UInt8] {
-        ByteWriter.frame(capacity: 8) { w in
+        ByteWriter.frame(capacity: 16) { w in
             switch self {
             case .promote(let alone): w.write(Tag.promote.rawValue); w.write(alone)
             case .continueWithoutStandby: w.write(Tag.continueWithoutStandby.rawValue)
             case .handOver: w.write(Tag.handOver.rawValue)
             case .pathRestored: w.write(Tag.pathRestored.rawValue)
+            case .answerAlone(let oldest): w.write(Tag.answerAlone.rawValue); w.write(oldest)
             }
         }
     }
@@ -44,6 +50,7 @@ public enum ServerControl: Hashable, Sendable {
         case .continueWithoutStandby: .continueWithoutStandby
         case .handOver: .handOver
         case .pathRestored: .pathRestored
+        case .answerAlone: .answerAlone(oldestWaiting: try r.readUInt64())
         }
         try r.expectEnd()
         return command

@@ -13,9 +13,9 @@ public enum ServerReport: Hashable, Sendable {
     /// The first client connection was welcomed (the agent logs when clients came back after a swap).
     case firstClientWelcomed
     /// A reply has waited for the standby past the wait limit (`waitedMilliseconds`,
-    /// for record `sequence`): may replies stop waiting for it? The agent
-    /// answers `ServerControl.continueWithoutStandby`, or nothing while it
-    /// withholds its consent (`ExportRole.answerAlone`). Sent again at each
+    /// for record `sequence`, the oldest waiting): may replies stop waiting for it? The agent
+    /// answers `ServerControl.answerAlone` (or `continueWithoutStandby`, the
+    /// peer gone), or nothing while it withholds its consent (`ExportRole.answerAlone`). Sent again at each
     /// wait check while the reply waits.
     case standbyWaitLimitReached(waitedMilliseconds: UInt64, sequence: UInt64)
 

@@ -48,6 +48,7 @@ final class FailoverSimulationTests: XCTestCase {
         XCTAssertGreaterThan(total.refusedStaleRecords, 0, "no stale server was ever refused")
         XCTAssertGreaterThan(total.selfFences, 0, "no isolated node fenced itself")
         XCTAssertGreaterThan(total.stalls + total.crashes + total.isolations, 0)
+        XCTAssertGreaterThan(total.standDowns, 0, "no server went alone through its peer's stand-down")
     }
 
     func testARunIsReproducibleFromItsSeed() {
@@ -117,6 +118,33 @@ final class FailoverSimulationTests: XCTestCase {
         world.run(for: .milliseconds(6_000))
         XCTAssertNil(world.violation, trace())
         XCTAssertEqual(world.nodes[0].server?.answeringAlone, false, "the old server answers alone:\n\(trace())")
+        XCTAssertGreaterThan(world.stats.acknowledged, 0)
+    }
+
+    /// Scripted (seed 1658 of the long mode, `ExportRole.outdate`): node 1's
+    /// replica hangs (its disk) while its agent runs, and node 0's agent
+    /// answers no requests. Node 0's server stalls just short of the wait
+    /// limit; node 1's monitor declares it failed and its fence goes
+    /// unanswered. The server wakes with its replies waiting past the limit,
+    /// before any `swapUnderWay` could reach it; then node 0's agent stops
+    /// and node 1 takes over without a fence. Before the stand-down, node 0's
+    /// agent consented (it ran and heard its peer) and the server's answers
+    /// alone were lost by the takeover.
+    func testAServerWhosePeerIsSwappingDoesNotAnswerAloneAtTheWaitLimit() {
+        var world = FailoverWorld(seed: 5, randomFaults: false)
+        world.run(for: .milliseconds(2_000))
+        world.hangReplica(on: 1, for: .milliseconds(30_000))
+        world.hangAgentRequests(on: 0, for: .milliseconds(30_000))
+        world.run(for: .milliseconds(4_400))
+        world.stallServer(on: 0, for: .milliseconds(900))
+        world.run(for: .milliseconds(1_300))
+        let trace = { world.trace.suffix(80).joined(separator: "\n") }
+        XCTAssertNotNil(world.nodes[1].swap, "node 1 runs no swap: the scenario tests nothing\n\(trace())")
+        XCTAssertGreaterThan(world.stats.standDownsRefused, 0, "the server did not ask, or node 1 stood down mid-swap:\n\(trace())")
+        world.stallAgent(on: 0, for: .milliseconds(20_000))
+        world.run(for: .milliseconds(8_000))
+        XCTAssertEqual(world.nodes[1].server?.epoch, 2, "node 1 did not take over:\n\(trace())")
+        XCTAssertNil(world.violation, trace())
         XCTAssertGreaterThan(world.stats.acknowledged, 0)
     }
 }

@@ -16,14 +16,21 @@ enum SimMessage: Hashable {
     case probeAnswer(key: [UInt8], epoch: UInt64, journalSequence: UInt64, response: [UInt8])
     case fence(epoch: UInt64, handOver: Bool)
     case fenceAnswer(fenced: Bool)
-    /// A server's replication session with a standby not in step: the whole journal.
-    case catchUp(journal: [SimRecord], epoch: UInt64, server: Int)
+    /// A server's replication session with a standby not in step: the whole journal, as of `sentAt`.
+    case catchUp(journal: [SimRecord], epoch: UInt64, server: Int, sentAt: Instant)
+    /// `AgentRequest.outdate`: the agent of `server`'s node asks the peer to let it answer alone.
+    case outdate(epoch: UInt64, server: Int, oldestWaiting: UInt64)
+    case outdateAnswer(accepted: Bool, server: Int, oldestWaiting: UInt64)
     // To a node's export server.
     case caughtUp(through: UInt64, server: Int)
     case recordAck(sequence: UInt64, server: Int)
     case recordRefused(server: Int)
     /// The standby runs a swap against this server (`Refusal.swapUnderWay`): its replies must not stop waiting.
     case swapUnderWay(server: Int)
+    /// The standby stood its replica down and closed the session: the server begins a new one.
+    case sessionEnded(server: Int)
+    /// From its own agent (`ServerControl.answerAlone`): go alone if replies still wait for that record.
+    case answerAlone(oldestWaiting: UInt64)
     case probe(key: [UInt8])
 }
 
@@ -71,8 +78,10 @@ struct SimServer {
     var heldReplies: [SimRecord] = []
     /// When it last ran: a longer gap (stopped, starved) is not time spent waiting for the standby.
     var lastRanAt: Instant
-    /// Its agent withheld its consent to answer alone at the last ask (logged once).
-    var agentWithheld = false
+    /// Its agent's last answer at the wait limit (logged when it changes).
+    var lastAloneAnswer: ExportRole.AnswerAlone?
+    /// The agent asks the peer to stand its replica down at most this often (the server's wait checks).
+    var nextOutdateAt = Instant.zero
 }
 
 /// A client mount: the newest epoch it has seen, and its requests not yet answered.
@@ -112,6 +121,8 @@ struct SimNode {
     /// The agent's request port hangs (its threads starved, its descriptors used up) while its
     /// heartbeats go on: fences asked of it get no answer.
     var agentRequestsHungUntil = Instant.zero
+    /// The replica answers nothing (its disk hangs) while the agent runs: scripted runs only.
+    var replicaHungUntil = Instant.zero
     var lastHeardPeer = Instant.zero
     var agentLastRanAt = Instant.zero
     /// When the agent last ran again after a gap (`PeerWatch`'s `AgentRuns.resumedAt`).
@@ -121,6 +132,9 @@ struct SimNode {
     var peerFoundGoneAt: Instant?
     /// A fence asked of the peer and not yet answered: unanswered after this.
     var fenceUnansweredAt: Instant?
+    /// The replica stood down for a server asking to answer alone (`ExportRole.outdate`): it takes
+    /// no record and watches nothing until a session begun since has caught it up.
+    var replicaStoodDownAt: Instant?
 }
 
 struct SimulationStats: Equatable {
@@ -141,6 +155,9 @@ struct SimulationStats: Equatable {
     var hungAgents = 0
     var agentStalls = 0
     var remounts = 0
+    /// Replicas stood down for a server asking to answer alone, and asks refused (a swap under way).
+    var standDowns = 0
+    var standDownsRefused = 0
     var refusedByClients = 0
 
     static func += (a: inout SimulationStats, b: SimulationStats) {
@@ -161,6 +178,8 @@ struct SimulationStats: Equatable {
         a.hungAgents += b.hungAgents
         a.agentStalls += b.agentStalls
         a.remounts += b.remounts
+        a.standDowns += b.standDowns
+        a.standDownsRefused += b.standDownsRefused
         a.refusedByClients += b.refusedByClients
     }
 }
@@ -199,6 +218,8 @@ struct FailoverWorld {
     static let clientMoveAfter = TimeSpan.milliseconds(1_000)
     /// A hand-over that has not drained by then ends in SIGKILL (`ExportProcess.handOver`).
     static let handOverGrace = TimeSpan.milliseconds(1_000)
+    /// How often a server whose replies wait past the limit asks its agent again (`ReplicationLink`).
+    static let waitCheckInterval = TimeSpan.milliseconds(250)
 
     let seed: UInt64
     private(set) var now = Instant.zero
@@ -395,6 +416,18 @@ struct FailoverWorld {
         note("node \(node)'s agent stalls for \(span)")
     }
 
+    /// The agent of `node` answers no requests for `span`; its heartbeats go on.
+    mutating func hangAgentRequests(on node: Int, for span: TimeSpan) {
+        nodes[node].agentRequestsHungUntil = now + span
+        note("node \(node)'s agent answers no requests for \(span)")
+    }
+
+    /// The replica of `node` answers nothing for `span` (its disk hangs); its agent runs on.
+    mutating func hangReplica(on node: Int, for span: TimeSpan) {
+        nodes[node].replicaHungUntil = now + span
+        note("node \(node)'s replica hangs for \(span)")
+    }
+
     /// Client `client` is mounted anew naming node `node`: it knows no epoch yet.
     mutating func remount(_ client: Int, naming node: Int) {
         for record in clients[client].outstanding { askedBy[record] = nil }
@@ -500,6 +533,7 @@ struct FailoverWorld {
                 if nodes[node].monitor != nil { note("node \(node)'s monitor stands down: the server answers alone") }
                 nodes[node].monitor = nil
             } else if nodes[node].monitor == nil, nodes[node].isStandby, nodes[node].swap == nil, nodes[node].server == nil,
+                      nodes[node].replicaStoodDownAt == nil,
                       epoch == nodes[node].persistedEpoch, UInt64(nodes[node].journal.count) >= through,
                       nodes[node].diagnosis.state != .selfFenced {
                 // `repliesWait`: this replica holds every record answered without it.
@@ -515,10 +549,15 @@ struct FailoverWorld {
             guard nodes[node].swap != nil else { return }
             nodes[node].fenceUnansweredAt = nil
             swapEvent(node, .fenceAnswered(fenced: fenced))
-        case .catchUp(let journal, let epoch, let server):
+        case .catchUp(let journal, let epoch, let server, let sentAt):
             // `replicaHello` and the copy: a newer server makes an older one here step down.
             guard epoch >= nodes[node].persistedEpoch, nodes[node].swap == nil,
-                  nodes[node].diagnosis.state != .selfFenced else { return }
+                  nodes[node].diagnosis.state != .selfFenced, now >= nodes[node].replicaHungUntil else { return }
+            // TCP: nothing of a session closed by a stand-down arrives after it.
+            if let stoodDown = nodes[node].replicaStoodDownAt {
+                guard sentAt > stoodDown else { return }
+                nodes[node].replicaStoodDownAt = nil
+            }
             if let own = nodes[node].server {
                 guard own.epoch < epoch else { return }
                 note("node \(node)'s server \(own.id) of epoch \(own.epoch) steps down for epoch \(epoch)")
@@ -534,7 +573,25 @@ struct FailoverWorld {
             if epoch > nodes[node].persistedEpoch { persist(epoch, on: node) }
             stats.catchUps += 1
             send(from: node, to: peer, toServer: true, .caughtUp(through: UInt64(journal.count), server: server))
-        case .caughtUp, .recordAck, .recordRefused, .swapUnderWay, .probe:
+        case .outdate(let epoch, let server, let oldest):
+            guard now >= nodes[node].agentRequestsHungUntil else { return note("node \(node)'s agent does not answer the outdate request") }
+            let decision = ExportRole.outdate(swapUnderWay: nodes[node].swap != nil, ownEpoch: nodes[node].persistedEpoch, asked: epoch)
+            if decision == .standDown {
+                if nodes[node].replicaStoodDownAt == nil { note("node \(node) stands its replica down: server \(server) asks to answer alone") }
+                stats.standDowns += 1
+                nodes[node].monitor = nil
+                nodes[node].replicaStoodDownAt = now
+                send(from: node, to: peer, toServer: true, .sessionEnded(server: server))
+            } else {
+                stats.standDownsRefused += 1
+                note("node \(node) keeps its replica up for server \(server): \(decision)")
+            }
+            send(from: node, to: peer, .outdateAnswer(accepted: decision == .standDown, server: server, oldestWaiting: oldest))
+        case .outdateAnswer(let accepted, let server, let oldest):
+            // Over the local pipe: the server reads it when it runs.
+            guard accepted, nodes[node].server?.id == server else { return }
+            nodes[node].server!.inbox.append(.answerAlone(oldestWaiting: oldest))
+        case .caughtUp, .recordAck, .recordRefused, .swapUnderWay, .sessionEnded, .answerAlone, .probe:
             preconditionFailure("server message \(message) delivered to an agent")
         }
     }
@@ -583,6 +640,7 @@ struct FailoverWorld {
     /// The standby replica: takes the current epoch's records in order, refuses older epochs'.
     private mutating func replicate(_ record: SimRecord, from server: Int, at node: Int) {
         let peer = 1 - node
+        guard now >= nodes[node].replicaHungUntil else { return }
         if record.epoch < nodes[node].persistedEpoch {
             stats.refusedStaleRecords += 1
             send(from: node, to: peer, toServer: true, .recordRefused(server: server))
@@ -591,6 +649,8 @@ struct FailoverWorld {
         if let swap = nodes[node].swap, !swap.takesOldRecords {
             return send(from: node, to: peer, toServer: true, .swapUnderWay(server: server))
         }
+        // A stood-down replica's session is closed: every record sent on it fails.
+        if nodes[node].replicaStoodDownAt != nil { return send(from: node, to: peer, toServer: true, .sessionEnded(server: server)) }
         guard record.epoch == nodes[node].persistedEpoch, nodes[node].server == nil, nodes[node].isStandby else { return }
         let journal = nodes[node].journal
         if record.sequence == UInt64(journal.count) + 1 {
@@ -829,6 +889,13 @@ struct FailoverWorld {
             case .swapUnderWay(let id) where id == server.id:
                 // The standby may take over: answering alone now could lose what it answered.
                 for sequence in server.waiting.keys { server.waiting[sequence] = now }
+            case .sessionEnded(let id) where id == server.id:
+                server.caughtUp = false
+            case .answerAlone(let oldest):
+                // A consent that comes after the standby caught up again is stale: its monitor may watch.
+                guard !server.answeringAlone, server.waiting.keys.min() == oldest else { break }
+                note("server \(server.id) answers alone: node \(peer) stood its replica down")
+                goAlone(&server, on: node)
             case .caughtUp(let through, let id) where id == server.id && !server.caughtUp:
                 server.caughtUp = true
                 if server.answeringAlone { server.aloneUntil = UInt64(nodes[node].journal.count) }
@@ -857,7 +924,7 @@ struct FailoverWorld {
         // Every session begins with the standby's position; a standby not in step takes a copy.
         if !server.caughtUp, now >= server.nextCatchUpAt {
             server.nextCatchUpAt = now + SimServer.catchUpEvery
-            send(from: node, to: peer, .catchUp(journal: nodes[node].journal, epoch: server.epoch, server: server.id))
+            send(from: node, to: peer, .catchUp(journal: nodes[node].journal, epoch: server.epoch, server: server.id, sentAt: now))
         }
         // `standby_wait_limit_ms`: a reply waits this long for the standby at most.
         // `standby_wait_limit_ms`: past it, the server asks its agent whether to answer alone
@@ -867,13 +934,19 @@ struct FailoverWorld {
                 serving: !server.handingOver, peer: peerReach(node),
                 agent: ExportRole.AgentRuns(lastRan: nodes[node].agentLastRanAt, resumedAt: nodes[node].agentResumedAt),
                 now: now, waitLimit: Self.standbyWaitLimit)
-            if answer == .consent {
-                note("server \(server.id) waited \(Self.standbyWaitLimit) for the standby: answering alone")
-                goAlone(&server, on: node)
-            } else if !server.agentWithheld {
-                note("server \(server.id) waited \(Self.standbyWaitLimit) for the standby: its agent withholds (\(answer))")
+            if answer != server.lastAloneAnswer {
+                note("server \(server.id) waited \(Self.standbyWaitLimit) for the standby: its agent says \(answer)")
             }
-            server.agentWithheld = answer != .consent
+            server.lastAloneAnswer = answer
+            switch answer {
+            case .consent:
+                goAlone(&server, on: node)
+            case .askPeer where now >= server.nextOutdateAt && !agentStalled(nodes[node]):
+                server.nextOutdateAt = now + Self.waitCheckInterval
+                send(from: node, to: peer, .outdate(epoch: server.epoch, server: server.id, oldestWaiting: server.waiting.keys.min()!))
+            case .askPeer, .withhold:
+                break
+            }
         }
         if server.handingOver, server.unacknowledged.isEmpty {
             note("server \(server.id) handed over")
