@@ -48,7 +48,8 @@ final class CodecTests: XCTestCase {
 
     /// The agent's commands to its server: each round-trips; anything else is refused.
     func testServerControlRoundTripsAndRefusesWhatIsNotACommand() throws {
-        for command in [ServerControl.promote(alone: false), .promote(alone: true), .continueWithoutStandby, .handOver, .pathRestored] {
+        for command in [ServerControl.promote(alone: false), .promote(alone: true), .continueWithoutStandby, .handOver, .pathRestored,
+                        .answerAlone(oldestWaiting: 77)] {
             let frame = command.frame()
             XCTAssertEqual(Int(frame[0]), frame.count - 4, "\(command): the length prefix")
             XCTAssertLessThanOrEqual(frame.count - 4, ServerControl.maxFrameBytes)
@@ -91,6 +92,7 @@ final class CodecTests: XCTestCase {
             .probe(key: [UInt8](repeating: 7, count: ChallengeMAC.keyBytes)),
             .agentRequest(.status), .agentRequest(.fence(export: "projects", epoch: 4)), .agentRequest(.migrate(export: "projects")),
             .agentRequest(.handOver(export: "projects", epoch: 4)), .agentRequest(.forceServe(export: "projects")),
+            .agentRequest(.outdate(export: "projects", epoch: 9)),
         ]
         messages += Self.operations.enumerated().map { .request(sequence: UInt64($0.offset), oldestUnanswered: 1, $0.element) }
         messages += Self.operations.map { .request(sequence: 5, oldestUnanswered: 2, $0, caller: Credentials(uid: 1000, gid: 100)) }

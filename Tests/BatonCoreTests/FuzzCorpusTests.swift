@@ -16,7 +16,8 @@ final class FuzzCorpusTests: XCTestCase {
         let messages: [Message] = requests + CodecTests.replies.map { .reply(sequence: 9, epoch: 2, $0) } + [
             .hello(export: "demo", session: 1, version: Message.protocolVersion), .welcome(epoch: 3),
             .probe(key: [UInt8](repeating: 7, count: ChallengeMAC.keyBytes)), .heartbeat(epoch: 3, sequence: 9, alone: true),
-            .agentRequest(.status), .agentRequest(.forceServe(export: "demo")), .repliesWait(through: 4),
+            .agentRequest(.status), .agentRequest(.forceServe(export: "demo")), .agentRequest(.outdate(export: "demo", epoch: 2)),
+            .repliesWait(through: 4),
             .exportAddresses([HostAndPort(host: "198.18.1.1", port: 7000), HostAndPort(host: "fe80::1", port: 7000)], multipath: true),
             .lockLease(milliseconds: 30_000), .leaseRenewal, .locksAsked, .locksAnswer(json: "{}"),
         ]
