@@ -345,6 +345,12 @@ private final class AgentSessionHandler: ChannelInboundHandler, @unchecked Senda
     private var copyIsPartial: Bool?
 
     private var authenticationDeadline: Scheduled<Void>?
+    /// A replica session's work, in order (`replicate(_:on:)`); the state above it is used there only.
+    private let replicaWork = DispatchQueue(label: "baton.agent.replica-session")
+    /// Messages handed to `replicaWork` and not yet done (on the event loop):
+    /// past the limit the connection is not read until a quarter of them are.
+    private var pendingReplicaWork = 0
+    private static let maxPendingReplicaWork = 1024
 
     init(agent: NodeAgent) { self.agent = agent }
 
@@ -368,17 +374,20 @@ private final class AgentSessionHandler: ChannelInboundHandler, @unchecked Senda
         context.fireChannelInactive()
     }
 
-    private func send(_ context: ChannelHandlerContext, _ message: Message) {
-        context.writeAndFlush(NIOAny(message.frame(allocator: context.channel.allocator)), promise: nil)
+    private func send(_ context: ChannelHandlerContext, _ message: Message) { send(context.channel, message) }
+
+    private func send(_ channel: Channel, _ message: Message) {
+        channel.writeAndFlush(message.frame(allocator: channel.allocator), promise: nil)
     }
 
-    private func refuse(_ context: ChannelHandlerContext, _ refusal: Refusal, _ detail: String) {
+    private func refuse(_ context: ChannelHandlerContext, _ refusal: Refusal, _ detail: String) { refuse(context.channel, refusal, detail) }
+
+    private func refuse(_ channel: Channel, _ refusal: Refusal, _ detail: String) {
         // At most one line per 10 s: a flood of bad connections must not flood the log.
         agent.admission.logHit("refused", "agent connection refused", [
-            "peer": "\(context.remoteAddress.map { "\($0)" } ?? "?")", "detail": "\(detail)",
+            "peer": "\(channel.remoteAddress.map { "\($0)" } ?? "?")", "detail": "\(detail)",
             "action": "check the peer's shared secret and version if this is a node of the cluster",
         ])
-        let channel = context.channel
         channel.writeAndFlush(Message.refused(refusal, detail: detail).frame(allocator: channel.allocator)).whenComplete { _ in
             channel.close(promise: nil)
         }
@@ -420,61 +429,83 @@ private final class AgentSessionHandler: ChannelInboundHandler, @unchecked Senda
                 let (ok, text) = agent.answer(request)
                 channel.writeAndFlush(Message.agentReply(ok: ok, text: text).frame(allocator: channel.allocator), promise: nil)
             }
+        case .replicaHello, .catchUp, .snapshotBegin, .snapshotData, .snapshotEnd, .repliesWait, .replicate, .replicaSync:
+            if case .replicaHello = message, !allowed(context, [.node], "a replica session") { return }
+            let channel = context.channel
+            pendingReplicaWork += 1
+            if pendingReplicaWork == Self.maxPendingReplicaWork { _ = channel.setOption(ChannelOptions.autoRead, value: false) }
+            replicaWork.async { [self] in
+                replicate(message, on: channel)
+                channel.eventLoop.execute { [self] in
+                    pendingReplicaWork -= 1
+                    if pendingReplicaWork == Self.maxPendingReplicaWork / 4 { _ = channel.setOption(ChannelOptions.autoRead, value: true) }
+                }
+            }
+        default:
+            refuse(context, .malformed, "unexpected message for an agent")
+        }
+    }
+
+    /// One message of a replica session, on `replicaWork`: in order, and off
+    /// the event loop, so that a disk that hangs under the replica stops
+    /// neither this agent's other connections (a fence, an `outdate`) nor
+    /// its heartbeats' peers.
+    private func replicate(_ message: Message, on channel: Channel) {
+        switch message {
         case .replicaHello(let name, let epoch):
-            guard allowed(context, [.node], "a replica session") else { return }
-            guard let controller = agent.controller(name) else { return refuse(context, .unknownExport, "unknown export '\(name)'") }
+            guard let controller = agent.controller(name) else { return refuse(channel, .unknownExport, "unknown export '\(name)'") }
             export = controller
-            let answer = controller.replicaHello(epoch: epoch, channel: context.channel)
+            let answer = controller.replicaHello(epoch: epoch, channel: channel)
             if case .replicaPosition = answer {
                 helloEpoch = epoch
                 incoming = controller.directory + ".incoming"
                 // Left by a copy that did not finish.
                 try? FileManager.default.removeItem(atPath: controller.directory + ".incoming")
             }
-            send(context, answer)
+            send(channel, answer)
         case .catchUp(let sequence):
-            guard let export else { return refuse(context, .malformed, "catch-up before hello") }
-            send(context, export.filesChanged(after: sequence, channel: context.channel))
+            guard let export else { return refuse(channel, .malformed, "catch-up before hello") }
+            send(channel, export.filesChanged(after: sequence, channel: channel))
         case .snapshotBegin(let partial, let bytes):
-            guard let export, let incoming else { return refuse(context, .malformed, "snapshot before hello") }
+            guard let export, let incoming else { return refuse(channel, .malformed, "snapshot before hello") }
             do {
                 try Disk.makeDirectory(incoming)
                 try Disk.makeDirectory(incoming + "/files")
                 copyIsPartial = partial
                 export.copyBegins(partial: partial, expectedBytes: bytes)
             } catch {
-                refuse(context, .notActive, "cannot store the copy: \(error)")
+                refuse(channel, .notActive, "cannot store the copy: \(error)")
             }
         case .snapshotData(let inode, let offset, let data):
-            guard let incoming, copyIsPartial != nil else { return refuse(context, .malformed, "snapshot data before its beginning") }
+            guard let incoming, copyIsPartial != nil else { return refuse(channel, .malformed, "snapshot data before its beginning") }
             do {
                 let path = inode == Message.snapshotCheckpointInode ? incoming + "/checkpoint" : incoming + "/files/" + String(inode, radix: 16)
                 try OpenFile(path: path, flags: O_WRONLY | O_CREAT).write(data, at: offset)
                 export?.copyProgress(data.count)
             } catch {
-                refuse(context, .notActive, "cannot store the copy: \(error)")
+                refuse(channel, .notActive, "cannot store the copy: \(error)")
             }
         case .snapshotEnd(let sequence):
-            guard let export, let incoming else { return refuse(context, .malformed, "snapshot end before hello") }
+            guard let export, let incoming else { return refuse(channel, .malformed, "snapshot end before hello") }
             // Without a copy first, it says the replica was in step already.
             let answer = copyIsPartial.map {
-                export.installSnapshot(from: incoming, partial: $0, sequence: sequence, epoch: helloEpoch, channel: context.channel)
+                export.installSnapshot(from: incoming, partial: $0, sequence: sequence, epoch: helloEpoch, channel: channel)
             } ?? .replicated(sequence: sequence)
             copyIsPartial = nil
-            send(context, answer)
+            send(channel, answer)
         case .repliesWait(let sequence):
-            guard let export else { return refuse(context, .malformed, "replies-wait before hello") }
-            export.repliesWait(through: sequence, channel: context.channel)
+            guard let export else { return refuse(channel, .malformed, "replies-wait before hello") }
+            export.repliesWait(through: sequence, channel: channel)
         case .replicate(let record):
-            guard let export else { return refuse(context, .malformed, "record before hello") }
-            let answer = export.replicate(record, channel: context.channel)
-            send(context, answer)
-            if case .refused = answer { context.close(promise: nil) }
+            guard let export else { return refuse(channel, .malformed, "record before hello") }
+            let answer = export.replicate(record, channel: channel)
+            send(channel, answer)
+            if case .refused = answer { channel.close(promise: nil) }
         case .replicaSync(let sequence):
-            guard let export else { return refuse(context, .malformed, "sync before hello") }
-            send(context, export.replicaSync(sequence, channel: context.channel))
+            guard let export else { return refuse(channel, .malformed, "sync before hello") }
+            send(channel, export.replicaSync(sequence, channel: channel))
         default:
-            refuse(context, .malformed, "unexpected message for an agent")
+            preconditionFailure("not a replica session's message: \(message)")
         }
     }
 
