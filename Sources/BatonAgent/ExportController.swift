@@ -29,9 +29,9 @@ final class ExportController: @unchecked Sendable {
     private var sharedUpTo: UInt64?
     /// When this node's server last exited on its own and was started again.
     private var restarts = ExportRole.Restarts()
-    /// The server's replies wait for this replica, and it answered nothing
-    /// past this record without it: once applied, the monitor may watch.
-    private var watchOnceApplied: UInt64?
+    /// Whether the monitor watches the peer's server (under `lock`; its
+    /// actions carried out by `carryOutLocked`).
+    private var replicaWatch = ReplicaWatch()
 
     struct CopyProgress {
         var partial: Bool
@@ -482,28 +482,15 @@ final class ExportController: @unchecked Sendable {
     /// replies wait again (`repliesWait`), and a swap under way gives up.
     func agentResumed(after gap: TimeSpan) {
         swapQueue.async { [self] in swapEvent(.agentResumed(gap: gap)) }
-        guard gap >= swapTimings.outdatingGap else { return }
-        let session = lock.withLock { () -> Channel?? in
-            guard case .standby(_, _?) = role else { return nil }
-            return standDownReplicaLocked()
+        let stopped = lock.withLock { () -> Bool in
+            let actions = replicaWatch.handle(.agentResumed(gap: gap, limit: swapTimings.outdatingGap))
+            carryOutLocked(actions)
+            return actions.contains(.stopMonitor)
         }
-        guard let session else { return }
+        guard stopped else { return }
         logger.warning("this agent did not run for a while: the monitor waits for the server's next replication session", metadata: [
             "export": "\(export.name)", "gap": "\(gap)",
         ])
-        session?.close(promise: nil)
-    }
-
-    /// The replica stops watching the server and its session ends (the
-    /// caller closes the channel returned): no swap begins here until the
-    /// server's next session ends in `repliesWait`. Under `lock`, in the standby role.
-    private func standDownReplicaLocked() -> Channel? {
-        guard case .standby(let store, let monitor) = role else { return nil }
-        monitor?.stop()
-        role = .standby(store, nil)
-        watchOnceApplied = nil
-        defer { replicaChannel = nil }
-        return replicaChannel
     }
 
     /// The peer's server of `epoch` asks to answer without this replica
@@ -511,7 +498,7 @@ final class ExportController: @unchecked Sendable {
     /// begin takes, so either the swap runs and the server keeps waiting, or
     /// the replica has stood down and no swap begins until it is caught up.
     func outdate(epoch: UInt64) -> (Bool, String) {
-        let (decision, session) = lock.withLock { () -> (ExportRole.Outdate, Channel?) in
+        let decision = lock.withLock { () -> ExportRole.Outdate in
             let swapping = switch role {
             case .swapping, .handingOver: true
             case .starting, .serving, .standby, .selfFenced, .waitingForPeer: false
@@ -519,9 +506,9 @@ final class ExportController: @unchecked Sendable {
             // The replica's epoch is in memory: its disk may be the one that hangs.
             let ownEpoch = if case .standby(let store, _) = role { store.epoch } else { currentEpoch }
             let decision = ExportRole.outdate(swapUnderWay: swapping, ownEpoch: ownEpoch, asked: epoch)
-            return (decision, decision == .standDown ? standDownReplicaLocked() : nil)
+            if decision == .standDown { carryOutLocked(replicaWatch.handle(.stoodDown)) }
+            return decision
         }
-        session?.close(promise: nil)
         switch decision {
         case .standDown:
             logger.warning("the server on the peer answers without this replica: the monitor waits for its next replication session", metadata: [
@@ -628,6 +615,7 @@ final class ExportController: @unchecked Sendable {
                 guard case .standby(let store, let monitor) = role else { return nil }
                 // A replica that stood down (`outdate`) may lack what the server answered alone.
                 if case .failed = reason, monitor == nil { return nil }
+                carryOutLocked(replicaWatch.handle(.swapBegan))
                 // A planned swap takes the old server's last records while it hands over.
                 role = .handingOver(store)
                 return (store, monitor)
@@ -795,7 +783,7 @@ final class ExportController: @unchecked Sendable {
             do {
                 // A failed promotion has let the replica go: open it again.
                 if swap.storeClosed { try startStandby() } else { lock.withLock { role = .standby(store, nil) } }
-                if watch { startMonitor() }
+                lock.withLock { carryOutLocked(replicaWatch.handle(.swapEnded(watch: watch))) }
             } catch {
                 logger.critical("no swap, and the standby replica did not open again", metadata: [
                     "export": "\(export.name)", "error": "\(error)", "action": "check \(directory), then restart this agent",
@@ -811,6 +799,7 @@ final class ExportController: @unchecked Sendable {
             logger.warning("starting the next server again", metadata: ["export": "\(export.name)", "epoch": "\(epoch + 1)"])
         case .completed(let newEpoch):
             finishSwap(&swap, servedHere: true)
+            lock.withLock { carryOutLocked(replicaWatch.handle(.swapEnded(watch: false))) }
             let pauseBegan = swap.pauseBegan ?? swap.started
             if case .serving(let process) = lock.withLock({ role }) {
                 process.whenFirstWelcome { [logger, export] in
@@ -956,13 +945,9 @@ final class ExportController: @unchecked Sendable {
             replicaChannel = channel
             copy = nil
             sharedUpTo = nil
-            watchOnceApplied = nil
-            // A new session: the server may answer without this replica
-            // until it says otherwise, so a failover now could lose what it
-            // answered. Watch again after its `repliesWait`.
-            if case .standby(_, let monitor?) = role {
-                monitor.stop()
-                role = .standby(store, nil)
+            let actions = replicaWatch.handle(.sessionBegan)
+            carryOutLocked(actions)
+            if actions.contains(.stopMonitor) {
                 logger.info("monitor paused while the server's replication session starts", metadata: ["export": "\(export.name)"])
             }
             return .replicaPosition(store.journalHistory)
@@ -1023,16 +1008,15 @@ final class ExportController: @unchecked Sendable {
                 return .refused(.replicaFailed, detail: "\(agent.me.name): \(error)")
             }
         }
-        if case .replicated = answer, lock.withLock({ watchOnceApplied != nil }) { startMonitorIfInStep() }
+        if case .replicated(let sequence) = answer { lock.withLock { carryOutLocked(replicaWatch.handle(.applied(sequence))) } }
         return answer
     }
 
     /// The server's replies wait for this replica from now on; it answered
     /// nothing past `sequence` without it.
     func repliesWait(through sequence: UInt64, channel: Channel) {
-        guard replicaStore(channel) != nil else { return }
-        lock.withLock { watchOnceApplied = sequence }
-        startMonitorIfInStep()
+        guard let store = replicaStore(channel) else { return }
+        lock.withLock { carryOutLocked(replicaWatch.handle(.repliesWait(through: sequence, applied: store.appliedSequence))) }
     }
 
     func replicaSync(_ sequence: UInt64, channel: Channel) -> Message {
@@ -1079,12 +1063,7 @@ final class ExportController: @unchecked Sendable {
     func installSnapshot(from incoming: String, partial: Bool, sequence: UInt64, epoch: UInt64, channel: Channel) -> Message {
         guard let old = replicaStore(channel) else { return .refused(.notActive, detail: "not the standby") }
         // A monitor of the replica being replaced watches with stale knowledge: stop it.
-        lock.withLock {
-            if case .standby(let store, let monitor) = role {
-                monitor?.stop()
-                role = .standby(store, nil)
-            }
-        }
+        lock.withLock { carryOutLocked(replicaWatch.handle(.copyInstalling)) }
         let kind = partial ? "partial" : "full"
         do {
             try CatchUpCopy.install(from: incoming, into: directory, partial: partial, epoch: epoch)
@@ -1112,42 +1091,38 @@ final class ExportController: @unchecked Sendable {
         }
     }
 
-    /// Starts the monitor once the replica holds every record the server
-    /// may have answered without it (see `repliesWait`): a failover to it
-    /// then loses nothing acknowledged.
-    private func startMonitorIfInStep() {
-        let inStep = lock.withLock { () -> Bool in
-            guard let through = watchOnceApplied, case .standby(let store, nil) = role,
-                  store.appliedSequence >= through else { return false }
-            watchOnceApplied = nil
-            return true
+    /// Carries out `ReplicaWatch`'s actions, under `lock`, in the standby role.
+    private func carryOutLocked(_ actions: [ReplicaWatch.Action]) {
+        for action in actions {
+            switch action {
+            case .startMonitor:
+                guard case .standby(let store, nil) = role else { continue }
+                let monitor = MonitorRunner(
+                    exportName: export.name, server: peerMonitorAddresses, epoch: store.epoch, authenticator: agent.authenticator,
+                    timings: agent.monitorTimings, group: agent.monitorGroup, tls: agent.tls, logger: logger,
+                    onFailure: { [self] reason in
+                        self.beginSwap(.failed(reason))
+                    },
+                    onStandDown: { _ in },
+                    onServerAnswersAlone: { [self] in monitorSawTheServerAnswerAlone() })
+                role = .standby(store, monitor)
+            case .stopMonitor:
+                guard case .standby(let store, let monitor?) = role else { continue }
+                monitor.stop()
+                role = .standby(store, nil)
+            case .endSession:
+                replicaChannel?.close(promise: nil)
+                replicaChannel = nil
+            }
         }
-        if inStep { startMonitor() }
     }
 
-    /// The monitor stopped itself: this replica waits for the server's next `repliesWait`.
-    private func monitorStoodDown() {
+    /// The monitor stopped itself: the server answers without this replica.
+    private func monitorSawTheServerAnswerAlone() {
         lock.withLock {
             // Not a monitor started since, by a `repliesWait`.
-            guard case .standby(let store, let monitor?) = role, monitor.isStopped else { return }
-            role = .standby(store, nil)
-            watchOnceApplied = nil
-        }
-    }
-
-    /// Watches the peer's server (its replies wait for this replica).
-    private func startMonitor() {
-        lock.withLock {
-            guard case .standby(let store, nil) = role else { return }
-            let monitor = MonitorRunner(
-                exportName: export.name, server: peerMonitorAddresses, epoch: store.epoch, authenticator: agent.authenticator,
-                timings: agent.monitorTimings, group: agent.monitorGroup, tls: agent.tls, logger: logger,
-                onFailure: { [self] reason in
-                    self.beginSwap(.failed(reason))
-                },
-                onStandDown: { _ in },
-                onServerAnswersAlone: { [self] in monitorStoodDown() })
-            role = .standby(store, monitor)
+            guard case .standby(_, let monitor?) = role, monitor.isStopped else { return }
+            carryOutLocked(replicaWatch.handle(.serverAnswersAlone))
         }
     }
 
