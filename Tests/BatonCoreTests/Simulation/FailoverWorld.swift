@@ -132,9 +132,12 @@ struct SimNode {
     var peerFoundGoneAt: Instant?
     /// A fence asked of the peer and not yet answered: unanswered after this.
     var fenceUnansweredAt: Instant?
-    /// The replica stood down for a server asking to answer alone (`ExportRole.outdate`): it takes
-    /// no record and watches nothing until a session begun since has caught it up.
-    var replicaStoodDownAt: Instant?
+    /// Whether the monitor watches (the deployed `ReplicaWatch`; `monitor` carries it out).
+    var watch = ReplicaWatch()
+    /// The replica ended its session with the server (a stand-down for a server asking to answer
+    /// alone, a long gap of its agent): it takes no record of that session, and no heartbeat counts
+    /// as its `repliesWait`, until a session begun since.
+    var sessionEndedAt: Instant?
 }
 
 struct SimulationStats: Equatable {
@@ -271,7 +274,7 @@ struct FailoverWorld {
         nodes = [SimNode(isStandby: false), SimNode(isStandby: true)]
         note("loss \(lossPerMille)‰, delay up to \(maxDelayMilliseconds) ms")
         startServer(on: 0, epoch: 1, alone: false)
-        startMonitor(on: 1, epoch: 1)
+        watchEvent(1, .repliesWait(through: 0, applied: 0))
     }
 
     mutating func run(for duration: TimeSpan) {
@@ -488,6 +491,7 @@ struct FailoverWorld {
             guard chance(perMillion: 150) else { continue }
             stats.migrations += 1
             note("node \(node) migrates the export to itself")
+            watchEvent(node, .swapBegan)
             nodes[node].swap = Swap(kind: .migration, oldEpoch: nodes[node].persistedEpoch, timings: swapTimings)
             swapEvent(node, .begin)
         }
@@ -531,13 +535,11 @@ struct FailoverWorld {
             if alone {
                 // Replies do not wait for this replica: a failover to it could lose them.
                 if nodes[node].monitor != nil { note("node \(node)'s monitor stands down: the server answers alone") }
-                nodes[node].monitor = nil
-            } else if nodes[node].monitor == nil, nodes[node].isStandby, nodes[node].swap == nil, nodes[node].server == nil,
-                      nodes[node].replicaStoodDownAt == nil,
-                      epoch == nodes[node].persistedEpoch, UInt64(nodes[node].journal.count) >= through,
-                      nodes[node].diagnosis.state != .selfFenced {
-                // `repliesWait`: this replica holds every record answered without it.
-                startMonitor(on: node, epoch: epoch)
+                watchEvent(node, .serverAnswersAlone)
+            } else if nodes[node].isStandby, nodes[node].server == nil, nodes[node].sessionEndedAt == nil,
+                      epoch == nodes[node].persistedEpoch, nodes[node].diagnosis.state != .selfFenced {
+                // `repliesWait`: the server answered nothing past `through` without this replica.
+                watchEvent(node, .repliesWait(through: through, applied: UInt64(nodes[node].journal.count)))
             }
             monitorEvent(node, .heartbeatReceived(epoch: epoch, journalSequence: sequence))
         case .probeAnswer(let key, let epoch, let sequence, let response):
@@ -554,9 +556,9 @@ struct FailoverWorld {
             guard epoch >= nodes[node].persistedEpoch, nodes[node].swap == nil,
                   nodes[node].diagnosis.state != .selfFenced, now >= nodes[node].replicaHungUntil else { return }
             // TCP: nothing of a session closed by a stand-down arrives after it.
-            if let stoodDown = nodes[node].replicaStoodDownAt {
+            if let stoodDown = nodes[node].sessionEndedAt {
                 guard sentAt > stoodDown else { return }
-                nodes[node].replicaStoodDownAt = nil
+                nodes[node].sessionEndedAt = nil
             }
             if let own = nodes[node].server {
                 guard own.epoch < epoch else { return }
@@ -569,7 +571,7 @@ struct FailoverWorld {
             nodes[node].journal = journal + newer
             nodes[node].isStandby = true
             nodes[node].standbyOutdated = false
-            nodes[node].monitor = nil
+            watchEvent(node, .sessionBegan)
             if epoch > nodes[node].persistedEpoch { persist(epoch, on: node) }
             stats.catchUps += 1
             send(from: node, to: peer, toServer: true, .caughtUp(through: UInt64(journal.count), server: server))
@@ -577,11 +579,9 @@ struct FailoverWorld {
             guard now >= nodes[node].agentRequestsHungUntil else { return note("node \(node)'s agent does not answer the outdate request") }
             let decision = ExportRole.outdate(swapUnderWay: nodes[node].swap != nil, ownEpoch: nodes[node].persistedEpoch, asked: epoch)
             if decision == .standDown {
-                if nodes[node].replicaStoodDownAt == nil { note("node \(node) stands its replica down: server \(server) asks to answer alone") }
+                if nodes[node].sessionEndedAt == nil { note("node \(node) stands its replica down: server \(server) asks to answer alone") }
                 stats.standDowns += 1
-                nodes[node].monitor = nil
-                nodes[node].replicaStoodDownAt = now
-                send(from: node, to: peer, toServer: true, .sessionEnded(server: server))
+                watchEvent(node, .stoodDown)
             } else {
                 stats.standDownsRefused += 1
                 note("node \(node) keeps its replica up for server \(server): \(decision)")
@@ -650,15 +650,30 @@ struct FailoverWorld {
             return send(from: node, to: peer, toServer: true, .swapUnderWay(server: server))
         }
         // A stood-down replica's session is closed: every record sent on it fails.
-        if nodes[node].replicaStoodDownAt != nil { return send(from: node, to: peer, toServer: true, .sessionEnded(server: server)) }
+        if nodes[node].sessionEndedAt != nil { return send(from: node, to: peer, toServer: true, .sessionEnded(server: server)) }
         guard record.epoch == nodes[node].persistedEpoch, nodes[node].server == nil, nodes[node].isStandby else { return }
         let journal = nodes[node].journal
         if record.sequence == UInt64(journal.count) + 1 {
             nodes[node].journal.append(record)
+            watchEvent(node, .applied(record.sequence))
         } else if record.sequence > UInt64(journal.count) || journal[Int(record.sequence) - 1] != record {
             return // a gap or a conflicting record: the server sends it again, or catches this replica up
         }
         send(from: node, to: peer, toServer: true, .recordAck(sequence: record.sequence, server: server))
+    }
+
+    /// Feeds the node's `ReplicaWatch` and carries out its actions, as `ExportController.carryOutLocked` does.
+    private mutating func watchEvent(_ node: Int, _ event: ReplicaWatch.Event) {
+        for action in nodes[node].watch.handle(event) {
+            switch action {
+            case .startMonitor: startMonitor(on: node, epoch: nodes[node].persistedEpoch)
+            case .stopMonitor: nodes[node].monitor = nil
+            case .endSession:
+                // The connection closes: the server sees it and begins a new session.
+                nodes[node].sessionEndedAt = now
+                if let server = nodes[1 - node].server?.id { send(from: node, to: 1 - node, toServer: true, .sessionEnded(server: server)) }
+            }
+        }
     }
 
     private mutating func startMonitor(on node: Int, epoch: UInt64) {
@@ -683,10 +698,10 @@ struct FailoverWorld {
             // `PeerLiveness.ran`: the agent's own silence is not the peer's.
             nodes[node].lastHeardPeer = max(nodes[node].lastHeardPeer, now)
             // `ExportController.agentResumed`: a replica that refused nothing for the wait limit may be outdated.
-            if gap >= swapTimings.outdatingGap, nodes[node].swap == nil, nodes[node].monitor != nil {
+            if nodes[node].monitor != nil, gap >= swapTimings.outdatingGap {
                 note("node \(node)'s monitor waits for the server's next session after a gap of \(gap)")
-                nodes[node].monitor = nil
             }
+            watchEvent(node, .agentResumed(gap: gap, limit: swapTimings.outdatingGap))
             swapEvent(node, .agentResumed(gap: gap))
         }
         let inbox = nodes[node].agentInbox
@@ -743,6 +758,7 @@ struct FailoverWorld {
                 stats.declarations += 1
                 note("node \(node) declares the server failed: \(reason)")
                 guard nodes[node].swap == nil, nodes[node].server == nil else { break }
+                watchEvent(node, .swapBegan)
                 nodes[node].swap = Swap(kind: .failover(reason), oldEpoch: nodes[node].persistedEpoch, timings: swapTimings)
                 swapEvent(node, .begin)
             case .standDown:
@@ -788,10 +804,11 @@ struct FailoverWorld {
             return .promoted
         case .returnToStandby(let watch):
             nodes[node].isStandby = true
-            if watch { startMonitor(on: node, epoch: nodes[node].persistedEpoch) }
+            watchEvent(node, .swapEnded(watch: watch))
         case .raiseAlarm(let alarm):
             if alarm == .fenceUnconfirmed { stats.takeoversWithoutFence += 1 }
         case .completed(let epoch):
+            watchEvent(node, .swapEnded(watch: false))
             nodes[node].swap = nil
             nodes[node].fenceUnansweredAt = nil
             stats.swapsCompleted += 1
