@@ -123,7 +123,12 @@ final class ExportProcess: @unchecked Sendable {
     /// without opening the export (the end of its input says so).
     func abandon() {
         try? agentPipe.fileHandleForWriting.close()
-        if exited.wait(timeout: .now() + 2) == .timedOut { return kill() }
+        waitForExit(orKillAfter: 2)
+    }
+
+    /// Waits until the process has exited, woken by the exit itself; SIGKILL after `grace`.
+    private func waitForExit(orKillAfter grace: TimeInterval) {
+        if exited.wait(timeout: .now() + grace) == .timedOut { return kill() }
         exited.signal()
     }
 
@@ -145,8 +150,7 @@ final class ExportProcess: @unchecked Sendable {
     func handOver(grace: TimeInterval = 3) {
         guard process.isRunning else { return }
         tell(.handOver)
-        if exited.wait(timeout: .now() + grace) == .timedOut { return kill() }
-        exited.signal()
+        waitForExit(orKillAfter: grace)
     }
 
     /// A clean stop: SIGTERM (the server syncs its journal), SIGCONT in case
@@ -155,9 +159,7 @@ final class ExportProcess: @unchecked Sendable {
         guard process.isRunning else { return }
         Glibc.kill(process.processIdentifier, SIGTERM)
         Glibc.kill(process.processIdentifier, SIGCONT)
-        let deadline = Date().addingTimeInterval(grace)
-        while process.isRunning, Date() < deadline { usleep(20_000) }
-        kill()
+        waitForExit(orKillAfter: grace)
     }
 
     /// Tells the server a NIC of this node has its link again.
