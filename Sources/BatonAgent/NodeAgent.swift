@@ -435,8 +435,17 @@ private final class AgentSessionHandler: ChannelInboundHandler, @unchecked Senda
             pendingReplicaWork += 1
             if pendingReplicaWork == Self.maxPendingReplicaWork { _ = channel.setOption(ChannelOptions.autoRead, value: false) }
             replicaWork.async { [self] in
-                replicate(message, on: channel)
+                let answer = replicate(message, on: channel)
+                // One hop back to the event loop for the answer and the count: each costs a wake-up.
                 channel.eventLoop.execute { [self] in
+                    switch answer {
+                    case .none: break
+                    case .send(let message): send(channel, message)
+                    case .sendAndClose(let message):
+                        send(channel, message)
+                        channel.close(promise: nil)
+                    case .refuse(let refusal, let detail): refuse(channel, refusal, detail)
+                    }
                     pendingReplicaWork -= 1
                     if pendingReplicaWork == Self.maxPendingReplicaWork / 4 { _ = channel.setOption(ChannelOptions.autoRead, value: true) }
                 }
@@ -446,14 +455,21 @@ private final class AgentSessionHandler: ChannelInboundHandler, @unchecked Senda
         }
     }
 
+    /// What a replica session's message is answered with, written on the event loop.
+    private enum ReplicaAnswer {
+        case none
+        case send(Message)
+        case sendAndClose(Message)
+        case refuse(Refusal, String)
+    }
+
     /// One message of a replica session, on `replicaWork`: in order, and off
     /// the event loop, so that a disk that hangs under the replica stops
-    /// neither this agent's other connections (a fence, an `outdate`) nor
-    /// its heartbeats' peers.
-    private func replicate(_ message: Message, on channel: Channel) {
+    /// none of this agent's other connections (a fence, an `outdate`).
+    private func replicate(_ message: Message, on channel: Channel) -> ReplicaAnswer {
         switch message {
         case .replicaHello(let name, let epoch):
-            guard let controller = agent.controller(name) else { return refuse(channel, .unknownExport, "unknown export '\(name)'") }
+            guard let controller = agent.controller(name) else { return .refuse(.unknownExport, "unknown export '\(name)'") }
             export = controller
             let answer = controller.replicaHello(epoch: epoch, channel: channel)
             if case .replicaPosition = answer {
@@ -462,48 +478,51 @@ private final class AgentSessionHandler: ChannelInboundHandler, @unchecked Senda
                 // Left by a copy that did not finish.
                 try? FileManager.default.removeItem(atPath: controller.directory + ".incoming")
             }
-            send(channel, answer)
+            return .send(answer)
         case .catchUp(let sequence):
-            guard let export else { return refuse(channel, .malformed, "catch-up before hello") }
-            send(channel, export.filesChanged(after: sequence, channel: channel))
+            guard let export else { return .refuse(.malformed, "catch-up before hello") }
+            return .send(export.filesChanged(after: sequence, channel: channel))
         case .snapshotBegin(let partial, let bytes):
-            guard let export, let incoming else { return refuse(channel, .malformed, "snapshot before hello") }
+            guard let export, let incoming else { return .refuse(.malformed, "snapshot before hello") }
             do {
                 try Disk.makeDirectory(incoming)
                 try Disk.makeDirectory(incoming + "/files")
                 copyIsPartial = partial
                 export.copyBegins(partial: partial, expectedBytes: bytes)
+                return .none
             } catch {
-                refuse(channel, .notActive, "cannot store the copy: \(error)")
+                return .refuse(.notActive, "cannot store the copy: \(error)")
             }
         case .snapshotData(let inode, let offset, let data):
-            guard let incoming, copyIsPartial != nil else { return refuse(channel, .malformed, "snapshot data before its beginning") }
+            guard let incoming, copyIsPartial != nil else { return .refuse(.malformed, "snapshot data before its beginning") }
             do {
                 let path = inode == Message.snapshotCheckpointInode ? incoming + "/checkpoint" : incoming + "/files/" + String(inode, radix: 16)
                 try OpenFile(path: path, flags: O_WRONLY | O_CREAT).write(data, at: offset)
                 export?.copyProgress(data.count)
+                return .none
             } catch {
-                refuse(channel, .notActive, "cannot store the copy: \(error)")
+                return .refuse(.notActive, "cannot store the copy: \(error)")
             }
         case .snapshotEnd(let sequence):
-            guard let export, let incoming else { return refuse(channel, .malformed, "snapshot end before hello") }
+            guard let export, let incoming else { return .refuse(.malformed, "snapshot end before hello") }
             // Without a copy first, it says the replica was in step already.
             let answer = copyIsPartial.map {
                 export.installSnapshot(from: incoming, partial: $0, sequence: sequence, epoch: helloEpoch, channel: channel)
             } ?? .replicated(sequence: sequence)
             copyIsPartial = nil
-            send(channel, answer)
+            return .send(answer)
         case .repliesWait(let sequence):
-            guard let export else { return refuse(channel, .malformed, "replies-wait before hello") }
+            guard let export else { return .refuse(.malformed, "replies-wait before hello") }
             export.repliesWait(through: sequence, channel: channel)
+            return .none
         case .replicate(let record):
-            guard let export else { return refuse(channel, .malformed, "record before hello") }
+            guard let export else { return .refuse(.malformed, "record before hello") }
             let answer = export.replicate(record, channel: channel)
-            send(channel, answer)
-            if case .refused = answer { channel.close(promise: nil) }
+            if case .refused = answer { return .sendAndClose(answer) }
+            return .send(answer)
         case .replicaSync(let sequence):
-            guard let export else { return refuse(channel, .malformed, "sync before hello") }
-            send(channel, export.replicaSync(sequence, channel: channel))
+            guard let export else { return .refuse(.malformed, "sync before hello") }
+            return .send(export.replicaSync(sequence, channel: channel))
         default:
             preconditionFailure("not a replica session's message: \(message)")
         }
